@@ -1,0 +1,282 @@
+"""Torch modules of the Neural Langevin Dynamics VAE (no numpy, no sklearn)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nldseg._dynamics import PosteriorLangevinSDE, euler_step, step_coefficients
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _inv_softplus(y: float) -> float:
+    """Inverse of ``softplus`` for a positive float."""
+    return y + math.log(-math.expm1(-y))
+
+
+class EnergyMLP(nn.Module):
+    """``E(z) = w . tanh(W2 tanh(W1 z + b1) + b2) + c |z|^2`` with ``c > 0``.
+
+    The gradient is written out analytically (two matrix products back through
+    the network) instead of using ``autograd.grad(create_graph=True)``: it is
+    the hot path of every Euler step and of the basin flows, and the explicit
+    form is a plain differentiable expression that costs one ordinary backward.
+    ``c = softplus(raw) + c_min`` keeps ``exp(-beta E)`` normalisable.
+    """
+
+    def __init__(self, latent_dim: int, hidden: int, c_init: float = 0.1,
+                 c_min: float = 1e-3) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(latent_dim, hidden)
+        self.lin2 = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, 1)
+        self.c_min = c_min
+        self.raw_c = nn.Parameter(torch.tensor(_inv_softplus(c_init - c_min)))
+
+    @property
+    def c(self) -> torch.Tensor:
+        """Positive weight of the confining quadratic term."""
+        return F.softplus(self.raw_c) + self.c_min
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Energy of ``z`` (..., latent_dim) -> (...)."""
+        h2 = torch.tanh(self.lin2(torch.tanh(self.lin1(z))))
+        return self.out(h2).squeeze(-1) + self.c * (z * z).sum(-1)
+
+    def grad(self, z: torch.Tensor) -> torch.Tensor:
+        """Analytic ``grad E(z)``, same shape as ``z``."""
+        w1, w2 = self.lin1.weight, self.lin2.weight
+        h1 = torch.tanh(F.linear(z, w1, self.lin1.bias))
+        h2 = torch.tanh(F.linear(h1, w2, self.lin2.bias))
+        d2 = (1.0 - h2 * h2) * self.out.weight[0]
+        d1 = (1.0 - h1 * h1) * (d2 @ w2)
+        return torch.addmm(2.0 * self.c * z, d1, w1) if z.dim() == 2 else (
+            d1 @ w1 + 2.0 * self.c * z)
+
+
+class PosteriorDrift(nn.Module):
+    """Posterior drift correction ``f_phi(z, c_t)``.
+
+    The context enters the first layer linearly, so its projection for every
+    observation is computed once per sequence (:meth:`project_context`) and the
+    Euler loop only adds it.
+    """
+
+    def __init__(self, state_dim: int, context_size: int, hidden: int,
+                 out_dim: int) -> None:
+        super().__init__()
+        self.state_in = nn.Linear(state_dim, hidden, bias=False)
+        self.context_in = nn.Linear(context_size, hidden)
+        self.out = nn.Linear(hidden, out_dim)
+        nn.init.normal_(self.out.weight, std=1e-3)
+        nn.init.zeros_(self.out.bias)
+
+    def project_context(self, context: torch.Tensor) -> torch.Tensor:
+        """First-layer contribution of the context, (..., context) -> (..., hidden)."""
+        return self.context_in(context)
+
+    def forward(self, state: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        """Drift correction at ``state`` given a projected context."""
+        return self.out(torch.tanh(self.state_in(state) + projected))
+
+
+@dataclass
+class LatentPaths:
+    """Result of simulating the posterior SDE over padded sequences."""
+
+    z: torch.Tensor  # (n_timesteps, batch, state_dim), latent state at observations
+    kl_path: torch.Tensor  # (n_timesteps, batch), KL accrued on (t_{k-1}, t_k]
+    kl0: torch.Tensor  # (batch,), KL(q(z_0|x_0) || p(z_0))
+
+
+class NeuralLangevinVAE(nn.Module):
+    """Latent-SDE VAE whose prior is Langevin dynamics in a learned energy.
+
+    Parameters
+    ----------
+    n_features : int
+        Observation dimension ``D``.
+    latent_dim : int
+        Dimension ``d`` of the energy's domain (positions).
+    dynamics : {"overdamped", "underdamped"}
+        The latent state is ``z`` (``d``) or ``(q, p)`` (``2 d``).
+    hidden_size : int
+        Width of the GRU, the posterior drift, the energy and the decoder.
+    context_size : int
+        Size of the context ``c_t`` fed to the posterior drift.
+    beta, gamma, mass : float
+        Initial (or fixed) inverse temperature, friction and mass.
+    learn_langevin_params : bool
+        Whether beta, gamma and mass are trained.
+    """
+
+    def __init__(self, n_features: int, latent_dim: int, dynamics: str,
+                 hidden_size: int, context_size: int, beta: float, gamma: float,
+                 mass: float, learn_langevin_params: bool) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.dynamics = dynamics
+        self.state_dim = latent_dim if dynamics == "overdamped" else 2 * latent_dim
+        self.gru = nn.GRU(n_features, hidden_size, batch_first=True)
+        self.context = nn.Linear(hidden_size, context_size)
+        self.q0 = nn.Linear(hidden_size, 2 * self.state_dim)
+        self.p0_mean = nn.Parameter(torch.zeros(self.state_dim))
+        self.p0_log_std = nn.Parameter(torch.zeros(self.state_dim))
+        self.energy = EnergyMLP(latent_dim, hidden_size)
+        self.drift_net = PosteriorDrift(self.state_dim, context_size, hidden_size,
+                                        latent_dim)
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, hidden_size), nn.Tanh(),
+            nn.Linear(hidden_size, n_features),
+        )
+        self.dec_log_std = nn.Parameter(torch.full((n_features,), math.log(0.5)))
+        learn = bool(learn_langevin_params)
+        self.log_beta = nn.Parameter(torch.tensor(math.log(beta)), requires_grad=learn)
+        self.log_gamma = nn.Parameter(torch.tensor(math.log(gamma)),
+                                      requires_grad=learn)
+        self.log_mass = nn.Parameter(torch.full((latent_dim,), math.log(mass)),
+                                     requires_grad=learn)
+
+    def langevin_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(beta, gamma, mass)`` as positive tensors."""
+        return self.log_beta.exp(), self.log_gamma.exp(), self.log_mass.exp()
+
+    def encode(self, x: torch.Tensor):
+        """Run the causal encoder once over padded sequences ``x`` (B, T, D).
+
+        Returns the projected drift context (B, T, hidden) and the mean and log
+        std of ``q(z_0 | x_0)``, which read the GRU output at step 0 only.
+        """
+        h, _ = self.gru(x)
+        projected = self.drift_net.project_context(self.context(h))
+        mean, log_std = self.q0(h[:, 0]).chunk(2, dim=-1)
+        return projected, mean, log_std.clamp(-8.0, 4.0)
+
+    def simulate(self, x: torch.Tensor, noise: torch.Tensor, dt: float,
+                 n_samples: int = 1, *, eps0: torch.Tensor | None = None,
+                 solver: str = "euler") -> LatentPaths:
+        """Sample posterior latent paths for padded sequences ``x`` (B, T, D).
+
+        Parameters
+        ----------
+        x : Tensor of shape (B, T, D)
+        noise : Tensor of shape (T - 1, n_sub, B * n_samples, latent_dim)
+            Standard normal Brownian increments (divided by ``sqrt(dt)``).
+        dt : float
+            Euler step, ``1 / n_sub``.
+        n_samples : int
+            Posterior paths per sequence; batch rows are sequence-major
+            (``row = sequence * n_samples + sample``).
+        eps0 : Tensor of shape (B * n_samples, state_dim) or None
+            Standard normal draws for ``z_0``; ``None`` uses the mean.
+        solver : {"euler", "torchsde"}
+            The fused loop, or torchsde's generic ``sdeint`` on the same grid
+            and the same Brownian increments.
+        """
+        projected, mean, log_std = self.encode(x)
+        if n_samples > 1:
+            projected = projected.repeat_interleave(n_samples, dim=0)
+            mean = mean.repeat_interleave(n_samples, dim=0)
+            log_std = log_std.repeat_interleave(n_samples, dim=0)
+        z = mean if eps0 is None else mean + log_std.exp() * eps0
+        kl0 = _gaussian_kl(mean, log_std, self.p0_mean, self.p0_log_std)
+        if solver == "torchsde":
+            return self._simulate_torchsde(z, projected, noise, dt, kl0)
+        coef = step_coefficients(self.dynamics, *self.langevin_params(), dt)
+        scaled_noise = noise * coef["noise_scale"]
+        d = self.latent_dim
+        energy, drift = self.energy, self.drift_net
+        zs = [z]
+        kls = [z.new_zeros(z.shape[0])]
+        for k in range(1, x.shape[1]):
+            ctx = projected[:, k]
+            sq = 0.0
+            for j in range(noise.shape[1]):
+                control = drift(z, ctx)
+                grad_e = energy.grad(z[..., :d])
+                z = euler_step(z, control, grad_e, scaled_noise[k - 1, j], dt, coef)
+                sq = sq + (control * control).sum(-1)
+            zs.append(z)
+            kls.append(sq)
+        kl_path = torch.stack(kls) * coef["kl_scale"]
+        return LatentPaths(torch.stack(zs), kl_path, kl0)
+
+    def _simulate_torchsde(self, z0, projected, noise, dt, kl0) -> LatentPaths:
+        import torchsde
+
+        n_obs = noise.shape[0] + 1
+        sde = PosteriorLangevinSDE(self, projected)
+        ts = torch.arange(n_obs, dtype=z0.dtype, device=z0.device)
+        increments = noise.reshape(-1, *noise.shape[2:]) * math.sqrt(dt)
+        if self.dynamics == "overdamped":
+            # Diagonal noise: one extra (zero) column for torchsde's logqp state.
+            increments = F.pad(increments, (0, 1))
+        path = torch.cat([torch.zeros_like(increments[:1]),
+                          increments.cumsum(0)])
+        grid = torch.arange(path.shape[0], dtype=z0.dtype, device=z0.device) * dt
+        bm = _GridBrownian(grid, path)
+        zs, logqp = torchsde.sdeint(sde, z0, ts, bm=bm, method="euler", dt=dt,
+                                    logqp=True)
+        kl_path = torch.cat([logqp.new_zeros(1, logqp.shape[1]), logqp])
+        return LatentPaths(zs, kl_path, kl0)
+
+    def decode_log_prob(self, x: torch.Tensor, z: torch.Tensor,
+                        n_samples: int = 1) -> torch.Tensor:
+        """``log p(x_t | z_t)`` for every observation, shape (T, B * n_samples)."""
+        mean = self.decoder(z[..., : self.latent_dim])
+        target = x.transpose(0, 1)
+        if n_samples > 1:
+            target = target.repeat_interleave(n_samples, dim=1)
+        log_std = self.dec_log_std.clamp(-7.0, 5.0)
+        resid = (target - mean) * torch.exp(-log_std)
+        return -0.5 * (resid * resid).sum(-1) - log_std.sum() - 0.5 * x.shape[-1] * _LOG_2PI
+
+    def elbo_terms(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
+                   eps0: torch.Tensor, dt: float, n_samples: int = 1,
+                   solver: str = "euler"):
+        """Per-path log-likelihood and KL sums over the observed steps.
+
+        Returns ``(log_lik, kl)``, each of shape (B * n_samples,); the ELBO of a
+        path is ``log_lik - kl``. ``mask`` (B, T) marks real (unpadded) steps.
+        """
+        paths = self.simulate(x, noise, dt, n_samples, eps0=eps0, solver=solver)
+        m = mask.transpose(0, 1)
+        if n_samples > 1:
+            m = m.repeat_interleave(n_samples, dim=1)
+        log_lik = (self.decode_log_prob(x, paths.z, n_samples) * m).sum(0)
+        kl = (paths.kl_path * m).sum(0) + paths.kl0
+        return log_lik, kl
+
+
+class _GridBrownian:
+    """Brownian motion known on a fixed grid, queried by torchsde's Euler solver."""
+
+    def __init__(self, grid: torch.Tensor, path: torch.Tensor) -> None:
+        self._grid = grid
+        self._path = path
+        self._dt = float(grid[1] - grid[0]) if len(grid) > 1 else 1.0
+        self.shape = path.shape[1:]
+        self.dtype = path.dtype
+        self.device = path.device
+        self.levy_area_approximation = "none"
+
+    def _index(self, t) -> int:
+        return int(round(float(t) / self._dt))
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        if tb is None:
+            return self._path[self._index(ta)]
+        return self._path[self._index(tb)] - self._path[self._index(ta)]
+
+
+def _gaussian_kl(mean_q: torch.Tensor, log_std_q: torch.Tensor,
+                 mean_p: torch.Tensor, log_std_p: torch.Tensor) -> torch.Tensor:
+    """KL between diagonal Gaussians, summed over the last dimension."""
+    var_ratio = torch.exp(2.0 * (log_std_q - log_std_p))
+    diff = (mean_q - mean_p) * torch.exp(-log_std_p)
+    return 0.5 * (var_ratio + diff * diff - 1.0 - 2.0 * (log_std_q - log_std_p)).sum(-1)
