@@ -1,0 +1,445 @@
+"""Pure functions on a trained energy, and the :class:`EnergyLandscape` result.
+
+Wells are found by gradient flow ``dz/ds = -grad E(z)`` from encoded data, the
+end points are grouped, each group is refined by Newton's method and kept only if
+its Hessian is positive definite. A latent point is labelled by the minimum its
+gradient flow reaches. Occupancies follow the paper: sampled from
+``exp(-beta E)``, zeroth order ``exp(-beta E(x_i))`` and second order (Laplace).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+
+OCCUPANCY_METHODS = frozenset({"sampled", "zeroth_order", "second_order"})
+
+
+def _as_tensor(z, dtype=torch.float64) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(z), dtype=dtype)
+
+
+def energy_hessian(energy: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Hessians of ``energy`` at the rows of ``z`` (n, d) -> (n, d, d)."""
+    if z.shape[0] == 0:
+        return z.new_zeros((0, z.shape[1], z.shape[1]))
+    return torch.func.vmap(torch.func.hessian(energy))(z)
+
+
+def curvature_bound(energy: torch.nn.Module, z: torch.Tensor) -> float:
+    """Largest absolute Hessian eigenvalue over the rows of ``z`` (at least ``2c``)."""
+    with torch.no_grad():
+        eig = torch.linalg.eigvalsh(energy_hessian(energy, z))
+    bound = float(eig.abs().max()) if eig.numel() else 0.0
+    return max(bound, 2.0 * float(energy.c))
+
+
+def gradient_flow(
+    energy: torch.nn.Module, z: torch.Tensor, *, step_size: float,
+    max_step: float, n_iter: int = 3000, tol: float = 1e-6,
+) -> torch.Tensor:
+    """Follow ``dz/ds = -grad E`` by capped gradient descent until it settles.
+
+    Each step moves a point by ``step_size * grad E`` but at most ``max_step``;
+    the loop stops when no point moved more than ``tol`` in one step.
+    """
+    z = z.clone()
+    with torch.no_grad():
+        for _ in range(n_iter):
+            step = energy.grad(z) * step_size
+            norm = step.norm(dim=-1, keepdim=True)
+            step = step * torch.clamp(max_step / norm.clamp_min(1e-30), max=1.0)
+            z -= step
+            if float(norm.max()) < tol:
+                break
+    return z
+
+
+def newton_refine(energy: torch.nn.Module, z: torch.Tensor,
+                  n_iter: int = 50) -> torch.Tensor:
+    """Refine stationary points with damped Newton steps (float64 energy)."""
+    z = z.clone()
+    with torch.no_grad():
+        for _ in range(n_iter):
+            g = energy.grad(z)
+            h = energy_hessian(energy, z)
+            try:
+                step = torch.linalg.solve(h, g.unsqueeze(-1)).squeeze(-1)
+            except RuntimeError:
+                break
+            step = torch.nan_to_num(step)
+            z -= step
+            if float(step.abs().max()) < 1e-12:
+                break
+    return z
+
+
+def group_points(points: np.ndarray, radius: float) -> np.ndarray:
+    """Greedy grouping: each point joins the first centre within ``radius``.
+
+    Returns integer group labels; groups are numbered in order of appearance.
+    """
+    centres: list[np.ndarray] = []
+    labels = np.empty(len(points), dtype=np.int64)
+    for i, p in enumerate(points):
+        if centres:
+            dist = np.linalg.norm(np.asarray(centres) - p, axis=1)
+            j = int(np.argmin(dist))
+            if dist[j] <= radius:
+                labels[i] = j
+                continue
+        centres.append(p)
+        labels[i] = len(centres) - 1
+    return labels
+
+
+def straight_line_barrier(energy: torch.nn.Module, a: np.ndarray, b: np.ndarray,
+                          n_points: int = 65) -> float:
+    """Highest energy on the segment from ``a`` to ``b`` minus ``E(a)``."""
+    s = torch.linspace(0.0, 1.0, n_points, dtype=torch.float64)[:, None]
+    seg = _as_tensor(a) * (1 - s) + _as_tensor(b) * s
+    with torch.no_grad():
+        e = energy(seg)
+    return float(e.max() - e[0])
+
+
+def zeroth_order_weights(energies: np.ndarray, beta: float) -> np.ndarray:
+    """Unnormalised log-weights ``-beta E(x_i)`` of the zeroth-order estimate."""
+    return -beta * np.asarray(energies, dtype=float)
+
+
+def second_order_weights(energies: np.ndarray, hessians: np.ndarray,
+                         beta: float) -> np.ndarray:
+    """Log of ``exp(-beta E(x_i)) / rho_i`` (Laplace approximation of each well).
+
+    ``rho_i = ((2 pi)^d det(beta^-1 H_i^-1))^-1/2``, so the log-weight is
+    ``-beta E_i + d/2 log(2 pi / beta) - 1/2 log det H_i``.
+    """
+    d = hessians.shape[-1]
+    _, logdet = np.linalg.slogdet(hessians)
+    return (-beta * np.asarray(energies, dtype=float)
+            + 0.5 * d * math.log(2 * math.pi / beta) - 0.5 * logdet)
+
+
+def _normalise_log(logw: np.ndarray) -> np.ndarray:
+    w = np.exp(logw - np.max(logw))
+    return w / w.sum()
+
+
+def _sum_by_state(values: np.ndarray, state_of: np.ndarray, n_states: int) -> np.ndarray:
+    out = np.zeros(n_states)
+    np.add.at(out, state_of, values)
+    return out
+
+
+class EnergyLandscape:
+    """A trained energy ``E(z) = MLP(z) + c |z|^2`` with its wells and occupancies.
+
+    This is the object stored as :attr:`LangevinSegmenter.energy_`. Calling it on
+    latent points of shape (n, latent_dim) returns their energies. States are the
+    wells kept after fitting, ordered by sampled occupancy (largest first).
+
+    Attributes
+    ----------
+    beta : float
+        Inverse temperature of the prior's stationary law ``exp(-beta E)``.
+    minima : ndarray of shape (n_states, latent_dim)
+        The deepest local minimum of each state.
+    minima_energies : ndarray of shape (n_states,)
+        ``E`` at :attr:`minima`.
+    hessians : ndarray of shape (n_states, latent_dim, latent_dim)
+        Hessian of ``E`` at :attr:`minima` (positive definite).
+    all_minima : ndarray of shape (n_minima, latent_dim)
+        Every positive-definite minimum found, before merging.
+    state_of_minimum : ndarray of shape (n_minima,)
+        The state each of :attr:`all_minima` belongs to.
+    occupancies : dict of str to ndarray of shape (n_states,)
+        Stationary mass of each state by the three methods, keys
+        ``"sampled"``, ``"zeroth_order"`` and ``"second_order"``.
+    effective_sample_size : float
+        Effective size of the importance sample behind ``"sampled"``.
+    """
+
+    def __init__(self, energy: torch.nn.Module, beta: float, all_minima: np.ndarray,
+                 state_of_minimum: np.ndarray, capture_radius: np.ndarray,
+                 step_size: float, max_step: float) -> None:
+        self._energy32 = copy.deepcopy(energy).float().cpu().eval()
+        for p in self._energy32.parameters():
+            p.requires_grad_(False)
+        self._energy64 = copy.deepcopy(self._energy32).double()
+        self.beta = float(beta)
+        self.all_minima = np.asarray(all_minima, dtype=float)
+        self.state_of_minimum = np.asarray(state_of_minimum, dtype=np.int64)
+        self.capture_radius = np.asarray(capture_radius, dtype=float)
+        self.step_size = float(step_size)
+        self.max_step = float(max_step)
+        self.n_states = int(self.state_of_minimum.max()) + 1
+        e_all = self(self.all_minima)
+        deepest = [np.flatnonzero(self.state_of_minimum == s)[
+            np.argmin(e_all[self.state_of_minimum == s])] for s in range(self.n_states)]
+        self.minima = self.all_minima[deepest]
+        self.minima_energies = e_all[deepest]
+        self.hessians = self.hessian(self.minima)
+        self.occupancies: dict[str, np.ndarray] = {}
+        self.effective_sample_size = float("nan")
+
+    @property
+    def latent_dim(self) -> int:
+        """Dimension of the energy's domain."""
+        return self.all_minima.shape[1]
+
+    def _check(self, z) -> torch.Tensor:
+        z = np.asarray(z, dtype=float)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(
+                f"Expected latent points of shape (n, {self.latent_dim}), got {z.shape}.")
+        return _as_tensor(z)
+
+    def __call__(self, z) -> np.ndarray:
+        """Energy ``E(z)`` of latent points (n, latent_dim) -> (n,)."""
+        with torch.no_grad():
+            return self._energy64(self._check(z)).numpy()
+
+    def gradient(self, z) -> np.ndarray:
+        """``grad E(z)`` of latent points (n, latent_dim) -> (n, latent_dim)."""
+        with torch.no_grad():
+            return self._energy64.grad(self._check(z)).numpy()
+
+    def hessian(self, z) -> np.ndarray:
+        """Hessian of ``E`` at latent points (n, latent_dim) -> (n, d, d)."""
+        with torch.no_grad():
+            return energy_hessian(self._energy64, self._check(z)).numpy()
+
+    def occupancy(self, method: str = "sampled") -> np.ndarray:
+        """Stationary fraction of time in each state by ``method``.
+
+        Parameters
+        ----------
+        method : {"sampled", "zeroth_order", "second_order"}, default="sampled"
+
+        Returns
+        -------
+        occupancy : ndarray of shape (n_states,)
+        """
+        if method not in OCCUPANCY_METHODS:
+            raise ValueError(
+                f"method must be one of {sorted(OCCUPANCY_METHODS)}, got {method!r}.")
+        return self.occupancies[method].copy()
+
+    def predict(self, z) -> np.ndarray:
+        """State (basin of attraction) of latent points (n, latent_dim) -> (n,)."""
+        return self._basins_torch(torch.as_tensor(np.asarray(z, dtype=np.float32)))
+
+    def _basins_torch(self, z: torch.Tensor, chunk: int = 65536) -> np.ndarray:
+        """Label float32 latent points by the minimum their flow reaches.
+
+        A point is assigned once it is within the capture radius of a minimum
+        (a radius learned at fit time inside which every training flow ended at
+        that minimum); points still uncaptured after the flow budget go to the
+        nearest minimum.
+        """
+        if self.n_states == 1:
+            return np.zeros(z.shape[0], dtype=np.int64)
+        minima = torch.as_tensor(self.all_minima, dtype=z.dtype)
+        radius = torch.as_tensor(self.capture_radius, dtype=z.dtype)
+        state_of = torch.as_tensor(self.state_of_minimum)
+        out = torch.empty(z.shape[0], dtype=torch.int64)
+        energy = self._energy32
+        with torch.no_grad():
+            for start in range(0, z.shape[0], chunk):
+                pts = z[start:start + chunk].clone()
+                idx = torch.arange(start, start + pts.shape[0])
+                for _ in range(2000):
+                    dist = torch.cdist(pts, minima)
+                    near = dist.argmin(1)
+                    done = dist.gather(1, near[:, None])[:, 0] <= radius[near]
+                    out[idx[done]] = state_of[near[done]]
+                    pts, idx = pts[~done], idx[~done]
+                    if pts.shape[0] == 0:
+                        break
+                    step = energy.grad(pts) * self.step_size
+                    norm = step.norm(dim=-1, keepdim=True)
+                    pts = pts - step * torch.clamp(
+                        self.max_step / norm.clamp_min(1e-30), max=1.0)
+                if pts.shape[0]:
+                    out[idx] = state_of[torch.cdist(pts, minima).argmin(1)]
+        return out.numpy()
+
+
+def find_minima(energy: torch.nn.Module, codes: np.ndarray) -> dict:
+    """Locate the positive-definite local minima reached from ``codes``.
+
+    Parameters
+    ----------
+    energy : EnergyMLP
+    codes : ndarray of shape (n, latent_dim)
+        Encoded latent points (e.g. posterior paths of training data).
+
+    Returns
+    -------
+    result : dict
+        ``minima`` (k, d), ``code_minimum`` (n,) index of the minimum each code
+        flowed to (-1 for none), ``capture_radius`` (k,), ``step_size``,
+        ``max_step``.
+    """
+    e64 = copy.deepcopy(energy).double().cpu().eval()
+    for p in e64.parameters():
+        p.requires_grad_(False)
+    z = _as_tensor(codes)
+    spread = float(np.linalg.norm(codes.std(0))) or 1.0
+    probe = z[torch.linspace(0, len(z) - 1, min(len(z), 128)).long()]
+    step_size = 0.9 / curvature_bound(e64, probe)
+    max_step = 0.05 * spread
+    end = gradient_flow(e64, z, step_size=step_size, max_step=max_step,
+                        tol=1e-7 * spread, n_iter=5000)
+    labels = group_points(end.numpy(), radius=0.05 * spread)
+    centres = np.stack([end.numpy()[labels == g].mean(0) for g in range(labels.max() + 1)])
+    refined = newton_refine(e64, _as_tensor(centres))
+    hess = energy_hessian(e64, refined).detach().numpy()
+    eig = np.linalg.eigvalsh(hess)
+    grad_norm = e64.grad(refined).norm(dim=-1).detach().numpy()
+    ok = (eig.min(1) > 1e-8) & (grad_norm < 1e-5) & np.isfinite(refined.numpy()).all(1)
+    # Drop a refined point that moved far from its group (Newton left the well).
+    moved = np.linalg.norm(refined.numpy() - centres, axis=1)
+    ok &= moved < 0.25 * spread
+    minima = refined.numpy()[ok]
+    if len(minima) == 0:
+        # Fall back to the lowest end point: the quadratic term guarantees one minimum.
+        e_end = e64(end).detach().numpy()
+        minima = newton_refine(e64, end[[int(np.argmin(e_end))]]).numpy()
+    # Merge duplicates produced by several groups refining to the same point.
+    keep = group_points(minima, radius=1e-3 * spread)
+    minima = np.stack([minima[keep == g][0] for g in range(keep.max() + 1)])
+    dist_end = np.linalg.norm(end.numpy()[:, None] - minima[None], axis=2)
+    code_min = dist_end.argmin(1)
+    code_min[dist_end.min(1) > 0.1 * spread] = -1
+    # Capture radius: inside it, every training flow ended at that minimum.
+    d_start = np.linalg.norm(codes[:, None] - minima[None], axis=2)
+    radius = np.empty(len(minima))
+    for i in range(len(minima)):
+        others = d_start[code_min != i, i]
+        nearest_other = min((np.linalg.norm(minima - minima[i], axis=1)[
+            np.arange(len(minima)) != i]).min(initial=np.inf), np.inf)
+        radius[i] = 0.5 * min(others.min(initial=np.inf), 0.5 * nearest_other,
+                              spread)
+    return {"minima": minima, "code_minimum": code_min, "capture_radius": radius,
+            "step_size": step_size, "max_step": max_step, "energy64": e64}
+
+
+def merge_minima(energy64: torch.nn.Module, minima: np.ndarray, counts: np.ndarray,
+                 *, min_fraction: float, n_states: int | None) -> np.ndarray:
+    """Map minima to states, merging small (or surplus) wells into neighbours.
+
+    A well holding less than ``min_fraction`` of the flowed codes, and then (if
+    ``n_states`` is given) the least-populated wells until ``n_states`` remain,
+    are merged into the well reached over the lowest straight-line barrier.
+
+    Returns
+    -------
+    state_of_minimum : ndarray of shape (n_minima,)
+        State index per minimum, numbered ``0..n_states-1`` (unordered).
+    """
+    k = len(minima)
+    group = np.arange(k)
+    counts = np.asarray(counts, dtype=float)
+    total = counts.sum() or 1.0
+
+    def alive():
+        return np.unique(group)
+
+    def merge_one(g):
+        members = np.flatnonzero(group == g)
+        best, best_barrier = None, np.inf
+        for h in alive():
+            if h == g:
+                continue
+            for i in members:
+                for j in np.flatnonzero(group == h):
+                    b = straight_line_barrier(energy64, minima[i], minima[j])
+                    if b < best_barrier:
+                        best, best_barrier = h, b
+        group[group == g] = best
+
+    while len(alive()) > 1:
+        mass = {g: counts[group == g].sum() / total for g in alive()}
+        g = min(mass, key=mass.get)
+        too_small = mass[g] < min_fraction
+        too_many = n_states is not None and len(alive()) > n_states
+        if not (too_small or too_many):
+            break
+        merge_one(g)
+    _, state = np.unique(group, return_inverse=True)
+    return state
+
+
+def sampled_occupancy(landscape: EnergyLandscape, codes: np.ndarray, n_draws: int,
+                      rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Occupancy from draws of ``exp(-beta E)``, each flowed to its well.
+
+    Draws come from self-normalised importance sampling: the proposal mixes
+    the Laplace Gaussian of every minimum (covariance inflated four-fold) with a
+    broad Gaussian around the encoded codes, and each draw is weighted by
+    ``exp(-beta E(z)) / q(z)``. This is exact as ``n_draws`` grows and needs no
+    Markov chain to cross barriers. Returns the occupancy and the effective
+    sample size.
+    """
+    d = landscape.latent_dim
+    beta = landscape.beta
+    comps_mean = [m for m in landscape.all_minima]
+    comps_cov = []
+    for h in landscape.hessian(landscape.all_minima):
+        cov = np.linalg.inv(beta * h) * 4.0
+        comps_cov.append(0.5 * (cov + cov.T))
+    comps_mean.append(codes.mean(0))
+    spread = np.cov(codes.T).reshape(d, d) if len(codes) > 1 else np.eye(d)
+    comps_cov.append(spread * 4.0 + 1e-6 * np.eye(d))
+    n_comp = len(comps_mean)
+    weights = np.full(n_comp, 0.8 / (n_comp - 1)) if n_comp > 1 else np.ones(1)
+    weights[-1] = 0.2 if n_comp > 1 else 1.0
+    comp = rng.choice(n_comp, size=n_draws, p=weights / weights.sum())
+    draws = np.empty((n_draws, d))
+    for c in range(n_comp):
+        sel = comp == c
+        draws[sel] = rng.multivariate_normal(comps_mean[c], comps_cov[c], size=sel.sum())
+    log_q = np.full((n_draws, n_comp), -np.inf)
+    for c in range(n_comp):
+        diff = draws - comps_mean[c]
+        prec = np.linalg.inv(comps_cov[c])
+        _, logdet = np.linalg.slogdet(comps_cov[c])
+        log_q[:, c] = (np.log(weights[c] / weights.sum()) - 0.5 * np.einsum(
+            "ni,ij,nj->n", diff, prec, diff) - 0.5 * (logdet + d * math.log(2 * math.pi)))
+    log_q = np.logaddexp.reduce(log_q, axis=1)
+    logw = -beta * landscape(draws) - log_q
+    w = _normalise_log(logw)
+    labels = landscape.predict(draws)
+    occ = _sum_by_state(w, labels, landscape.n_states)
+    return occ, float(1.0 / np.sum(w * w))
+
+
+def compute_occupancies(landscape: EnergyLandscape, codes: np.ndarray,
+                        n_draws: int, rng: np.random.Generator) -> None:
+    """Fill ``landscape.occupancies`` with the three estimates (in place)."""
+    e_all = landscape(landscape.all_minima)
+    h_all = landscape.hessian(landscape.all_minima)
+    s, n = landscape.state_of_minimum, landscape.n_states
+    landscape.occupancies["zeroth_order"] = _sum_by_state(
+        _normalise_log(zeroth_order_weights(e_all, landscape.beta)), s, n)
+    landscape.occupancies["second_order"] = _sum_by_state(
+        _normalise_log(second_order_weights(e_all, h_all, landscape.beta)), s, n)
+    occ, ess = sampled_occupancy(landscape, codes, n_draws, rng)
+    landscape.occupancies["sampled"] = occ
+    landscape.effective_sample_size = ess
+
+
+def relabel_states(landscape: EnergyLandscape, order: np.ndarray) -> None:
+    """Renumber states so that old state ``order[i]`` becomes state ``i`` (in place)."""
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    landscape.state_of_minimum = inverse[landscape.state_of_minimum]
+    landscape.minima = landscape.minima[order]
+    landscape.minima_energies = landscape.minima_energies[order]
+    landscape.hessians = landscape.hessians[order]
+    landscape.occupancies = {k: v[order] for k, v in landscape.occupancies.items()}

@@ -1,0 +1,147 @@
+"""Landscape functions on hand-written energies with known answers."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nldseg import _landscape as L
+
+
+class TiltedDoubleWell(nn.Module):
+    """E(x, y) = a (x^2 - 1)^2 + tilt x + 0.5 k y^2 (+ c |z|^2 with c = 0.01)."""
+
+    def __init__(self, a=2.0, tilt=0.0, k=2.0):
+        super().__init__()
+        self.a, self.tilt, self.k = a, tilt, k
+        self.c = torch.tensor(0.01)
+
+    def forward(self, z):
+        x, y = z[..., 0], z[..., 1]
+        return (self.a * (x * x - 1) ** 2 + self.tilt * x + 0.5 * self.k * y * y
+                + self.c * (z * z).sum(-1))
+
+    def grad(self, z):
+        x, y = z[..., 0], z[..., 1]
+        gx = 4 * self.a * x * (x * x - 1) + self.tilt
+        gy = self.k * y
+        return torch.stack([gx, gy], -1) + 2 * self.c * z
+
+
+def _codes(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 2)) * [0.8, 0.5] + rng.choice([-1.0, 1.0], (n, 1)) * [1, 0]
+
+
+def test_find_minima_double_well():
+    found = L.find_minima(TiltedDoubleWell(), _codes())
+    minima = found["minima"][np.argsort(found["minima"][:, 0])]
+    # Minima of 2 (x^2-1)^2 + 0.01 x^2: x^2 = 1 - 0.01/4, y = 0.
+    x_star = math.sqrt(1 - 0.01 / 4)
+    np.testing.assert_allclose(minima, [[-x_star, 0], [x_star, 0]], atol=1e-6)
+    assert np.all(found["capture_radius"] > 0)
+    assert np.all(found["code_minimum"] >= 0)
+
+
+def test_saddle_is_not_a_minimum():
+    # Codes exactly on the ridge x = 0 flow to the saddle (0, 0), which has a
+    # negative Hessian eigenvalue and must be rejected.
+    codes = np.column_stack([np.zeros(50), np.linspace(-1, 1, 50)])
+    found = L.find_minima(TiltedDoubleWell(), np.vstack([codes, _codes(100)]))
+    assert not np.any(np.all(np.abs(found["minima"]) < 1e-3, axis=1))
+    assert len(found["minima"]) == 2
+
+
+def test_second_order_weight_is_exact_for_a_quadratic():
+    # E = E0 + z^T A z / 2: int exp(-beta E) = exp(-beta E0) (2 pi/beta)^(d/2) / sqrt(det A)
+    A = np.array([[2.0, 0.3], [0.3, 1.0]])
+    beta, e0 = 1.7, 0.4
+    logw = L.second_order_weights(np.array([e0]), A[None], beta)
+    exact = -beta * e0 + math.log(2 * math.pi / beta) - 0.5 * math.log(np.linalg.det(A))
+    np.testing.assert_allclose(logw, [exact])
+
+
+def _grid_occupancy(energy, beta):
+    xs = np.linspace(-3, 3, 601)
+    ys = np.linspace(-3, 3, 301)
+    X, Y = np.meshgrid(xs, ys, indexing="ij")
+    with torch.no_grad():
+        e = energy(torch.tensor(np.stack([X, Y], -1))).numpy()
+    w = np.exp(-beta * (e - e.min()))
+    left = w[xs < 0].sum()
+    return np.array([left, w.sum() - left]) / w.sum()
+
+
+@pytest.mark.parametrize("tilt", [0.0, 0.3])
+def test_occupancies_match_quadrature(tilt):
+    energy = TiltedDoubleWell(tilt=tilt)
+    beta = 2.0
+    codes = _codes()
+    found = L.find_minima(energy, codes)
+    order = np.argsort(found["minima"][:, 0])  # left well first
+    land = L.EnergyLandscape(energy, beta, found["minima"][order], np.array([0, 1]),
+                             found["capture_radius"][order], found["step_size"],
+                             found["max_step"])
+    L.compute_occupancies(land, codes, 6000, np.random.default_rng(0))
+    truth = _grid_occupancy(energy, beta)
+    np.testing.assert_allclose(land.occupancy("sampled"), truth, atol=0.03)
+    np.testing.assert_allclose(land.occupancy("second_order"), truth, atol=0.06)
+    for m in ("sampled", "zeroth_order", "second_order"):
+        assert land.occupancy(m).sum() == pytest.approx(1.0)
+    if tilt > 0:
+        # A positive tilt raises the right well: the left one holds more mass.
+        assert land.occupancy("sampled")[0] > 0.6
+    assert land.effective_sample_size > 1000
+
+
+def test_basins_follow_the_flow_not_the_distance():
+    # Strong tilt: the point (0.3, 0) is nearer the right minimum but the
+    # tilt is too weak to remove that well, so it flows right; (-0.05, 0) is
+    # just left of the ridge (the ridge is shifted right by the tilt).
+    energy = TiltedDoubleWell(tilt=0.5)
+    found = L.find_minima(energy, _codes())
+    order = np.argsort(found["minima"][:, 0])
+    land = L.EnergyLandscape(energy, 1.0, found["minima"][order], np.array([0, 1]),
+                             found["capture_radius"][order], found["step_size"],
+                             found["max_step"])
+    pts = np.array([[-2.0, 1.0], [-0.05, 0.0], [0.3, 0.0], [2.0, -1.0]])
+    # Ridge of 8x(x^2-1) + 0.5 + 0.02x = 0 near x = 0.0625.
+    np.testing.assert_array_equal(land.predict(pts), [0, 0, 1, 1])
+
+
+def test_merge_minima_by_count_and_by_request():
+    energy = TiltedDoubleWell()
+    minima = np.array([[-1.0, 0.0], [1.0, 0.0], [1.2, 0.0]])
+    state = L.merge_minima(energy, minima, np.array([500, 480, 3]),
+                           min_fraction=0.02, n_states=None)
+    # The tiny third well joins its neighbour across the lower barrier (x=1).
+    assert state[1] == state[2] != state[0]
+    state = L.merge_minima(energy, minima, np.array([500, 480, 300]),
+                           min_fraction=0.0, n_states=1)
+    assert np.all(state == 0)
+    state = L.merge_minima(energy, minima, np.array([500, 480, 300]),
+                           min_fraction=0.0, n_states=None)
+    assert sorted(state) == [0, 1, 2]
+
+
+def test_group_points():
+    pts = np.array([[0.0, 0], [0.01, 0], [1, 1], [1.005, 1], [0, 0.02]])
+    np.testing.assert_array_equal(L.group_points(pts, 0.05), [0, 0, 1, 1, 0])
+
+
+def test_relabel_states_permutes_everything():
+    energy = TiltedDoubleWell(tilt=0.2)
+    minima = np.array([[-1.0, 0.0], [1.0, 0.0]])
+    found = L.find_minima(energy, _codes())
+    order = np.argsort(found["minima"][:, 0])
+    land = L.EnergyLandscape(energy, 1.0, found["minima"][order], np.array([0, 1]),
+                             found["capture_radius"][order], found["step_size"],
+                             found["max_step"])
+    L.compute_occupancies(land, _codes(), 2000, np.random.default_rng(0))
+    before = {k: v.copy() for k, v in land.occupancies.items()}
+    L.relabel_states(land, np.array([1, 0]))
+    np.testing.assert_array_equal(land.predict(minima), [1, 0])
+    for k in before:
+        np.testing.assert_array_equal(land.occupancies[k], before[k][::-1])
