@@ -1,0 +1,691 @@
+"""The :class:`LangevinSegmenter` estimator."""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import TransformerTags, check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from nldseg import _landscape
+from nldseg._dynamics import DYNAMICS
+from nldseg._model import NeuralLangevinVAE
+from nldseg._validation import Sequences, check_sequences, format_output
+
+SOLVERS = frozenset({"euler", "torchsde"})
+_MAX_BAD_STEPS = 8
+
+
+class LangevinSegmenter(DensityMixin, BaseEstimator):
+    r"""Unsupervised, online segmentation of sequences by Neural Langevin Dynamics.
+
+    A variational autoencoder with a latent SDE (Li et al., 2020) is fitted to
+    the sequences. Its prior is Langevin dynamics in a learned energy
+    ``E(z) = MLP(z) + c |z|^2``; after training, the wells of ``E`` are the
+    discrete states. A time step is labelled by the well that the posterior
+    latent state at that step flows into under ``dz/ds = -grad E(z)``. The
+    encoder is causal, so the label of step ``t`` uses ``x[:t+1]`` only.
+
+    Parameters
+    ----------
+    n_states : int or None, default=None
+        Number of states. ``None`` keeps every well found (after merging wells
+        holding less than ``min_state_fraction`` of the data). An integer merges
+        the least-populated wells into the neighbour behind the lowest barrier
+        until that many remain, and warns if fewer were found.
+    dynamics : {"overdamped", "underdamped"}, default="overdamped"
+        Langevin dynamics of the prior (see Notes).
+    latent_dim : int, default=3
+        Dimension ``d`` of the latent positions (the domain of ``E``).
+    beta : float, default=1.0
+        Inverse temperature. Fixed unless ``learn_langevin_params=True``, in
+        which case it is only the starting value.
+    gamma : float, default=1.0
+        Friction. Fixed unless ``learn_langevin_params=True``.
+    mass : float, default=1.0
+        Diagonal mass of underdamped dynamics (ignored when overdamped).
+    learn_langevin_params : bool, default=False
+        Train beta, gamma and mass along with the networks (as the paper's
+        reference code does). With the default ``False`` they are plain
+        hyperparameters that can be grid-searched.
+    dt : float, default=0.5
+        Euler-Maruyama step. Observations are one time unit apart, so ``1/dt``
+        must be an integer: the number of solver steps between observations.
+    hidden_size : int, default=64
+        Width of the GRU encoder, the posterior drift, the energy MLP and the
+        decoder.
+    context_size : int, default=32
+        Size of the encoder context ``c_t`` fed to the posterior drift.
+    window_length : int or None, default=50
+        Training reads random windows of this many consecutive steps from the
+        training sequences (each window starts its own posterior); ``None``
+        trains on whole sequences. Short windows make each update cheap; the
+        fitted model labels sequences of any length.
+    batch_size : int, default=128
+        Windows per gradient step.
+    max_iter : int, default=40
+        Maximum number of epochs (passes over all training time steps).
+    learning_rate_init : float, default=3e-3
+        Adam learning rate.
+    kl_warmup : int, default=200
+        Gradient steps over which the KL weight rises linearly from 0 to 1.
+    tol : float, default=1e-4
+        Minimum improvement of the epoch loss that counts as progress.
+    n_iter_no_change : int, default=10
+        Epochs without progress (after warm-up) before training stops.
+    n_samples : int, default=8
+        Posterior paths per sequence used by :meth:`predict_proba`,
+        :meth:`predict`, :meth:`transform` and :meth:`score`.
+    min_state_fraction : float, default=0.02
+        Wells into which less than this fraction of the encoded training data
+        flows are merged into a neighbour.
+    solver : {"euler", "torchsde"}, default="euler"
+        ``"euler"``: a fused Euler-Maruyama loop with the path KL accumulated
+        in place. ``"torchsde"``: ``torchsde.sdeint(..., logqp=True)`` on the
+        same grid (slower; kept as a reference).
+    device : str, default="auto"
+        ``"auto"`` trains on CUDA when available, else on CPU; or ``"cpu"``,
+        ``"cuda"``, ``"cuda:N"``. The fitted ``module_`` is kept on CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, training noise and Monte-Carlo inference.
+        Pass an int for reproducible fits and deterministic inference.
+    verbose : int, default=0
+        Print one progress line per epoch when positive.
+
+    Attributes
+    ----------
+    n_states_ : int
+        Number of states (wells) kept.
+    state_occupancy_ : ndarray of shape (n_states_,)
+        Stationary fraction of time in each state under the learned prior, by
+        the *sampled* estimate: draws of ``exp(-beta E)`` (importance sampling)
+        flowed to their wells. The other two estimates are in
+        ``energy_.occupancies``.
+    energy_ : EnergyLandscape
+        The learned energy: callable on latent points, with ``gradient``,
+        ``hessian``, ``minima``, ``minima_energies``, ``predict`` (basin
+        labels) and ``occupancy(method)``.
+    module_ : torch.nn.Module
+        The trained VAE, on CPU.
+    beta_, gamma_, mass_ : float
+        Fitted Langevin parameters (equal to the hyperparameters unless
+        learned).
+    n_features_in_ : int
+        Number of features seen during :term:`fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during :term:`fit`, when ``X`` has string
+        column names.
+    scaler_mean_, scaler_scale_ : ndarray of shape (n_features_in_,)
+        Per-feature standardisation fitted on all training time steps.
+    loss_curve_ : list of float
+        Mean training loss (negative ELBO per step, KL warm-up weight applied)
+        of each epoch.
+    n_iter_ : int
+        Epochs run.
+    converged_ : bool
+        Whether training stopped on ``tol``/``n_iter_no_change`` before
+        ``max_iter``.
+
+    See Also
+    --------
+    nldseg.metrics.segmentation_accuracy : Accuracy after Hungarian matching.
+    sklearn.mixture.GaussianMixture : States without dynamics.
+
+    Notes
+    -----
+    Overdamped prior and posterior (``f_\phi`` is the learned drift correction,
+    ``c_t`` the causal GRU context):
+
+    .. math::
+
+        dz = -\gamma^{-1}\nabla E(z)\,dt + \sqrt{2/(\beta\gamma)}\,dW, \qquad
+        dz = [-\gamma^{-1}\nabla E(z) + f_\phi(z, c_t)]\,dt
+             + \sqrt{2/(\beta\gamma)}\,dW.
+
+    Underdamped, with ``z = (q, p)`` and diagonal mass ``M`` (``f_\phi`` acts on
+    ``dp`` only; only ``q`` is decoded):
+
+    .. math::
+
+        dq = M^{-1}p\,dt, \qquad
+        dp = [-\nabla E(q) - \gamma M^{-1}p + f_\phi]\,dt
+             + \sqrt{2\gamma/\beta}\,dW.
+
+    The ELBO of a sequence, with ``g u = f_\phi`` and a Gaussian decoder:
+
+    .. math::
+
+        \mathbb{E}_q\Big[\sum_t \log p(x_t \mid z_t)
+        - \tfrac12 \int_0^T |u_t|^2\,dt\Big]
+        - \mathrm{KL}(q(z_0 \mid x_0)\,\|\,p(z_0)).
+
+    Observation ``k`` is at time ``k``; on ``(k-1, k]`` the posterior reads
+    ``c_k``, which depends on ``x_0..x_k``. The stationary law of the prior is
+    ``exp(-beta E)`` (times ``N(p; 0, M)`` underdamped). Inputs are
+    standardised per feature before training. The minimum sequence length is
+    1 time step.
+
+    References
+    ----------
+    S. Koop, M. Peletier, J. Portegies, V. Menkovski. "Neural Langevin
+    Dynamics: Towards Interpretable Neural Stochastic Differential Equations",
+    NLDL 2024.
+
+    Examples
+    --------
+    >>> from nldseg import LangevinSegmenter
+    >>> from nldseg.datasets import make_markov_chain_sequences
+    >>> X, y = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+    >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0)
+    >>> labels = seg.fit(X).predict(X)
+    >>> labels.shape
+    (20, 60)
+    >>> seg.state_occupancy_.shape == (seg.n_states_,)
+    True
+    """
+
+    def __init__(self, n_states=None, *, dynamics="overdamped", latent_dim=3,
+                 beta=1.0, gamma=1.0, mass=1.0, learn_langevin_params=False,
+                 dt=0.5, hidden_size=64, context_size=32, window_length=50,
+                 batch_size=128, max_iter=40, learning_rate_init=3e-3,
+                 kl_warmup=200, tol=1e-4, n_iter_no_change=10, n_samples=8,
+                 min_state_fraction=0.02, solver="euler", device="auto",
+                 random_state=None, verbose=0):
+        self.n_states = n_states
+        self.dynamics = dynamics
+        self.latent_dim = latent_dim
+        self.beta = beta
+        self.gamma = gamma
+        self.mass = mass
+        self.learn_langevin_params = learn_langevin_params
+        self.dt = dt
+        self.hidden_size = hidden_size
+        self.context_size = context_size
+        self.window_length = window_length
+        self.batch_size = batch_size
+        self.max_iter = max_iter
+        self.learning_rate_init = learning_rate_init
+        self.kl_warmup = kl_warmup
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.n_samples = n_samples
+        self.min_state_fraction = min_state_fraction
+        self.solver = solver
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self) -> None:
+        def positive_int(name, allow_none=False):
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            if not isinstance(v, Integral) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer"
+                                 f"{' or None' if allow_none else ''}, got {v!r}.")
+
+        def positive_real(name):
+            v = getattr(self, name)
+            if (not isinstance(v, Real) or isinstance(v, bool) or not np.isfinite(v)
+                    or v <= 0):
+                raise ValueError(f"{name} must be a positive finite number, got {v!r}.")
+
+        for name in ("latent_dim", "hidden_size", "context_size", "batch_size",
+                     "max_iter", "n_iter_no_change", "n_samples"):
+            positive_int(name)
+        positive_int("n_states", allow_none=True)
+        positive_int("window_length", allow_none=True)
+        for name in ("beta", "gamma", "mass", "dt", "learning_rate_init"):
+            positive_real(name)
+        if not isinstance(self.kl_warmup, Integral) or self.kl_warmup < 0:
+            raise ValueError(f"kl_warmup must be a non-negative integer, got "
+                             f"{self.kl_warmup!r}.")
+        if not isinstance(self.tol, Real) or self.tol < 0:
+            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}.")
+        if not (isinstance(self.min_state_fraction, Real)
+                and 0 <= self.min_state_fraction < 1):
+            raise ValueError(f"min_state_fraction must be in [0, 1), got "
+                             f"{self.min_state_fraction!r}.")
+        if self.dynamics not in DYNAMICS:
+            raise ValueError(f"dynamics must be one of {sorted(DYNAMICS)}, got "
+                             f"{self.dynamics!r}.")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got "
+                             f"{self.solver!r}.")
+        n_sub = 1.0 / self.dt
+        if self.dt > 1 or abs(n_sub - round(n_sub)) > 1e-6:
+            raise ValueError(f"dt must be 1/n for a positive integer n (observations "
+                             f"are one time unit apart), got {self.dt!r}.")
+
+    def _resolve_device(self) -> torch.device:
+        dev = self.device
+        if dev == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not isinstance(dev, str) or not (dev == "cpu" or dev.startswith("cuda")):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {dev!r}.")
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={dev!r} was requested but CUDA is not available.")
+        return torch.device(dev)
+
+    @property
+    def _n_sub(self) -> int:
+        return int(round(1.0 / self.dt))
+
+    # --------------------------------------------------------------- training
+    def fit(self, X, y=None, *, lengths=None) -> LangevinSegmenter:
+        """Fit the Neural Langevin Dynamics VAE and find the states.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Training sequences: one 2-D array (one sequence, or several with
+            ``lengths``), a 3-D array, or a list of 2-D arrays of any lengths.
+        y : None
+            Ignored; present for API consistency.
+        lengths : array-like of int, default=None
+            Lengths of the sequences stacked in a 2-D ``X``; must sum to
+            ``n_samples``.
+
+        Returns
+        -------
+        self : LangevinSegmenter
+            The fitted estimator.
+        """
+        self._check_params()
+        device = self._resolve_device()
+        seqs = check_sequences(self, X, lengths=lengths, reset=True)
+        rs = check_random_state(self.random_state)
+        seeds = rs.randint(0, 2**31 - 1, size=4)
+        data = seqs.data.astype(np.float64)
+        mean = data.mean(0)
+        scale = data.std(0)
+        scale[~(scale > 1e-12 * np.maximum(1.0, np.abs(mean)))] = 1.0
+        z_data = ((data - mean) / scale).astype(np.float32)
+        fork = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork):
+            torch.manual_seed(int(seeds[0]))
+            module = NeuralLangevinVAE(
+                n_features=data.shape[1], latent_dim=self.latent_dim,
+                dynamics=self.dynamics, hidden_size=self.hidden_size,
+                context_size=self.context_size, beta=float(self.beta),
+                gamma=float(self.gamma), mass=float(self.mass),
+                learn_langevin_params=self.learn_langevin_params)
+        module.to(device)
+        history = self._train(module, torch.as_tensor(z_data, device=device),
+                              seqs.lengths, device, seeds[1])
+        module.cpu().eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        # Everything below only reads the trained module; assign at the end so a
+        # failure leaves no half-fitted estimator.
+        landscape = self._build_landscape(module, z_data, seqs, seeds[2:])
+        self.scaler_mean_ = mean
+        self.scaler_scale_ = scale
+        self.module_ = module
+        beta, gamma, mass = (t.detach() for t in module.langevin_params())
+        self.beta_, self.gamma_ = float(beta), float(gamma)
+        self.mass_ = float(mass.mean())
+        self.energy_ = landscape
+        self.n_states_ = landscape.n_states
+        self.state_occupancy_ = landscape.occupancy("sampled")
+        self.loss_curve_, self.n_iter_, self.converged_ = history
+        return self
+
+    def _windows(self, lengths: np.ndarray, rng: np.random.Generator) -> list:
+        """Random non-overlapping windows ``(start, length)`` covering every sequence."""
+        w = self.window_length
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        out = []
+        for s0, n in zip(starts, lengths):
+            if w is None or n <= w:
+                out.append((s0, n))
+                continue
+            cut = int(rng.integers(0, w))
+            edges = [0] + list(range(cut, n, w)) + [n]
+            out.extend((s0 + a, b - a) for a, b in zip(edges[:-1], edges[1:])
+                       if b - a >= 2 or n == 1)
+        return [out[i] for i in rng.permutation(len(out))]
+
+    @staticmethod
+    def _gather(data: torch.Tensor, windows: list, device) -> tuple:
+        """Pad a batch of windows into ``(x, mask)`` of shape (B, T, D), (B, T)."""
+        starts = torch.tensor([s for s, _ in windows], device=device)
+        lens = torch.tensor([n for _, n in windows], device=device)
+        t_max = int(lens.max())
+        offs = torch.arange(t_max, device=device)
+        mask = offs[None, :] < lens[:, None]
+        idx = starts[:, None] + torch.minimum(offs[None, :], lens[:, None] - 1)
+        return data[idx], mask.to(data.dtype)
+
+    def _train(self, module, data, lengths, device, seed) -> tuple:
+        rng = np.random.default_rng(int(seed))
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(seed))
+        params = [p for p in module.parameters() if p.requires_grad]
+        lr = float(self.learning_rate_init)
+        opt = torch.optim.Adam(params, lr=lr)
+        d, state_dim, n_sub = module.latent_dim, module.state_dim, self._n_sub
+        step = 0
+        bad_in_a_row = 0
+        loss_curve: list[float] = []
+        best, no_change, converged = np.inf, 0, False
+        snapshot = (copy.deepcopy(module.state_dict()), copy.deepcopy(opt.state_dict()))
+        for epoch in range(self.max_iter):
+            t0 = time.perf_counter()
+            windows = self._windows(lengths, rng)
+            tot_loss, tot_kl, tot_obs = 0.0, 0.0, 0.0
+            for b in range(0, len(windows), self.batch_size):
+                x, mask = self._gather(data, windows[b:b + self.batch_size], device)
+                n_rows, t_max = x.shape[0], x.shape[1]
+                noise = torch.randn((max(t_max - 1, 0), n_sub, n_rows, d),
+                                    generator=gen, device=device)
+                eps0 = torch.randn((n_rows, state_dim), generator=gen, device=device)
+                weight = min(1.0, (step + 1) / self.kl_warmup) if self.kl_warmup else 1.0
+                log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt,
+                                                solver=self.solver)
+                n_obs = mask.sum()
+                loss = -(log_lik.sum() - weight * kl.sum()) / n_obs
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, 10.0)
+                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                    bad_in_a_row += 1
+                    if bad_in_a_row > _MAX_BAD_STEPS:
+                        raise RuntimeError(
+                            f"Training diverged: {bad_in_a_row} non-finite losses or "
+                            f"gradients in a row even after lowering the learning "
+                            f"rate to {lr:.2e}. Try a smaller learning_rate_init or "
+                            f"dt, or standardise X.")
+                    lr *= 0.5
+                    module.load_state_dict(snapshot[0])
+                    opt.load_state_dict(snapshot[1])
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    warnings.warn(
+                        f"Non-finite loss or gradient at step {step}; rolled back "
+                        f"to the previous parameters and lowered the learning rate "
+                        f"to {lr:.2e}.", RuntimeWarning, stacklevel=3)
+                    continue
+                bad_in_a_row = 0
+                snapshot = (copy.deepcopy(module.state_dict()),
+                            copy.deepcopy(opt.state_dict()))
+                opt.step()
+                step += 1
+                n = float(n_obs)
+                tot_loss += float(loss.detach()) * n
+                tot_kl += float(kl.detach().sum())
+                tot_obs += n
+            epoch_loss = tot_loss / max(tot_obs, 1.0)
+            loss_curve.append(epoch_loss)
+            if self.verbose:
+                print(f"Epoch {epoch + 1}/{self.max_iter}: loss {epoch_loss:.4f}, "
+                      f"KL/step {tot_kl / max(tot_obs, 1.0):.4f}, "
+                      f"{time.perf_counter() - t0:.1f}s", flush=True)
+            if step < self.kl_warmup:
+                continue
+            if epoch_loss < best - self.tol:
+                best, no_change = epoch_loss, 0
+            else:
+                no_change += 1
+                if no_change >= self.n_iter_no_change:
+                    converged = True
+                    break
+        if not converged:
+            warnings.warn(f"Stopped after max_iter={self.max_iter} epochs without "
+                          f"converging; increase max_iter.", ConvergenceWarning,
+                          stacklevel=3)
+        return loss_curve, len(loss_curve), converged
+
+    def _build_landscape(self, module, z_data, seqs, seeds):
+        """Find wells from encoded training data and estimate occupancies."""
+        rng = np.random.default_rng(int(seeds[0]))
+        order = rng.permutation(len(seqs.lengths))
+        budget, chosen = 20000, []
+        for i in order:
+            chosen.append(i)
+            budget -= int(seqs.lengths[i])
+            if budget <= 0:
+                break
+        offs = seqs.offsets
+        sub = Sequences(np.concatenate([z_data[offs[i]:offs[i] + seqs.lengths[i]]
+                                        for i in sorted(chosen)]),
+                        seqs.lengths[sorted(chosen)], "list")
+        z = self._latent_samples(module, sub, n_samples=1, seed=int(seeds[1]))
+        codes = z[:, 0, : module.latent_dim].astype(np.float64)
+        if len(codes) > 3000:
+            codes = codes[rng.choice(len(codes), 3000, replace=False)]
+        found = _landscape.find_minima(module.energy, codes)
+        minima, code_min = found["minima"], found["code_minimum"]
+        counts = np.bincount(code_min[code_min >= 0], minlength=len(minima))
+        state_of = _landscape.merge_minima(
+            found["energy64"], minima, counts,
+            min_fraction=self.min_state_fraction, n_states=self.n_states)
+        if self.n_states is not None and state_of.max() + 1 < self.n_states:
+            warnings.warn(f"n_states={self.n_states} was requested but the energy has "
+                          f"only {state_of.max() + 1} well(s); keeping those.",
+                          UserWarning, stacklevel=3)
+        beta = float(module.langevin_params()[0])
+        landscape = _landscape.EnergyLandscape(
+            module.energy, beta, minima, state_of, found["capture_radius"],
+            found["step_size"], found["max_step"])
+        _landscape.compute_occupancies(landscape, codes, 4000, rng)
+        occ = landscape.occupancies["sampled"]
+        # Largest occupancy first; ties broken by the minimum's coordinates.
+        order = np.lexsort((*landscape.minima.T[::-1], -np.round(occ, 12)))
+        _landscape.relabel_states(landscape, order)
+        return landscape
+
+    # -------------------------------------------------------------- inference
+    def _latent_samples(self, module, seqs: Sequences, n_samples: int,
+                        seed: int, chunk_rows: int = 4096) -> np.ndarray:
+        """Posterior latent states at every observation, (n_total, S, state_dim)."""
+        gen = torch.Generator().manual_seed(int(seed))
+        out = np.empty((seqs.data.shape[0], n_samples, module.state_dim),
+                       dtype=np.float32)
+        per_chunk = max(1, chunk_rows // n_samples)
+        offs = seqs.offsets
+        n_seq = len(seqs.lengths)
+        data = torch.as_tensor(seqs.data)
+        with torch.no_grad():
+            for c0 in range(0, n_seq, per_chunk):
+                ids = np.arange(c0, min(n_seq, c0 + per_chunk))
+                windows = [(int(offs[i]), int(seqs.lengths[i])) for i in ids]
+                x, _ = self._gather(data, windows, "cpu")
+                rows, t_max = len(ids) * n_samples, x.shape[1]
+                eps0 = torch.randn((rows, module.state_dim), generator=gen)
+                noise = torch.randn((t_max - 1, self._n_sub, rows, module.latent_dim),
+                                    generator=gen)
+                paths = module.simulate(x, noise, self.dt, n_samples, eps0=eps0,
+                                        solver=self.solver)
+                z = paths.z.reshape(t_max, len(ids), n_samples, -1).numpy()
+                for j, i in enumerate(ids):
+                    out[offs[i]:offs[i] + seqs.lengths[i]] = z[:seqs.lengths[i], j]
+        return out
+
+    def _prepare(self, X, lengths) -> Sequences:
+        check_is_fitted(self)
+        seqs = check_sequences(self, X, lengths=lengths, reset=False)
+        data = (seqs.data.astype(np.float64) - self.scaler_mean_) / self.scaler_scale_
+        return Sequences(np.array(data, dtype=np.float32), seqs.lengths, seqs.form)
+
+    def _inference_seed(self) -> int:
+        return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+
+    def predict_proba(self, X, *, lengths=None):
+        """Probability of each state at every time step (online).
+
+        The posterior SDE is sampled ``n_samples`` times per sequence; the
+        probability of state ``k`` at step ``t`` is the fraction of samples
+        whose latent state at ``t`` lies in the basin of well ``k``. Step ``t``
+        uses ``x[:t+1]`` only. Deterministic for an integer ``random_state``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Sequences, in any form accepted by :meth:`fit`.
+        lengths : array-like of int, default=None
+            Lengths of the sequences stacked in a 2-D ``X``.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_states_), \
+                (n_sequences, n_timesteps, n_states_) or list of arrays
+            Mirrors the form of ``X``.
+        """
+        seqs = self._prepare(X, lengths)
+        return format_output(seqs, self._proba(seqs))
+
+    def _proba(self, seqs: Sequences) -> np.ndarray:
+        z = self._latent_samples(self.module_, seqs, self.n_samples,
+                                 self._inference_seed())
+        d = self.module_.latent_dim
+        labels = self.energy_._basins_torch(
+            torch.as_tensor(z[..., :d].reshape(-1, d))).reshape(z.shape[:2])
+        proba = np.zeros((z.shape[0], self.n_states_))
+        for k in range(self.n_states_):
+            proba[:, k] = (labels == k).mean(1)
+        return proba
+
+    def predict(self, X, *, lengths=None):
+        """State label of every time step (online): the argmax of ``predict_proba``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Sequences, in any form accepted by :meth:`fit`.
+        lengths : array-like of int, default=None
+            Lengths of the sequences stacked in a 2-D ``X``.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,), (n_sequences, n_timesteps) \
+                or list of arrays
+            Integer states in ``0..n_states_-1``; mirrors the form of ``X``.
+        """
+        seqs = self._prepare(X, lengths)
+        return format_output(seqs, self._proba(seqs).argmax(1))
+
+    def fit_predict(self, X, y=None, *, lengths=None):
+        """Fit, then label the training sequences; same as ``fit(X).predict(X)``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Training sequences.
+        y : None
+            Ignored.
+        lengths : array-like of int, default=None
+            Lengths of the sequences stacked in a 2-D ``X``.
+
+        Returns
+        -------
+        labels : ndarray or list of ndarray
+            As :meth:`predict`.
+        """
+        return self.fit(X, lengths=lengths).predict(X, lengths=lengths)
+
+    def transform(self, X, *, lengths=None):
+        """Posterior-mean latent path (positions), averaged over ``n_samples`` paths.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Sequences, in any form accepted by :meth:`fit`.
+        lengths : array-like of int, default=None
+            Lengths of the sequences stacked in a 2-D ``X``.
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, latent_dim), \
+                (n_sequences, n_timesteps, latent_dim) or list of arrays
+            Mirrors the form of ``X``; underdamped models return the positions
+            ``q`` only.
+        """
+        seqs = self._prepare(X, lengths)
+        z = self._latent_samples(self.module_, seqs, self.n_samples,
+                                 self._inference_seed())
+        mean = z[..., : self.module_.latent_dim].mean(1).astype(np.float64)
+        return format_output(seqs, mean)
+
+    def fit_transform(self, X, y=None, *, lengths=None):
+        """Fit, then return the posterior-mean latent path of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Training sequences.
+        y : None
+            Ignored.
+        lengths : array-like of int, default=None
+            Lengths of the sequences stacked in a 2-D ``X``.
+
+        Returns
+        -------
+        Z : ndarray or list of ndarray
+            As :meth:`transform`.
+        """
+        return self.fit(X, lengths=lengths).transform(X, lengths=lengths)
+
+    def score(self, X, y=None, *, lengths=None) -> float:
+        """Mean ELBO per time step (higher is better).
+
+        The ELBO is estimated with ``n_samples`` posterior paths per sequence
+        and expressed in the units of ``X`` (the standardisation's Jacobian is
+        included), so scores of different models on the same data compare.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Sequences, in any form accepted by :meth:`fit`.
+        y : None
+            Ignored.
+        lengths : array-like of int, default=None
+            Lengths of the sequences stacked in a 2-D ``X``.
+
+        Returns
+        -------
+        score : float
+            Evidence lower bound divided by the number of time steps.
+        """
+        seqs = self._prepare(X, lengths)
+        module = self.module_
+        gen = torch.Generator().manual_seed(self._inference_seed())
+        s = self.n_samples
+        total = 0.0
+        offs = seqs.offsets
+        per_chunk = max(1, 4096 // s)
+        data = torch.as_tensor(seqs.data)
+        with torch.no_grad():
+            for c0 in range(0, len(seqs.lengths), per_chunk):
+                ids = range(c0, min(len(seqs.lengths), c0 + per_chunk))
+                windows = [(int(offs[i]), int(seqs.lengths[i])) for i in ids]
+                x, mask = self._gather(data, windows, "cpu")
+                rows, t_max = len(windows) * s, x.shape[1]
+                eps0 = torch.randn((rows, module.state_dim), generator=gen)
+                noise = torch.randn((t_max - 1, self._n_sub, rows, module.latent_dim),
+                                    generator=gen)
+                log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt, s,
+                                                solver=self.solver)
+                total += float((log_lik - kl).sum()) / s
+        n_total = seqs.data.shape[0]
+        return float(total / n_total - np.log(self.scaler_scale_).sum())
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float64"])
+        return tags

@@ -1,0 +1,138 @@
+"""Turn every accepted sequence input into one internal form; raise input errors.
+
+Accepted ``X``:
+
+- a 2-D array ``(n_samples, n_features)``: one sequence, or several stacked
+  end to end when ``lengths`` is given;
+- a 3-D array ``(n_sequences, n_timesteps, n_features)``;
+- a list (or tuple) of 2-D arrays ``(n_timesteps_i, n_features)`` of any lengths
+  (a list of 1-D rows is read as a 2-D array, as everywhere in scikit-learn).
+
+The internal form is a :class:`Sequences`: one float array ``(n_total, n_features)``
+and the lengths of the sequences in it, plus the input's form so that outputs
+can mirror it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.utils.validation import validate_data
+
+FORMS = frozenset({"array2d", "array3d", "list"})
+
+
+@dataclass
+class Sequences:
+    """Validated sequences: concatenated rows, their lengths and the input form."""
+
+    data: np.ndarray  # (n_total, n_features), float64 or float32
+    lengths: np.ndarray  # (n_sequences,), int64, all >= 1
+    form: str  # one of FORMS
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Start row of each sequence in :attr:`data`."""
+        return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+    def split(self, values: np.ndarray) -> list[np.ndarray]:
+        """Split per-row ``values`` (n_total, ...) into one array per sequence."""
+        return np.split(values, np.cumsum(self.lengths)[:-1])
+
+
+def _check_lengths(lengths, n_rows: int) -> np.ndarray:
+    arr = np.asarray(lengths)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"lengths must be a non-empty 1-D sequence of integers, "
+                         f"got shape {arr.shape}.")
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or not np.all(
+                arr == np.round(arr)):
+            raise ValueError(f"lengths must contain integers, got {arr.tolist()!r}.")
+    arr = arr.astype(np.int64)
+    if np.any(arr < 1):
+        raise ValueError(f"lengths must all be >= 1, got {arr.tolist()!r}.")
+    if arr.sum() != n_rows:
+        raise ValueError(f"lengths sum to {int(arr.sum())} but X has {n_rows} rows.")
+    return arr
+
+
+def check_sequences(estimator, X, *, lengths=None, reset: bool) -> Sequences:
+    """Validate ``X`` (and ``lengths``) for ``estimator``.
+
+    Sets or checks ``n_features_in_`` through sklearn's ``validate_data`` (with
+    ``reset``), rejects NaN/inf, sparse, complex, object and string data, empty
+    inputs and mixed feature counts, and returns a :class:`Sequences`.
+    """
+    kwargs = {"reset": reset, "dtype": [np.float64, np.float32],
+              "ensure_all_finite": True}
+    if isinstance(X, (list, tuple)) and len(X) and np.ndim(X[0]) < 2:
+        # A list of rows is an ordinary 2-D array, as everywhere in sklearn.
+        X = np.asarray(X)
+    if isinstance(X, (list, tuple)):
+        if lengths is not None:
+            raise ValueError("lengths can only be given with a 2-D array X; a list of "
+                             "sequences carries its own lengths.")
+        if len(X) == 0:
+            raise ValueError("X is an empty list; expected at least one sequence.")
+        arrays = []
+        for i, seq in enumerate(X):
+            if hasattr(seq, "toarray") or hasattr(seq, "tocsr"):
+                raise TypeError("Sparse data was passed, but dense data is required.")
+            a = np.asarray(seq)
+            if a.ndim != 2:
+                raise ValueError(f"Each sequence in the list must be a 2-D array "
+                                 f"(n_timesteps, n_features); sequence {i} has "
+                                 f"shape {a.shape}.")
+            if arrays and a.shape[1] != arrays[0].shape[1]:
+                raise ValueError(f"All sequences must have the same number of "
+                                 f"features; sequence 0 has {arrays[0].shape[1]} "
+                                 f"and sequence {i} has {a.shape[1]}.")
+            if a.shape[0] == 0:
+                raise ValueError(f"Sequence {i} is empty (0 time steps).")
+            arrays.append(a)
+        lens = np.array([a.shape[0] for a in arrays], dtype=np.int64)
+        data = validate_data(estimator, np.concatenate(arrays), **kwargs)
+        return Sequences(data, lens, "list")
+    if hasattr(X, "toarray") or hasattr(X, "tocsr"):
+        # Let sklearn raise its standard sparse-data error.
+        validate_data(estimator, X, accept_sparse=False, **kwargs)
+    ndim = X.ndim if hasattr(X, "ndim") else np.asarray(X).ndim
+    if ndim == 3:
+        if lengths is not None:
+            raise ValueError("lengths can only be given with a 2-D array X; a 3-D "
+                             "array holds sequences of equal length.")
+        arr = np.asarray(X)
+        n_seq, n_t, n_feat = arr.shape
+        if n_seq == 0 or n_t == 0:
+            raise ValueError(f"X of shape {arr.shape} holds no time steps.")
+        data = validate_data(estimator, arr.reshape(n_seq * n_t, n_feat), **kwargs)
+        return Sequences(data, np.full(n_seq, n_t, dtype=np.int64), "array3d")
+    if ndim not in (2,):
+        raise ValueError(
+            f"Expected a 2-D array (n_samples, n_features), a 3-D array "
+            f"(n_sequences, n_timesteps, n_features) or a list of 2-D arrays; got "
+            f"an array with {ndim} dimension(s). Reshape your data either using "
+            f"array.reshape(-1, 1) if your data has a single feature or "
+            f"array.reshape(1, -1) if it contains a single sample.")
+    data = validate_data(estimator, X, **kwargs)
+    if lengths is None:
+        lens = np.array([data.shape[0]], dtype=np.int64)
+    else:
+        lens = _check_lengths(lengths, data.shape[0])
+    return Sequences(data, lens, "array2d")
+
+
+def format_output(seqs: Sequences, per_row: np.ndarray):
+    """Shape per-row results (n_total, ...) like the input ``seqs`` was shaped.
+
+    ``array2d`` -> (n_samples, ...), ``array3d`` -> (n_sequences, n_timesteps,
+    ...), ``list`` -> list of (n_timesteps_i, ...) arrays.
+    """
+    if seqs.form == "array2d":
+        return per_row
+    if seqs.form == "array3d":
+        return per_row.reshape(len(seqs.lengths), int(seqs.lengths[0]),
+                               *per_row.shape[1:])
+    return seqs.split(per_row)

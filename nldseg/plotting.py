@@ -1,0 +1,137 @@
+"""Plots of a fitted :class:`~nldseg.LangevinSegmenter` (matplotlib needed).
+
+Each function takes ``ax=None`` (a new figure is made) and returns the Axes;
+none calls ``plt.show()``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _axes(ax):
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 5))
+    return ax
+
+
+def minima_plane(landscape, points=None) -> tuple[np.ndarray, np.ndarray]:
+    """Origin and 2 orthonormal directions of the PCA plane through the minima.
+
+    With fewer than three minima the plane is completed by the leading
+    principal directions of ``points`` (e.g. encoded data), or by coordinate
+    axes when no points are given.
+
+    Returns
+    -------
+    origin : ndarray of shape (latent_dim,)
+    basis : ndarray of shape (2, latent_dim)
+    """
+    minima = landscape.minima
+    d = minima.shape[1]
+    origin = minima.mean(0)
+    dirs = list(np.linalg.svd(minima - origin, full_matrices=False)[2][
+        : max(0, len(minima) - 1)]) if len(minima) > 1 else []
+    if points is not None and len(points) > 1:
+        extra = np.linalg.svd(points - points.mean(0), full_matrices=False)[2]
+    else:
+        extra = np.eye(d)
+    for v in extra:
+        if len(dirs) >= min(2, d):
+            break
+        for u in dirs:
+            v = v - (v @ u) * u
+        if np.linalg.norm(v) > 1e-8:
+            dirs.append(v / np.linalg.norm(v))
+    if d == 1:
+        dirs.append(np.zeros(1))
+    return origin, np.stack(dirs[:2])
+
+
+def plot_energy_landscape(estimator, X=None, *, ax=None, resolution: int = 120,
+                          margin: float = 0.5, levels: int = 30):
+    """Contours of the learned energy on the plane through the minima (paper Fig. 2f).
+
+    Parameters
+    ----------
+    estimator : LangevinSegmenter
+        A fitted estimator.
+    X : array-like, default=None
+        Sequences whose posterior-mean latent path is projected on the plane.
+    ax : matplotlib Axes, default=None
+    resolution : int, default=120
+        Grid points per axis.
+    margin : float, default=0.5
+        Extra extent around the minima (and data), as a fraction of the span.
+    levels : int, default=30
+        Number of contour levels.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+    """
+    land = estimator.energy_
+    ax = _axes(ax)
+    pts = None
+    if X is not None:
+        Z = estimator.transform(X)
+        pts = np.concatenate(Z) if isinstance(Z, list) else Z.reshape(-1, Z.shape[-1])
+    origin, basis = minima_plane(land, pts)
+    coords = (land.minima - origin) @ basis.T
+    if pts is not None:
+        coords_all = np.vstack([coords, (pts - origin) @ basis.T])
+    else:
+        coords_all = coords
+    lo, hi = coords_all.min(0), coords_all.max(0)
+    span = np.maximum(hi - lo, 1.0)
+    lo, hi = lo - margin * span, hi + margin * span
+    u = np.linspace(lo[0], hi[0], resolution)
+    v = np.linspace(lo[1], hi[1], resolution)
+    U, V = np.meshgrid(u, v)
+    grid = origin + U.reshape(-1, 1) * basis[0] + V.reshape(-1, 1) * basis[1]
+    E = land(grid).reshape(U.shape)
+    cs = ax.contourf(U, V, E, levels=levels, cmap="viridis")
+    ax.contour(U, V, E, levels=levels, colors="k", linewidths=0.3, alpha=0.5)
+    ax.figure.colorbar(cs, ax=ax, label="E(z)")
+    if pts is not None:
+        p = (pts - origin) @ basis.T
+        ax.plot(p[:, 0], p[:, 1], ".", color="w", ms=1.5, alpha=0.3)
+    for k, (a, b) in enumerate(coords):
+        ax.plot(a, b, "r*", ms=12)
+        ax.annotate(f"state {k}", (a, b), textcoords="offset points", xytext=(6, 6),
+                    color="r")
+    ax.set_xlabel("PC 1 of minima")
+    ax.set_ylabel("PC 2 of minima")
+    ax.set_title("Energy on the plane through the minima")
+    return ax
+
+
+def plot_segmentation(y_pred, y_true=None, *, ax=None, title: str | None = None):
+    """Predicted state sequence against the truth (paper Fig. 3).
+
+    Parameters
+    ----------
+    y_pred : array-like of shape (n_timesteps,)
+        Predicted labels, ideally already matched with
+        :func:`nldseg.metrics.match_labels`.
+    y_true : array-like of shape (n_timesteps,), default=None
+    ax : matplotlib Axes, default=None
+    title : str, default=None
+
+    Returns
+    -------
+    ax : matplotlib Axes
+    """
+    ax = _axes(ax)
+    t = np.arange(len(y_pred))
+    if y_true is not None:
+        ax.step(t, np.asarray(y_true), where="post", lw=3, alpha=0.4, label="true")
+    ax.step(t, np.asarray(y_pred), where="post", lw=1.2, label="predicted (online)")
+    ax.set_xlabel("time step")
+    ax.set_ylabel("state")
+    ax.legend(loc="upper right")
+    if title:
+        ax.set_title(title)
+    return ax

@@ -1,0 +1,336 @@
+"""Behaviour of LangevinSegmenter: learning, input forms, online labels, errors."""
+
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from nldseg import LangevinSegmenter
+from nldseg.datasets import make_markov_chain_sequences
+from nldseg.metrics import segmentation_accuracy
+
+FAST = dict(hidden_size=32, context_size=16, window_length=40, batch_size=64,
+            max_iter=12, kl_warmup=60, n_samples=4, random_state=0)
+
+
+def _data(n_sequences, n_timesteps, seed):
+    return make_markov_chain_sequences(
+        n_sequences, n_timesteps, n_states=3, n_features=6, switch_prob=0.025,
+        random_state=seed, emission_random_state=42)
+
+
+@pytest.fixture(scope="module")
+def chain():
+    X, y = _data(120, 100, seed=0)
+    X_test, y_test = _data(20, 150, seed=1)
+    return X, y, X_test, y_test
+
+
+@pytest.fixture(scope="module")
+def fitted(chain):
+    X, _, _, _ = chain
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return LangevinSegmenter(**FAST).fit(X)
+
+
+def test_learns_three_state_chain(fitted, chain):
+    _, _, X_test, y_test = chain
+    assert fitted.n_states_ == 3
+    acc = segmentation_accuracy(y_test, fitted.predict(X_test))
+    assert acc >= 0.9, acc
+
+
+def test_occupancy_is_a_distribution(fitted):
+    for method in ("sampled", "zeroth_order", "second_order"):
+        occ = fitted.energy_.occupancy(method)
+        assert occ.shape == (fitted.n_states_,)
+        assert np.all(occ >= 0)
+        np.testing.assert_allclose(occ.sum(), 1.0, rtol=1e-9)
+    np.testing.assert_array_equal(fitted.state_occupancy_,
+                                  fitted.energy_.occupancy("sampled"))
+    # States are ordered by occupancy, largest first.
+    assert np.all(np.diff(fitted.state_occupancy_) <= 1e-12)
+    # Each state holds roughly a third of the time (true value 1/3).
+    assert np.abs(fitted.state_occupancy_ - 1 / 3).sum() < 0.3
+
+
+def test_energy_landscape_object(fitted):
+    land = fitted.energy_
+    d = fitted.latent_dim
+    assert land.minima.shape == (fitted.n_states_, d)
+    z = np.random.default_rng(0).standard_normal((5, d))
+    assert land(z).shape == (5,)
+    # The analytic gradient matches autograd on the float64 energy.
+    zt = torch.tensor(z, requires_grad=True)
+    land._energy64(zt).sum().backward()
+    np.testing.assert_allclose(land.gradient(z), zt.grad.numpy(), rtol=1e-6,
+                               atol=1e-8)
+    np.testing.assert_allclose(land.gradient(land.minima), 0.0, atol=1e-5)
+    h = land.hessian(land.minima)
+    np.testing.assert_allclose(h, np.swapaxes(h, 1, 2), atol=1e-8)
+    assert np.all(np.linalg.eigvalsh(h) > 0)
+    np.testing.assert_array_equal(land.predict(land.minima),
+                                  np.arange(fitted.n_states_))
+    np.testing.assert_allclose(land(land.minima), land.minima_energies)
+    with pytest.raises(ValueError, match="latent points of shape"):
+        land(np.zeros((2, d + 1)))
+    with pytest.raises(ValueError, match="method must be one of"):
+        land.occupancy("first_order")
+
+
+def test_input_forms_mirror_output(fitted, chain):
+    X = chain[2][:3, :50]
+    labels3d = fitted.predict(X)
+    assert labels3d.shape == (3, 50) and labels3d.dtype.kind == "i"
+    proba3d = fitted.predict_proba(X)
+    assert proba3d.shape == (3, 50, fitted.n_states_)
+    # list of different lengths
+    seqs = [X[0], X[1, :20], X[2, :35]]
+    out = fitted.predict(seqs)
+    assert [o.shape for o in out] == [(50,), (20,), (35,)]
+    # 2-D with lengths gives the same labels as the list
+    flat = np.concatenate(seqs)
+    np.testing.assert_array_equal(fitted.predict(flat, lengths=[50, 20, 35]),
+                                  np.concatenate(out))
+    # one 2-D sequence
+    assert fitted.predict(X[0]).shape == (50,)
+    assert fitted.transform(X).shape == (3, 50, fitted.latent_dim)
+    assert [z.shape for z in fitted.transform(seqs)] == [(50, 3), (20, 3), (35, 3)]
+
+
+def test_predict_is_argmax_of_proba(fitted, chain):
+    X = chain[2][:4]
+    proba = fitted.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(-1), 1.0)
+    np.testing.assert_array_equal(fitted.predict(X), proba.argmax(-1))
+
+
+def test_causality(fitted, chain):
+    x = chain[2][0]
+    full_labels = fitted.predict(x)
+    full_proba = fitted.predict_proba(x)
+    full_z = fitted.transform(x)
+    for k in (1, 2, 37, 120):
+        np.testing.assert_array_equal(fitted.predict(x[:k]), full_labels[:k])
+        np.testing.assert_array_equal(fitted.predict_proba(x[:k]), full_proba[:k])
+        np.testing.assert_array_equal(fitted.transform(x[:k]), full_z[:k])
+    # Changing the future leaves the past untouched.
+    x2 = x.copy()
+    x2[60:] += 5.0
+    np.testing.assert_array_equal(fitted.predict(x2)[:60], full_labels[:60])
+
+
+def test_inference_is_deterministic(fitted, chain):
+    X = chain[2][:3]
+    np.testing.assert_array_equal(fitted.predict_proba(X), fitted.predict_proba(X))
+    assert fitted.score(X) == fitted.score(X)
+
+
+def test_refit_same_seed_is_identical(chain):
+    X = chain[0][:30, :40]
+    kw = dict(FAST, max_iter=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = LangevinSegmenter(**kw).fit(X)
+        b = LangevinSegmenter(**kw).fit(X)
+    assert a.loss_curve_ == b.loss_curve_
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_score(fitted, chain):
+    X_test = chain[2][:5]
+    s = fitted.score(X_test)
+    assert isinstance(s, float) and np.isfinite(s)
+    # Data with its time steps shuffled across sequences has no dwell structure
+    # and rows with the emissions mixed up: the model explains it worse.
+    rng = np.random.default_rng(0)
+    scrambled = X_test[..., rng.permutation(X_test.shape[-1])]
+    assert fitted.score(scrambled) < s
+
+
+def test_score_uses_units_of_x(fitted, chain):
+    # Standardisation's Jacobian: rescaling a model and data together shifts
+    # the per-step log-density by -n_features * log(scale).
+    X = chain[2][:3]
+    s = fitted.score(X)
+    other = pickle.loads(pickle.dumps(fitted))
+    other.scaler_scale_ = other.scaler_scale_ * 10.0
+    other.scaler_mean_ = other.scaler_mean_ * 10.0
+    s10 = other.score(X * 10.0)
+    np.testing.assert_allclose(s10, s - X.shape[-1] * np.log(10.0), rtol=1e-5)
+
+
+def test_fitted_attributes(fitted):
+    assert fitted.n_features_in_ == 6
+    assert fitted.n_iter_ == len(fitted.loss_curve_) >= 1
+    assert isinstance(fitted.converged_, bool)
+    assert all(p.device.type == "cpu" for p in fitted.module_.parameters())
+    assert fitted.beta_ == pytest.approx(1.0) and fitted.gamma_ == pytest.approx(1.0)
+    # The loss went down.
+    assert fitted.loss_curve_[-1] < fitted.loss_curve_[0]
+
+
+def test_pickle_and_joblib_round_trip(fitted, chain, tmp_path):
+    X = chain[2][:2]
+    expected = fitted.predict_proba(X)
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(again.predict_proba(X), expected)
+    joblib.dump(fitted, tmp_path / "m.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "m.joblib").predict(X),
+                                  expected.argmax(-1))
+
+
+def test_fit_predict_equals_fit_then_predict(chain):
+    X = chain[0][:20, :30]
+    kw = dict(FAST, max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = LangevinSegmenter(**kw).fit_predict(X)
+        b = LangevinSegmenter(**kw).fit(X).predict(X)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_requested_number_of_states(chain):
+    X = chain[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        two = LangevinSegmenter(n_states=2, **FAST).fit(X)
+    assert two.n_states_ == 2
+    assert set(np.unique(two.predict(chain[2][:5]))) <= {0, 1}
+    assert two.state_occupancy_.shape == (2,)
+
+
+def test_too_many_states_requested_warns(fitted, chain):
+    params = dict(fitted.get_params(), n_states=7, max_iter=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(UserWarning, match="n_states=7 was requested"):
+            est = LangevinSegmenter(**params).fit(chain[0][:10, :30])
+    assert est.n_states_ < 7
+
+
+def test_underdamped_fits_and_predicts(chain):
+    X = chain[0][:20, :40]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = LangevinSegmenter(dynamics="underdamped", **dict(FAST, max_iter=2)).fit(X)
+    assert est.module_.state_dim == 2 * est.latent_dim
+    assert est.predict(X).shape == (20, 40)
+    assert est.transform(X).shape == (20, 40, est.latent_dim)
+    assert np.isfinite(est.score(X))
+
+
+def test_learned_langevin_params_move(chain):
+    X = chain[0][:20, :40]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = LangevinSegmenter(learn_langevin_params=True, beta=2.0,
+                                **dict(FAST, max_iter=2)).fit(X)
+        fixed = LangevinSegmenter(beta=2.0, **dict(FAST, max_iter=2)).fit(X)
+    assert est.beta_ != 2.0
+    assert fixed.beta_ == pytest.approx(2.0)
+
+
+def test_nan_loss_rolls_back_and_warns(chain, monkeypatch):
+    from nldseg import _model
+
+    original = _model.NeuralLangevinVAE.elbo_terms
+    calls = {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        log_lik, kl = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] in (2, 3):
+            return log_lik * float("nan"), kl
+        return log_lik, kl
+
+    monkeypatch.setattr(_model.NeuralLangevinVAE, "elbo_terms", flaky)
+    est = LangevinSegmenter(**dict(FAST, max_iter=2, learning_rate_init=1e-2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(RuntimeWarning, match="rolled back .* learning rate"):
+            est.fit(chain[0][:40, :40])
+    assert np.all(np.isfinite(est.loss_curve_))
+    assert all(torch.isfinite(p).all() for p in est.module_.parameters())
+
+
+def test_unrecoverable_nan_raises_and_leaves_estimator_unfitted(chain, monkeypatch):
+    from nldseg import _model
+
+    original = _model.NeuralLangevinVAE.elbo_terms
+
+    def broken(self, *args, **kwargs):
+        log_lik, kl = original(self, *args, **kwargs)
+        return log_lik * float("nan"), kl
+
+    monkeypatch.setattr(_model.NeuralLangevinVAE, "elbo_terms", broken)
+    est = LangevinSegmenter(**dict(FAST, max_iter=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(RuntimeError, match="Training diverged"):
+            est.fit(chain[0][:10, :30])
+    assert not hasattr(est, "module_") and not hasattr(est, "energy_")
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"dynamics": "critical"}, "dynamics must be one of"),
+    ({"dt": 0.3}, "dt must be 1/n"),
+    ({"beta": -1.0}, "beta must be a positive"),
+    ({"gamma": 0}, "gamma must be a positive"),
+    ({"n_states": 0}, "n_states must be a positive integer or None"),
+    ({"latent_dim": 1.5}, "latent_dim must be a positive integer"),
+    ({"solver": "rk4"}, "solver must be one of"),
+    ({"min_state_fraction": 1.0}, "min_state_fraction must be in"),
+    ({"device": "tpu"}, "device must be"),
+])
+def test_bad_parameters_raise(params, match):
+    X = np.zeros((10, 2))
+    with pytest.raises(ValueError, match=match):
+        LangevinSegmenter(**params).fit(X)
+
+
+def test_bad_inputs_raise_and_do_not_touch_model(fitted, chain):
+    X = chain[2][:2, :30]
+    before = fitted.predict(X)
+    bad = [
+        (np.full((10, 6), np.nan), ValueError, "NaN"),
+        (np.zeros(6), ValueError, "2-D array"),
+        (np.zeros((2, 3, 4, 6)), ValueError, "dimension"),
+        (np.zeros((10, 5)), ValueError, "5 features"),
+        ([], ValueError, "empty list"),
+        ([np.zeros((5, 6)), np.zeros((5, 4))], ValueError, "same number of features"),
+    ]
+    for X_bad, err, match in bad:
+        with pytest.raises(err, match=match):
+            fitted.predict(X_bad)
+    with pytest.raises(ValueError, match="lengths sum to 9"):
+        fitted.predict(np.zeros((10, 6)), lengths=[4, 5])
+    with pytest.raises(ValueError, match="lengths must all be >= 1"):
+        fitted.predict(np.zeros((10, 6)), lengths=[10, 0])
+    with pytest.raises(ValueError, match="lengths must contain integers"):
+        fitted.predict(np.zeros((10, 6)), lengths=[4.5, 5.5])
+    np.testing.assert_array_equal(fitted.predict(X), before)
+
+
+def test_torchsde_solver_matches_fused_loop(chain):
+    """Same Brownian increments -> same latent paths and KL from both solvers."""
+    from nldseg._model import NeuralLangevinVAE
+
+    torch.manual_seed(0)
+    for dynamics in ("overdamped", "underdamped"):
+        m = NeuralLangevinVAE(6, 3, dynamics, 16, 8, 1.5, 0.7, 1.3, False)
+        with torch.no_grad():
+            m.drift_net.out.weight.normal_(std=0.3)
+        x = torch.as_tensor(chain[0][:4, :12], dtype=torch.float32)
+        noise = torch.randn(11, 2, 4, 3)
+        eps0 = torch.randn(4, m.state_dim)
+        fused = m.simulate(x, noise, 0.5, eps0=eps0)
+        ref = m.simulate(x, noise, 0.5, eps0=eps0, solver="torchsde")
+        torch.testing.assert_close(ref.z, fused.z, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ref.kl_path, fused.kl_path, rtol=1e-4, atol=1e-5)
+        assert float(fused.kl_path.sum()) > 0
