@@ -23,6 +23,21 @@ SOLVERS = frozenset({"euler", "torchsde"})
 _MAX_BAD_STEPS = 8
 
 
+def _stepwise_noise(gen: torch.Generator, t_max: int, n_sub: int, rows: int,
+                    dim: int) -> torch.Tensor:
+    """Standard normal increments (t_max - 1, n_sub, rows, dim), one draw per step.
+
+    Drawing step by step keeps the increments of step ``k`` independent of the
+    sequence length: a single large ``torch.randn`` fills its tensor in a
+    size-dependent order, which would make labels of a prefix differ from the
+    labels of the whole sequence.
+    """
+    if t_max < 2:
+        return torch.empty((0, n_sub, rows, dim))
+    return torch.stack([torch.randn((n_sub, rows, dim), generator=gen)
+                        for _ in range(t_max - 1)])
+
+
 class LangevinSegmenter(DensityMixin, BaseEstimator):
     r"""Unsupervised, online segmentation of sequences by Neural Langevin Dynamics.
 
@@ -439,6 +454,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 if no_change >= self.n_iter_no_change:
                     converged = True
                     break
+        if step == 0:
+            raise RuntimeError("Training failed: no training step gave a finite loss "
+                               "and gradient. Try a smaller learning_rate_init or dt, "
+                               "or check X.")
         if not converged:
             warnings.warn(f"Stopped after max_iter={self.max_iter} epochs without "
                           f"converging; increase max_iter.", ConvergenceWarning,
@@ -502,8 +521,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 x, _ = self._gather(data, windows, "cpu")
                 rows, t_max = len(ids) * n_samples, x.shape[1]
                 eps0 = torch.randn((rows, module.state_dim), generator=gen)
-                noise = torch.randn((t_max - 1, self._n_sub, rows, module.latent_dim),
-                                    generator=gen)
+                noise = _stepwise_noise(gen, t_max, self._n_sub, rows, module.latent_dim)
                 paths = module.simulate(x, noise, self.dt, n_samples, eps0=eps0,
                                         solver=self.solver)
                 z = paths.z.reshape(t_max, len(ids), n_samples, -1).numpy()
@@ -677,8 +695,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 x, mask = self._gather(data, windows, "cpu")
                 rows, t_max = len(windows) * s, x.shape[1]
                 eps0 = torch.randn((rows, module.state_dim), generator=gen)
-                noise = torch.randn((t_max - 1, self._n_sub, rows, module.latent_dim),
-                                    generator=gen)
+                noise = _stepwise_noise(gen, t_max, self._n_sub, rows, module.latent_dim)
                 log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt, s,
                                                 solver=self.solver)
                 total += float((log_lik - kl).sum()) / s

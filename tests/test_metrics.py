@@ -1,0 +1,146 @@
+"""Tests of the Hungarian-matched segmentation metrics."""
+
+import numpy as np
+import pytest
+
+from nldseg.metrics import label_mapping, match_labels, segmentation_accuracy
+
+
+def test_three_cycle_permutation_is_undone():
+    rng = np.random.RandomState(0)
+    y_true = rng.randint(3, size=300)
+    y_pred = (y_true + 1) % 3
+    np.testing.assert_array_equal(match_labels(y_true, y_pred), y_true)
+    assert label_mapping(y_true, y_pred) == {0: 2, 1: 0, 2: 1}
+    assert segmentation_accuracy(y_true, y_pred) == 1.0
+
+
+def test_arbitrary_integer_labels():
+    y_true = np.array([-4, -4, 10, 10, 3, 3, 3])
+    y_pred = np.array([7, 7, 0, 0, 100, 100, 0])
+    np.testing.assert_array_equal(
+        match_labels(y_true, y_pred), [-4, -4, 10, 10, 3, 3, 10]
+    )
+    assert segmentation_accuracy(y_true, y_pred) == pytest.approx(6 / 7)
+
+
+def test_float_and_bool_labels_with_integer_values_are_accepted():
+    matched = match_labels([0.0, 0.0, 1.0], [True, True, False])
+    assert matched.dtype == np.int64
+    np.testing.assert_array_equal(matched, [0, 0, 1])
+
+
+def test_more_predicted_states_than_true():
+    y_true = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    y_pred = np.array([5, 5, 6, 6, 7, 7, 7, 6])
+    mapping = label_mapping(y_true, y_pred)
+    assert mapping == {5: 0, 6: 0, 7: 1}
+    np.testing.assert_array_equal(
+        match_labels(y_true, y_pred), [0, 0, 0, 0, 1, 1, 1, 0]
+    )
+    assert segmentation_accuracy(y_true, y_pred) == pytest.approx(7 / 8)
+
+
+def test_split_true_state_is_not_penalised():
+    y_true = np.repeat([0, 1], 50)
+    y_pred = np.repeat([2, 0, 1], [50, 25, 25])
+    assert segmentation_accuracy(y_true, y_pred) == 1.0
+
+
+def test_fewer_predicted_states_than_true():
+    y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    y_pred = np.array([4, 4, 4, 4, 4, 9, 9, 9])
+    assert label_mapping(y_true, y_pred) == {4: 0, 9: 2}
+    np.testing.assert_array_equal(
+        match_labels(y_true, y_pred), [0, 0, 0, 0, 0, 2, 2, 2]
+    )
+    assert segmentation_accuracy(y_true, y_pred) == pytest.approx(6 / 8)
+
+
+def test_matching_is_pooled_over_sequences():
+    # Alone, the second sequence would be matched 1 -> 0; pooled, 0 -> 0 wins.
+    y_true = [np.array([0, 0, 0, 0, 1]), np.array([0, 0, 1])]
+    y_pred = [np.array([0, 0, 0, 0, 1]), np.array([1, 1, 0])]
+    acc = segmentation_accuracy(y_true, y_pred, per_sequence=True)
+    assert isinstance(acc, np.ndarray) and acc.shape == (2,)
+    np.testing.assert_allclose(acc, [1.0, 0.0])
+    assert segmentation_accuracy(y_true, y_pred) == pytest.approx(5 / 8)
+
+
+def test_list_input_of_different_lengths_per_sequence():
+    y_true = [[0, 0, 1, 1, 1], [1, 1, 0], [0, 1, 1, 1]]
+    y_pred = [[2, 2, 0, 0, 2], [0, 0, 0], [2, 0, 0, 2]]
+    # Pooled contingency maps 2 -> 0 and 0 -> 1.
+    matched = match_labels(y_true, y_pred)
+    assert isinstance(matched, list) and len(matched) == 3
+    np.testing.assert_array_equal(matched[0], [0, 0, 1, 1, 0])
+    np.testing.assert_array_equal(matched[1], [1, 1, 1])
+    np.testing.assert_array_equal(matched[2], [0, 1, 1, 0])
+    acc = segmentation_accuracy(y_true, y_pred, per_sequence=True)
+    np.testing.assert_allclose(acc, [4 / 5, 2 / 3, 3 / 4])
+    assert segmentation_accuracy(y_true, y_pred) == pytest.approx(9 / 12)
+
+
+def test_output_mirrors_the_form_of_y_pred():
+    y_true = np.array([[0, 0, 1], [1, 1, 0]])
+    y_pred = np.array([[1, 1, 0], [0, 0, 1]])
+    matched = match_labels(y_true, y_pred)
+    assert isinstance(matched, np.ndarray) and matched.shape == (2, 3)
+    np.testing.assert_array_equal(matched, y_true)
+    matched = match_labels(y_true, list(y_pred))
+    assert isinstance(matched, list)
+    np.testing.assert_array_equal(np.stack(matched), y_true)
+    single = match_labels([0, 1, 1], [1, 0, 0])
+    assert isinstance(single, np.ndarray) and single.shape == (3,)
+
+
+def test_2d_per_sequence_matches_list_input():
+    rng = np.random.RandomState(1)
+    y_true = rng.randint(3, size=(4, 20))
+    y_pred = rng.randint(4, size=(4, 20))
+    acc_2d = segmentation_accuracy(y_true, y_pred, per_sequence=True)
+    acc_list = segmentation_accuracy(list(y_true), list(y_pred), per_sequence=True)
+    np.testing.assert_array_equal(acc_2d, acc_list)
+    matched = match_labels(y_true, y_pred)
+    np.testing.assert_allclose(acc_2d, np.mean(matched == y_true, axis=1))
+    assert segmentation_accuracy(y_true, y_pred) == pytest.approx(acc_2d.mean())
+
+
+def test_single_sequence_per_sequence_has_length_one():
+    acc = segmentation_accuracy([0, 0, 1, 1], [1, 1, 0, 1], per_sequence=True)
+    assert acc.shape == (1,)
+    np.testing.assert_allclose(acc, [0.75])
+
+
+def test_pooled_accuracy_is_a_python_float():
+    acc = segmentation_accuracy([0, 1], [1, 0])
+    assert type(acc) is float
+
+
+@pytest.mark.parametrize(
+    "y_true, y_pred, match",
+    [
+        ([0, 1, 1], [0, 1], "y_true has 3 time steps and y_pred has 2"),
+        ([[0, 1], [1, 0]], [[0, 1]], "y_true has 2 and y_pred has 1"),
+        ([[0, 1, 1], [0]], [[0, 1, 1], [0, 1]], "Sequence 1 has 1 .* but 2"),
+        ([], [], "y_true is empty"),
+        (np.zeros((2, 0)), np.zeros((2, 0)), r"y_true\[0\] is empty"),
+        ([0, 1], [0.5, 1], "non-integer value 0.5"),
+        ([0, np.nan], [0, 1], "y_true contains NaN"),
+        ([0, 1], [0, np.inf], "y_pred contains infinite values"),
+        (np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), "ndim=3"),
+        ([[0, 1], 1], [[0, 1], 1], "neither all scalars nor all 1-D"),
+    ],
+)
+def test_bad_input_raises_value_error(y_true, y_pred, match):
+    with pytest.raises(ValueError, match=match):
+        segmentation_accuracy(y_true, y_pred)
+    with pytest.raises(ValueError, match=match):
+        match_labels(y_true, y_pred)
+
+
+def test_non_numeric_labels_raise_type_error():
+    with pytest.raises(TypeError, match="integer labels; got an array of dtype"):
+        match_labels(["a", "b"], [0, 1])
+    with pytest.raises(TypeError, match="per_sequence must be a bool"):
+        segmentation_accuracy([0, 1], [0, 1], per_sequence="yes")
