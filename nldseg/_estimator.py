@@ -20,6 +20,8 @@ from nldseg._model import NeuralLangevinVAE
 from nldseg._validation import Sequences, check_sequences, format_output
 
 SOLVERS = frozenset({"euler", "torchsde"})
+INITIAL_PRIORS = frozenset({"stationary", "gaussian"})
+_N_PARTITION = 1024
 _MAX_BAD_STEPS = 8
 
 
@@ -101,6 +103,12 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     min_state_fraction : float, default=0.02
         Wells into which less than this fraction of the encoded training data
         flows are merged into a neighbour.
+    initial_prior : {"stationary", "gaussian"}, default="stationary"
+        Prior of the initial latent state. ``"stationary"``: the prior SDE's
+        own stationary law ``exp(-beta E) / Z`` (``log Z`` by importance
+        sampling), so that every training window also fits ``exp(-beta E)`` to
+        where the data sit; this is what makes the well occupancies reliable.
+        ``"gaussian"``: a learned Gaussian, as in the paper.
     solver : {"euler", "torchsde"}, default="euler"
         ``"euler"``: a fused Euler-Maruyama loop with the path KL accumulated
         in place. ``"torchsde"``: ``torchsde.sdeint(..., logqp=True)`` on the
@@ -211,7 +219,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                  dt=0.5, hidden_size=64, context_size=32, window_length=50,
                  batch_size=128, max_iter=40, learning_rate_init=3e-3,
                  kl_warmup=200, tol=1e-4, n_iter_no_change=10, n_samples=8,
-                 min_state_fraction=0.02, solver="euler", device="auto",
+                 min_state_fraction=0.02, initial_prior="stationary",
+                 solver="euler", device="auto",
                  random_state=None, verbose=0):
         self.n_states = n_states
         self.dynamics = dynamics
@@ -232,6 +241,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.n_samples = n_samples
         self.min_state_fraction = min_state_fraction
+        self.initial_prior = initial_prior
         self.solver = solver
         self.device = device
         self.random_state = random_state
@@ -272,6 +282,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         if self.dynamics not in DYNAMICS:
             raise ValueError(f"dynamics must be one of {sorted(DYNAMICS)}, got "
                              f"{self.dynamics!r}.")
+        if self.initial_prior not in INITIAL_PRIORS:
+            raise ValueError(f"initial_prior must be one of {sorted(INITIAL_PRIORS)}, "
+                             f"got {self.initial_prior!r}.")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got "
                              f"{self.solver!r}.")
@@ -333,7 +346,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 dynamics=self.dynamics, hidden_size=self.hidden_size,
                 context_size=self.context_size, beta=float(self.beta),
                 gamma=float(self.gamma), mass=float(self.mass),
-                learn_langevin_params=self.learn_langevin_params)
+                learn_langevin_params=self.learn_langevin_params,
+                initial_prior=self.initial_prior)
         module.to(device)
         history = self._train(module, torch.as_tensor(z_data, device=device),
                               seqs.lengths, device, seeds[1])
@@ -405,8 +419,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                     generator=gen, device=device)
                 eps0 = torch.randn((n_rows, state_dim), generator=gen, device=device)
                 weight = min(1.0, (step + 1) / self.kl_warmup) if self.kl_warmup else 1.0
+                probe = torch.randn((_N_PARTITION, d), generator=gen, device=device)
                 log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt,
-                                                solver=self.solver)
+                                                solver=self.solver,
+                                                partition_noise=probe)
                 n_obs = mask.sum()
                 loss = -(log_lik.sum() - weight * kl.sum()) / n_obs
                 opt.zero_grad(set_to_none=True)
@@ -683,6 +699,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seqs = self._prepare(X, lengths)
         module = self.module_
         gen = torch.Generator().manual_seed(self._inference_seed())
+        probe = torch.randn((8 * _N_PARTITION, module.latent_dim), generator=gen)
         s = self.n_samples
         total = 0.0
         offs = seqs.offsets
@@ -697,7 +714,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 eps0 = torch.randn((rows, module.state_dim), generator=gen)
                 noise = _stepwise_noise(gen, t_max, self._n_sub, rows, module.latent_dim)
                 log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt, s,
-                                                solver=self.solver)
+                                                solver=self.solver,
+                                                partition_noise=probe)
                 total += float((log_lik - kl).sum()) / s
         n_total = seqs.data.shape[0]
         return float(total / n_total - np.log(self.scaler_scale_).sum())

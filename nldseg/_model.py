@@ -91,7 +91,7 @@ class LatentPaths:
 
     z: torch.Tensor  # (n_timesteps, batch, state_dim), latent state at observations
     kl_path: torch.Tensor  # (n_timesteps, batch), KL accrued on (t_{k-1}, t_k]
-    kl0: torch.Tensor  # (batch,), KL(q(z_0|x_0) || p(z_0))
+    kl0: torch.Tensor | None  # (batch,), KL(q(z_0|x_0) || p(z_0))
 
 
 class NeuralLangevinVAE(nn.Module):
@@ -113,20 +113,26 @@ class NeuralLangevinVAE(nn.Module):
         Initial (or fixed) inverse temperature, friction and mass.
     learn_langevin_params : bool
         Whether beta, gamma and mass are trained.
+    initial_prior : {"stationary", "gaussian"}
+        ``p(z_0)``: the prior's stationary law ``exp(-beta E) / Z`` (times
+        ``N(p; 0, M / beta)`` underdamped), or a learned diagonal Gaussian.
     """
 
     def __init__(self, n_features: int, latent_dim: int, dynamics: str,
                  hidden_size: int, context_size: int, beta: float, gamma: float,
-                 mass: float, learn_langevin_params: bool) -> None:
+                 mass: float, learn_langevin_params: bool,
+                 initial_prior: str = "stationary") -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.dynamics = dynamics
+        self.initial_prior = initial_prior
         self.state_dim = latent_dim if dynamics == "overdamped" else 2 * latent_dim
         self.gru = nn.GRU(n_features, hidden_size, batch_first=True)
         self.context = nn.Linear(hidden_size, context_size)
         self.q0 = nn.Linear(hidden_size, 2 * self.state_dim)
-        self.p0_mean = nn.Parameter(torch.zeros(self.state_dim))
-        self.p0_log_std = nn.Parameter(torch.zeros(self.state_dim))
+        if initial_prior == "gaussian":
+            self.p0_mean = nn.Parameter(torch.zeros(self.state_dim))
+            self.p0_log_std = nn.Parameter(torch.zeros(self.state_dim))
         self.energy = EnergyMLP(latent_dim, hidden_size)
         self.drift_net = PosteriorDrift(self.state_dim, context_size, hidden_size,
                                         latent_dim)
@@ -159,7 +165,8 @@ class NeuralLangevinVAE(nn.Module):
 
     def simulate(self, x: torch.Tensor, noise: torch.Tensor, dt: float,
                  n_samples: int = 1, *, eps0: torch.Tensor | None = None,
-                 solver: str = "euler") -> LatentPaths:
+                 solver: str = "euler",
+                 log_z: torch.Tensor | None = None) -> LatentPaths:
         """Sample posterior latent paths for padded sequences ``x`` (B, T, D).
 
         Parameters
@@ -177,6 +184,9 @@ class NeuralLangevinVAE(nn.Module):
         solver : {"euler", "torchsde"}
             The fused loop, or torchsde's generic ``sdeint`` on the same grid
             and the same Brownian increments.
+        log_z : Tensor or None
+            Estimate of ``log Z`` from :meth:`log_partition`; without it a
+            stationary initial prior leaves ``kl0`` as None.
         """
         projected, mean, log_std = self.encode(x)
         if n_samples > 1:
@@ -184,7 +194,12 @@ class NeuralLangevinVAE(nn.Module):
             mean = mean.repeat_interleave(n_samples, dim=0)
             log_std = log_std.repeat_interleave(n_samples, dim=0)
         z = mean if eps0 is None else mean + log_std.exp() * eps0
-        kl0 = _gaussian_kl(mean, log_std, self.p0_mean, self.p0_log_std)
+        if self.initial_prior == "gaussian":
+            kl0 = _gaussian_kl(mean, log_std, self.p0_mean, self.p0_log_std)
+        elif log_z is not None:
+            kl0 = self._stationary_kl0(z, mean, log_std, log_z)
+        else:
+            kl0 = None  # Not needed for latent paths alone.
         if solver == "torchsde":
             return self._simulate_torchsde(z, projected, noise, dt, kl0)
         coef = step_coefficients(self.dynamics, *self.langevin_params(), dt)
@@ -225,6 +240,36 @@ class NeuralLangevinVAE(nn.Module):
         kl_path = torch.cat([logqp.new_zeros(1, logqp.shape[1]), logqp])
         return LatentPaths(zs, kl_path, kl0)
 
+    def log_partition(self, std_normal: torch.Tensor, loc: torch.Tensor,
+                      scale: torch.Tensor) -> torch.Tensor:
+        """Importance-sampling estimate of ``log Z = log int exp(-beta E(q)) dq``.
+
+        Draws ``loc + scale * std_normal`` from a Gaussian proposal (treated as
+        fixed) and returns ``logsumexp(-beta E - log proposal) - log N``. Its
+        gradient is the self-normalised estimate of ``-beta E_p[grad E]``.
+        """
+        loc, scale = loc.detach(), scale.detach()
+        s = loc + scale * std_normal
+        log_prop = (-0.5 * std_normal * std_normal - torch.log(scale)
+                    - 0.5 * _LOG_2PI).sum(-1)
+        beta = self.langevin_params()[0]
+        log_w = -beta * self.energy(s) - log_prop
+        return torch.logsumexp(log_w, 0) - math.log(std_normal.shape[0])
+
+    def _stationary_kl0(self, z0, mean, log_std, log_z) -> torch.Tensor:
+        """One-sample estimate of ``KL(q(z_0 | x_0) || p_inf)`` per row."""
+        eps = (z0 - mean) * torch.exp(-log_std)
+        log_q = (-0.5 * eps * eps - log_std - 0.5 * _LOG_2PI).sum(-1)
+        beta, _, mass = self.langevin_params()
+        d = self.latent_dim
+        log_p = -beta * self.energy(z0[..., :d]) - log_z
+        if self.dynamics == "underdamped":
+            var = mass / beta
+            p = z0[..., d:]
+            log_p = log_p + (-0.5 * p * p / var - 0.5 * torch.log(var)
+                             - 0.5 * _LOG_2PI).sum(-1)
+        return log_q - log_p
+
     def decode_log_prob(self, x: torch.Tensor, z: torch.Tensor,
                         n_samples: int = 1) -> torch.Tensor:
         """``log p(x_t | z_t)`` for every observation, shape (T, B * n_samples)."""
@@ -238,13 +283,25 @@ class NeuralLangevinVAE(nn.Module):
 
     def elbo_terms(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
                    eps0: torch.Tensor, dt: float, n_samples: int = 1,
-                   solver: str = "euler"):
+                   solver: str = "euler", partition_noise: torch.Tensor | None = None):
         """Per-path log-likelihood and KL sums over the observed steps.
 
         Returns ``(log_lik, kl)``, each of shape (B * n_samples,); the ELBO of a
         path is ``log_lik - kl``. ``mask`` (B, T) marks real (unpadded) steps.
+        ``partition_noise`` (N, latent_dim) standard normal draws feed
+        :meth:`log_partition` when ``initial_prior="stationary"``; the proposal
+        is centred on the batch's encoded initial states.
         """
-        paths = self.simulate(x, noise, dt, n_samples, eps0=eps0, solver=solver)
+        log_z = None
+        if self.initial_prior == "stationary":
+            _, mean, log_std = self.encode(x[:, :1])
+            q = mean[..., : self.latent_dim].detach()
+            var = q.var(0, unbiased=False) if q.shape[0] > 1 else torch.ones_like(q[0])
+            var = var + torch.exp(2 * log_std[..., : self.latent_dim]).mean(0)
+            scale = 2.0 * torch.sqrt(var.detach()).clamp_min(0.1)
+            log_z = self.log_partition(partition_noise, q.mean(0), scale)
+        paths = self.simulate(x, noise, dt, n_samples, eps0=eps0, solver=solver,
+                              log_z=log_z)
         m = mask.transpose(0, 1)
         if n_samples > 1:
             m = m.repeat_interleave(n_samples, dim=1)

@@ -328,9 +328,7 @@ def segmentation_accuracy(
     (2,)
     """
     if not isinstance(per_sequence, (bool, np.bool_)):
-        raise TypeError(
-            f"per_sequence must be a bool; got {type(per_sequence).__name__}."
-        )
+        raise TypeError(f"per_sequence must be a bool; got {type(per_sequence).__name__}.")
     true_seqs, pred_seqs, _ = _check_pair(y_true, y_pred)
     matched = _match_sequences(true_seqs, pred_seqs)
     if per_sequence:
