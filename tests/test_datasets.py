@@ -49,20 +49,25 @@ def test_langevin_sequences():
     assert set(np.unique(y)) == {0, 1, 2}
     dwell = 1 / np.mean(np.diff(y, axis=1) != 0)
     assert 10 < dwell < 200
-    assert params["centres"].shape == (3, 2)
+    centers = params["well_centers"]
+    assert centers.shape == (3, 2)
+    # Labels are the nearest well of the hidden path.
+    z = params["latents"]
+    nearest = np.linalg.norm(z[..., None, :] - centers, axis=-1).argmin(-1)
+    np.testing.assert_array_equal(y, nearest)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"n_sequences": 0}, "n_sequences must be an integer"),
-    ({"switch_prob": 0.6}, "too large for 3 states"),
-    ({"switch_prob": -0.1}, "switch_prob must be"),
-    ({"n_features": 2.5}, "n_features must be an integer"),
+@pytest.mark.parametrize("kwargs, err, match", [
+    ({"n_sequences": 0}, ValueError, "n_sequences must be >= 1"),
+    ({"switch_prob": 0.6}, ValueError, "switch_prob"),
+    ({"switch_prob": -0.1}, ValueError, "switch_prob must be >= 0"),
+    ({"n_features": 2.5}, TypeError, "n_features must be an int"),
 ])
-def test_markov_chain_bad_parameters(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_markov_chain_bad_parameters(kwargs, err, match):
+    with pytest.raises(err, match=match):
         make_markov_chain_sequences(**kwargs)
 
 
 def test_langevin_bad_parameters():
-    with pytest.raises(ValueError, match="depth must be a positive number"):
-        make_langevin_sequences(depth=0)
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        make_langevin_sequences(beta=0)

@@ -20,8 +20,8 @@ FAST = dict(hidden_size=32, context_size=16, window_length=40, batch_size=64,
 
 def _data(n_sequences, n_timesteps, seed):
     return make_markov_chain_sequences(
-        n_sequences, n_timesteps, n_states=3, n_features=6, switch_prob=0.025,
-        random_state=seed, emission_random_state=42)
+        n_sequences, n_timesteps, n_states=3, n_features=8, switch_prob=0.025,
+        random_state=seed, emission_random_state=1)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_score_uses_units_of_x(fitted, chain):
 
 
 def test_fitted_attributes(fitted):
-    assert fitted.n_features_in_ == 6
+    assert fitted.n_features_in_ == 8
     assert fitted.n_iter_ == len(fitted.loss_curve_) >= 1
     assert isinstance(fitted.converged_, bool)
     assert all(p.device.type == "cpu" for p in fitted.module_.parameters())
@@ -292,6 +292,7 @@ def test_unrecoverable_nan_raises_and_leaves_estimator_unfitted(chain, monkeypat
     ({"solver": "rk4"}, "solver must be one of"),
     ({"min_state_fraction": 1.0}, "min_state_fraction must be in"),
     ({"device": "tpu"}, "device must be"),
+    ({"initial_prior": "uniform"}, "initial_prior must be one of"),
 ])
 def test_bad_parameters_raise(params, match):
     X = np.zeros((10, 2))
@@ -303,22 +304,22 @@ def test_bad_inputs_raise_and_do_not_touch_model(fitted, chain):
     X = chain[2][:2, :30]
     before = fitted.predict(X)
     bad = [
-        (np.full((10, 6), np.nan), ValueError, "NaN"),
-        (np.zeros(6), ValueError, "2-D array"),
-        (np.zeros((2, 3, 4, 6)), ValueError, "dimension"),
+        (np.full((10, 8), np.nan), ValueError, "NaN"),
+        (np.zeros(8), ValueError, "2-D array"),
+        (np.zeros((2, 3, 4, 8)), ValueError, "dimension"),
         (np.zeros((10, 5)), ValueError, "5 features"),
         ([], ValueError, "empty list"),
-        ([np.zeros((5, 6)), np.zeros((5, 4))], ValueError, "same number of features"),
+        ([np.zeros((5, 8)), np.zeros((5, 4))], ValueError, "same number of features"),
     ]
     for X_bad, err, match in bad:
         with pytest.raises(err, match=match):
             fitted.predict(X_bad)
     with pytest.raises(ValueError, match="lengths sum to 9"):
-        fitted.predict(np.zeros((10, 6)), lengths=[4, 5])
+        fitted.predict(np.zeros((10, 8)), lengths=[4, 5])
     with pytest.raises(ValueError, match="lengths must all be >= 1"):
-        fitted.predict(np.zeros((10, 6)), lengths=[10, 0])
+        fitted.predict(np.zeros((10, 8)), lengths=[10, 0])
     with pytest.raises(ValueError, match="lengths must contain integers"):
-        fitted.predict(np.zeros((10, 6)), lengths=[4.5, 5.5])
+        fitted.predict(np.zeros((10, 8)), lengths=[4.5, 5.5])
     np.testing.assert_array_equal(fitted.predict(X), before)
 
 
@@ -328,7 +329,7 @@ def test_torchsde_solver_matches_fused_loop(chain):
 
     torch.manual_seed(0)
     for dynamics in ("overdamped", "underdamped"):
-        m = NeuralLangevinVAE(6, 3, dynamics, 16, 8, 1.5, 0.7, 1.3, False)
+        m = NeuralLangevinVAE(8, 3, dynamics, 16, 8, 1.5, 0.7, 1.3, False)
         with torch.no_grad():
             m.drift_net.out.weight.normal_(std=0.3)
         x = torch.as_tensor(chain[0][:4, :12], dtype=torch.float32)
