@@ -520,27 +520,40 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         return landscape
 
     # -------------------------------------------------------------- inference
+    def _posterior_batches(self, module, seqs: Sequences, n_samples: int,
+                           gen: torch.Generator, chunk_rows: int = 4096):
+        """Yield ``(ids, x, mask, eps0, noise)`` for padded chunks of sequences.
+
+        Chunks hold at most ``chunk_rows`` paths; the draws come from ``gen``
+        chunk by chunk, and within a chunk step by step (see
+        :func:`_stepwise_noise`).
+        """
+        data = torch.as_tensor(seqs.data)
+        offs, n_seq = seqs.offsets, len(seqs.lengths)
+        per_chunk = max(1, chunk_rows // n_samples)
+        for c0 in range(0, n_seq, per_chunk):
+            ids = np.arange(c0, min(n_seq, c0 + per_chunk))
+            windows = [(int(offs[i]), int(seqs.lengths[i])) for i in ids]
+            x, mask = self._gather(data, windows, "cpu")
+            rows = len(ids) * n_samples
+            eps0 = torch.randn((rows, module.state_dim), generator=gen)
+            noise = _stepwise_noise(gen, x.shape[1], self._n_sub, rows,
+                                    module.latent_dim)
+            yield ids, x, mask, eps0, noise
+
     def _latent_samples(self, module, seqs: Sequences, n_samples: int,
-                        seed: int, chunk_rows: int = 4096) -> np.ndarray:
+                        seed: int) -> np.ndarray:
         """Posterior latent states at every observation, (n_total, S, state_dim)."""
         gen = torch.Generator().manual_seed(int(seed))
         out = np.empty((seqs.data.shape[0], n_samples, module.state_dim),
                        dtype=np.float32)
-        per_chunk = max(1, chunk_rows // n_samples)
         offs = seqs.offsets
-        n_seq = len(seqs.lengths)
-        data = torch.as_tensor(seqs.data)
         with torch.no_grad():
-            for c0 in range(0, n_seq, per_chunk):
-                ids = np.arange(c0, min(n_seq, c0 + per_chunk))
-                windows = [(int(offs[i]), int(seqs.lengths[i])) for i in ids]
-                x, _ = self._gather(data, windows, "cpu")
-                rows, t_max = len(ids) * n_samples, x.shape[1]
-                eps0 = torch.randn((rows, module.state_dim), generator=gen)
-                noise = _stepwise_noise(gen, t_max, self._n_sub, rows, module.latent_dim)
+            for ids, x, _, eps0, noise in self._posterior_batches(module, seqs,
+                                                                  n_samples, gen):
                 paths = module.simulate(x, noise, self.dt, n_samples, eps0=eps0,
                                         solver=self.solver)
-                z = paths.z.reshape(t_max, len(ids), n_samples, -1).numpy()
+                z = paths.z.reshape(x.shape[1], len(ids), n_samples, -1).numpy()
                 for j, i in enumerate(ids):
                     out[offs[i]:offs[i] + seqs.lengths[i]] = z[:seqs.lengths[i], j]
         return out
@@ -702,17 +715,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         probe = torch.randn((8 * _N_PARTITION, module.latent_dim), generator=gen)
         s = self.n_samples
         total = 0.0
-        offs = seqs.offsets
-        per_chunk = max(1, 4096 // s)
-        data = torch.as_tensor(seqs.data)
         with torch.no_grad():
-            for c0 in range(0, len(seqs.lengths), per_chunk):
-                ids = range(c0, min(len(seqs.lengths), c0 + per_chunk))
-                windows = [(int(offs[i]), int(seqs.lengths[i])) for i in ids]
-                x, mask = self._gather(data, windows, "cpu")
-                rows, t_max = len(windows) * s, x.shape[1]
-                eps0 = torch.randn((rows, module.state_dim), generator=gen)
-                noise = _stepwise_noise(gen, t_max, self._n_sub, rows, module.latent_dim)
+            for _, x, mask, eps0, noise in self._posterior_batches(module, seqs, s, gen):
                 log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt, s,
                                                 solver=self.solver,
                                                 partition_noise=probe)
