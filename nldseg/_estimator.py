@@ -381,7 +381,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             cut = int(rng.integers(0, w))
             edges = [0] + list(range(cut, n, w)) + [n]
             out.extend((s0 + a, b - a) for a, b in zip(edges[:-1], edges[1:])
-                       if b - a >= 2 or n == 1)
+                       if b - a >= 2)
         return [out[i] for i in rng.permutation(len(out))]
 
     @staticmethod

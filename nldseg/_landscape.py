@@ -321,8 +321,8 @@ def find_minima(energy: torch.nn.Module, codes: np.ndarray) -> dict:
     radius = np.empty(len(minima))
     for i in range(len(minima)):
         others = d_start[code_min != i, i]
-        nearest_other = min((np.linalg.norm(minima - minima[i], axis=1)[
-            np.arange(len(minima)) != i]).min(initial=np.inf), np.inf)
+        nearest_other = np.delete(np.linalg.norm(minima - minima[i], axis=1),
+                                  i).min(initial=np.inf)
         radius[i] = 0.5 * min(others.min(initial=np.inf), 0.5 * nearest_other,
                               spread)
     return {"minima": minima, "code_minimum": code_min, "capture_radius": radius,

@@ -166,7 +166,7 @@ class NeuralLangevinVAE(nn.Module):
     def simulate(self, x: torch.Tensor, noise: torch.Tensor, dt: float,
                  n_samples: int = 1, *, eps0: torch.Tensor | None = None,
                  solver: str = "euler",
-                 log_z: torch.Tensor | None = None) -> LatentPaths:
+                 partition_noise: torch.Tensor | None = None) -> LatentPaths:
         """Sample posterior latent paths for padded sequences ``x`` (B, T, D).
 
         Parameters
@@ -184,11 +184,16 @@ class NeuralLangevinVAE(nn.Module):
         solver : {"euler", "torchsde"}
             The fused loop, or torchsde's generic ``sdeint`` on the same grid
             and the same Brownian increments.
-        log_z : Tensor or None
-            Estimate of ``log Z`` from :meth:`log_partition`; without it a
-            stationary initial prior leaves ``kl0`` as None.
+        partition_noise : Tensor of shape (N, latent_dim) or None
+            Standard normal draws for the ``log Z`` estimate of
+            :meth:`log_partition` (proposal centred on the batch's encoded
+            initial states); without them a stationary initial prior leaves
+            ``kl0`` as None.
         """
         projected, mean, log_std = self.encode(x)
+        log_z = None
+        if self.initial_prior == "stationary" and partition_noise is not None:
+            log_z = self._log_z_from_codes(mean, log_std, partition_noise)
         if n_samples > 1:
             projected = projected.repeat_interleave(n_samples, dim=0)
             mean = mean.repeat_interleave(n_samples, dim=0)
@@ -256,6 +261,15 @@ class NeuralLangevinVAE(nn.Module):
         log_w = -beta * self.energy(s) - log_prop
         return torch.logsumexp(log_w, 0) - math.log(std_normal.shape[0])
 
+    def _log_z_from_codes(self, mean: torch.Tensor, log_std: torch.Tensor,
+                          std_normal: torch.Tensor) -> torch.Tensor:
+        """``log Z`` with a broad Gaussian proposal around the encoded ``z_0``."""
+        q = mean[..., : self.latent_dim].detach()
+        var = q.var(0, unbiased=False) if q.shape[0] > 1 else torch.ones_like(q[0])
+        var = var + torch.exp(2 * log_std[..., : self.latent_dim].detach()).mean(0)
+        scale = 2.0 * torch.sqrt(var).clamp_min(0.1)
+        return self.log_partition(std_normal, q.mean(0), scale)
+
     def _stationary_kl0(self, z0, mean, log_std, log_z) -> torch.Tensor:
         """One-sample estimate of ``KL(q(z_0 | x_0) || p_inf)`` per row."""
         eps = (z0 - mean) * torch.exp(-log_std)
@@ -292,16 +306,8 @@ class NeuralLangevinVAE(nn.Module):
         :meth:`log_partition` when ``initial_prior="stationary"``; the proposal
         is centred on the batch's encoded initial states.
         """
-        log_z = None
-        if self.initial_prior == "stationary":
-            _, mean, log_std = self.encode(x[:, :1])
-            q = mean[..., : self.latent_dim].detach()
-            var = q.var(0, unbiased=False) if q.shape[0] > 1 else torch.ones_like(q[0])
-            var = var + torch.exp(2 * log_std[..., : self.latent_dim]).mean(0)
-            scale = 2.0 * torch.sqrt(var.detach()).clamp_min(0.1)
-            log_z = self.log_partition(partition_noise, q.mean(0), scale)
         paths = self.simulate(x, noise, dt, n_samples, eps0=eps0, solver=solver,
-                              log_z=log_z)
+                              partition_noise=partition_noise)
         m = mask.transpose(0, 1)
         if n_samples > 1:
             m = m.repeat_interleave(n_samples, dim=1)
