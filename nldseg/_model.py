@@ -207,24 +207,54 @@ class NeuralLangevinVAE(nn.Module):
             kl0 = None  # Not needed for latent paths alone.
         if solver == "torchsde":
             return self._simulate_torchsde(z, projected, noise, dt, kl0)
-        coef = step_coefficients(self.dynamics, *self.langevin_params(), dt)
+        coef = self.step_coefficients(dt)
         scaled_noise = noise * coef["noise_scale"]
-        d = self.latent_dim
-        energy, drift = self.energy, self.drift_net
         zs = [z]
         kls = [z.new_zeros(z.shape[0])]
         for k in range(1, x.shape[1]):
-            ctx = projected[:, k]
-            sq = 0.0
-            for j in range(noise.shape[1]):
-                control = drift(z, ctx)
-                grad_e = energy.grad(z[..., :d])
-                z = euler_step(z, control, grad_e, scaled_noise[k - 1, j], dt, coef)
-                sq = sq + (control * control).sum(-1)
+            z, sq = self.advance(z, projected[:, k], scaled_noise[k - 1], dt, coef)
             zs.append(z)
             kls.append(sq)
         kl_path = torch.stack(kls) * coef["kl_scale"]
         return LatentPaths(torch.stack(zs), kl_path, kl0)
+
+    def step_coefficients(self, dt: float) -> dict:
+        """Euler-Maruyama coefficients of the current Langevin parameters."""
+        return step_coefficients(self.dynamics, *self.langevin_params(), dt)
+
+    def advance(self, z: torch.Tensor, projected_context: torch.Tensor,
+                scaled_noise: torch.Tensor, dt: float, coef: dict):
+        """Euler-Maruyama steps of the posterior SDE from one observation to the next.
+
+        Parameters
+        ----------
+        z : Tensor of shape (rows, state_dim)
+            Latent state at the previous observation.
+        projected_context : Tensor of shape (rows, hidden)
+            Projected encoder context of the next observation.
+        scaled_noise : Tensor of shape (n_sub, rows, latent_dim)
+            Brownian increments times ``coef["noise_scale"]``.
+        dt : float
+            Euler step.
+        coef : dict
+            From :meth:`step_coefficients`.
+
+        Returns
+        -------
+        z : Tensor of shape (rows, state_dim)
+            Latent state at the next observation.
+        sq : Tensor of shape (rows,)
+            Sum over the steps of ``|f_phi|^2`` (times ``coef["kl_scale"]``
+            this is the path KL accrued on the interval).
+        """
+        d = self.latent_dim
+        sq = z.new_zeros(z.shape[0])
+        for j in range(scaled_noise.shape[0]):
+            control = self.drift_net(z, projected_context)
+            grad_e = self.energy.grad(z[..., :d])
+            z = euler_step(z, control, grad_e, scaled_noise[j], dt, coef)
+            sq = sq + (control * control).sum(-1)
+        return z, sq
 
     def _simulate_torchsde(self, z0, projected, noise, dt, kl0) -> LatentPaths:
         import torchsde
