@@ -22,6 +22,11 @@ from sklearn.utils.validation import validate_data
 
 FORMS = frozenset({"array2d", "array3d", "list"})
 
+#: Largest accepted absolute input value. The model computes in float32, where
+#: squares of larger values overflow (float32 max is 3.4e38); such magnitudes
+#: are almost always a units or corruption error.
+MAX_ABS_VALUE = 1e15
+
 
 @dataclass
 class Sequences:
@@ -58,18 +63,101 @@ def _check_lengths(lengths, n_rows: int) -> np.ndarray:
     return arr
 
 
-def check_sequences(estimator, X, *, lengths=None, reset: bool) -> Sequences:
+def _check_magnitude(data: np.ndarray) -> None:
+    peak = float(np.max(np.abs(data))) if data.size else 0.0
+    if peak > MAX_ABS_VALUE:
+        raise ValueError(f"X contains values of magnitude up to {peak:.3g}; values "
+                         f"beyond {MAX_ABS_VALUE:.0e} overflow the model's float32 "
+                         f"arithmetic. Rescale X (e.g. change its units).")
+
+
+def _check_min_length(lengths: np.ndarray, min_length: int) -> None:
+    short = np.flatnonzero(lengths < min_length)
+    if short.size:
+        i = int(short[0])
+        raise ValueError(f"Sequence {i} has only {int(lengths[i])} time step(s) "
+                         f"(n_samples = {int(lengths[i])}), fewer than the "
+                         f"{min_length} needed here; {short.size} sequence(s) are "
+                         f"too short. Fitting needs at least 2 steps per sequence "
+                         f"(one transition); inference needs 1.")
+
+
+def check_sequences(estimator, X, *, lengths=None, reset: bool,
+                    min_length: int = 1) -> Sequences:
     """Validate ``X`` (and ``lengths``) for ``estimator``.
 
     Sets or checks ``n_features_in_`` through sklearn's ``validate_data`` (with
-    ``reset``), rejects NaN/inf, sparse, complex, object and string data, empty
-    inputs and mixed feature counts, and returns a :class:`Sequences`.
+    ``reset``), rejects NaN/inf, values beyond :data:`MAX_ABS_VALUE`, sparse,
+    complex, object and string data, empty inputs, mixed feature counts and
+    sequences shorter than ``min_length``, and returns a :class:`Sequences`.
     """
+    seqs = _check_sequences(estimator, X, lengths=lengths, reset=reset)
+    _check_magnitude(seqs.data)
+    _check_min_length(seqs.lengths, min_length)
+    return seqs
+
+
+def check_observation(x_t, n_features: int) -> np.ndarray:
+    """Validate one observation for streaming; return it as float64 (n_features,)."""
+    try:
+        row = np.asarray(x_t)
+    except Exception as exc:  # e.g. ragged nested lists
+        raise ValueError(f"Could not read the observation as an array: {exc}") from exc
+    if row.dtype.kind not in "biuf":
+        raise TypeError(f"The observation must be numeric (real), got dtype "
+                        f"{row.dtype}.")
+    if row.ndim == 2 and row.shape[0] == 1:
+        row = row[0]
+    if row.shape != (n_features,):
+        raise ValueError(f"Expected one observation of shape ({n_features},) or "
+                         f"(1, {n_features}), got shape {row.shape}.")
+    row = row.astype(np.float64)
+    if not np.all(np.isfinite(row)):
+        raise ValueError("The observation contains NaN or infinity.")
+    _check_magnitude(row)
+    return row
+
+
+def _as_array(X, what: str) -> np.ndarray:
+    """``np.asarray(X)`` with errors that say what went wrong."""
+    if X is None or isinstance(X, (str, bytes, dict, set)):
+        raise TypeError(f"{what} must be an array-like of numbers, got "
+                        f"{type(X).__name__}.")
+    try:
+        arr = np.asarray(X)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{what} could not be read as an array ({exc}). Put "
+                         f"sequences of different lengths in a list of 2-D "
+                         f"arrays.") from exc
+    _check_dtype(arr, what)
+    return arr
+
+
+def _check_dtype(arr: np.ndarray, what: str) -> None:
+    """Reject strings, complex numbers and objects that are not real numbers."""
+    kind = arr.dtype.kind
+    if kind in "US":
+        raise TypeError(f"{what} holds strings (dtype {arr.dtype}); real numbers "
+                        f"are required.")
+    if kind == "c":
+        raise ValueError(f"Complex data not supported: {what} has dtype "
+                         f"{arr.dtype}; real numbers are required.")
+    if kind in "mMV":
+        raise TypeError(f"{what} has dtype {arr.dtype}; real numbers are required.")
+    if kind == "O":
+        try:
+            arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{what} has dtype object and holds values that are not "
+                            f"real numbers ({exc}).") from exc
+
+
+def _check_sequences(estimator, X, *, lengths=None, reset: bool) -> Sequences:
     kwargs = {"reset": reset, "dtype": [np.float64, np.float32],
               "ensure_all_finite": True}
     if isinstance(X, (list, tuple)) and len(X) and np.ndim(X[0]) < 2:
         # A list of rows is an ordinary 2-D array, as everywhere in sklearn.
-        X = np.asarray(X)
+        X = _as_array(X, "X")
     if isinstance(X, (list, tuple)):
         if lengths is not None:
             raise ValueError("lengths can only be given with a 2-D array X; a list of "
@@ -80,7 +168,7 @@ def check_sequences(estimator, X, *, lengths=None, reset: bool) -> Sequences:
         for i, seq in enumerate(X):
             if hasattr(seq, "toarray") or hasattr(seq, "tocsr"):
                 raise TypeError("Sparse data was passed, but dense data is required.")
-            a = np.asarray(seq)
+            a = _as_array(seq, f"Sequence {i}")
             if a.ndim != 2:
                 raise ValueError(f"Each sequence in the list must be a 2-D array "
                                  f"(n_timesteps, n_features); sequence {i} has "
@@ -98,12 +186,12 @@ def check_sequences(estimator, X, *, lengths=None, reset: bool) -> Sequences:
     if hasattr(X, "toarray") or hasattr(X, "tocsr"):
         # Let sklearn raise its standard sparse-data error.
         validate_data(estimator, X, accept_sparse=False, **kwargs)
-    ndim = X.ndim if hasattr(X, "ndim") else np.asarray(X).ndim
+    arr = _as_array(X, "X")
+    ndim = arr.ndim
     if ndim == 3:
         if lengths is not None:
             raise ValueError("lengths can only be given with a 2-D array X; a 3-D "
                              "array holds sequences of equal length.")
-        arr = np.asarray(X)
         n_seq, n_t, n_feat = arr.shape
         if n_seq == 0 or n_t == 0:
             raise ValueError(f"X of shape {arr.shape} holds no time steps.")
