@@ -166,10 +166,7 @@ class EnergyLandscape:
     def __init__(self, energy: torch.nn.Module, beta: float, all_minima: np.ndarray,
                  state_of_minimum: np.ndarray, capture_radius: np.ndarray,
                  step_size: float, max_step: float) -> None:
-        self._energy32 = copy.deepcopy(energy).float().cpu().eval()
-        for p in self._energy32.parameters():
-            p.requires_grad_(False)
-        self._energy64 = copy.deepcopy(self._energy32).double()
+        self._attach_energy(energy)
         self.beta = float(beta)
         self.all_minima = np.asarray(all_minima, dtype=float)
         self.state_of_minimum = np.asarray(state_of_minimum, dtype=np.int64)
@@ -185,6 +182,13 @@ class EnergyLandscape:
         self.hessians = self.hessian(self.minima)
         self.occupancies: dict[str, np.ndarray] = {}
         self.effective_sample_size = float("nan")
+
+    def _attach_energy(self, energy: torch.nn.Module) -> None:
+        """Keep frozen float32 and float64 CPU copies of ``energy``."""
+        self._energy32 = copy.deepcopy(energy).float().cpu().eval()
+        for p in self._energy32.parameters():
+            p.requires_grad_(False)
+        self._energy64 = copy.deepcopy(self._energy32).double()
 
     @property
     def latent_dim(self) -> int:

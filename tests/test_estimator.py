@@ -340,3 +340,77 @@ def test_torchsde_solver_matches_fused_loop(chain):
         torch.testing.assert_close(ref.z, fused.z, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(ref.kl_path, fused.kl_path, rtol=1e-4, atol=1e-5)
         assert float(fused.kl_path.detach().sum()) > 0
+
+
+def _interrupt_at(monkeypatch, call):
+    from nldseg import _model
+
+    original = _model.NeuralLangevinVAE.elbo_terms
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(_model.NeuralLangevinVAE, "elbo_terms", interrupted)
+
+
+def test_ctrl_c_keeps_best_model_so_far(chain, monkeypatch):
+    X = chain[0][:40, :40]  # 40 windows: one batch per epoch
+    kw = dict(FAST, kl_warmup=0, max_iter=30)
+    _interrupt_at(monkeypatch, 6)
+    est = LangevinSegmenter(**kw)
+    with pytest.warns(UserWarning, match="interrupted by the user after 5 epoch"):
+        est.fit(X)
+    monkeypatch.undo()
+    assert est.n_iter_ == 5 and not est.converged_
+    # The kept model is the one at the end of the last epoch that improved.
+    best, kept = np.inf, 0
+    for i, loss in enumerate(est.loss_curve_):
+        if loss < best - 1e-4:  # the default tol
+            best, kept = loss, i + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = LangevinSegmenter(**dict(kw, max_iter=kept)).fit(X)
+    for a, b in zip(est.module_.parameters(), ref.module_.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert est.predict(X[:2]).shape == (2, 40)
+
+
+def test_ctrl_c_before_first_step_propagates_and_leaves_unfitted(chain, monkeypatch):
+    _interrupt_at(monkeypatch, 1)
+    est = LangevinSegmenter(**FAST)
+    with pytest.raises(KeyboardInterrupt):
+        est.fit(chain[0][:10, :30])
+    assert not hasattr(est, "module_") and not hasattr(est, "n_features_in_")
+
+
+def test_verbose_prints_one_line_per_epoch_and_is_silent_by_default(chain, capsys):
+    X = chain[0][:20, :30]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        LangevinSegmenter(**dict(FAST, max_iter=2)).fit(X)
+        out = capsys.readouterr()
+        assert out.out == "" and out.err == ""
+        LangevinSegmenter(**dict(FAST, max_iter=2, verbose=1)).fit(X)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[1].startswith("Epoch 2/2: loss ")
+    assert "KL/step" in lines[1] and lines[1].endswith("s")
+
+
+def test_progress_bar(capsys):
+    from nldseg._estimator import _ProgressBar
+
+    bar = _ProgressBar(2)
+    bar.show(0, 3, 5, 10, 1.5, elapsed=0.5)  # Short epochs show no bar.
+    assert capsys.readouterr().err == ""
+    bar.show(0, 3, 5, 10, 1.5, elapsed=2.0)
+    err = capsys.readouterr().err
+    assert "Epoch 1/3 [" + "#" * 15 + "." * 15 + "] 5/10 batches" in err
+    bar.clear()
+    assert capsys.readouterr().err.startswith("\r ")
+    # verbose=1 draws the bar only on a terminal (pytest's stderr is not one).
+    assert not _ProgressBar(1).enabled and not _ProgressBar(0).enabled

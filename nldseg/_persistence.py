@@ -1,0 +1,171 @@
+"""Safe persistence of fitted segmenters: parameters as JSON, weights as tensors.
+
+An artifact is one file written by :func:`torch.save` that holds only strings,
+numbers, dicts and tensors: the estimator's parameters and fitted scalars as
+JSON text, and its weights and fitted arrays as tensors. :func:`load_estimator`
+reads it with ``torch.load(..., weights_only=True)``, which refuses to build
+arbitrary Python objects, so a file from an untrusted place cannot run code on
+load (unlike pickle and joblib).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import warnings
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+
+from nldseg._landscape import EnergyLandscape
+from nldseg._version import __version__
+
+FORMAT = "nldseg-model"
+FORMAT_VERSION = 1
+
+_FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "n_iter_", "converged_",
+                   "n_features_in_", "loss_curve_")
+_FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_")
+
+
+class InconsistentVersionWarning(UserWarning):
+    """A model written by another nldseg version is being loaded.
+
+    Parameters
+    ----------
+    original_version : str
+        Version that wrote the model.
+    current_version : str
+        Version loading it.
+    """
+
+    def __init__(self, original_version: str, current_version: str) -> None:
+        self.original_version = original_version
+        self.current_version = current_version
+        super().__init__(
+            f"This model was written by nldseg {original_version} and is being "
+            f"loaded with nldseg {current_version}. It may fail or give different "
+            f"results; refit it with nldseg {current_version} if you can.")
+
+
+def warn_if_other_version(original_version: str | None) -> None:
+    """Warn with :class:`InconsistentVersionWarning` when versions differ."""
+    if original_version is not None and original_version != __version__:
+        warnings.warn(InconsistentVersionWarning(str(original_version), __version__),
+                      stacklevel=3)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value).__name__)
+
+
+def _to_json(name: str, value) -> str:
+    try:
+        return json.dumps(value, default=_json_default, allow_nan=True)
+    except TypeError as exc:
+        raise TypeError(
+            f"Cannot save: {name} must hold only JSON values (numbers, strings, "
+            f"booleans, None); got {value!r}. For random_state, pass an int "
+            f"(set_params(random_state=0) does not refit).") from exc
+
+
+def _tensor(array) -> torch.Tensor:
+    return torch.from_numpy(np.array(array, copy=True))
+
+
+def save_estimator(estimator, path) -> None:
+    """Write a fitted segmenter to ``path`` in the safe format."""
+    check_is_fitted(estimator)
+    params = estimator.get_params(deep=False)
+    for name, value in params.items():
+        _to_json(f"parameter {name}", value)
+    fitted = {name: getattr(estimator, name) for name in _FITTED_SCALARS}
+    if hasattr(estimator, "feature_names_in_"):
+        fitted["feature_names_in_"] = [str(n) for n in estimator.feature_names_in_]
+    land_arrays, land_scalars, occupancies = {}, {}, {}
+    for key, value in vars(estimator.energy_).items():
+        if key.startswith("_energy"):
+            continue  # Rebuilt from the module's energy on load.
+        if isinstance(value, np.ndarray):
+            land_arrays[key] = _tensor(value)
+        elif key == "occupancies":
+            occupancies = {k: _tensor(v) for k, v in value.items()}
+        else:
+            land_scalars[key] = value
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "nldseg_version": __version__,
+        "estimator": type(estimator).__name__,
+        "params": _to_json("the parameters", params),
+        "fitted": _to_json("the fitted attributes", fitted),
+        "arrays": {name: _tensor(getattr(estimator, name)) for name in _FITTED_ARRAYS},
+        "module_state": {k: v.detach().cpu().clone()
+                         for k, v in estimator.module_.state_dict().items()},
+        "landscape_arrays": land_arrays,
+        "landscape_scalars": _to_json("the energy landscape", land_scalars),
+        "occupancies": occupancies,
+    }
+    torch.save(payload, os.fspath(path))
+
+
+def _read(path) -> dict:
+    try:
+        payload = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{os.fspath(path)!r} is not a safe nldseg model file: loading it would "
+            f"need arbitrary Python objects, which are refused ({exc}).") from exc
+    except Exception as exc:  # torch raises many types for non-torch files
+        raise ValueError(f"{os.fspath(path)!r} is not a readable nldseg model file: "
+                         f"{exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{os.fspath(path)!r} is not an nldseg model file (no "
+                         f"{FORMAT!r} header).")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{os.fspath(path)!r} uses file format {payload['format_version']}, newer "
+            f"than this nldseg ({__version__}) reads ({FORMAT_VERSION}); upgrade "
+            f"nldseg (the file was written by {payload.get('nldseg_version')}).")
+    return payload
+
+
+def load_estimator(cls, path):
+    """Read a segmenter written by :func:`save_estimator` (no code is executed)."""
+    payload = _read(path)
+    warn_if_other_version(payload.get("nldseg_version"))
+    try:
+        return _rebuild(cls, payload)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise ValueError(f"{os.fspath(path)!r} is a damaged or incompatible nldseg "
+                         f"model file: {type(exc).__name__}: {exc}") from exc
+
+
+def _rebuild(cls, payload: dict):
+    estimator = cls(**json.loads(payload["params"]))
+    fitted = json.loads(payload["fitted"])
+    module = estimator._build_module(int(fitted["n_features_in_"]))
+    module.load_state_dict(payload["module_state"], strict=True)
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    landscape = EnergyLandscape.__new__(EnergyLandscape)
+    for key, value in json.loads(payload["landscape_scalars"]).items():
+        setattr(landscape, key, value)
+    for key, value in payload["landscape_arrays"].items():
+        setattr(landscape, key, value.numpy())
+    landscape.occupancies = {k: v.numpy() for k, v in payload["occupancies"].items()}
+    landscape._attach_energy(module.energy)
+    for key, value in fitted.items():
+        if key == "feature_names_in_":
+            value = np.asarray(value, dtype=object)
+        setattr(estimator, key, value)
+    for key, value in payload["arrays"].items():
+        setattr(estimator, key, value.numpy())
+    estimator.module_ = module
+    estimator.energy_ = landscape
+    return estimator

@@ -1,0 +1,154 @@
+"""Persistence: pickle/joblib, the safe save/load format, version warnings."""
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+
+import nldseg
+from nldseg import InconsistentVersionWarning, LangevinSegmenter
+
+
+def _same_outputs(a, b, X):
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    np.testing.assert_array_equal(a.transform(X), b.transform(X))
+    assert a.score(X) == b.score(X)
+
+
+@pytest.mark.parametrize("model", ["tiny_fitted", "tiny_underdamped"])
+def test_safe_save_load_round_trip(model, tiny_data, tmp_path, request):
+    seg = request.getfixturevalue(model)
+    path = tmp_path / "model.nldseg"
+    seg.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Same version: no warning.
+        loaded = LangevinSegmenter.load(str(path))
+    _same_outputs(seg, loaded, tiny_data[1])
+    assert loaded.get_params() == seg.get_params()
+    for name in ("n_states_", "n_features_in_", "n_iter_", "converged_", "beta_",
+                 "gamma_", "mass_", "loss_curve_"):
+        assert getattr(loaded, name) == getattr(seg, name), name
+    np.testing.assert_array_equal(loaded.state_occupancy_, seg.state_occupancy_)
+    np.testing.assert_array_equal(loaded.energy_.minima, seg.energy_.minima)
+    for method in ("sampled", "zeroth_order", "second_order"):
+        np.testing.assert_array_equal(loaded.energy_.occupancy(method),
+                                      seg.energy_.occupancy(method))
+    z = seg.energy_.minima + 0.1
+    np.testing.assert_array_equal(loaded.energy_(z), seg.energy_(z))
+    # The file holds only tensors and plain values: torch's safe loader reads it.
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "nldseg-model"
+
+
+def test_pickle_and_joblib_round_trip(tiny_fitted, tiny_data, tmp_path):
+    X = tiny_data[1]
+    _same_outputs(tiny_fitted, pickle.loads(pickle.dumps(tiny_fitted)), X)
+    joblib.dump(tiny_fitted, tmp_path / "m.joblib")
+    _same_outputs(tiny_fitted, joblib.load(tmp_path / "m.joblib"), X)
+
+
+def test_fitted_model_holds_no_accelerator_tensors(tiny_fitted):
+    """What makes a model fitted on CUDA load on a machine without a GPU."""
+    state = tiny_fitted.module_.state_dict()
+    assert all(t.device.type == "cpu" for t in state.values())
+    landscape = tiny_fitted.energy_
+    for net in (landscape._energy32, landscape._energy64):
+        assert all(p.device.type == "cpu" for p in net.parameters())
+
+
+def test_pickle_from_another_version_warns_with_both(tiny_fitted, monkeypatch):
+    monkeypatch.setattr(nldseg._estimator, "__version__", "0.0.1")
+    blob = pickle.dumps(tiny_fitted)
+    monkeypatch.undo()
+    with pytest.warns(InconsistentVersionWarning,
+                      match=rf"nldseg 0\.0\.1 .* nldseg {nldseg.__version__}"):
+        pickle.loads(blob)
+
+
+def test_saved_file_from_another_version_warns_with_both(tiny_fitted, tmp_path,
+                                                         monkeypatch):
+    monkeypatch.setattr(nldseg._persistence, "__version__", "9.9.9")
+    tiny_fitted.save(tmp_path / "m.nldseg")
+    monkeypatch.undo()
+    with pytest.warns(InconsistentVersionWarning) as record:
+        LangevinSegmenter.load(tmp_path / "m.nldseg")
+    w = record[0].message
+    assert (w.original_version, w.current_version) == ("9.9.9", nldseg.__version__)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_load_refuses_code_execution(tmp_path):
+    path = tmp_path / "evil.nldseg"
+    torch.save({"format": "nldseg-model", "payload": _Exploit()}, path)
+    with pytest.raises(ValueError, match="not a safe nldseg model file"):
+        LangevinSegmenter.load(path)
+
+
+def test_load_rejects_foreign_and_damaged_files(tiny_fitted, tmp_path):
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="not an nldseg model file"):
+        LangevinSegmenter.load(other)
+    text = tmp_path / "text.nldseg"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="nldseg model file"):
+        LangevinSegmenter.load(text)
+    good = tmp_path / "good.nldseg"
+    tiny_fitted.save(good)
+    payload = torch.load(good, weights_only=True)
+    del payload["module_state"]["energy.lin1.weight"]
+    torch.save(payload, tmp_path / "damaged.nldseg")
+    with pytest.raises(ValueError, match="damaged or incompatible"):
+        LangevinSegmenter.load(tmp_path / "damaged.nldseg")
+
+
+def test_save_needs_fitted_model_and_json_parameters(tiny_fitted, tmp_path):
+    with pytest.raises(NotFittedError):
+        LangevinSegmenter().save(tmp_path / "x.nldseg")
+    seg = pickle.loads(pickle.dumps(tiny_fitted))
+    seg.set_params(random_state=np.random.RandomState(0))
+    with pytest.raises(TypeError, match="random_state, pass an int"):
+        seg.save(tmp_path / "x.nldseg")
+    assert not (tmp_path / "x.nldseg").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_model_fitted_on_cuda_predicts_without_gpu(tiny_data, tmp_path):
+    from conftest import TINY
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = LangevinSegmenter(**dict(TINY, device="cuda")).fit(tiny_data[0])
+    np.save(tmp_path / "X.npy", tiny_data[1])
+    np.save(tmp_path / "expected.npy", seg.predict_proba(tiny_data[1]))
+    joblib.dump(seg, tmp_path / "m.joblib")
+    seg.save(tmp_path / "m.nldseg")
+    script = textwrap.dedent(f"""
+        import joblib, numpy as np, torch
+        from nldseg import LangevinSegmenter
+        assert not torch.cuda.is_available()
+        X = np.load({str(tmp_path / 'X.npy')!r})
+        expected = np.load({str(tmp_path / 'expected.npy')!r})
+        for seg in (joblib.load({str(tmp_path / 'm.joblib')!r}),
+                    LangevinSegmenter.load({str(tmp_path / 'm.nldseg')!r})):
+            np.testing.assert_array_equal(seg.predict_proba(X), expected)
+        print("ok")
+    """)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr

@@ -1,0 +1,81 @@
+"""The stateful online labeller: equal to predict on every prefix."""
+
+import numpy as np
+import pytest
+
+from nldseg import SegmentationStream
+
+
+@pytest.mark.parametrize("model", ["tiny_fitted", "tiny_underdamped"])
+def test_stream_equals_predict_on_every_prefix(model, tiny_data, request):
+    seg = request.getfixturevalue(model)
+    x = tiny_data[1][0]
+    stream = seg.stream()
+    assert isinstance(stream, SegmentationStream)
+    out = [stream.update(x_t) for x_t in x]
+    labels = np.array([lab for lab, _ in out])
+    proba = np.array([p for _, p in out])
+    np.testing.assert_array_equal(labels, seg.predict(x))
+    np.testing.assert_array_equal(proba, seg.predict_proba(x))
+    # Each step's output is that of predict on the prefix alone.
+    for t in (0, 1, 17):
+        np.testing.assert_array_equal(proba[t], seg.predict_proba(x[:t + 1])[t])
+    assert stream.n_steps_ == len(x)
+
+
+def test_streams_are_independent_and_match_batch_predict(tiny_fitted, tiny_data):
+    X_test = tiny_data[1]
+    batch = tiny_fitted.predict_proba(X_test)
+    streams = [tiny_fitted.stream() for _ in X_test]
+    got = np.empty_like(batch)
+    # Interleave the sequences: one step of each stream in turn.
+    for t in range(X_test.shape[1]):
+        for i, stream in enumerate(streams):
+            got[i, t] = stream.update(X_test[i, t])[1]
+    np.testing.assert_array_equal(got, batch)
+
+
+def test_stream_accepts_row_shapes_and_reset(tiny_fitted, tiny_data):
+    x = tiny_data[1][1]
+    stream = tiny_fitted.stream()
+    first = [stream.update(x_t[None, :]) for x_t in x[:5]]
+    stream.reset()
+    assert stream.n_steps_ == 0
+    again = [stream.update(list(x_t)) for x_t in x[:5]]
+    for (la, pa), (lb, pb) in zip(first, again):
+        assert la == lb and isinstance(la, int)
+        np.testing.assert_array_equal(pa, pb)
+
+
+@pytest.mark.parametrize("bad, err, match", [
+    (np.zeros(4), ValueError, r"shape \(5,\)"),
+    (np.zeros((2, 5)), ValueError, r"shape \(5,\)"),
+    (np.full(5, np.nan), ValueError, "NaN or infinity"),
+    (np.full(5, np.inf), ValueError, "NaN or infinity"),
+    (np.full(5, 1e30), ValueError, "magnitude"),
+    (np.array(["a"] * 5), TypeError, "numeric"),
+    (np.ones(5) * 1j, TypeError, "numeric"),
+])
+def test_bad_observation_raises_and_keeps_state(tiny_fitted, tiny_data, bad, err,
+                                                match):
+    x = tiny_data[1][2]
+    ref = tiny_fitted.stream()
+    expected = [ref.update(x_t) for x_t in x[:4]]
+    stream = tiny_fitted.stream()
+    for x_t in x[:2]:
+        stream.update(x_t)
+    with pytest.raises(err, match=match):
+        stream.update(bad)
+    assert stream.n_steps_ == 2
+    for t in (2, 3):
+        label, proba = stream.update(x[t])
+        assert label == expected[t][0]
+        np.testing.assert_array_equal(proba, expected[t][1])
+
+
+def test_stream_needs_fitted_model():
+    from sklearn.exceptions import NotFittedError
+
+    from nldseg import LangevinSegmenter
+    with pytest.raises(NotFittedError):
+        LangevinSegmenter().stream()
