@@ -211,8 +211,12 @@ class NeuralLangevinVAE(nn.Module):
         scaled_noise = noise * coef["noise_scale"]
         zs = [z]
         kls = [z.new_zeros(z.shape[0])]
+        # unbind, not projected[:, k]: the backward of T selects would build T
+        # full-size zero tensors (quadratic in T); unbind's stacks them once.
+        contexts = projected.unbind(1)
+        noises = scaled_noise.unbind(0)
         for k in range(1, x.shape[1]):
-            z, sq = self.advance(z, projected[:, k], scaled_noise[k - 1], dt, coef)
+            z, sq = self.advance(z, contexts[k], noises[k - 1], dt, coef)
             zs.append(z)
             kls.append(sq)
         kl_path = torch.stack(kls) * coef["kl_scale"]
