@@ -793,7 +793,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """
         return self.fit(X, lengths=lengths).transform(X, lengths=lengths)
 
-    def score(self, X, y=None, *, lengths=None) -> float:
+    def score(self, X, y=None, *, lengths=None, sample_weight=None) -> float:
         """Mean ELBO per time step (higher is better).
 
         The ELBO is estimated with ``n_samples`` posterior paths per sequence
@@ -809,12 +809,18 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             Ignored.
         lengths : array-like of int, default=None
             Lengths of the sequences stacked in a 2-D ``X``.
+        sample_weight : None
+            Not supported; present because scikit-learn's ``Pipeline.score``
+            passes ``sample_weight=None`` when metadata routing is enabled.
 
         Returns
         -------
         score : float
             Evidence lower bound divided by the number of time steps.
         """
+        if sample_weight is not None:
+            raise ValueError("LangevinSegmenter.score does not support "
+                             "sample_weight.")
         seqs = self._prepare(X, lengths)
         module = self.module_
         gen = torch.Generator().manual_seed(self._inference_seed())

@@ -13,6 +13,11 @@ Every function accepts labels in three forms:
 - a list (or tuple) of 1-D array-likes, one per sequence, of any lengths.
 
 The matching is always computed once, on all sequences pooled together.
+
+:data:`segmentation_scorer` and :func:`make_segmentation_scorer` turn
+:func:`segmentation_accuracy` into a scorer for
+:class:`~sklearn.model_selection.GridSearchCV` and
+:func:`~sklearn.model_selection.cross_validate`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["label_mapping", "match_labels", "segmentation_accuracy"]
+__all__ = [
+    "label_mapping",
+    "make_segmentation_scorer",
+    "match_labels",
+    "segmentation_accuracy",
+    "segmentation_scorer",
+]
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -338,3 +349,126 @@ def segmentation_accuracy(
     n_correct = sum(int(np.count_nonzero(m == t)) for m, t in zip(matched, true_seqs))
     n_total = sum(len(t) for t in true_seqs)
     return float(n_correct / n_total)
+
+
+class _SegmentationScorer:
+    """Callable ``(estimator, X, y_true) -> float``: matched accuracy of ``predict(X)``.
+
+    Made by :func:`make_segmentation_scorer`; see there.
+    """
+
+    def __init__(self, per_sequence: bool = False) -> None:
+        self.per_sequence = per_sequence
+
+    def __call__(
+        self, estimator: object, X: object, y_true: ArrayLike, *,
+        lengths: ArrayLike | None = None,
+    ) -> float:
+        if y_true is None:
+            raise ValueError(
+                "The segmentation scorer needs the true state labels y; pass y to "
+                "fit of the search (e.g. GridSearchCV(...).fit(X, y)), or use the "
+                "estimator's own unsupervised score (scoring=None)."
+            )
+        if lengths is None:
+            y_pred = estimator.predict(X)
+        else:
+            y_pred = estimator.predict(X, lengths=lengths)
+        if not self.per_sequence:
+            return segmentation_accuracy(y_true, y_pred)
+        if lengths is not None:
+            # A 2-D X with lengths gives 1-D labels of all sequences stacked.
+            bounds = np.cumsum(np.asarray(lengths, dtype=np.int64))[:-1]
+            true_seqs, form = _as_sequences(y_true, "y_true")
+            if form == "1d":
+                y_true = np.split(true_seqs[0], bounds)
+            y_pred = np.split(np.asarray(y_pred), bounds)
+        per_seq = segmentation_accuracy(y_true, y_pred, per_sequence=True)
+        return float(np.mean(per_seq))
+
+    def __repr__(self) -> str:
+        return f"make_segmentation_scorer(per_sequence={self.per_sequence})"
+
+
+def make_segmentation_scorer(*, per_sequence: bool = False) -> _SegmentationScorer:
+    """Make a scorer of Hungarian-matched segmentation accuracy.
+
+    The scorer is a callable ``scorer(estimator, X, y_true, *, lengths=None)``
+    that labels ``X`` with ``estimator.predict`` and returns
+    :func:`segmentation_accuracy` of the labels against `y_true`, so it can be
+    passed as ``scoring=`` to :class:`~sklearn.model_selection.GridSearchCV`,
+    :func:`~sklearn.model_selection.cross_val_score` and
+    :func:`~sklearn.model_selection.cross_validate`. The label matching is
+    computed on each held-out fold as a whole, so the arbitrary numbering of
+    the states never costs accuracy. Higher is better.
+
+    Parameters
+    ----------
+    per_sequence : bool, default=False
+        If False, score the fraction of all held-out time steps labelled
+        correctly (every step weighs the same). If True, score the mean of the
+        per-sequence accuracies (every sequence weighs the same, whatever its
+        length); the matching is still pooled over the fold.
+
+    Returns
+    -------
+    scorer : callable
+        ``scorer(estimator, X, y_true, *, lengths=None) -> float``. ``X`` is
+        any input the estimator's ``predict`` accepts; `y_true` holds the true
+        state of every time step, laid out like the predicted labels: a list
+        of 1-D arrays for a list ``X``, a 2-D array
+        ``(n_sequences, n_timesteps)`` for a 3-D ``X``, a 1-D array for a 2-D
+        ``X``. ``lengths`` is passed on to ``predict`` for a 2-D ``X`` holding
+        several sequences.
+
+    Raises
+    ------
+    TypeError
+        If `per_sequence` is not a bool.
+
+    See Also
+    --------
+    segmentation_scorer : The scorer with ``per_sequence=False``.
+    segmentation_accuracy : The metric.
+
+    Notes
+    -----
+    Cross-validation must split whole sequences, so search over a list of
+    sequences or a 3-D array (whose first axis indexes sequences), with `y_true`
+    in the matching form. A 2-D ``X`` of sequences stacked with ``lengths``
+    cannot be split by :class:`~sklearn.model_selection.KFold` without cutting
+    sequences; convert it first with ``np.split(X, np.cumsum(lengths)[:-1])``.
+
+    Examples
+    --------
+    >>> from sklearn.model_selection import cross_val_score
+    >>> from nldseg import LangevinSegmenter
+    >>> from nldseg.datasets import make_markov_chain_sequences
+    >>> from nldseg.metrics import make_segmentation_scorer
+    >>> X, y = make_markov_chain_sequences(12, 40, n_features=4, random_state=0)
+    >>> seg = LangevinSegmenter(hidden_size=8, context_size=4, max_iter=2,
+    ...                         n_iter_no_change=2, kl_warmup=0, random_state=0)
+    >>> scorer = make_segmentation_scorer(per_sequence=True)
+    >>> scorer
+    make_segmentation_scorer(per_sequence=True)
+    >>> import warnings
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     scores = cross_val_score(seg, X, y, scoring=scorer, cv=2)
+    >>> scores.shape
+    (2,)
+    """
+    if not isinstance(per_sequence, (bool, np.bool_)):
+        raise TypeError(f"per_sequence must be a bool; got {type(per_sequence).__name__}.")
+    return _SegmentationScorer(per_sequence=bool(per_sequence))
+
+
+segmentation_scorer = make_segmentation_scorer()
+"""Scorer of pooled Hungarian-matched accuracy, for ``scoring=`` in model selection.
+
+``segmentation_scorer(estimator, X, y_true, *, lengths=None)`` labels ``X`` with
+``estimator.predict`` and returns :func:`segmentation_accuracy` against
+`y_true` (see :func:`make_segmentation_scorer`). Use it as
+``GridSearchCV(LangevinSegmenter(), param_grid, scoring=segmentation_scorer)``
+and fit the search with the true labels: ``search.fit(X, y)``.
+"""

@@ -1,9 +1,19 @@
 """Tests of the Hungarian-matched segmentation metrics."""
 
+import pickle
+
 import numpy as np
 import pytest
+from sklearn.base import BaseEstimator
+from sklearn.model_selection import GridSearchCV
 
-from nldseg.metrics import label_mapping, match_labels, segmentation_accuracy
+from nldseg.metrics import (
+    label_mapping,
+    make_segmentation_scorer,
+    match_labels,
+    segmentation_accuracy,
+    segmentation_scorer,
+)
 
 
 def test_three_cycle_permutation_is_undone():
@@ -144,3 +154,102 @@ def test_non_numeric_labels_raise_type_error():
         match_labels(["a", "b"], [0, 1])
     with pytest.raises(TypeError, match="per_sequence must be a bool"):
         segmentation_accuracy([0, 1], [0, 1], per_sequence="yes")
+
+
+# Scorers ---------------------------------------------------------------------
+
+
+class _PermutedOracle(BaseEstimator):
+    """Reads the true state from feature 0 and predicts it under a 3-cycle.
+
+    With ``noise > 0``, steps whose feature 1 is below ``noise`` get a wrong
+    label. Output mirrors the input form, like ``LangevinSegmenter.predict``.
+    """
+
+    def __init__(self, noise=0.0):
+        self.noise = noise
+
+    def fit(self, X, y=None):
+        self.fitted_ = True
+        return self
+
+    def _labels(self, seq):
+        seq = np.asarray(seq)
+        labels = (np.round(seq[..., 0]).astype(np.int64) + 1) % 3
+        return np.where(seq[..., 1] < self.noise, (labels + 1) % 3, labels)
+
+    def predict(self, X, *, lengths=None):
+        if isinstance(X, list):
+            return [self._labels(seq) for seq in X]
+        return self._labels(X)
+
+
+def _oracle_data(seed=0):
+    """Sequences of distinct lengths whose feature 0 is the true state."""
+    rng = np.random.RandomState(seed)
+    ys = [rng.randint(3, size=n) for n in range(10, 30)]
+    Xs = [np.column_stack([y, rng.uniform(size=len(y))]) for y in ys]
+    return Xs, ys
+
+
+def test_scorer_gives_one_for_a_permuted_labelling_in_every_form():
+    Xs, ys = _oracle_data()
+    est = _PermutedOracle().fit(Xs)
+    # The raw labels are all wrong: only the matching makes them right.
+    assert np.mean(np.concatenate(est.predict(Xs)) == np.concatenate(ys)) == 0.0
+    lengths = [len(y) for y in ys]
+    X3, y3 = np.stack([x[:10] for x in Xs]), np.stack([y[:10] for y in ys])
+    for scorer in (segmentation_scorer, make_segmentation_scorer(per_sequence=True)):
+        assert scorer(est, Xs, ys) == 1.0
+        assert scorer(est, X3, y3) == 1.0
+        assert scorer(est, Xs[0], ys[0]) == 1.0
+        assert scorer(est, np.concatenate(Xs), np.concatenate(ys), lengths=lengths) == 1.0
+        assert type(scorer(est, Xs, ys)) is float
+
+
+def test_scorer_matches_segmentation_accuracy():
+    Xs, ys = _oracle_data()
+    est = _PermutedOracle(noise=0.3).fit(Xs)
+    y_pred = est.predict(Xs)
+    pooled = segmentation_accuracy(ys, y_pred)
+    mean_per_seq = segmentation_accuracy(ys, y_pred, per_sequence=True).mean()
+    assert 0.5 < pooled < 1.0
+    assert segmentation_scorer(est, Xs, ys) == pooled
+    assert make_segmentation_scorer(per_sequence=True)(est, Xs, ys) == pytest.approx(
+        mean_per_seq)
+    # Sequences of different lengths: the two weightings differ.
+    assert mean_per_seq != pytest.approx(pooled)
+    # A 2-D X with lengths is split like the list.
+    lengths = [len(y) for y in ys]
+    per_seq = make_segmentation_scorer(per_sequence=True)
+    assert per_seq(est, np.concatenate(Xs), np.concatenate(ys),
+                   lengths=lengths) == pytest.approx(mean_per_seq)
+    assert per_seq(est, np.concatenate(Xs), ys, lengths=lengths) == pytest.approx(
+        mean_per_seq)
+
+
+@pytest.mark.parametrize("form", ["list", "3d"])
+def test_scorer_works_as_grid_search_scoring(form):
+    Xs, ys = _oracle_data()
+    if form == "3d":
+        Xs, ys = np.stack([x[:10] for x in Xs]), np.stack([y[:10] for y in ys])
+    search = GridSearchCV(_PermutedOracle(), {"noise": [0.5, 0.0]},
+                          scoring=segmentation_scorer, cv=2).fit(Xs, ys)
+    assert search.best_params_ == {"noise": 0.0}
+    assert search.best_score_ == 1.0
+    assert search.cv_results_["mean_test_score"][0] < 1.0
+    assert search.score(Xs, ys) == 1.0
+
+
+def test_scorer_errors_and_repr():
+    Xs, ys = _oracle_data()
+    est = _PermutedOracle().fit(Xs)
+    with pytest.raises(ValueError, match="needs the true state labels y"):
+        segmentation_scorer(est, Xs, None)
+    with pytest.raises(ValueError, match="same number of sequences"):
+        segmentation_scorer(est, Xs, ys[:-1])
+    with pytest.raises(TypeError, match="per_sequence must be a bool"):
+        make_segmentation_scorer(per_sequence="yes")
+    assert repr(segmentation_scorer) == "make_segmentation_scorer(per_sequence=False)"
+    again = pickle.loads(pickle.dumps(make_segmentation_scorer(per_sequence=True)))
+    assert again(est, Xs, ys) == 1.0 and again.per_sequence is True

@@ -1,0 +1,236 @@
+"""Sequence-aware preprocessing for pipelines in front of :class:`LangevinSegmenter`.
+
+The transformers here accept every input form the segmenter accepts (a 2-D
+array, one sequence or several stacked with ``lengths``; a 3-D array; a list of
+2-D arrays of any lengths) and return their output in the same form, so that
+they can precede the segmenter in a :class:`~sklearn.pipeline.Pipeline`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from nldseg._validation import check_sequences, format_output
+
+__all__ = ["SequenceStandardScaler"]
+
+
+def _scale_from_variance(var: np.ndarray, mean: np.ndarray,
+                         n_samples: int) -> np.ndarray:
+    """Standard deviations to divide by, with 1 for (numerically) constant features.
+
+    A feature counts as constant when its variance is within the rounding error
+    of a two-pass variance of ``n_samples`` float64 values around ``mean`` (the
+    bound used by :class:`sklearn.preprocessing.StandardScaler`). Dividing such
+    a feature by its tiny standard deviation would turn rounding noise into
+    values of order one, so it is only centred.
+
+    Parameters
+    ----------
+    var : ndarray of shape (n_features,)
+        Per-feature variance.
+    mean : ndarray of shape (n_features,)
+        Per-feature mean.
+    n_samples : int
+        Number of rows the statistics were computed on.
+
+    Returns
+    -------
+    scale : ndarray of shape (n_features,)
+        ``sqrt(var)``, with 1.0 where the feature is constant.
+    """
+    eps = np.finfo(np.float64).eps
+    upper_bound = n_samples * eps * var + (n_samples * mean * eps) ** 2
+    scale = np.sqrt(var)
+    scale[var <= upper_bound] = 1.0
+    return scale
+
+
+class SequenceStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Standardise features with statistics pooled over all time steps of all sequences.
+
+    The per-feature mean and standard deviation are computed on every time step
+    of every training sequence pooled together (sequences of different lengths
+    weigh by their number of steps), and applied to each time step on its own:
+    ``z = (x - mean_) / scale_``. The result of :meth:`transform` therefore does
+    not depend on how the rows are grouped into sequences; ``lengths`` is only
+    validated and used to shape the output like the input.
+
+    Parameters
+    ----------
+    with_mean : bool, default=True
+        If True, centre the data before scaling.
+    with_std : bool, default=True
+        If True, scale the data to unit variance.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features_in_,) or None
+        Per-feature mean over all training time steps. ``None`` when both
+        ``with_mean`` and ``with_std`` are False.
+    var_ : ndarray of shape (n_features_in_,) or None
+        Per-feature (biased) variance over all training time steps. ``None``
+        when ``with_std=False``.
+    scale_ : ndarray of shape (n_features_in_,) or None
+        Per-feature divisor ``sqrt(var_)``, set to 1.0 for constant features.
+        ``None`` when ``with_std=False``.
+    n_features_in_ : int
+        Number of features seen during :term:`fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during :term:`fit`, when ``X`` is a DataFrame
+        with string column names.
+    n_samples_seen_ : int
+        Number of time steps (of all sequences together) seen during
+        :term:`fit`.
+
+    See Also
+    --------
+    sklearn.preprocessing.StandardScaler : The same scaling for 2-D data only.
+    nldseg.LangevinSegmenter : The segmenter this transformer is meant to
+        precede in a pipeline.
+
+    Notes
+    -----
+    :class:`~nldseg.LangevinSegmenter` standardises its input internally, so
+    this scaler changes neither its fit nor its labels much; it is for
+    pipelines that put other steps in between, or that need the scaled data.
+    Unlike :class:`~sklearn.preprocessing.StandardScaler`, NaN is rejected,
+    as by the segmenter. ``set_output(transform="pandas")`` only applies to a
+    2-D ``X``.
+
+    Examples
+    --------
+    >>> from nldseg.datasets import make_markov_chain_sequences
+    >>> from nldseg.preprocessing import SequenceStandardScaler
+    >>> X, _ = make_markov_chain_sequences(4, 30, n_features=5, random_state=0)
+    >>> scaler = SequenceStandardScaler().fit(X)
+    >>> scaler.mean_.shape, scaler.n_samples_seen_
+    ((5,), 120)
+    >>> scaler.transform(X).shape
+    (4, 30, 5)
+    >>> [z.shape for z in scaler.transform([X[0], X[1, :12]])]
+    [(30, 5), (12, 5)]
+    """
+
+    def __init__(self, *, with_mean=True, with_std=True):
+        self.with_mean = with_mean
+        self.with_std = with_std
+
+    def fit(self, X, y=None, *, lengths: ArrayLike | None = None
+            ) -> SequenceStandardScaler:
+        """Compute the per-feature mean and standard deviation over all time steps.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Training sequences: one 2-D array (one sequence, or several with
+            ``lengths``), a 3-D array, or a list of 2-D arrays of any lengths.
+        y : None
+            Ignored; present for API consistency.
+        lengths : array-like of int, default=None
+            Lengths of the sequences stacked in a 2-D ``X``; must sum to
+            ``n_samples``.
+
+        Returns
+        -------
+        self : SequenceStandardScaler
+            The fitted scaler.
+        """
+        seqs = check_sequences(self, X, lengths=lengths, reset=True)
+        data = seqs.data.astype(np.float64)
+        n_samples = data.shape[0]
+        if self.with_mean or self.with_std:
+            mean = data.mean(axis=0)
+        else:
+            mean = None
+        if self.with_std:
+            var = data.var(axis=0)
+            scale = _scale_from_variance(var, mean, n_samples)
+        else:
+            var = scale = None
+        self.mean_, self.var_, self.scale_ = mean, var, scale
+        self.n_samples_seen_ = int(n_samples)
+        return self
+
+    def transform(self, X, *, lengths: ArrayLike | None = None):
+        """Standardise every time step: ``(x - mean_) / scale_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Sequences, in any form accepted by :meth:`fit`.
+        lengths : array-like of int, default=None
+            Lengths of the sequences stacked in a 2-D ``X``. Only validated:
+            the transform is the same for every time step.
+
+        Returns
+        -------
+        X_tr : ndarray of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Standardised sequences, in the form and float dtype of ``X``.
+        """
+        check_is_fitted(self)
+        seqs = check_sequences(self, X, lengths=lengths, reset=False)
+        data = np.array(seqs.data, copy=True)
+        if self.with_mean:
+            data -= self.mean_.astype(data.dtype)
+        if self.with_std:
+            data /= self.scale_.astype(data.dtype)
+        return format_output(seqs, data)
+
+    def fit_transform(self, X, y=None, *, lengths: ArrayLike | None = None):
+        """Fit to ``X``, then standardise it.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Training sequences.
+        y : None
+            Ignored; present for API consistency.
+        lengths : array-like of int, default=None
+            Lengths of the sequences stacked in a 2-D ``X``.
+
+        Returns
+        -------
+        X_tr : ndarray of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Standardised sequences, in the form of ``X``.
+        """
+        return self.fit(X, lengths=lengths).transform(X, lengths=lengths)
+
+    def inverse_transform(self, X, *, lengths: ArrayLike | None = None):
+        """Undo the standardisation: ``x * scale_ + mean_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Standardised sequences, in any form accepted by :meth:`fit`.
+        lengths : array-like of int, default=None
+            Lengths of the sequences stacked in a 2-D ``X``. Only validated.
+
+        Returns
+        -------
+        X_orig : ndarray of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Sequences in the original units, in the form of ``X``.
+        """
+        check_is_fitted(self)
+        seqs = check_sequences(self, X, lengths=lengths, reset=False)
+        data = np.array(seqs.data, copy=True)
+        if self.with_std:
+            data *= self.scale_.astype(data.dtype)
+        if self.with_mean:
+            data += self.mean_.astype(data.dtype)
+        return format_output(seqs, data)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
