@@ -2,7 +2,8 @@
 
 The wells of a learned energy landscape are the discrete states of a switching
 system. See :class:`LangevinSegmenter`; helpers live in the submodules
-:mod:`nldseg.metrics`, :mod:`nldseg.datasets` and :mod:`nldseg.plotting`.
+:mod:`nldseg.metrics`, :mod:`nldseg.datasets`, :mod:`nldseg.preprocessing` and
+:mod:`nldseg.plotting`.
 """
 
 from nldseg._estimator import LangevinSegmenter

@@ -614,6 +614,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         landscape = _landscape.EnergyLandscape(
             module.energy, beta, minima, state_of, found["capture_radius"],
             found["step_size"], found["max_step"])
+        landscape.build_lookup(codes)
         _landscape.compute_occupancies(landscape, codes, 4000, rng)
         occ = landscape.occupancies["sampled"]
         # Largest occupancy first; ties broken by the minimum's coordinates.

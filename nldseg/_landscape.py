@@ -238,18 +238,41 @@ class EnergyLandscape:
         return self._basins_torch(torch.as_tensor(np.asarray(z, dtype=np.float32)))
 
     def _basins_torch(self, z: torch.Tensor, chunk: int = 65536) -> np.ndarray:
-        """Label float32 latent points by the minimum their flow reaches.
+        """Label float32 latent points (n, d) by the state their flow reaches.
+
+        Points inside a cell of the lookup grid (see :meth:`build_lookup`)
+        whose corners all flow to the same minimum take that minimum's state;
+        the others are flowed (:meth:`_flow_minimum`).
+        """
+        if self.n_states == 1:
+            return np.zeros(z.shape[0], dtype=np.int64)
+        state_of = torch.as_tensor(self.state_of_minimum)
+        grid = getattr(self, "lookup_minimum", None)
+        if grid is None:
+            return state_of[self._flow_minimum(z, chunk)].numpy()
+        out = torch.empty(z.shape[0], dtype=torch.int64)
+        with torch.no_grad():
+            for start in range(0, z.shape[0], chunk):
+                pts = z[start:start + chunk]
+                found = _lookup(pts, torch.as_tensor(self.lookup_lo, dtype=z.dtype),
+                                torch.as_tensor(self.lookup_step, dtype=z.dtype),
+                                torch.as_tensor(grid))
+                todo = found < 0
+                if bool(todo.any()):
+                    found[todo] = self._flow_minimum(pts[todo], chunk)
+                out[start:start + pts.shape[0]] = found
+        return state_of[out].numpy()
+
+    def _flow_minimum(self, z: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+        """Index of the minimum (in :attr:`all_minima`) each point's flow reaches.
 
         A point is assigned once it is within the capture radius of a minimum
         (a radius learned at fit time inside which every training flow ended at
         that minimum); points still uncaptured after the flow budget go to the
         nearest minimum.
         """
-        if self.n_states == 1:
-            return np.zeros(z.shape[0], dtype=np.int64)
         minima = torch.as_tensor(self.all_minima, dtype=z.dtype)
         radius = torch.as_tensor(self.capture_radius, dtype=z.dtype)
-        state_of = torch.as_tensor(self.state_of_minimum)
         out = torch.empty(z.shape[0], dtype=torch.int64)
         energy = self._energy32
         with torch.no_grad():
@@ -260,7 +283,7 @@ class EnergyLandscape:
                     dist = torch.cdist(pts, minima)
                     near = dist.argmin(1)
                     done = dist.gather(1, near[:, None])[:, 0] <= radius[near]
-                    out[idx[done]] = state_of[near[done]]
+                    out[idx[done]] = near[done]
                     pts, idx = pts[~done], idx[~done]
                     if pts.shape[0] == 0:
                         break
@@ -269,8 +292,50 @@ class EnergyLandscape:
                     pts = pts - step * torch.clamp(
                         self.max_step / norm.clamp_min(1e-30), max=1.0)
                 if pts.shape[0]:
-                    out[idx] = state_of[torch.cdist(pts, minima).argmin(1)]
-        return out.numpy()
+                    out[idx] = torch.cdist(pts, minima).argmin(1)
+        return out
+
+    def build_lookup(self, codes: np.ndarray, max_nodes: int = 24 ** 3) -> None:
+        """Flow the nodes of a regular grid once, to label most points by lookup.
+
+        The grid spans the bounding box of ``codes`` widened by a quarter of
+        its size on each side, with at most ``max_nodes`` nodes (only for
+        ``latent_dim <= 3``; higher dimensions always flow). A point inside a
+        cell whose corner nodes all flow to the same minimum is given that
+        minimum: a different basin would have to pass between the corners of
+        one cell without containing any of them. Other points are flowed.
+        """
+        d = self.latent_dim
+        self.lookup_lo = self.lookup_step = self.lookup_minimum = None
+        if d > 3 or len(codes) == 0:
+            return
+        n = int(round(max_nodes ** (1.0 / d)))
+        lo, hi = codes.min(0), codes.max(0)
+        pad = 0.25 * np.maximum(hi - lo, 1e-3)
+        lo, hi = lo - pad, hi + pad
+        axes = [np.linspace(lo[i], hi[i], n) for i in range(d)]
+        nodes = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d)
+        labels = self._flow_minimum(torch.as_tensor(nodes, dtype=torch.float32))
+        self.lookup_lo = lo.astype(np.float64)
+        self.lookup_step = ((hi - lo) / (n - 1)).astype(np.float64)
+        self.lookup_minimum = labels.numpy().reshape((n,) * d)
+
+
+def _lookup(pts: torch.Tensor, lo: torch.Tensor, step: torch.Tensor,
+            grid: torch.Tensor) -> torch.Tensor:
+    """Minimum index from the grid where a cell's corners agree, else -1."""
+    d = grid.dim()
+    n = torch.tensor(grid.shape)
+    cell = torch.floor((pts - lo) / step).long()
+    inside = ((cell >= 0) & (cell < n - 1)).all(1)
+    strides = torch.tensor(grid.stride())
+    corners = torch.tensor([[c >> i & 1 for i in range(d)] for c in range(2 ** d)])
+    base = (cell.clamp(min=0) * strides).sum(1).clamp(max=grid.numel() - 1)
+    offsets = (corners * strides).sum(1)
+    flat = grid.reshape(-1)
+    values = flat[(base[:, None] + offsets).clamp(max=grid.numel() - 1)]
+    agree = inside & (values == values[:, :1]).all(1)
+    return torch.where(agree, values[:, 0], torch.full_like(values[:, 0], -1))
 
 
 def find_minima(energy: torch.nn.Module, codes: np.ndarray) -> dict:
