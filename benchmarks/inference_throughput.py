@@ -43,6 +43,9 @@ def main() -> None:
     p.add_argument("--length", type=int, default=500)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--n-samples", type=int, nargs="+", default=[None],
+                   help="Monte-Carlo paths per sequence to time (default: the "
+                        "model's own n_samples)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -60,18 +63,25 @@ def main() -> None:
         a.n_test, a.length, n_features=15, switch_prob=0.025,
         random_state=2000 + a.seed, emission_random_state=a.seed)
     n_steps = X_test.shape[0] * X_test.shape[1]
-    print(f"# model: {seg.dynamics}, {seg.n_states_} states, n_samples={seg.n_samples}; "
-          f"test set {X_test.shape[0]} x {X_test.shape[1]} = {n_steps} steps")
+    print(f"# model: {seg.dynamics}, {seg.n_states_} states; test set "
+          f"{X_test.shape[0]} x {X_test.shape[1]} = {n_steps} steps")
+    for n_samples in a.n_samples:
+        if n_samples is not None:
+            seg.set_params(n_samples=n_samples)
+        _measure(seg, X_test, y_test, n_steps, a.repeats)
 
+
+def _measure(seg, X_test, y_test, n_steps: int, repeats: int) -> None:
+    print(f"n_samples={seg.n_samples}")
     for name in ("predict", "predict_proba"):
         times = []
-        for _ in range(a.repeats):
+        for _ in range(repeats):
             t0 = time.perf_counter()
             out = getattr(seg, name)(X_test)
             times.append(time.perf_counter() - t0)
         t = float(np.median(times))
-        print(f"{name:14s} {t:8.2f} s  {n_steps / t:12.0f} steps/s")
-    print(f"accuracy {segmentation_accuracy(y_test, out.argmax(-1)):.4f}")
+        print(f"  {name:14s} {t:8.2f} s  {n_steps / t:12.0f} steps/s")
+    print(f"  accuracy {segmentation_accuracy(y_test, out.argmax(-1)):.4f}")
 
     seqs = seg._prepare(X_test, None)
     t0 = time.perf_counter()
@@ -92,7 +102,7 @@ def main() -> None:
         if t >= 20:
             lat.append(time.perf_counter() - t0)
     lat_ms = np.array(lat) * 1e3
-    print(f"stream.update  median {np.median(lat_ms):.3f} ms, p99 "
+    print(f"  stream.update  median {np.median(lat_ms):.3f} ms, p99 "
           f"{np.percentile(lat_ms, 99):.3f} ms per new observation")
 
 

@@ -140,7 +140,14 @@ class SequenceStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimat
         self : SequenceStandardScaler
             The fitted scaler.
         """
-        seqs = check_sequences(self, X, lengths=lengths, reset=True)
+        state = dict(self.__dict__)
+        try:
+            seqs = check_sequences(self, X, lengths=lengths, reset=True)
+        except BaseException:
+            # Bad input leaves a fitted scaler exactly as it was.
+            self.__dict__.clear()
+            self.__dict__.update(state)
+            raise
         data = seqs.data.astype(np.float64)
         n_samples = data.shape[0]
         if self.with_mean or self.with_std:

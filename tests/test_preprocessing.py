@@ -291,3 +291,14 @@ def test_pipeline_score_with_metadata_routing(data, list_pipe):
         pipe = make_pipeline(scaler, seg).fit(data["list"])
         assert pipe.score(data["stacked"], lengths=data["lengths"]) == (
             list_pipe.score(data["list"]))
+
+
+def test_failed_refit_leaves_fitted_scaler_unchanged(data):
+    scaler = SequenceStandardScaler().fit(data["list"])
+    before = {k: v.copy() if isinstance(v, np.ndarray) else v
+              for k, v in vars(scaler).items()}
+    with pytest.raises(ValueError, match="NaN"):
+        scaler.fit(np.full((10, 3), np.nan))
+    assert vars(scaler).keys() == before.keys()
+    for key, value in before.items():
+        np.testing.assert_array_equal(vars(scaler)[key], value)
