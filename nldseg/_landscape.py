@@ -247,29 +247,48 @@ class EnergyLandscape:
         if self.n_states == 1:
             return np.zeros(z.shape[0], dtype=np.int64)
         state_of = torch.as_tensor(self.state_of_minimum)
-        grid = getattr(self, "lookup_minimum", None)
-        if grid is None:
+        tables = self._lookup_tables()
+        if tables is None:
             return state_of[self._flow_minimum(z, chunk)].numpy()
         out = torch.empty(z.shape[0], dtype=torch.int64)
         with torch.no_grad():
             for start in range(0, z.shape[0], chunk):
-                pts = z[start:start + chunk]
-                found = _lookup(pts, torch.as_tensor(self.lookup_lo, dtype=z.dtype),
-                                torch.as_tensor(self.lookup_step, dtype=z.dtype),
-                                torch.as_tensor(grid))
+                pts = z[start:start + chunk].float()
+                found = _lookup(pts, tables)
                 todo = found < 0
                 if bool(todo.any()):
-                    found[todo] = self._flow_minimum(pts[todo], chunk)
+                    found[todo] = self._flow_minimum(pts[todo], chunk, tables)
                 out[start:start + pts.shape[0]] = found
         return state_of[out].numpy()
 
-    def _flow_minimum(self, z: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    def _lookup_tables(self) -> dict | None:
+        """Tensors for :func:`_lookup`, built once per grid (None without one)."""
+        grid = getattr(self, "lookup_minimum", None)
+        if grid is None:
+            return None
+        cached = self.__dict__.get("_lookup_cache")
+        if cached is None:
+            grid = torch.as_tensor(grid)
+            d = grid.dim()
+            strides = torch.tensor(grid.stride())
+            corners = torch.tensor([[c >> i & 1 for i in range(d)]
+                                    for c in range(2 ** d)])
+            cached = {"lo": torch.as_tensor(self.lookup_lo, dtype=torch.float32),
+                      "step": torch.as_tensor(self.lookup_step, dtype=torch.float32),
+                      "n": torch.tensor(grid.shape), "strides": strides,
+                      "offsets": (corners * strides).sum(1), "flat": grid.reshape(-1)}
+            self._lookup_cache = cached
+        return cached
+
+    def _flow_minimum(self, z: torch.Tensor, chunk: int = 65536,
+                      tables: dict | None = None) -> torch.Tensor:
         """Index of the minimum (in :attr:`all_minima`) each point's flow reaches.
 
         A point is assigned once it is within the capture radius of a minimum
         (a radius learned at fit time inside which every training flow ended at
-        that minimum); points still uncaptured after the flow budget go to the
-        nearest minimum.
+        that minimum) or, given lookup ``tables``, once it enters a grid cell
+        whose corners agree (its flow goes on from there). Points still
+        unassigned after the flow budget go to the nearest minimum.
         """
         minima = torch.as_tensor(self.all_minima, dtype=z.dtype)
         radius = torch.as_tensor(self.capture_radius, dtype=z.dtype)
@@ -283,6 +302,10 @@ class EnergyLandscape:
                     dist = torch.cdist(pts, minima)
                     near = dist.argmin(1)
                     done = dist.gather(1, near[:, None])[:, 0] <= radius[near]
+                    if tables is not None:
+                        found = _lookup(pts, tables)
+                        near = torch.where(done | (found < 0), near, found)
+                        done = done | (found >= 0)
                     out[idx[done]] = near[done]
                     pts, idx = pts[~done], idx[~done]
                     if pts.shape[0] == 0:
@@ -307,6 +330,7 @@ class EnergyLandscape:
         """
         d = self.latent_dim
         self.lookup_lo = self.lookup_step = self.lookup_minimum = None
+        self._lookup_cache = None
         if d > 3 or len(codes) == 0:
             return
         n = int(round(max_nodes ** (1.0 / d)))
@@ -321,19 +345,14 @@ class EnergyLandscape:
         self.lookup_minimum = labels.numpy().reshape((n,) * d)
 
 
-def _lookup(pts: torch.Tensor, lo: torch.Tensor, step: torch.Tensor,
-            grid: torch.Tensor) -> torch.Tensor:
+def _lookup(pts: torch.Tensor, tables: dict) -> torch.Tensor:
     """Minimum index from the grid where a cell's corners agree, else -1."""
-    d = grid.dim()
-    n = torch.tensor(grid.shape)
-    cell = torch.floor((pts - lo) / step).long()
-    inside = ((cell >= 0) & (cell < n - 1)).all(1)
-    strides = torch.tensor(grid.stride())
-    corners = torch.tensor([[c >> i & 1 for i in range(d)] for c in range(2 ** d)])
-    base = (cell.clamp(min=0) * strides).sum(1).clamp(max=grid.numel() - 1)
-    offsets = (corners * strides).sum(1)
-    flat = grid.reshape(-1)
-    values = flat[(base[:, None] + offsets).clamp(max=grid.numel() - 1)]
+    flat = tables["flat"]
+    cell = torch.floor((pts - tables["lo"]) / tables["step"]).long()
+    inside = ((cell >= 0) & (cell < tables["n"] - 1)).all(1)
+    base = (cell.clamp(min=0) * tables["strides"]).sum(1)
+    index = (base[:, None] + tables["offsets"]).clamp(max=flat.numel() - 1)
+    values = flat[index]
     agree = inside & (values == values[:, :1]).all(1)
     return torch.where(agree, values[:, 0], torch.full_like(values[:, 0], -1))
 

@@ -88,8 +88,8 @@ def save_estimator(estimator, path) -> None:
         fitted["feature_names_in_"] = [str(n) for n in estimator.feature_names_in_]
     land_arrays, land_scalars, occupancies = {}, {}, {}
     for key, value in vars(estimator.energy_).items():
-        if key.startswith("_energy"):
-            continue  # Rebuilt from the module's energy on load.
+        if key.startswith("_"):
+            continue  # Energies rebuilt from the module on load; caches rebuilt.
         if isinstance(value, np.ndarray):
             land_arrays[key] = _tensor(value)
         elif key == "occupancies":

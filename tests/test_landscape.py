@@ -163,9 +163,7 @@ def test_lookup_grid_labels_equal_the_flow(tiny_fitted):
     # Cells whose corners disagree, and points outside the grid, are flowed.
     from nldseg._landscape import _lookup
 
-    found = _lookup(z, torch.as_tensor(lo, dtype=z.dtype),
-                    torch.as_tensor(landscape.lookup_step, dtype=z.dtype),
-                    torch.as_tensor(landscape.lookup_minimum))
+    found = _lookup(z, landscape._lookup_tables())
     outside = ((z.numpy() < lo) | (z.numpy() > hi)).any(1)
     assert np.all(found.numpy()[outside] == -1)
     assert 0 < np.mean(found.numpy() >= 0) < 1
