@@ -159,9 +159,16 @@ class NeuralLangevinVAE(nn.Module):
         std of ``q(z_0 | x_0)``, which read the GRU output at step 0 only.
         """
         h, _ = self.gru(x)
-        projected = self.drift_net.project_context(self.context(h))
-        mean, log_std = self.q0(h[:, 0]).chunk(2, dim=-1)
-        return projected, mean, log_std.clamp(-8.0, 4.0)
+        return (self.project_context(h), *self.initial_posterior(h[:, 0]))
+
+    def project_context(self, h: torch.Tensor) -> torch.Tensor:
+        """Projected drift context from GRU outputs ``h`` (..., hidden)."""
+        return self.drift_net.project_context(self.context(h))
+
+    def initial_posterior(self, h0: torch.Tensor):
+        """Mean and (clamped) log std of ``q(z_0 | x_0)`` from the first GRU output."""
+        mean, log_std = self.q0(h0).chunk(2, dim=-1)
+        return mean, log_std.clamp(-8.0, 4.0)
 
     def simulate(self, x: torch.Tensor, noise: torch.Tensor, dt: float,
                  n_samples: int = 1, *, eps0: torch.Tensor | None = None,

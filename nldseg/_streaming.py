@@ -109,12 +109,12 @@ class SegmentationStream:
             out, hidden = module.gru(x.reshape(1, 1, -1), self._hidden)
             h = out[:, 0]
             if self._z is None:
-                mean, log_std = module.q0(h).chunk(2, dim=-1)
+                mean, log_std = module.initial_posterior(h)
                 eps0 = torch.randn((s, module.state_dim), generator=self._gen)
-                z = mean + log_std.clamp(-8.0, 4.0).exp() * eps0
+                z = mean + log_std.exp() * eps0
             else:
                 noise = torch.randn((self._n_sub, s, d), generator=self._gen)
-                ctx = module.drift_net.project_context(module.context(h))
+                ctx = module.project_context(h)
                 z, _ = module.advance(self._z, ctx, noise * self._coef["noise_scale"],
                                       self._dt, self._coef)
         return hidden, z
