@@ -703,12 +703,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         z = self._latent_samples(self.module_, seqs, self.n_samples,
                                  self._inference_seed())
         d = self.module_.latent_dim
-        labels = self.energy_._basins_torch(
-            torch.as_tensor(z[..., :d].reshape(-1, d))).reshape(z.shape[:2])
-        proba = np.zeros((z.shape[0], self.n_states_))
-        for k in range(self.n_states_):
-            proba[:, k] = (labels == k).mean(1)
-        return proba
+        return self.energy_._state_fractions(torch.as_tensor(z[..., :d]))
 
     def predict(self, X, *, lengths=None):
         """State label of every time step (online): the argmax of ``predict_proba``.

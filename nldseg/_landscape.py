@@ -237,6 +237,11 @@ class EnergyLandscape:
         """State (basin of attraction) of latent points (n, latent_dim) -> (n,)."""
         return self._basins_torch(torch.as_tensor(np.asarray(z, dtype=np.float32)))
 
+    def _state_fractions(self, z: torch.Tensor) -> np.ndarray:
+        """Fraction of the latent samples (..., S, d) in each state -> (..., n_states)."""
+        labels = self._basins_torch(z.reshape(-1, z.shape[-1])).reshape(z.shape[:-1])
+        return (labels[..., None] == np.arange(self.n_states)).mean(-2)
+
     def _basins_torch(self, z: torch.Tensor, chunk: int = 65536) -> np.ndarray:
         """Label float32 latent points (n, d) by the state their flow reaches.
 

@@ -49,7 +49,6 @@ class SegmentationStream:
         self._mean = np.asarray(estimator.scaler_mean_, dtype=np.float64)
         self._scale = np.asarray(estimator.scaler_scale_, dtype=np.float64)
         self._n_features = int(estimator.n_features_in_)
-        self._n_states = int(estimator.n_states_)
         self._n_samples = int(estimator.n_samples)
         self._n_sub = estimator._n_sub
         self._dt = float(estimator.dt)
@@ -93,11 +92,10 @@ class SegmentationStream:
         gen_state = self._gen.get_state()
         try:
             hidden, z = self._step(module, x, d, s)
-            labels = self._landscape._basins_torch(z[:, :d])
+            proba = self._landscape._state_fractions(z[:, :d])
         except BaseException:
             self._gen.set_state(gen_state)
             raise
-        proba = np.bincount(labels, minlength=self._n_states) / s
         # Commit the new state only once everything above has succeeded.
         self._hidden, self._z = hidden, z
         self.n_steps_ += 1
