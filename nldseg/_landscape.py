@@ -251,20 +251,8 @@ class EnergyLandscape:
         """
         if self.n_states == 1:
             return np.zeros(z.shape[0], dtype=np.int64)
-        state_of = torch.as_tensor(self.state_of_minimum)
-        tables = self._lookup_tables()
-        if tables is None:
-            return state_of[self._flow_minimum(z, chunk)].numpy()
-        out = torch.empty(z.shape[0], dtype=torch.int64)
-        with torch.no_grad():
-            for start in range(0, z.shape[0], chunk):
-                pts = z[start:start + chunk].float()
-                found = _lookup(pts, tables)
-                todo = found < 0
-                if bool(todo.any()):
-                    found[todo] = self._flow_minimum(pts[todo], chunk, tables)
-                out[start:start + pts.shape[0]] = found
-        return state_of[out].numpy()
+        found = self._flow_minimum(z.float(), chunk, self._lookup_tables())
+        return self.state_of_minimum[found.numpy()]
 
     def _lookup_tables(self) -> dict | None:
         """Tensors for :func:`_lookup`, built once per grid (None without one)."""
@@ -289,10 +277,10 @@ class EnergyLandscape:
                       tables: dict | None = None) -> torch.Tensor:
         """Index of the minimum (in :attr:`all_minima`) each point's flow reaches.
 
-        A point is assigned once it is within the capture radius of a minimum
-        (a radius learned at fit time inside which every training flow ended at
-        that minimum) or, given lookup ``tables``, once it enters a grid cell
-        whose corners agree (its flow goes on from there). Points still
+        A point is assigned once, given lookup ``tables``, it lies in a grid
+        cell whose corners agree (its flow goes on from there), or once it is
+        within the capture radius of a minimum (a radius learned at fit time
+        inside which every training flow ended at that minimum). Points still
         unassigned after the flow budget go to the nearest minimum.
         """
         minima = torch.as_tensor(self.all_minima, dtype=z.dtype)
@@ -304,13 +292,14 @@ class EnergyLandscape:
                 pts = z[start:start + chunk].clone()
                 idx = torch.arange(start, start + pts.shape[0])
                 for _ in range(2000):
+                    if tables is not None:
+                        found = _lookup(pts, tables)
+                        hit = found >= 0
+                        out[idx[hit]] = found[hit]
+                        pts, idx = pts[~hit], idx[~hit]
                     dist = torch.cdist(pts, minima)
                     near = dist.argmin(1)
                     done = dist.gather(1, near[:, None])[:, 0] <= radius[near]
-                    if tables is not None:
-                        found = _lookup(pts, tables)
-                        near = torch.where(done | (found < 0), near, found)
-                        done = done | (found >= 0)
                     out[idx[done]] = near[done]
                     pts, idx = pts[~done], idx[~done]
                     if pts.shape[0] == 0:
