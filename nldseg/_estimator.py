@@ -19,7 +19,12 @@ from nldseg import _landscape, _persistence
 from nldseg._dynamics import DYNAMICS
 from nldseg._model import NeuralLangevinVAE
 from nldseg._streaming import SegmentationStream
-from nldseg._validation import Sequences, check_sequences, format_output
+from nldseg._validation import (
+    Sequences,
+    check_sequences,
+    format_output,
+    unchanged_on_error,
+)
 from nldseg._version import __version__
 
 SOLVERS = frozenset({"euler", "torchsde"})
@@ -388,13 +393,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """
         # Any failure (bad input, divergence, Ctrl-C before the first step)
         # restores the estimator exactly as it was, fitted or not.
-        state = dict(self.__dict__)
-        try:
+        with unchanged_on_error(self):
             return self._fit(X, lengths)
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(state)
-            raise
 
     def _fit(self, X, lengths) -> LangevinSegmenter:
         self._check_params()

@@ -15,6 +15,7 @@ can mirror it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +62,23 @@ def _check_lengths(lengths, n_rows: int) -> np.ndarray:
     if arr.sum() != n_rows:
         raise ValueError(f"lengths sum to {int(arr.sum())} but X has {n_rows} rows.")
     return arr
+
+
+@contextmanager
+def unchanged_on_error(estimator):
+    """Restore ``estimator``'s attributes if the block raises (Ctrl-C included).
+
+    ``fit`` runs inside it so that bad input or a failed fit never leaves a
+    fitted estimator half-changed (``validate_data(reset=True)`` alone sets
+    ``n_features_in_`` before anything else is checked).
+    """
+    state = dict(estimator.__dict__)
+    try:
+        yield
+    except BaseException:
+        estimator.__dict__.clear()
+        estimator.__dict__.update(state)
+        raise
 
 
 def _check_magnitude(data: np.ndarray) -> None:

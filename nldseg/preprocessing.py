@@ -13,7 +13,7 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from nldseg._validation import check_sequences, format_output
+from nldseg._validation import check_sequences, format_output, unchanged_on_error
 
 __all__ = ["SequenceStandardScaler"]
 
@@ -140,14 +140,8 @@ class SequenceStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimat
         self : SequenceStandardScaler
             The fitted scaler.
         """
-        state = dict(self.__dict__)
-        try:
+        with unchanged_on_error(self):  # Bad input leaves a fitted scaler as it was.
             seqs = check_sequences(self, X, lengths=lengths, reset=True)
-        except BaseException:
-            # Bad input leaves a fitted scaler exactly as it was.
-            self.__dict__.clear()
-            self.__dict__.update(state)
-            raise
         data = seqs.data.astype(np.float64)
         n_samples = data.shape[0]
         if self.with_mean or self.with_std:
