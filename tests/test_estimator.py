@@ -293,6 +293,8 @@ def test_unrecoverable_nan_raises_and_leaves_estimator_unfitted(chain, monkeypat
     ({"min_state_fraction": 1.0}, "min_state_fraction must be in"),
     ({"device": "tpu"}, "device must be"),
     ({"initial_prior": "uniform"}, "initial_prior must be one of"),
+    ({"learning_rate": "linear"}, "learning_rate must be one of"),
+    ({"learning_rate": 0.01}, "learning_rate must be one of"),
 ])
 def test_bad_parameters_raise(params, match):
     X = np.zeros((10, 2))
@@ -359,7 +361,8 @@ def _interrupt_at(monkeypatch, call):
 
 def test_ctrl_c_keeps_best_model_so_far(chain, monkeypatch):
     X = chain[0][:40, :40]  # 40 windows: one batch per epoch
-    kw = dict(FAST, kl_warmup=0, max_iter=30)
+    # Constant rate: a fresh fit of fewer epochs then follows the same steps.
+    kw = dict(FAST, kl_warmup=0, max_iter=30, learning_rate="constant")
     _interrupt_at(monkeypatch, 6)
     est = LangevinSegmenter(**kw)
     with pytest.warns(UserWarning, match="interrupted by the user after 5 epoch"):
@@ -399,6 +402,69 @@ def test_verbose_prints_one_line_per_epoch_and_is_silent_by_default(chain, capsy
     assert len(lines) == 2
     assert lines[1].startswith("Epoch 2/2: loss ")
     assert "KL/step" in lines[1] and lines[1].endswith("s")
+
+
+def _record_learning_rates(monkeypatch) -> list:
+    rates = []
+    original = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    return rates
+
+
+def test_cosine_schedule_anneals_to_one_percent(chain, monkeypatch):
+    X = chain[0][:40, :40]  # 40 windows: one batch per epoch
+    rates = _record_learning_rates(monkeypatch)
+    est = LangevinSegmenter(**dict(FAST, max_iter=5, n_iter_no_change=50))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # The planned end.
+        est.fit(X)
+    lr0 = FAST["learning_rate_init"]
+    assert len(rates) == 5 and rates[0] == pytest.approx(lr0)
+    assert all(b < a for a, b in zip(rates, rates[1:]))
+    # Epoch k starts at progress k / 5 of the half cosine from lr0 to lr0 / 100.
+    expected = [lr0 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * k / 5))) for k in range(5)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-12)
+    assert not est.converged_ and est.n_iter_ == 5
+
+
+def test_constant_schedule_keeps_rate_and_warns_at_max_iter(chain, monkeypatch):
+    X = chain[0][:40, :40]
+    rates = _record_learning_rates(monkeypatch)
+    est = LangevinSegmenter(**dict(FAST, max_iter=3, n_iter_no_change=50,
+                                   learning_rate="constant"))
+    with pytest.warns(ConvergenceWarning, match="max_iter=3"):
+        est.fit(X)
+    assert rates == [FAST["learning_rate_init"]] * 3
+
+
+def test_rollback_halves_the_scheduled_rate(chain, monkeypatch):
+    from nldseg import _model
+
+    original = _model.NeuralLangevinVAE.elbo_terms
+    calls = {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        log_lik, kl = original(self, *args, **kwargs)
+        calls["n"] += 1
+        return (log_lik * float("nan"), kl) if calls["n"] == 2 else (log_lik, kl)
+
+    monkeypatch.setattr(_model.NeuralLangevinVAE, "elbo_terms", flaky)
+    rates = _record_learning_rates(monkeypatch)
+    est = LangevinSegmenter(**dict(FAST, max_iter=4, n_iter_no_change=50))
+    with pytest.warns(RuntimeWarning, match="halved the learning rate"):
+        est.fit(chain[0][:40, :40])
+    lr0 = FAST["learning_rate_init"]
+    # Epoch 2's only step failed and was retried at half its scheduled rate;
+    # the halving carries over to the rest of the schedule.
+    sched = [lr0 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * k / 4))) for k in range(4)]
+    np.testing.assert_allclose(rates, [sched[0]] + [r / 2 for r in sched[1:]],
+                               rtol=1e-12)
+    assert len(est.loss_curve_) == 4 and np.all(np.isfinite(est.loss_curve_))
 
 
 def test_progress_bar(capsys):
