@@ -33,7 +33,7 @@ N_FEATURES = 15
 # Standard normal draws for the log Z estimate per training step
 # (``nldseg._estimator._N_PARTITION``; repeated here so that the benchmarks do
 # not depend on a private constant of a file that is being edited).
-N_PARTITION = 1024
+N_PARTITION = 4096
 CLIP_NORM = 10.0  # ``clip_grad_norm_(params, 10.0)`` in ``_train``.
 
 

@@ -72,6 +72,24 @@ def test_log_partition_of_a_quadratic_energy():
     assert float(est) == pytest.approx(exact, abs=0.01)
 
 
+@pytest.mark.parametrize("n_codes, spread", [(7, 0.3), (64, 2.0), (1, 1.0)])
+def test_log_z_from_codes_is_consistent_for_any_batch_of_codes(n_codes, spread):
+    # The mixture proposal (broad Gaussian + the codes' posteriors, stratified)
+    # must give the exact log Z of a quadratic energy wherever the codes sit,
+    # including codes far from the mass and a single code.
+    torch.manual_seed(0)
+    m = NeuralLangevinVAE(4, 2, "overdamped", 8, 4, 2.0, 1.0, 1.0, False).double()
+    with torch.no_grad():
+        m.energy.out.weight.zero_()
+        m.energy.out.bias.fill_(0.3)
+    c, beta = float(m.energy.c.detach()), 2.0
+    exact = math.log(math.pi / (beta * c)) - beta * 0.3
+    mean = spread * torch.randn(n_codes, 2, dtype=torch.float64) + 1.0
+    log_std = torch.full((n_codes, 2), math.log(0.5), dtype=torch.float64)
+    est = m._log_z_from_codes(mean, log_std, torch.randn(100000, 2, dtype=torch.float64))
+    assert float(est) == pytest.approx(exact, abs=0.02)
+
+
 @pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
 def test_stationary_initial_kl_is_finite_and_reaches_the_energy(dynamics):
     torch.manual_seed(0)
