@@ -239,7 +239,8 @@ def test_learned_langevin_params_move(chain):
     assert fixed.beta_ == pytest.approx(2.0)
 
 
-def test_nan_loss_rolls_back_and_warns(chain, monkeypatch):
+def _nan_loss_on_calls(monkeypatch, bad_calls) -> None:
+    """Make the ELBO's likelihood NaN on the given (1-based) calls."""
     from nldseg import _model
 
     original = _model.NeuralLangevinVAE.elbo_terms
@@ -248,11 +249,13 @@ def test_nan_loss_rolls_back_and_warns(chain, monkeypatch):
     def flaky(self, *args, **kwargs):
         log_lik, kl = original(self, *args, **kwargs)
         calls["n"] += 1
-        if calls["n"] in (2, 3):
-            return log_lik * float("nan"), kl
-        return log_lik, kl
+        return (log_lik * float("nan"), kl) if calls["n"] in bad_calls else (log_lik, kl)
 
     monkeypatch.setattr(_model.NeuralLangevinVAE, "elbo_terms", flaky)
+
+
+def test_nan_loss_rolls_back_and_warns(chain, monkeypatch):
+    _nan_loss_on_calls(monkeypatch, (2, 3))
     est = LangevinSegmenter(**dict(FAST, max_iter=2, learning_rate_init=1e-2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -443,17 +446,7 @@ def test_constant_schedule_keeps_rate_and_warns_at_max_iter(chain, monkeypatch):
 
 
 def test_rollback_halves_the_scheduled_rate(chain, monkeypatch):
-    from nldseg import _model
-
-    original = _model.NeuralLangevinVAE.elbo_terms
-    calls = {"n": 0}
-
-    def flaky(self, *args, **kwargs):
-        log_lik, kl = original(self, *args, **kwargs)
-        calls["n"] += 1
-        return (log_lik * float("nan"), kl) if calls["n"] == 2 else (log_lik, kl)
-
-    monkeypatch.setattr(_model.NeuralLangevinVAE, "elbo_terms", flaky)
+    _nan_loss_on_calls(monkeypatch, (2,))
     rates = _record_learning_rates(monkeypatch)
     est = LangevinSegmenter(**dict(FAST, max_iter=4, n_iter_no_change=50))
     with pytest.warns(RuntimeWarning, match="halved the learning rate"):

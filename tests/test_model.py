@@ -57,15 +57,23 @@ def test_quadratic_coefficient_stays_positive():
     assert float(e.c.detach()) > 0
 
 
-def test_log_partition_of_a_quadratic_energy():
-    # Zero the MLP so E = c |z|^2 + const; then log Z = d/2 log(pi / (beta c)) - beta const.
+def _quadratic_energy_model():
+    """A model whose MLP is zeroed, so E = c |z|^2 + 0.3 (d = 2, beta = 2).
+
+    Returns the model and the exact log Z = d/2 log(pi / (beta c)) - beta 0.3.
+    """
     torch.manual_seed(0)
     m = NeuralLangevinVAE(4, 2, "overdamped", 8, 4, 2.0, 1.0, 1.0, False).double()
     with torch.no_grad():
         m.energy.out.weight.zero_()
         m.energy.out.bias.fill_(0.3)
     c, beta = float(m.energy.c.detach()), 2.0
-    exact = math.log(math.pi / (beta * c)) - beta * 0.3
+    return m, math.log(math.pi / (beta * c)) - beta * 0.3
+
+
+def test_log_partition_of_a_quadratic_energy():
+    m, exact = _quadratic_energy_model()
+    c, beta = float(m.energy.c.detach()), 2.0
     noise = torch.randn(200000, 2, dtype=torch.float64)
     est = m.log_partition(noise, torch.zeros(2, dtype=torch.float64),
                           torch.full((2,), 1.0 / math.sqrt(beta * c), dtype=torch.float64))
@@ -77,13 +85,7 @@ def test_log_z_from_codes_is_consistent_for_any_batch_of_codes(n_codes, spread):
     # The mixture proposal (broad Gaussian + the codes' posteriors, stratified)
     # must give the exact log Z of a quadratic energy wherever the codes sit,
     # including codes far from the mass and a single code.
-    torch.manual_seed(0)
-    m = NeuralLangevinVAE(4, 2, "overdamped", 8, 4, 2.0, 1.0, 1.0, False).double()
-    with torch.no_grad():
-        m.energy.out.weight.zero_()
-        m.energy.out.bias.fill_(0.3)
-    c, beta = float(m.energy.c.detach()), 2.0
-    exact = math.log(math.pi / (beta * c)) - beta * 0.3
+    m, exact = _quadratic_energy_model()
     mean = spread * torch.randn(n_codes, 2, dtype=torch.float64) + 1.0
     log_std = torch.full((n_codes, 2), math.log(0.5), dtype=torch.float64)
     est = m._log_z_from_codes(mean, log_std, torch.randn(100000, 2, dtype=torch.float64))
