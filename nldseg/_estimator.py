@@ -35,6 +35,7 @@ _LR_FLOOR = 0.01  # The cosine schedule ends at this fraction of learning_rate_i
 _N_PARTITION = 4096  # Importance draws of log Z per training step.
 _N_OCCUPANCY_DRAWS = 40000  # Importance draws of the sampled occupancy (+-0.005).
 _MAX_BAD_STEPS = 8
+_CLIP_NORM = 10.0  # Gradient norm clipping of every training step.
 
 
 def _stepwise_noise(gen: torch.Generator, t_max: int, n_sub: int, rows: int,
@@ -505,7 +506,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """Adam on the negative ELBO; returns ``(loss_curve, n_iter, converged)``.
 
         A non-finite loss or gradient rolls back to the parameters before the
-        last step, halves the learning rate and warns. Ctrl-C keeps the model
+        last step, halves the learning rate (for the rest of the schedule),
+        retries the batch with fresh noise and warns. Ctrl-C keeps the model
         of the best full-KL epoch so far (else the last good step) and warns.
         """
         rng = np.random.default_rng(int(seed))
@@ -553,7 +555,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                         loss = -(log_lik.sum() - weight * kl.sum()) / n_obs
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
-                        grad_norm = torch.nn.utils.clip_grad_norm_(params, 10.0)
+                        grad_norm = torch.nn.utils.clip_grad_norm_(params, _CLIP_NORM)
                         if torch.isfinite(loss) and torch.isfinite(grad_norm):
                             break
                         bad_in_a_row += 1
