@@ -11,6 +11,28 @@ from nldseg.datasets import make_markov_chain_sequences
 TINY = dict(hidden_size=16, context_size=8, window_length=40, batch_size=32,
             max_iter=6, learning_rate_init=1e-2, kl_warmup=20, n_samples=4,
             random_state=0)
+# Fits that only need to run (pipelines, grid searches), not to learn.
+TINY_SEARCH = dict(hidden_size=16, context_size=8, window_length=30, batch_size=32,
+                   max_iter=3, kl_warmup=10, n_samples=2, random_state=0)
+
+
+@pytest.fixture
+def quiet_convergence():
+    """Silence ConvergenceWarning (short fits) for the test using it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+@pytest.fixture(scope="session")
+def ragged_chain():
+    """``(X, y)``: 24 sequences of 43 steps, 3 states, 4 features, as 3-D arrays.
+
+    Tests cut sequence ``i`` to ``20 + i`` steps to get distinct lengths.
+    """
+    return make_markov_chain_sequences(24, 43, n_states=3, n_features=4,
+                                       switch_prob=0.05, random_state=0,
+                                       emission_random_state=1)
 
 
 @pytest.fixture(scope="session")

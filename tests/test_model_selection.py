@@ -1,36 +1,23 @@
 """Model selection with LangevinSegmenter: grid search, CV over whole sequences."""
 
-import warnings
-
 import numpy as np
 import pytest
 import sklearn
-from sklearn.exceptions import ConvergenceWarning
+from conftest import TINY_SEARCH as TINY
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
 
 from nldseg import LangevinSegmenter
-from nldseg.datasets import make_markov_chain_sequences
 from nldseg.metrics import segmentation_accuracy, segmentation_scorer
 from nldseg.preprocessing import SequenceStandardScaler
 
-TINY = dict(hidden_size=16, context_size=8, window_length=30, batch_size=32,
-            max_iter=3, kl_warmup=10, n_samples=2, random_state=0)
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_convergence")
 
 
 @pytest.fixture(scope="module")
-def data():
+def data(ragged_chain):
     """24 sequences of distinct lengths (20..43) as a list, and a 3-D array."""
-    X, y = make_markov_chain_sequences(24, 43, n_states=3, n_features=4,
-                                       switch_prob=0.05, random_state=0,
-                                       emission_random_state=1)
+    X, y = ragged_chain
     seqs = [X[i, : 20 + i] for i in range(len(X))]
     labels = [y[i, : 20 + i] for i in range(len(y))]
     return {"list": (seqs, labels), "array3d": (X[:, :30], y[:, :30])}

@@ -5,32 +5,21 @@ import warnings
 import numpy as np
 import pytest
 import sklearn
+from conftest import TINY_SEARCH as TINY
 from sklearn.exceptions import ConvergenceWarning, UnsetMetadataPassedError
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from nldseg import LangevinSegmenter
-from nldseg.datasets import make_markov_chain_sequences
 from nldseg.preprocessing import SequenceStandardScaler, _scale_from_variance
 
-TINY = dict(hidden_size=16, context_size=8, window_length=30, batch_size=32,
-            max_iter=3, kl_warmup=10, n_samples=2, random_state=0)
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
+pytestmark = pytest.mark.usefixtures("quiet_convergence")
 
 
 @pytest.fixture(scope="module")
-def data():
+def data(ragged_chain):
     """The same 24 sequences of distinct lengths (20..43) in every input form."""
-    X, _ = make_markov_chain_sequences(24, 43, n_states=3, n_features=4,
-                                       switch_prob=0.05, random_state=0,
-                                       emission_random_state=1)
-    X = X * [1.0, 10.0, 0.1, 1.0] + [0.0, 5.0, -3.0, 100.0]
+    X = ragged_chain[0] * [1.0, 10.0, 0.1, 1.0] + [0.0, 5.0, -3.0, 100.0]
     seqs = [X[i, : 20 + i] for i in range(len(X))]
     lengths = [len(s) for s in seqs]
     return {"list": seqs, "stacked": np.concatenate(seqs), "lengths": lengths,
