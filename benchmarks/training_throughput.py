@@ -12,7 +12,8 @@ model, its initial weights and the batch:
 * ``fused``: ``module.elbo_terms(x, mask, noise, eps0, dt, solver="euler",
   partition_noise=probe)``, then the loss, backward, ``clip_grad_norm_``, the
   finiteness check and the Adam step, exactly as ``LangevinSegmenter._train``
-  (noise drawn per step as there).
+  (noise drawn per step as there). With autograd on, the GRU encoder and the
+  Euler loop run the hand-differentiated kernels of ``nldseg._fused``.
 * ``reference``: the same ELBO with the posterior SDE solved by
   ``torchsde.sdeint(PosteriorLangevinSDE(module, projected), z0, ts,
   method="euler", dt=dt, logqp=True)`` and torchsde's default Brownian motion
@@ -20,7 +21,8 @@ model, its initial weights and the batch:
   torchsde's latent-SDE example.
 
 Reported: median (and inter-quartile range) of the step time over ``--steps``
-steps after ``--warmup`` steps, sequence-steps per second
+steps after ``--warmup`` steps (the paths' steps alternate, so that a slow
+phase of a shared machine hits both alike), sequence-steps per second
 (``batch * length / median``) and the ratio reference / fused. ``_train``
 also deep-copies the model and Adam state after every step (its rollback
 snapshot); that cost is printed on its own line, not included in the step.
@@ -104,44 +106,59 @@ def initial_losses(module, x, mask, dt, seed: int) -> dict:
     noise, eps0, probe = draw_noise(module, x, dt, gen)
     weight = 1.0  # Full KL, so that the KL terms are compared too.
     out = {}
+    # With autograd on, as in training: the fused path then runs its training
+    # kernels (nldseg._fused), which differ from the inference loop.
+    out["fused"] = training_loss("fused", module, x, mask, noise, eps0, probe, dt,
+                                 weight)
     with torch.no_grad():
-        out["fused"] = training_loss("fused", module, x, mask, noise, eps0, probe, dt,
-                                     weight)
         np.random.seed(seed)  # torchsde seeds its BrownianInterval from numpy.
         out["reference"] = training_loss("reference", module, x, mask, noise, eps0,
                                          probe, dt, weight)
         bm = grid_brownian(module, noise, dt)
         out["reference, fused increments"] = training_loss(
             "reference", module, x, mask, noise, eps0, probe, dt, weight, bm=bm)
-    return {k: (float(loss), float(kl.mean()) / x.shape[1])
+    return {k: (float(loss.detach()), float(kl.detach().mean()) / x.shape[1])
             for k, (loss, kl) in out.items()}
 
 
-def time_path(path: str, module0, x, mask, params: dict, device, steps: int,
-              warmup: int, seed: int) -> dict:
-    """Median step time of ``steps`` training steps after ``warmup`` steps."""
-    module = copy.deepcopy(module0)
-    trainable, opt = make_optimizer(module, params["learning_rate_init"])
-    gen = torch.Generator(device=device).manual_seed(seed)
+def time_paths(paths, module0, x, mask, params: dict, device, steps: int,
+               warmup: int, seed: int) -> dict:
+    """Median step time per path, the paths' steps interleaved.
+
+    Each path trains its own copy of ``module0`` (own Adam, own noise
+    generator), so its losses are those of a run on its own; only the timing
+    alternates between the paths step by step, so that a slow phase of a
+    shared machine hits all paths alike.
+    """
+    state = {}
+    for path in paths:
+        module = copy.deepcopy(module0)
+        trainable, opt = make_optimizer(module, params["learning_rate_init"])
+        gen = torch.Generator(device=device).manual_seed(seed)
+        state[path] = (module, opt, trainable, gen, [], [])
     np.random.seed(seed)
-    times, losses = [], []
     for step in range(warmup + steps):
-        sync(device)
+        for path in paths:
+            module, opt, trainable, gen, times, losses = state[path]
+            sync(device)
+            t0 = time.perf_counter()
+            loss = train_step(path, module, opt, trainable, x, mask, params["dt"],
+                              gen, step, params["kl_warmup"])
+            sync(device)
+            if step >= warmup:
+                times.append(time.perf_counter() - t0)
+            losses.append(loss)
+    out = {}
+    for path, (module, opt, _, _, times, losses) in state.items():
+        t = np.array(times)
         t0 = time.perf_counter()
-        loss = train_step(path, module, opt, trainable, x, mask, params["dt"], gen,
-                          step, params["kl_warmup"])
+        copy.deepcopy(module.state_dict())
+        copy.deepcopy(opt.state_dict())
         sync(device)
-        if step >= warmup:
-            times.append(time.perf_counter() - t0)
-        losses.append(loss)
-    t = np.array(times)
-    t0 = time.perf_counter()
-    copy.deepcopy(module.state_dict())
-    copy.deepcopy(opt.state_dict())
-    sync(device)
-    snapshot = time.perf_counter() - t0
-    return {"median": float(np.median(t)), "q1": float(np.percentile(t, 25)),
-            "q3": float(np.percentile(t, 75)), "losses": losses, "snapshot": snapshot}
+        out[path] = {"median": float(np.median(t)), "q1": float(np.percentile(t, 25)),
+                     "q3": float(np.percentile(t, 75)), "losses": losses,
+                     "snapshot": time.perf_counter() - t0}
+    return out
 
 
 def throughput(args, device) -> None:
@@ -163,8 +180,8 @@ def throughput(args, device) -> None:
         for name, (loss, kl) in init.items():
             print(f"  {name:28s} loss {loss:12.6f} (rel. diff to fused "
                   f"{abs(loss - ref_loss) / abs(ref_loss):.1e}), KL per step {kl:.6f}")
-        res = {p: time_path(p, module, x, mask, params, device, args.steps,
-                            args.warmup, args.seed) for p in args.paths}
+        res = time_paths(args.paths, module, x, mask, params, device, args.steps,
+                         args.warmup, args.seed)
         for p, r in res.items():
             print(f"  {p:9s} losses over the run: "
                   + " ".join(f"{v:.3f}" for v in r["losses"]))

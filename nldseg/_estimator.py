@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from nldseg import _landscape, _persistence
 from nldseg._dynamics import DYNAMICS
+from nldseg._fused import release_buffers
 from nldseg._model import NeuralLangevinVAE
 from nldseg._streaming import SegmentationStream
 from nldseg._validation import (
@@ -440,8 +441,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             torch.manual_seed(int(seeds[0]))
             module = self._build_module(data.shape[1])
         module.to(device)
-        history = self._train(module, torch.as_tensor(z_data, device=device),
-                              seqs.lengths, device, seeds[1])
+        try:
+            history = self._train(module, torch.as_tensor(z_data, device=device),
+                                  seqs.lengths, device, seeds[1])
+        finally:
+            release_buffers()  # The training kernels' reused work space.
         module.cpu().eval()
         for p in module.parameters():
             p.requires_grad_(False)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nldseg._dynamics import PosteriorLangevinSDE, euler_step, step_coefficients
+from nldseg._fused import euler_path, gru_sequence
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -200,7 +201,10 @@ class NeuralLangevinVAE(nn.Module):
         Returns the projected drift context (B, T, hidden) and the mean and log
         std of ``q(z_0 | x_0)``, which read the GRU output at step 0 only.
         """
-        h, _ = self.gru(x)
+        if torch.is_grad_enabled():
+            h = gru_sequence(self.gru, x)  # Hand-written backward (_fused).
+        else:
+            h, _ = self.gru(x)
         return (self.project_context(h), *self.initial_posterior(h[:, 0]))
 
     def project_context(self, h: torch.Tensor) -> torch.Tensor:
@@ -258,6 +262,10 @@ class NeuralLangevinVAE(nn.Module):
             return self._simulate_torchsde(z, projected, noise, dt, kl0)
         coef = self.step_coefficients(dt)
         scaled_noise = noise * coef["noise_scale"]
+        if torch.is_grad_enabled():
+            # Training: the same steps with a hand-written backward (_fused).
+            zs, sq = euler_path(self, z, projected, scaled_noise, dt, coef)
+            return LatentPaths(zs, sq * coef["kl_scale"], kl0)
         zs = [z]
         kls = [z.new_zeros(z.shape[0])]
         # unbind, not projected[:, k]: the backward of T selects would build T

@@ -1,0 +1,411 @@
+"""The training step's two sequential loops, with hand-written backward passes.
+
+A training step runs two loops over time: the causal GRU encoder, and the
+Euler-Maruyama simulation of the posterior SDE, ``n_sub`` steps between
+consecutive observations (about 400 small steps for a window of 200).
+Recorded by autograd, each step of either loop is a few dozen operators on
+(batch, hidden) tensors, and the step time is mostly per-operator overhead.
+:class:`_GRUSequence` and :class:`_EulerPath` run the same steps without
+autograd, keep the few activations their backward needs in reused buffers,
+and in the backward pass propagate only the adjoint of the hidden or latent
+state step by step; every parameter gradient is then one large matrix product
+over all steps at once. Both are used when autograd is on (training); the
+values equal those of ``torch.nn.GRU`` and of
+:meth:`nldseg._model.NeuralLangevinVAE.advance` to float rounding, and so do
+the gradients (tested against autograd, and against torchsde's solver).
+
+One Euler step of the posterior SDE, with ``P`` the projected encoder context
+of the interval::
+
+    h  = tanh(z Ws^T + P),  u = h Wo^T + bo    posterior drift correction
+    h1 = tanh(q W1^T + b1), h2 = tanh(h1 W2^T + b2)
+    G  = ((1 - h1^2) * (((1 - h2^2) * w) W2)) W1 + 2 c q     grad E(q)
+
+    overdamped:   z' = z + dt u - gs G + xi            (gs = dt / gamma)
+    underdamped:  q' = q + dt M^-1 p
+                  p' = (1 - dt gamma M^-1) p + dt (u - G) + xi
+
+and ``|u|^2`` is summed per observation interval (times ``dt / (2 sigma^2)``
+it is the path KL). ``q`` is ``z`` (overdamped) or the position half of
+``z = (q, p)`` (underdamped); ``xi`` is the scaled Brownian increment.
+
+In both loops ``tanh(a)`` is computed as ``2 sigmoid(2 a) - 1`` with the
+constants folded into the weights (on CPU, torch's ``tanh`` costs about three
+times its ``sigmoid``), and the control's and the energy's first layers, which
+both read the state, are one matrix product.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+_POOL = threading.local()
+
+
+def _take(shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor from this thread's pool of freed buffers.
+
+    The step's buffers are a few hundred MB at the paper's window length;
+    allocated afresh every step, their first touch page-faults, which cost as
+    much as the arithmetic on the 2-core machine.
+    """
+    free = getattr(_POOL, "free", None)
+    key = (tuple(shape), like.dtype, like.device)
+    if free and free.get(key):
+        return free[key].pop()
+    return like.new_empty(shape)
+
+
+def _give(*buffers: torch.Tensor) -> None:
+    """Return buffers to this thread's pool (see :func:`release_buffers`)."""
+    if not hasattr(_POOL, "free"):
+        _POOL.free = {}
+    for buf in buffers:
+        _POOL.free.setdefault((tuple(buf.shape), buf.dtype, buf.device), []).append(buf)
+
+
+def release_buffers() -> None:
+    """Free this thread's pooled buffers (called when training ends)."""
+    _POOL.free = {}
+
+
+
+class _GRUSequence(torch.autograd.Function):
+    """A one-layer ``torch.nn.GRU`` (batch first, zero initial state), hand-differentiated.
+
+    ``forward(x, w_ih, w_hh, b_ih, b_hh)`` returns the hidden states (B, T, H)
+    of ``x`` (B, T, D) with torch's gate order ``(r, z, n)``::
+
+        r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+        z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        h' = (1 - z) * n + z * h
+
+    The input projections of all steps are one matrix product, and so are the
+    parameter gradients. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh):
+        rows, n_obs, _ = x.shape
+        hidden = w_hh.shape[1]
+        gi = torch.addmm(b_ih, x.transpose(0, 1).reshape(n_obs * rows, -1), w_ih.t())
+        gi = gi.view(n_obs, rows, 3 * hidden)
+        gi[..., 2 * hidden:] *= 2.0  # tanh(a) = 2 sigmoid(2 a) - 1
+        bufs = {name: _take(shape, x) for name, shape in (
+            ("h", (n_obs + 1, rows, hidden)), ("rz", (n_obs, rows, 2 * hidden)),
+            ("n", (n_obs, rows, hidden)), ("gh", (n_obs, rows, 3 * hidden)),
+            ("hn", (n_obs, rows, hidden)))}
+        h_b, rz_b, n_b, gh_b, hn_b = (bufs[name].unbind(0) for name in (
+            "h", "rz", "n", "gh", "hn"))
+        h_b[0].zero_()
+        neg_one = x.new_full((), -1.0)
+        w_hh_t = w_hh.t()
+        for t, gi_t in enumerate(gi.unbind(0)):
+            h = h_b[t]
+            gh = torch.addmm(b_hh, h, w_hh_t, out=gh_b[t])
+            rz = torch.add(gi_t[:, :2 * hidden], gh[:, :2 * hidden], out=rz_b[t]).sigmoid_()
+            a = torch.addcmul(gi_t[:, 2 * hidden:], rz[:, :hidden], gh[:, 2 * hidden:],
+                              value=2.0)
+            n = torch.add(neg_one, a.sigmoid_(), alpha=2.0, out=n_b[t])
+            torch.addcmul(n, rz[:, hidden:], torch.sub(h, n, out=hn_b[t]), out=h_b[t + 1])
+        ctx.save_for_backward(x, w_ih, w_hh)
+        ctx.bufs = bufs
+        return bufs["h"][1:].transpose(0, 1).contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h):
+        x, w_ih, w_hh = ctx.saved_tensors
+        bufs = ctx.bufs
+        if bufs is None:
+            raise RuntimeError("The GRU's buffers were freed by a first backward; "
+                               "retain_graph is not supported.")
+        ctx.bufs = None
+        rows, n_obs, _ = x.shape
+        hidden = w_hh.shape[1]
+        # Factors of the gates' derivatives, for all steps at once.
+        back = {name: _take(shape, x) for name, shape in (
+            ("dgh", (n_obs, rows, 3 * hidden)), ("dan", (n_obs, rows, hidden)),
+            ("dnf", (n_obs, rows, hidden)), ("rzf", (n_obs, rows, 2 * hidden)))}
+        n_all, rz_all = bufs["n"], bufs["rz"]
+        dn_factor = torch.addcmul(x.new_ones(()), n_all, n_all, value=-1.0,
+                                  out=back["dnf"])
+        rz_factor = torch.addcmul(rz_all, rz_all, rz_all, value=-1.0, out=back["rzf"])
+        dgh_b, dan_b = back["dgh"].unbind(0), back["dan"].unbind(0)
+        rz_b, gh_b, hn_b = (bufs[name].unbind(0) for name in ("rz", "gh", "hn"))
+        dnf_b, rzf_b = dn_factor.unbind(0), rz_factor.unbind(0)
+        grads = grad_h.transpose(0, 1).unbind(0)
+        tmp = x.new_empty((rows, 2 * hidden))
+        dh = grads[n_obs - 1].clone()
+        for t in range(n_obs - 1, -1, -1):
+            rz, dgh = rz_b[t], dgh_b[t]
+            z = rz[:, hidden:]
+            dn = torch.addcmul(dh, dh, z, value=-1.0)
+            da_n = torch.mul(dn, dnf_b[t], out=dan_b[t])
+            torch.mul(da_n, gh_b[t][:, 2 * hidden:], out=tmp[:, :hidden])
+            torch.mul(dh, hn_b[t], out=tmp[:, hidden:])
+            torch.mul(tmp, rzf_b[t], out=dgh[:, :2 * hidden])
+            torch.mul(da_n, rz[:, :hidden], out=dgh[:, 2 * hidden:])
+            dh = torch.addmm(dh.mul_(z), dgh, w_hh)
+            if t:
+                dh.add_(grads[t - 1])
+        dgh_flat = back["dgh"].view(n_obs * rows, 3 * hidden)
+        dgi = torch.cat([back["dgh"][..., :2 * hidden], back["dan"]], 2)
+        dgi_flat = dgi.view(n_obs * rows, 3 * hidden)
+        h_prev = bufs["h"][:-1].reshape(n_obs * rows, hidden)
+        x_flat = x.transpose(0, 1).reshape(n_obs * rows, -1)
+        d_w_hh = (h_prev.t() @ dgh_flat).t()
+        d_w_ih = (x_flat.t() @ dgi_flat).t()
+        d_b_hh, d_b_ih = dgh_flat.sum(0), dgi_flat.sum(0)
+        d_x = None
+        if ctx.needs_input_grad[0]:
+            d_x = (dgi_flat @ w_ih).view(n_obs, rows, -1).transpose(0, 1)
+        _give(*bufs.values(), *back.values())
+        return d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh
+
+
+def gru_sequence(gru: torch.nn.GRU, x: torch.Tensor) -> torch.Tensor:
+    """Hidden states (B, T, H) of a one-layer batch-first ``gru`` over ``x`` (B, T, D).
+
+    Equals ``gru(x)[0]`` from a zero initial state, with the backward pass of
+    :class:`_GRUSequence`.
+    """
+    return _GRUSequence.apply(x, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0,
+                              gru.bias_hh_l0)
+
+class _EulerPath(torch.autograd.Function):
+    """Posterior Euler-Maruyama paths with a hand-written backward.
+
+    ``forward(z0, projected, noise, ws, wo, bo, w1, b1, w2, b2, w_out, c, gs,
+    inv_mass, friction, dt)`` returns ``(zs, sq)``: the state at every
+    observation, (T, rows, state_dim), and the summed ``|u|^2`` of each
+    interval, (T, rows), with ``sq[0] = 0``. ``projected`` is (rows, T, hidden),
+    ``noise`` the scaled increments (T - 1, n_sub, rows, latent_dim). ``gs`` is
+    the overdamped gradient scale (``None`` underdamped); ``inv_mass`` and
+    ``friction`` (latent_dim,) are the underdamped coefficients (``None``
+    overdamped). Not twice differentiable.
+
+    Only what the next state needs is computed inside the loops; everything
+    else (the control ``u``, the squared controls, the factors the backward
+    multiplies by) is one batched operation over all steps. The state update
+    is linear given the activations: ``z' = z L + [s_c, d1] M + xi'``, with
+    ``L`` the state's own transition (including the ``2 c q`` of ``grad E``),
+    ``M`` the control's and the energy's output layers, and ``xi'`` the noise
+    plus the constant drift.
+    """
+
+    @staticmethod
+    def forward(ctx, z0, projected, noise, ws, wo, bo, w1, b1, w2, b2, w_out, c,
+                gs, inv_mass, friction, dt):
+        n_obs, n_sub, rows, d = noise.shape
+        n_obs += 1
+        n_steps = (n_obs - 1) * n_sub
+        hidden, state_dim = w2.shape[0], z0.shape[1]
+        under = inv_mass is not None
+        two_c = 2.0 * float(c)
+        step_g = dt if under else float(gs)  # G enters the force as -step_g G.
+        # Folded weights: sigmoid(2 a) replaces tanh(a) (module docstring). The
+        # first layer gives [s1 | s_c], s1 of the energy and s_c of the control.
+        pad = state_dim - d
+        k1 = torch.cat([torch.nn.functional.pad(w1, (0, pad)), ws]) * 2.0
+        bias = torch.cat([b1.expand_as(projected), projected], 2).mul_(2.0)
+        w2_4t = (4.0 * w2).t()
+        b2_2 = 2.0 * (b2 - w2.sum(1))
+        w2w = (4.0 * w_out[0]).unsqueeze(1) * w2
+        bo2 = bo - wo.sum(1)
+        out_layers = torch.cat([(2.0 * dt) * wo.t(), (-4.0 * step_g) * w1])
+        trans = z0.new_zeros((state_dim, state_dim))
+        if under:
+            eye = torch.eye(d, dtype=z0.dtype, device=z0.device)
+            trans[:d, :d] = eye
+            trans[d:, :d] = torch.diag(dt * inv_mass)
+            trans[:d, d:] = -two_c * dt * eye
+            trans[d:, d:] = torch.diag(1.0 - dt * friction)
+            out_layers = torch.nn.functional.pad(out_layers, (d, 0))
+        else:
+            trans.fill_diagonal_(1.0 - two_c * step_g)
+        drive = z0.new_zeros((n_steps, rows, state_dim))
+        torch.add(noise.reshape(n_steps, rows, d), bo2, alpha=dt, out=drive[..., pad:])
+        bufs = {name: _take(shape, z0) for name, shape in (
+            ("zs", (n_steps + 1, rows, state_dim)), ("x", (n_steps, rows, 3 * hidden)),
+            ("s2", (n_steps, rows, hidden)), ("r2", (n_steps, rows, hidden)),
+            ("rr", (n_steps, rows, 2 * hidden)), ("e1", (n_steps, rows, hidden)))}
+        zs_b, x_b, s2_b, r2_b, rr_b = (bufs[name].unbind(0) for name in (
+            "zs", "x", "s2", "r2", "rr"))
+        zs_b[0].copy_(z0)
+        biases, drives = bias.unbind(1), drive.unbind(0)
+        # Skinny products run faster on a transposed contiguous right factor.
+        k1_t, out_layers = k1.t(), out_layers.t().contiguous().t()
+        for n in range(n_steps):
+            z, x = zs_b[n], x_b[n]  # x = [s1 | s_c | d1]
+            y = torch.addmm(biases[n // n_sub + 1], z, k1_t, out=x[:, :2 * hidden])
+            s1 = y.sigmoid_()[:, :hidden]
+            s2 = torch.addmm(b2_2, s1, w2_4t, out=s2_b[n]).sigmoid_()
+            r2 = torch.addcmul(s2, s2, s2, value=-1.0, out=r2_b[n])
+            r1 = torch.addcmul(s1, s1, s1, value=-1.0, out=rr_b[n][:, hidden:])
+            torch.mul(r1, r2 @ w2w, out=x[:, 2 * hidden:])
+            torch.addmm(drives[n], z, trans, out=zs_b[n + 1]).addmm_(x[:, hidden:],
+                                                                     out_layers)
+        x_all = bufs["x"]
+        s1_all, sc_all, d1_all = x_all.split(hidden, dim=2)
+        torch.addcmul(sc_all, sc_all, sc_all, value=-1.0, out=bufs["rr"][..., :hidden])
+        torch.addcmul(bufs["r2"], bufs["s2"], bufs["r2"], value=-2.0, out=bufs["s2"])
+        torch.addcmul(d1_all, s1_all, d1_all, value=-2.0, out=bufs["e1"])
+        u_all = torch.addmm(bo2, sc_all.reshape(n_steps * rows, hidden), 2.0 * wo.t())
+        u_all = u_all.view(n_steps, rows, d)
+        sq = z0.new_zeros((n_obs, rows))
+        sq[1:] = (u_all * u_all).sum(-1).view(n_obs - 1, n_sub, rows).sum(1)
+        ctx.save_for_backward(wo, w1, w2, w_out, c, gs, inv_mass, friction)
+        ctx.bufs, ctx.u, ctx.k1, ctx.trans = bufs, u_all, k1, trans
+        ctx.dt, ctx.n_sub, ctx.under = dt, n_sub, under
+        return bufs["zs"][::n_sub].clone(), sq
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_zs, grad_sq):
+        wo, w1, w2, w_out, c, gs, inv_mass, friction = ctx.saved_tensors
+        bufs = ctx.bufs
+        if bufs is None:
+            raise RuntimeError("The Euler path's buffers were freed by a first "
+                               "backward; retain_graph is not supported.")
+        ctx.bufs = None
+        u_all, k1, trans = ctx.u, ctx.k1, ctx.trans
+        dt, n_sub, under = ctx.dt, ctx.n_sub, ctx.under
+        n_steps, rows, d = u_all.shape
+        n_obs = n_steps // n_sub + 1
+        hidden, state_dim = w2.shape[0], bufs["zs"].shape[2]
+        like = bufs["zs"]
+        if grad_zs is None:
+            grad_zs = like.new_zeros((n_obs, rows, state_dim))
+        step_g = dt if under else float(gs)
+        # [d loss / d s_c-input | d loss / d d1] = lam_f [2 dt Wo | -4 g W1^T]
+        # (+ the |u|^2 term on the control half, sig = 2 grad_sq / dt).
+        w_td = torch.cat([(2.0 * dt) * wo, (-4.0 * step_g) * w1.t()], 1)
+        sig = None
+        if grad_sq is not None:
+            sig = (grad_sq * (2.0 / dt)).unsqueeze(-1).unbind(0)
+            uw = (u_all.reshape(n_steps * rows, d) @ w_td[:, :hidden])
+            uw_b = uw.view(n_steps, rows, hidden).unbind(0)
+        w2w_t = ((4.0 * w_out[0]).unsqueeze(1) * w2).t()
+        w2_4 = 4.0 * w2
+        trans_t = trans.t()
+        k1 = k1.t().contiguous().t()
+        keep = float(trans[0, 0])
+        back = {name: _take(shape, like) for name, shape in (
+            ("q", (n_steps, rows, 3 * hidden)), ("dy2", (n_steps, rows, hidden)),
+            ("lam", (n_steps, rows, state_dim)))}
+        q_b, dy2_b, lam_b = (back[name].unbind(0) for name in ("q", "dy2", "lam"))
+        rr_b, e2_b, e1_b = (bufs[name].unbind(0) for name in ("rr", "s2", "e1"))
+        grads_obs = grad_zs.unbind(0)
+        lam_b[n_steps - 1].copy_(grads_obs[n_obs - 1])
+        for n in range(n_steps - 1, -1, -1):
+            lam = lam_b[n]  # adjoint of the state after step n
+            q = q_b[n]  # [d y1 | d y_c | d g1]: adjoints of the first layer, then g1
+            td = torch.mm(lam[:, d:] if under else lam, w_td)
+            if sig is not None:
+                td[:, :hidden].addcmul_(uw_b[n], sig[n // n_sub + 1])
+            torch.mul(td, rr_b[n], out=q[:, hidden:])
+            dy2 = torch.mm(q[:, 2 * hidden:], w2w_t, out=dy2_b[n]).mul_(e2_b[n])
+            torch.mul(dy2 @ w2_4, rr_b[n][:, hidden:], out=q[:, :hidden])
+            q[:, :hidden].addcmul_(td[:, hidden:], e1_b[n])
+            out = lam_b[n - 1] if n else like.new_empty((rows, state_dim))
+            if under:
+                torch.mm(lam, trans_t, out=out).addmm_(q[:, :2 * hidden], k1)
+            else:
+                torch.addmm(lam, q[:, :2 * hidden], k1, beta=keep, out=out)
+            if n % n_sub == 0:
+                out.add_(grads_obs[n // n_sub])
+        d_z0 = out
+
+        def flat(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(n_steps * rows, t.shape[-1])
+
+        z_flat = flat(bufs["zs"][:-1])
+        q_flat = z_flat[:, :d]
+        lam_all = back["lam"]
+        lam_f_flat = flat(lam_all[..., d:] if under else lam_all)
+        x_flat, qq_flat, dy2_flat = flat(bufs["x"]), flat(back["q"]), flat(back["dy2"])
+        s1_flat, sc_flat, d1_flat = x_flat.split(hidden, dim=1)
+        dy1_flat, dyc_flat, dg1_flat = qq_flat.split(hidden, dim=1)
+        gu_flat = lam_f_flat  # d loss / d u = dt * (lam_f + sig * u)
+        if grad_sq is not None:
+            sig_rows = (grad_sq[1:] * (2.0 / dt)).repeat_interleave(n_sub, 0)
+            gu_flat = torch.addcmul(lam_f_flat, sig_rows.reshape(-1, 1),
+                                    flat(u_all))
+        d_k1 = (z_flat.t() @ qq_flat[:, :2 * hidden]).t() * 2.0  # rows [W1 | 0; Ws]
+        dy_sum = qq_flat[:, :2 * hidden].sum(0)
+        gu_sum = gu_flat.sum(0)
+        d_ws = d_k1[hidden:]
+        d_wo = (2.0 * (gu_flat.t() @ sc_flat) - gu_sum[:, None]) * dt
+        d_bo = gu_sum * dt
+        d_w1 = d_k1[:hidden, :d] - (4.0 * step_g) * (lam_f_flat.t() @ d1_flat).t()
+        d_b1 = 2.0 * dy_sum[:hidden]
+        dy2_sum = dy2_flat.sum(0)
+        r2_flat = flat(bufs["r2"])
+        d_w2w = (dg1_flat.t() @ r2_flat).t()
+        w4 = 4.0 * w_out[0]
+        d_w2 = (4.0 * (s1_flat.t() @ dy2_flat).t() - 2.0 * dy2_sum[:, None]
+                + w4[:, None] * d_w2w)
+        d_b2 = 2.0 * dy2_sum
+        d_w_out = (4.0 * (w2 * d_w2w).sum(1)).unsqueeze(0)
+        d_c = (lam_f_flat * q_flat).sum() * (-2.0 * step_g)
+        d_projected = like.new_zeros((rows, n_obs, hidden))
+        d_projected[:, 1:] = (back["q"][..., hidden:2 * hidden]
+                              .view(n_obs - 1, n_sub, rows, hidden).sum(1)
+                              .transpose(0, 1) * 2.0)
+        d_noise = lam_f_flat.reshape(n_obs - 1, n_sub, rows, d).clone()
+        d_gs = d_im = d_fr = None
+        if under:
+            p_flat = z_flat[:, d:]
+            if ctx.needs_input_grad[13]:
+                d_im = (flat(lam_all[..., :d]) * p_flat).sum(0) * dt
+            if ctx.needs_input_grad[14]:
+                d_fr = (lam_f_flat * p_flat).sum(0) * -dt
+        elif ctx.needs_input_grad[12]:
+            g_flat = torch.addmm(q_flat, d1_flat, 4.0 * w1, beta=2.0 * float(c))
+            d_gs = -(lam_f_flat * g_flat).sum()
+        _give(*bufs.values(), *back.values())
+        return (d_z0, d_projected, d_noise, d_ws, d_wo, d_bo, d_w1, d_b1, d_w2, d_b2,
+                d_w_out, d_c, d_gs, d_im, d_fr, None)
+
+
+def euler_path(model, z0: torch.Tensor, projected: torch.Tensor,
+               scaled_noise: torch.Tensor, dt: float,
+               coef: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior latent paths and squared controls of ``model`` with autograd support.
+
+    Parameters
+    ----------
+    model : NeuralLangevinVAE
+        Supplies the control network, the energy and the dynamics.
+    z0 : Tensor of shape (rows, state_dim)
+        Initial latent state.
+    projected : Tensor of shape (rows, T, hidden)
+        Projected encoder context per observation.
+    scaled_noise : Tensor of shape (T - 1, n_sub, rows, latent_dim)
+        Brownian increments times ``coef["noise_scale"]``.
+    dt : float
+        Euler step.
+    coef : dict
+        From :func:`nldseg._dynamics.step_coefficients`.
+
+    Returns
+    -------
+    zs : Tensor of shape (T, rows, state_dim)
+        Latent state at every observation.
+    sq : Tensor of shape (T, rows)
+        Summed ``|f_phi|^2`` of each interval (``sq[0] = 0``).
+    """
+    if scaled_noise.shape[0] == 0:  # A single observation: no step to take.
+        return z0.unsqueeze(0), z0.new_zeros((1, z0.shape[0]))
+    net, energy = model.drift_net, model.energy
+    under = "inv_mass" in coef
+    return _EulerPath.apply(
+        z0, projected, scaled_noise, net.state_in.weight, net.out.weight, net.out.bias,
+        energy.lin1.weight, energy.lin1.bias, energy.lin2.weight, energy.lin2.bias,
+        energy.out.weight, energy.c, None if under else coef["grad_scale"],
+        coef["inv_mass"] if under else None, coef["friction"] if under else None,
+        float(dt))

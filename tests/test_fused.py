@@ -1,0 +1,145 @@
+"""The hand-differentiated training kernels equal autograd on the plain formulas."""
+
+import pytest
+import torch
+
+from nldseg import _fused
+from nldseg._fused import euler_path, gru_sequence, release_buffers
+from nldseg._model import NeuralLangevinVAE
+
+DTYPE = torch.float64
+
+
+def _model(dynamics: str, learn: bool = False) -> NeuralLangevinVAE:
+    torch.manual_seed(0)
+    m = NeuralLangevinVAE(4, 3, dynamics, 16, 8, 1.3, 0.7, 1.2, learn).to(DTYPE)
+    with torch.no_grad():  # A control large enough to matter.
+        m.drift_net.out.weight.normal_(std=0.3)
+    return m
+
+
+def _inputs(m: NeuralLangevinVAE, rows: int = 5, n_obs: int = 7, n_sub: int = 2):
+    gen = torch.Generator().manual_seed(1)
+    z0 = torch.randn(rows, m.state_dim, generator=gen, dtype=DTYPE, requires_grad=True)
+    projected = torch.randn(rows, n_obs, 16, generator=gen, dtype=DTYPE,
+                            requires_grad=True)
+    noise = torch.randn(n_obs - 1, n_sub, rows, 3, generator=gen, dtype=DTYPE)
+    return z0, projected, noise
+
+
+def _autograd_loop(m, z0, projected, scaled_noise, dt, coef):
+    """The same steps recorded by autograd (``advance`` with grad enabled)."""
+    z, zs, sqs = z0, [z0], [z0.new_zeros(z0.shape[0])]
+    for k in range(1, projected.shape[1]):
+        z, sq = m.advance(z, projected[:, k], scaled_noise[k - 1], dt, coef)
+        zs.append(z)
+        sqs.append(sq)
+    return torch.stack(zs), torch.stack(sqs)
+
+
+def _grads(fn, m, tensors, weights):
+    """Gradients of ``sum(w * out)`` over the outputs of ``fn`` w.r.t. everything."""
+    m.zero_grad()
+    for t in tensors:
+        t.grad = None
+    outs = fn()
+    loss = sum((w * o).sum() for w, o in zip(weights, outs) if w is not None)
+    loss.backward()
+    named = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    named.update({f"input{i}": t.grad.clone() for i, t in enumerate(tensors)})
+    return [o.detach() for o in outs], named
+
+
+@pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
+@pytest.mark.parametrize("learn", [False, True])
+@pytest.mark.parametrize("outputs", ["both", "paths only", "controls only"])
+def test_euler_path_values_and_gradients_equal_autograd(dynamics, learn, outputs):
+    m = _model(dynamics, learn)
+    z0, projected, noise = _inputs(m)
+    gen = torch.Generator().manual_seed(2)
+    w_z = torch.randn(7, 5, m.state_dim, generator=gen, dtype=DTYPE)
+    w_sq = torch.randn(7, 5, generator=gen, dtype=DTYPE)
+    weights = {"both": (w_z, w_sq), "paths only": (w_z, None),
+               "controls only": (None, w_sq)}[outputs]
+
+    def run(kernel):
+        coef = m.step_coefficients(0.5)  # Inside, so gamma/mass gradients flow.
+        return kernel(m, z0, projected, noise * coef["noise_scale"], 0.5, coef)
+
+    want_out, want = _grads(lambda: run(_autograd_loop), m, [z0, projected], weights)
+    got_out, got = _grads(lambda: run(euler_path), m, [z0, projected], weights)
+    for w, g in zip(want_out, got_out):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    assert set(got) == set(want)
+    if learn:  # beta and gamma reach the loss through the noise and the drift.
+        langevin = {"log_beta", "log_gamma"} | (
+            {"log_mass"} if dynamics == "underdamped" else set())
+        assert langevin <= set(got)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12,
+                                   msg=lambda msg, name=name: f"{name}: {msg}")
+
+
+def test_euler_path_in_float32_matches_the_inference_loop():
+    """Training kernel (autograd on) vs the no-grad inference loop, float32."""
+    m = _model("overdamped").float()
+    z0, projected, noise = (t.detach().float() for t in _inputs(m, rows=64, n_obs=30))
+    coef = m.step_coefficients(0.5)
+    with torch.no_grad():
+        coef0 = m.step_coefficients(0.5)
+        want = _autograd_loop(m, z0, projected, noise * coef0["noise_scale"], 0.5, coef0)
+    got = euler_path(m, z0, projected, noise * coef["noise_scale"], 0.5, coef)
+    torch.testing.assert_close(got[0].detach(), want[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1].detach(), want[1], rtol=1e-4, atol=1e-5)
+
+
+def test_single_observation_takes_no_step():
+    m = _model("underdamped")
+    z0, projected, noise = _inputs(m, n_obs=1)
+    zs, sq = euler_path(m, z0, projected, noise, 0.5, m.step_coefficients(0.5))
+    assert zs.shape == (1, 5, 6) and sq.shape == (1, 5)
+    torch.testing.assert_close(zs[0], z0)
+    zs.sum().backward()
+    torch.testing.assert_close(z0.grad, torch.ones_like(z0))
+
+
+def test_gru_sequence_equals_torch_gru():
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(4, 16, batch_first=True).to(DTYPE)
+    x = torch.randn(5, 9, 4, dtype=DTYPE, requires_grad=True)
+    w = torch.randn(5, 9, 16, dtype=DTYPE)
+    want_h, want = _grads(lambda: (gru(x)[0],), gru, [x], (w,))
+    got_h, got = _grads(lambda: (gru_sequence(gru, x),), gru, [x], (w,))
+    torch.testing.assert_close(got_h[0], want_h[0], rtol=1e-12, atol=1e-12)
+    assert set(got) == set(want) == {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
+                                     "bias_hh_l0", "input0"}
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
+
+
+def test_buffers_are_reused_then_released():
+    release_buffers()
+    m = _model("overdamped")
+    z0, projected, noise = _inputs(m)
+    coef = m.step_coefficients(0.5)
+
+    def step():
+        zs, sq = euler_path(m, z0, projected, noise, 0.5, coef)
+        (zs.sum() + sq.sum()).backward()
+
+    step()
+    pooled = {id(b) for bufs in _fused._POOL.free.values() for b in bufs}
+    assert pooled
+    step()  # Takes the same buffers and gives them back.
+    assert {id(b) for bufs in _fused._POOL.free.values() for b in bufs} == pooled
+    release_buffers()
+    assert not _fused._POOL.free
+
+
+def test_second_backward_through_the_kernels_raises():
+    m = _model("overdamped")
+    z0, projected, noise = _inputs(m)
+    zs, sq = euler_path(m, z0, projected, noise, 0.5, m.step_coefficients(0.5))
+    zs.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="retain_graph is not supported"):
+        zs.sum().backward()
