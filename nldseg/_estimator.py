@@ -705,7 +705,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             for ids, x, _, eps0, noise in self._posterior_batches(module, seqs,
                                                                   n_samples, gen):
                 paths = module.simulate(x, noise, self.dt, n_samples, eps0=eps0,
-                                        solver=self.solver)
+                                        solver=self.solver, with_kl=False)
                 z = paths.z.reshape(x.shape[1], len(ids), n_samples, -1).numpy()
                 for j, i in enumerate(ids):
                     out[offs[i]:offs[i] + seqs.lengths[i]] = z[:seqs.lengths[i], j]

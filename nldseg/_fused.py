@@ -409,3 +409,137 @@ def euler_path(model, z0: torch.Tensor, projected: torch.Tensor,
         energy.out.weight, energy.c, None if under else coef["grad_scale"],
         coef["inv_mass"] if under else None, coef["friction"] if under else None,
         float(dt))
+
+
+class InferenceStepper:
+    """Posterior Euler-Maruyama steps for inference: no autograd, folded weights.
+
+    The same steps as :meth:`nldseg._model.NeuralLangevinVAE.advance` (to float
+    rounding), on the folded weights of :class:`_EulerPath`: per Euler step
+    two matrix products and two sigmoids of width ``hidden``, then the linear
+    state update. The encoder's context enters as the first layer's bias,
+    computed straight from the GRU output (the two context layers are folded
+    into one). Built once per simulation or stream, from a trained model whose
+    weights no longer change.
+
+    Parameters
+    ----------
+    model : NeuralLangevinVAE
+    dt : float
+        Euler step.
+    """
+
+    def __init__(self, model, dt: float) -> None:
+        with torch.no_grad():
+            coef = model.step_coefficients(dt)
+            net, energy = model.drift_net, model.energy
+            ws, wo, bo = net.state_in.weight, net.out.weight, net.out.bias
+            w1, b1 = energy.lin1.weight, energy.lin1.bias
+            w2, b2 = energy.lin2.weight, energy.lin2.bias
+            d, state_dim, hidden = model.latent_dim, model.state_dim, w2.shape[0]
+            under = "inv_mass" in coef
+            two_c = 2.0 * float(energy.c)
+            step_g = dt if under else float(coef["grad_scale"])
+            pad = state_dim - d
+            self.k1_t = (torch.cat([torch.nn.functional.pad(w1, (0, pad)), ws]) * 2.0).t()
+            # GRU output h -> first-layer bias [2 b1 | 2 P(h)], P = context_in(context(h)).
+            w_ci, b_ci = net.context_in.weight, net.context_in.bias
+            w_c, b_c = model.context.weight, model.context.bias
+            self.bias_w_t = torch.cat([torch.zeros_like(w_ci @ w_c), w_ci @ w_c]).t() * 2.0
+            self.bias_b = torch.cat([b1, w_ci @ b_c + b_ci]) * 2.0
+            self.w2_4t = (4.0 * w2).t()
+            self.b2_2 = 2.0 * (b2 - w2.sum(1))
+            self.w2w = (4.0 * energy.out.weight[0]).unsqueeze(1) * w2
+            self.wo2_t = (2.0 * wo).t()
+            self.bo2 = bo - wo.sum(1)
+            out_layers = torch.cat([(2.0 * dt) * wo.t(), (-4.0 * step_g) * w1])
+            trans = ws.new_zeros((state_dim, state_dim))
+            if under:
+                eye = torch.eye(d, dtype=ws.dtype, device=ws.device)
+                trans[:d, :d] = eye
+                trans[d:, :d] = torch.diag(dt * coef["inv_mass"])
+                trans[:d, d:] = -two_c * dt * eye
+                trans[d:, d:] = torch.diag(1.0 - dt * coef["friction"])
+                out_layers = torch.nn.functional.pad(out_layers, (d, 0))
+            else:
+                trans.fill_diagonal_(1.0 - two_c * step_g)
+            self.out_layers = out_layers.t().contiguous().t()
+            self.trans = trans
+            self.noise_scale = float(coef["noise_scale"])
+            self.kl_scale = float(coef["kl_scale"])
+            self.dt_bo2 = dt * self.bo2
+        self.dt, self.d, self.hidden, self.under = dt, d, hidden, under
+
+    def bias(self, h: torch.Tensor) -> torch.Tensor:
+        """First-layer bias (..., 2 hidden) of every observation from GRU outputs h."""
+        flat = h.reshape(-1, h.shape[-1])
+        return torch.addmm(self.bias_b, flat, self.bias_w_t).view(*h.shape[:-1], -1)
+
+    def drive(self, noise: torch.Tensor) -> torch.Tensor:
+        """Standard normal increments (..., latent_dim) -> the state-free part of a step.
+
+        That is the Brownian increment times ``sigma sqrt(dt)`` plus the
+        control's constant term ``dt bo``.
+        """
+        return torch.add(self.dt_bo2, noise, alpha=self.noise_scale)
+
+    def advance(self, z: torch.Tensor, bias: torch.Tensor, drive: torch.Tensor,
+                work: dict | None = None, sq: torch.Tensor | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """The Euler steps from one observation to the next.
+
+        Parameters
+        ----------
+        z : Tensor of shape (rows, state_dim)
+            Rows are sequence-major: ``row = sequence * n_samples + sample``.
+        bias : Tensor of shape (n_sequences, 2 hidden)
+            From :meth:`bias`, for the next observation.
+        drive : Tensor of shape (n_sub, rows, latent_dim)
+            From :meth:`drive`.
+        work : dict or None
+            Scratch tensors from :meth:`workspace`, reused across calls.
+        sq : Tensor of shape (rows,) or None
+            If given, the squared controls ``|u|^2`` are added to it.
+        out : Tensor of shape (rows, state_dim) or None
+            Where to write the new state.
+
+        Returns
+        -------
+        z : Tensor of shape (rows, state_dim)
+        """
+        rows, hidden, d = z.shape[0], self.hidden, self.d
+        work = work if work is not None else self.workspace(rows, z)
+        x, s2_w, g1_w = work["x"], work["s2"], work["g1"]
+        n_seq = bias.shape[0]
+        first = x[:, :2 * hidden]  # x = [s1 | s_c | d1], as in _EulerPath
+        s1, act = x[:, :hidden], x[:, hidden:]
+        n_sub = drive.shape[0]
+        for j in range(n_sub):
+            if n_seq == rows:
+                torch.addmm(bias, z, self.k1_t, out=first)
+            else:
+                torch.mm(z, self.k1_t, out=first)
+                first.view(n_seq, rows // n_seq, 2 * hidden).add_(bias.unsqueeze(1))
+            first.sigmoid_()
+            s2 = torch.addmm(self.b2_2, s1, self.w2_4t, out=s2_w).sigmoid_()
+            r2 = s2.addcmul_(s2, s2, value=-1.0)
+            g1 = torch.mm(r2, self.w2w, out=g1_w)
+            torch.addcmul(s1, s1, s1, value=-1.0, out=x[:, 2 * hidden:]).mul_(g1)
+            if sq is not None:
+                u = torch.addmm(self.bo2, x[:, hidden:2 * hidden], self.wo2_t)
+                sq.add_((u * u).sum(-1))
+            dest = out if j == n_sub - 1 else None
+            if self.under:
+                z = torch.mm(z, self.trans, out=dest)
+                z[:, d:].add_(drive[j])
+            else:
+                z = torch.addmm(drive[j], z, self.trans, out=dest)
+            z.addmm_(act, self.out_layers)
+        return z
+
+    def workspace(self, rows: int, like: torch.Tensor) -> dict:
+        """Scratch tensors for :meth:`advance` on ``rows`` rows."""
+        hidden = self.hidden
+        return {"x": like.new_empty((rows, 3 * hidden)),
+                "s2": like.new_empty((rows, hidden)),
+                "g1": like.new_empty((rows, hidden))}

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nldseg._dynamics import PosteriorLangevinSDE, euler_step, step_coefficients
-from nldseg._fused import euler_path, gru_sequence
+from nldseg._fused import InferenceStepper, euler_path, gru_sequence
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -31,6 +31,27 @@ def _normal_log_pdf(x: torch.Tensor, loc: torch.Tensor,
     """Log density of a diagonal Gaussian, summed over the last axis."""
     eps = (x - loc) / scale
     return (-0.5 * eps * eps - torch.log(scale) - 0.5 * _LOG_2PI).sum(-1)
+
+
+def _mixture_log_pdfs(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
+                      log_weight: torch.Tensor) -> torch.Tensor:
+    """``log w_b + log N(x_n; loc_b, diag(scale_b^2))`` for every pair, (N, B).
+
+    Expands the square, so that all pairs are one matrix product of
+    ``[x^2, x, 1]`` (N, 2d + 1) with per-component coefficients instead of an
+    (N, B, d) tensor: ``-0.5 sum_i w_i (x_i - m_i)^2 = -0.5 x^2 . w + x . (m w)
+    - 0.5 m^2 . w`` with ``w = 1 / scale^2``. Computed in float64, where
+    the expansion's cancellation costs nothing that matters; centre ``x`` and
+    ``loc`` first (e.g. on the components' mean) all the same.
+    """
+    dtype = x.dtype
+    x, loc, scale = x.double(), loc.double(), scale.double()  # Cancellation.
+    w = scale.pow(-2)
+    const = (log_weight.double() - 0.5 * (loc * loc * w).sum(1)
+             - torch.log(scale).sum(1) - 0.5 * x.shape[1] * _LOG_2PI)
+    feats = torch.cat([x * x, x], 1)
+    coefs = torch.cat([-0.5 * w, loc * w], 1).t()
+    return torch.addmm(const, feats, coefs).to(dtype)
 
 
 def _inv_softplus(y: float) -> float:
@@ -133,7 +154,7 @@ class LatentPaths:
     """Result of simulating the posterior SDE over padded sequences."""
 
     z: torch.Tensor  # (n_timesteps, batch, state_dim), latent state at observations
-    kl_path: torch.Tensor  # (n_timesteps, batch), KL accrued on (t_{k-1}, t_k]
+    kl_path: torch.Tensor | None  # (n_timesteps, batch), KL on (t_{k-1}, t_k]
     kl0: torch.Tensor | None  # (batch,), KL(q(z_0|x_0) || p(z_0))
 
 
@@ -201,11 +222,16 @@ class NeuralLangevinVAE(nn.Module):
         Returns the projected drift context (B, T, hidden) and the mean and log
         std of ``q(z_0 | x_0)``, which read the GRU output at step 0 only.
         """
+        h, mean, log_std = self._encode_hidden(x)
+        return self.project_context(h), mean, log_std
+
+    def _encode_hidden(self, x: torch.Tensor):
+        """GRU outputs (B, T, hidden) and ``q(z_0 | x_0)``'s mean and log std."""
         if torch.is_grad_enabled():
             h = gru_sequence(self.gru, x)  # Hand-written backward (_fused).
         else:
             h, _ = self.gru(x)
-        return (self.project_context(h), *self.initial_posterior(h[:, 0]))
+        return (h, *self.initial_posterior(h[:, 0]))
 
     def project_context(self, h: torch.Tensor) -> torch.Tensor:
         """Projected drift context from GRU outputs ``h`` (..., hidden)."""
@@ -219,7 +245,8 @@ class NeuralLangevinVAE(nn.Module):
     def simulate(self, x: torch.Tensor, noise: torch.Tensor, dt: float,
                  n_samples: int = 1, *, eps0: torch.Tensor | None = None,
                  solver: str = "euler",
-                 partition_noise: torch.Tensor | None = None) -> LatentPaths:
+                 partition_noise: torch.Tensor | None = None,
+                 with_kl: bool = True) -> LatentPaths:
         """Sample posterior latent paths for padded sequences ``x`` (B, T, D).
 
         Parameters
@@ -242,13 +269,19 @@ class NeuralLangevinVAE(nn.Module):
             :meth:`log_partition` (proposal centred on the batch's encoded
             initial states); without them a stationary initial prior leaves
             ``kl0`` as None.
+        with_kl : bool
+            Whether the path KL is needed; without autograd ``False`` skips it
+            and leaves ``kl_path`` as None.
+
+        Without autograd (inference) the fused loop runs on
+        :class:`nldseg._fused.InferenceStepper`; with autograd (training) on
+        :func:`nldseg._fused.euler_path`, whose backward is hand-written.
         """
-        projected, mean, log_std = self.encode(x)
+        h, mean, log_std = self._encode_hidden(x)
         log_z = None
         if self.initial_prior == "stationary" and partition_noise is not None:
             log_z = self._log_z_from_codes(mean, log_std, partition_noise)
         if n_samples > 1:
-            projected = projected.repeat_interleave(n_samples, dim=0)
             mean = mean.repeat_interleave(n_samples, dim=0)
             log_std = log_std.repeat_interleave(n_samples, dim=0)
         z = mean if eps0 is None else mean + log_std.exp() * eps0
@@ -258,26 +291,31 @@ class NeuralLangevinVAE(nn.Module):
             kl0 = self._stationary_kl0(z, mean, log_std, log_z)
         else:
             kl0 = None  # Not needed for latent paths alone.
+        if solver == "euler" and not torch.is_grad_enabled():
+            return self._simulate_inference(h, z, noise, dt, kl0, with_kl)
+        projected = self.project_context(h)
+        if n_samples > 1:
+            projected = projected.repeat_interleave(n_samples, dim=0)
         if solver == "torchsde":
             return self._simulate_torchsde(z, projected, noise, dt, kl0)
         coef = self.step_coefficients(dt)
-        scaled_noise = noise * coef["noise_scale"]
-        if torch.is_grad_enabled():
-            # Training: the same steps with a hand-written backward (_fused).
-            zs, sq = euler_path(self, z, projected, scaled_noise, dt, coef)
-            return LatentPaths(zs, sq * coef["kl_scale"], kl0)
-        zs = [z]
-        kls = [z.new_zeros(z.shape[0])]
-        # unbind, not projected[:, k]: the backward of T selects would build T
-        # full-size zero tensors (quadratic in T); unbind's stacks them once.
-        contexts = projected.unbind(1)
-        noises = scaled_noise.unbind(0)
-        for k in range(1, x.shape[1]):
-            z, sq = self.advance(z, contexts[k], noises[k - 1], dt, coef)
-            zs.append(z)
-            kls.append(sq)
-        kl_path = torch.stack(kls) * coef["kl_scale"]
-        return LatentPaths(torch.stack(zs), kl_path, kl0)
+        zs, sq = euler_path(self, z, projected, noise * coef["noise_scale"], dt, coef)
+        return LatentPaths(zs, sq * coef["kl_scale"], kl0)
+
+    def _simulate_inference(self, h, z0, noise, dt, kl0, with_kl) -> LatentPaths:
+        """:meth:`simulate` without autograd, on :class:`InferenceStepper`."""
+        stepper = InferenceStepper(self, dt)
+        n_obs, rows = h.shape[1], z0.shape[0]
+        biases = stepper.bias(h).unbind(1)
+        drives = stepper.drive(noise).unbind(0)
+        zs = z0.new_empty((n_obs, rows, z0.shape[1]))
+        zs[0] = z0
+        sq = z0.new_zeros((n_obs, rows)) if with_kl else None
+        work = stepper.workspace(rows, z0)
+        for k in range(1, n_obs):
+            stepper.advance(zs[k - 1], biases[k], drives[k - 1], work,
+                            None if sq is None else sq[k], out=zs[k])
+        return LatentPaths(zs, None if sq is None else sq * stepper.kl_scale, kl0)
 
     def step_coefficients(self, dt: float) -> dict:
         """Euler-Maruyama coefficients of the current Langevin parameters."""
@@ -383,7 +421,8 @@ class NeuralLangevinVAE(nn.Module):
         counts = torch.bincount(comp, minlength=b).to(s.dtype)
         log_mix = torch.cat([
             (_normal_log_pdf(s, centre, broad) + math.log(n_broad / n))[:, None],
-            _normal_log_pdf(s[:, None, :], q, sd) + torch.log(counts / n)], dim=1)
+            _mixture_log_pdfs(s - centre, q - centre, sd, torch.log(counts / n))],
+            dim=1)
         return self._log_mean_weight(s, torch.logsumexp(log_mix, 1))
 
     def _stationary_kl0(self, z0, mean, log_std, log_z) -> torch.Tensor:

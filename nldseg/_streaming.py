@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from nldseg._fused import InferenceStepper
 from nldseg._validation import check_observation
 
 
@@ -53,8 +54,11 @@ class SegmentationStream:
         self._n_sub = estimator._n_sub
         self._dt = float(estimator.dt)
         self._seed = estimator._inference_seed()
-        with torch.no_grad():
-            self._coef = self._module.step_coefficients(self._dt)
+        self._stepper = InferenceStepper(self._module, self._dt)
+        self._work = self._stepper.workspace(self._n_samples, torch.empty(0))
+        gru = self._module.gru
+        self._gru_weights = (gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0,
+                             gru.bias_hh_l0)
         self.reset()
 
     def reset(self) -> SegmentationStream:
@@ -104,15 +108,16 @@ class SegmentationStream:
     def _step(self, module, x, d, s):
         """Encoder step and latent update for one observation (no state change)."""
         with torch.no_grad():
-            out, hidden = module.gru(x.reshape(1, 1, -1), self._hidden)
-            h = out[:, 0]
+            h_prev = (self._hidden if self._hidden is not None
+                      else x.new_zeros((1, module.gru.hidden_size)))
+            h = torch.gru_cell(x.reshape(1, -1), h_prev, *self._gru_weights)
             if self._z is None:
                 mean, log_std = module.initial_posterior(h)
                 eps0 = torch.randn((s, module.state_dim), generator=self._gen)
                 z = mean + log_std.exp() * eps0
             else:
                 noise = torch.randn((self._n_sub, s, d), generator=self._gen)
-                ctx = module.project_context(h)
-                z, _ = module.advance(self._z, ctx, noise * self._coef["noise_scale"],
-                                      self._dt, self._coef)
-        return hidden, z
+                stepper = self._stepper
+                z = stepper.advance(self._z, stepper.bias(h), stepper.drive(noise),
+                                    self._work)
+        return h, z

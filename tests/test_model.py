@@ -136,3 +136,20 @@ def test_euler_step_underdamped_moves_position_with_old_momentum():
                      torch.zeros(1, 1), 0.5, coef)
     # q' = q + p/M dt = 2 ; p' = p + (-grad - gamma p / M + f) dt = 4 + (-3 - 4 + 1) 0.5 = 1
     torch.testing.assert_close(new, torch.tensor([[2.0, 1.0]]))
+
+
+def test_mixture_log_pdfs_equal_the_direct_sum():
+    """The expanded-square form equals log w + log N per pair, even off-centre."""
+    from nldseg._model import _mixture_log_pdfs, _normal_log_pdf
+
+    gen = torch.Generator().manual_seed(0)
+    loc = torch.randn(64, 3, generator=gen) * 2.0 + 5.0
+    scale = torch.rand(64, 3, generator=gen) * 0.3 + 0.02
+    x = loc[torch.randint(0, 64, (500,), generator=gen)] + 0.05 * torch.randn(
+        500, 3, generator=gen)
+    log_w = torch.log_softmax(torch.randn(64, generator=gen), 0)
+    centre = loc.mean(0)
+    got = _mixture_log_pdfs(x - centre, loc - centre, scale, log_w)
+    want = _normal_log_pdf(x.double()[:, None], loc.double(), scale.double()) + log_w
+    assert got.dtype == torch.float32 and got.shape == (500, 64)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-4)
