@@ -240,6 +240,8 @@ class EnergyLandscape:
     def _state_fractions(self, z: torch.Tensor) -> np.ndarray:
         """Fraction of the latent samples (..., S, d) in each state -> (..., n_states)."""
         labels = self._basins_torch(z.reshape(-1, z.shape[-1])).reshape(z.shape[:-1])
+        if labels.ndim == 1:  # One time step (streaming).
+            return np.bincount(labels, minlength=self.n_states) / labels.shape[0]
         return (labels[..., None] == np.arange(self.n_states)).mean(-2)
 
     def _basins_torch(self, z: torch.Tensor, chunk: int = 65536) -> np.ndarray:
@@ -251,7 +253,14 @@ class EnergyLandscape:
         """
         if self.n_states == 1:
             return np.zeros(z.shape[0], dtype=np.int64)
-        found = self._flow_minimum(z.float(), chunk, self._lookup_tables())
+        z, tables = z.float(), self._lookup_tables()
+        if tables is not None and z.shape[0] <= 64:
+            # A few points (a stream's step): most often all are in agreeing
+            # cells, and the flow's set-up would cost more than the lookup.
+            found = _lookup(z, tables)
+            if bool((found >= 0).all()):
+                return self.state_of_minimum[found.numpy()]
+        found = self._flow_minimum(z, chunk, tables)
         return self.state_of_minimum[found.numpy()]
 
     def _lookup_tables(self) -> dict | None:

@@ -143,3 +143,46 @@ def test_second_backward_through_the_kernels_raises():
     zs.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="retain_graph is not supported"):
         zs.sum().backward()
+
+
+@pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
+def test_inference_stepper_equals_the_plain_formulas(dynamics):
+    """Folded weights, merged first layer and per-sequence bias: same steps."""
+    from nldseg._fused import InferenceStepper
+
+    m = _model(dynamics)
+    n_seq, n_samples, hidden = 3, 4, 16
+    rows = n_seq * n_samples
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(n_seq, hidden, generator=gen, dtype=DTYPE)
+    z = torch.randn(rows, m.state_dim, generator=gen, dtype=DTYPE)
+    noise = torch.randn(2, rows, 3, generator=gen, dtype=DTYPE)
+    with torch.no_grad():
+        coef = m.step_coefficients(0.5)
+        projected = m.project_context(h).repeat_interleave(n_samples, 0)
+        want_z, want_sq = m.advance(z, projected, noise * coef["noise_scale"], 0.5, coef)
+        stepper = InferenceStepper(m, 0.5)
+        sq = torch.zeros(rows, dtype=DTYPE)
+        got_z = stepper.advance(z, stepper.bias(h), stepper.drive(noise), sq=sq)
+        # One sequence per row: the bias is added by addmm instead of a view.
+        one = stepper.advance(z[:n_samples], stepper.bias(h[:1]).expand(n_samples, -1),
+                              stepper.drive(noise[:, :n_samples]))
+    torch.testing.assert_close(got_z, want_z, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sq, want_sq, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(one, want_z[:n_samples], rtol=1e-12, atol=1e-12)
+
+
+def test_simulate_without_autograd_can_skip_the_kl():
+    m = _model("overdamped")
+    x = torch.randn(2, 6, 4, dtype=DTYPE)
+    noise = torch.randn(5, 2, 2 * 3, 3, dtype=DTYPE)
+    with torch.no_grad():
+        full = m.simulate(x, noise, 0.5, n_samples=3)
+        paths = m.simulate(x, noise, 0.5, n_samples=3, with_kl=False)
+    assert paths.kl_path is None and full.kl_path.shape == (6, 6)
+    torch.testing.assert_close(paths.z, full.z)
+    # With autograd (training) the same paths, through the training kernel.
+    trained = m.simulate(x, noise, 0.5, n_samples=3)
+    torch.testing.assert_close(trained.z.detach(), full.z, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(trained.kl_path.detach(), full.kl_path, rtol=1e-12,
+                               atol=1e-12)

@@ -167,3 +167,21 @@ def test_lookup_grid_labels_equal_the_flow(tiny_fitted):
     outside = ((z.numpy() < lo) | (z.numpy() > hi)).any(1)
     assert np.all(found.numpy()[outside] == -1)
     assert 0 < np.mean(found.numpy() >= 0) < 1
+
+
+def test_few_points_take_the_lookup_shortcut_with_the_same_labels(tiny_fitted):
+    """A stream's handful of samples: labels as the full path's, hit or miss."""
+    landscape = tiny_fitted.energy_
+    rng = np.random.default_rng(1)
+    lo = landscape.lookup_lo
+    hi = lo + landscape.lookup_step * 23
+    z = torch.as_tensor(rng.uniform(lo - 0.3 * (hi - lo), hi + 0.3 * (hi - lo),
+                                    size=(4000, 3)), dtype=torch.float32)
+    want = landscape._basins_torch(z)  # More than 64 points: the usual path.
+    got = np.concatenate([landscape._basins_torch(z[i:i + 8])
+                          for i in range(0, len(z), 8)])
+    np.testing.assert_array_equal(got, want)
+    proba = landscape._state_fractions(z[:8])
+    assert proba.shape == (landscape.n_states,)
+    np.testing.assert_allclose(proba, np.bincount(want[:8], minlength=landscape.n_states)
+                               / 8)
