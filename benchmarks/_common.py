@@ -4,8 +4,10 @@ One training step is built here twice, on the same model and the same batch:
 
 * ``fused``: the library's own path, ``module.elbo_terms(..., solver="euler")``
   followed by the loss, backward, gradient clipping, finiteness check and Adam
-  step exactly as ``LangevinSegmenter._train`` does them.
-* ``reference``: the generic path of torchsde's latent-SDE example, i.e.
+  step exactly as ``LangevinSegmenter._train`` does them (the GRU encoder and
+  the Euler loop on the hand-differentiated kernels of ``nldseg._fused``).
+* ``reference``: the generic path of torchsde's latent-SDE example (encoder
+  through ``torch.nn.GRU``, everything recorded by autograd), i.e.
   ``torchsde.sdeint(sde, z0, ts, method="euler", dt=dt, logqp=True)`` on
   :class:`nldseg._dynamics.PosteriorLangevinSDE` with torchsde's *default*
   Brownian motion (no ``bm`` argument, so a ``BrownianInterval`` is built and
@@ -151,12 +153,15 @@ def reference_elbo_terms(module: NeuralLangevinVAE, x: torch.Tensor,
     """``(log_lik, kl)`` per sequence through ``torchsde.sdeint(..., logqp=True)``.
 
     Mirrors ``NeuralLangevinVAE.elbo_terms`` with ``n_samples=1`` (encoder,
-    initial state ``z_0 = mean + std * eps0``, initial KL, decoder) but solves
-    the posterior SDE with torchsde's generic Euler solver. ``bm=None`` lets
+    initial state ``z_0 = mean + std * eps0``, initial KL, decoder) but runs
+    the encoder through ``torch.nn.GRU`` and solves the posterior SDE with
+    torchsde's generic Euler solver, both recorded by autograd. ``bm=None`` lets
     torchsde build its default ``BrownianInterval``; pass
     :func:`grid_brownian` to reproduce the fused path's increments.
     """
-    projected, mean, log_std = module.encode(x)
+    h, _ = module.gru(x)  # torch's own GRU: the generic path has no fused encoder.
+    projected = module.project_context(h)
+    mean, log_std = module.initial_posterior(h[:, 0])
     z0 = mean + log_std.exp() * eps0
     if module.initial_prior == "gaussian":
         kl0 = _gaussian_kl(mean, log_std, module.p0_mean, module.p0_log_std)

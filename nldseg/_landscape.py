@@ -10,6 +10,7 @@ gradient flow reaches. Occupancies follow the paper: sampled from
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 
 import numpy as np
@@ -254,13 +255,13 @@ class EnergyLandscape:
         if self.n_states == 1:
             return np.zeros(z.shape[0], dtype=np.int64)
         z, tables = z.float(), self._lookup_tables()
-        if tables is not None and z.shape[0] <= 64:
-            # A few points (a stream's step): most often all are in agreeing
-            # cells, and the flow's set-up would cost more than the lookup.
+        if tables is None:
+            found = self._flow_minimum(z, chunk)
+        else:  # Look every point up at once; flow only the few that miss.
             found = _lookup(z, tables)
-            if bool((found >= 0).all()):
-                return self.state_of_minimum[found.numpy()]
-        found = self._flow_minimum(z, chunk, tables)
+            miss = torch.nonzero(found < 0)[:, 0]
+            if miss.numel():
+                found[miss] = self._flow_minimum(z[miss], chunk, tables)
         return self.state_of_minimum[found.numpy()]
 
     def _lookup_tables(self) -> dict | None:
@@ -270,15 +271,11 @@ class EnergyLandscape:
             return None
         cached = self.__dict__.get("_lookup_cache")
         if cached is None:
-            grid = torch.as_tensor(grid)
-            d = grid.dim()
-            strides = torch.tensor(grid.stride())
-            corners = torch.tensor([[c >> i & 1 for i in range(d)]
-                                    for c in range(2 ** d)])
+            cells = torch.as_tensor(_agreeing_cells(np.asarray(grid)))
             cached = {"lo": torch.as_tensor(self.lookup_lo, dtype=torch.float32),
                       "step": torch.as_tensor(self.lookup_step, dtype=torch.float32),
-                      "n": torch.tensor(grid.shape), "strides": strides,
-                      "offsets": (corners * strides).sum(1), "flat": grid.reshape(-1)}
+                      "n_cells": torch.tensor(cells.shape),
+                      "strides": torch.tensor(cells.stride()), "cells": cells.reshape(-1)}
             self._lookup_cache = cached
         return cached
 
@@ -348,16 +345,27 @@ class EnergyLandscape:
         self.lookup_minimum = labels.numpy().reshape((n,) * d)
 
 
+def _agreeing_cells(grid: np.ndarray) -> np.ndarray:
+    """Per cell of a node grid: the corners' common value, or -1 where they differ.
+
+    ``grid`` has one value per node, shape ``(n,) * d``; the result has one per
+    cell, shape ``(n - 1,) * d``.
+    """
+    d, n = grid.ndim, grid.shape[0]
+    corners = [grid[tuple(slice(b, n - 1 + b) for b in bits)]
+               for bits in itertools.product((0, 1), repeat=d)]
+    agree = np.logical_and.reduce([c == corners[0] for c in corners])
+    return np.where(agree, corners[0], -1).astype(np.int64)
+
+
 def _lookup(pts: torch.Tensor, tables: dict) -> torch.Tensor:
     """Minimum index from the grid where a cell's corners agree, else -1."""
-    flat = tables["flat"]
     cell = torch.floor((pts - tables["lo"]) / tables["step"]).long()
-    inside = ((cell >= 0) & (cell < tables["n"] - 1)).all(1)
-    base = (cell.clamp(min=0) * tables["strides"]).sum(1)
-    index = (base[:, None] + tables["offsets"]).clamp(max=flat.numel() - 1)
-    values = flat[index]
-    agree = inside & (values == values[:, :1]).all(1)
-    return torch.where(agree, values[:, 0], torch.full_like(values[:, 0], -1))
+    n_cells = tables["n_cells"]
+    inside = ((cell >= 0) & (cell < n_cells)).all(1)
+    index = (torch.minimum(cell.clamp_min_(0), n_cells - 1) * tables["strides"]).sum(1)
+    values = tables["cells"][index]
+    return values.masked_fill_(~inside, -1)
 
 
 def find_minima(energy: torch.nn.Module, codes: np.ndarray) -> dict:

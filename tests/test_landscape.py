@@ -169,15 +169,15 @@ def test_lookup_grid_labels_equal_the_flow(tiny_fitted):
     assert 0 < np.mean(found.numpy() >= 0) < 1
 
 
-def test_few_points_take_the_lookup_shortcut_with_the_same_labels(tiny_fitted):
-    """A stream's handful of samples: labels as the full path's, hit or miss."""
+def test_labels_do_not_depend_on_how_points_are_batched(tiny_fitted):
+    """A stream's handful of samples get the labels of one large batch, hit or miss."""
     landscape = tiny_fitted.energy_
     rng = np.random.default_rng(1)
     lo = landscape.lookup_lo
     hi = lo + landscape.lookup_step * 23
     z = torch.as_tensor(rng.uniform(lo - 0.3 * (hi - lo), hi + 0.3 * (hi - lo),
                                     size=(4000, 3)), dtype=torch.float32)
-    want = landscape._basins_torch(z)  # More than 64 points: the usual path.
+    want = landscape._basins_torch(z)
     got = np.concatenate([landscape._basins_torch(z[i:i + 8])
                           for i in range(0, len(z), 8)])
     np.testing.assert_array_equal(got, want)
@@ -185,3 +185,15 @@ def test_few_points_take_the_lookup_shortcut_with_the_same_labels(tiny_fitted):
     assert proba.shape == (landscape.n_states,)
     np.testing.assert_allclose(proba, np.bincount(want[:8], minlength=landscape.n_states)
                                / 8)
+
+
+def test_agreeing_cells_keep_only_cells_with_one_corner_value():
+    from nldseg._landscape import _agreeing_cells
+
+    grid = np.array([[0, 0, 1], [0, 0, 1], [2, 0, 1]])
+    np.testing.assert_array_equal(_agreeing_cells(grid), [[0, -1], [-1, -1]])
+    cube = np.zeros((3, 3, 3), dtype=np.int64)
+    cube[2, 2, 2] = 1  # Spoils only the cell that has it as a corner.
+    cells = _agreeing_cells(cube)
+    assert cells.shape == (2, 2, 2) and cells[1, 1, 1] == -1
+    assert (np.delete(cells.reshape(-1), 7) == 0).all()
