@@ -179,8 +179,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         ``"gaussian"``: a learned Gaussian, as in the paper.
     solver : {"euler", "torchsde"}, default="euler"
         ``"euler"``: a fused Euler-Maruyama loop with the path KL accumulated
-        in place. ``"torchsde"``: ``torchsde.sdeint(..., logqp=True)`` on the
-        same grid (slower; kept as a reference).
+        in place and, in training, a hand-written backward pass.
+        ``"torchsde"``: ``torchsde.sdeint(..., logqp=True)`` on the same grid
+        (slower; kept as a reference).
     device : str, default="auto"
         ``"auto"`` trains on CUDA when available, else on CPU; or ``"cpu"``,
         ``"cuda"``, ``"cuda:N"``. The fitted ``module_`` is kept on CPU.

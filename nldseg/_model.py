@@ -325,6 +325,10 @@ class NeuralLangevinVAE(nn.Module):
                 scaled_noise: torch.Tensor, dt: float, coef: dict):
         """Euler-Maruyama steps of the posterior SDE from one observation to the next.
 
+        The plain formulas, differentiable by autograd. Training and inference
+        run the same steps on the kernels of :mod:`nldseg._fused`, which the
+        tests check against this method.
+
         Parameters
         ----------
         z : Tensor of shape (rows, state_dim)
