@@ -72,6 +72,37 @@ def release_buffers() -> None:
 
 
 
+def _fold(ws, wo, bo, w1, w2, b2, w_out, two_c, step_g, dt, inv_mass, friction) -> dict:
+    """The weights of one Euler step folded for the sigmoid form (module docstring).
+
+    ``k1`` (2 hidden, state_dim): first layer, giving ``[s1 | s_c]`` (the
+    energy's and the control's). ``w2_4t``, ``b2_2``: the energy's second
+    layer. ``w2w``: its way back, ``4 w * W2``. ``bo2``: the control's
+    constant term. ``out_layers`` (2 hidden, state_dim) and ``trans``
+    (state_dim, state_dim): the update ``z' = z trans + [s_c | d1] out_layers
+    + dt bo2 + xi``, with ``G``'s ``2 c q`` in ``trans``. ``inv_mass`` and
+    ``friction`` are ``None`` for overdamped dynamics.
+    """
+    d, state_dim = w1.shape[1], ws.shape[1]
+    out_layers = torch.cat([(2.0 * dt) * wo.t(), (-4.0 * step_g) * w1])
+    trans = ws.new_zeros((state_dim, state_dim))
+    if inv_mass is not None:
+        eye = torch.eye(d, dtype=ws.dtype, device=ws.device)
+        trans[:d, :d] = eye
+        trans[d:, :d] = torch.diag(dt * inv_mass)
+        trans[:d, d:] = -two_c * dt * eye
+        trans[d:, d:] = torch.diag(1.0 - dt * friction)
+        out_layers = torch.nn.functional.pad(out_layers, (d, 0))
+    else:
+        trans.fill_diagonal_(1.0 - two_c * step_g)
+    return {
+        "k1": torch.cat([torch.nn.functional.pad(w1, (0, state_dim - d)), ws]) * 2.0,
+        "w2_4t": (4.0 * w2).t(), "b2_2": 2.0 * (b2 - w2.sum(1)),
+        "w2w": (4.0 * w_out[0]).unsqueeze(1) * w2, "bo2": bo - wo.sum(1),
+        # Skinny products run faster on a transposed contiguous right factor.
+        "out_layers": out_layers.t().contiguous().t(), "trans": trans}
+
+
 class _GRUSequence(torch.autograd.Function):
     """A one-layer ``torch.nn.GRU`` (batch first, zero initial state), hand-differentiated.
 
@@ -207,26 +238,12 @@ class _EulerPath(torch.autograd.Function):
         under = inv_mass is not None
         two_c = 2.0 * float(c)
         step_g = dt if under else float(gs)  # G enters the force as -step_g G.
-        # Folded weights: sigmoid(2 a) replaces tanh(a) (module docstring). The
-        # first layer gives [s1 | s_c], s1 of the energy and s_c of the control.
+        fold = _fold(ws, wo, bo, w1, w2, b2, w_out, two_c, step_g, dt, inv_mass,
+                     friction)
+        k1, w2_4t, b2_2, w2w = fold["k1"], fold["w2_4t"], fold["b2_2"], fold["w2w"]
+        bo2, out_layers, trans = fold["bo2"], fold["out_layers"], fold["trans"]
         pad = state_dim - d
-        k1 = torch.cat([torch.nn.functional.pad(w1, (0, pad)), ws]) * 2.0
         bias = torch.cat([b1.expand_as(projected), projected], 2).mul_(2.0)
-        w2_4t = (4.0 * w2).t()
-        b2_2 = 2.0 * (b2 - w2.sum(1))
-        w2w = (4.0 * w_out[0]).unsqueeze(1) * w2
-        bo2 = bo - wo.sum(1)
-        out_layers = torch.cat([(2.0 * dt) * wo.t(), (-4.0 * step_g) * w1])
-        trans = z0.new_zeros((state_dim, state_dim))
-        if under:
-            eye = torch.eye(d, dtype=z0.dtype, device=z0.device)
-            trans[:d, :d] = eye
-            trans[d:, :d] = torch.diag(dt * inv_mass)
-            trans[:d, d:] = -two_c * dt * eye
-            trans[d:, d:] = torch.diag(1.0 - dt * friction)
-            out_layers = torch.nn.functional.pad(out_layers, (d, 0))
-        else:
-            trans.fill_diagonal_(1.0 - two_c * step_g)
         drive = z0.new_zeros((n_steps, rows, state_dim))
         torch.add(noise.reshape(n_steps, rows, d), bo2, alpha=dt, out=drive[..., pad:])
         bufs = {name: _take(shape, z0) for name, shape in (
@@ -237,8 +254,7 @@ class _EulerPath(torch.autograd.Function):
             "zs", "x", "s2", "r2", "rr"))
         zs_b[0].copy_(z0)
         biases, drives = bias.unbind(1), drive.unbind(0)
-        # Skinny products run faster on a transposed contiguous right factor.
-        k1_t, out_layers = k1.t(), out_layers.t().contiguous().t()
+        k1_t = k1.t()
         for n in range(n_steps):
             z, x = zs_b[n], x_b[n]  # x = [s1 | s_c | d1]
             y = torch.addmm(biases[n // n_sub + 1], z, k1_t, out=x[:, :2 * hidden])
@@ -435,36 +451,22 @@ class InferenceStepper:
             net, energy = model.drift_net, model.energy
             ws, wo, bo = net.state_in.weight, net.out.weight, net.out.bias
             w1, b1 = energy.lin1.weight, energy.lin1.bias
-            w2, b2 = energy.lin2.weight, energy.lin2.bias
-            d, state_dim, hidden = model.latent_dim, model.state_dim, w2.shape[0]
+            d, hidden = model.latent_dim, energy.lin2.weight.shape[0]
             under = "inv_mass" in coef
-            two_c = 2.0 * float(energy.c)
             step_g = dt if under else float(coef["grad_scale"])
-            pad = state_dim - d
-            self.k1_t = (torch.cat([torch.nn.functional.pad(w1, (0, pad)), ws]) * 2.0).t()
+            fold = _fold(ws, wo, bo, w1, energy.lin2.weight, energy.lin2.bias,
+                         energy.out.weight, 2.0 * float(energy.c), step_g, dt,
+                         coef.get("inv_mass"), coef.get("friction"))
+            self.k1_t = fold["k1"].t()
             # GRU output h -> first-layer bias [2 b1 | 2 P(h)], P = context_in(context(h)).
             w_ci, b_ci = net.context_in.weight, net.context_in.bias
             w_c, b_c = model.context.weight, model.context.bias
             self.bias_w_t = torch.cat([torch.zeros_like(w_ci @ w_c), w_ci @ w_c]).t() * 2.0
             self.bias_b = torch.cat([b1, w_ci @ b_c + b_ci]) * 2.0
-            self.w2_4t = (4.0 * w2).t()
-            self.b2_2 = 2.0 * (b2 - w2.sum(1))
-            self.w2w = (4.0 * energy.out.weight[0]).unsqueeze(1) * w2
+            self.w2_4t, self.b2_2, self.w2w = fold["w2_4t"], fold["b2_2"], fold["w2w"]
             self.wo2_t = (2.0 * wo).t()
-            self.bo2 = bo - wo.sum(1)
-            out_layers = torch.cat([(2.0 * dt) * wo.t(), (-4.0 * step_g) * w1])
-            trans = ws.new_zeros((state_dim, state_dim))
-            if under:
-                eye = torch.eye(d, dtype=ws.dtype, device=ws.device)
-                trans[:d, :d] = eye
-                trans[d:, :d] = torch.diag(dt * coef["inv_mass"])
-                trans[:d, d:] = -two_c * dt * eye
-                trans[d:, d:] = torch.diag(1.0 - dt * coef["friction"])
-                out_layers = torch.nn.functional.pad(out_layers, (d, 0))
-            else:
-                trans.fill_diagonal_(1.0 - two_c * step_g)
-            self.out_layers = out_layers.t().contiguous().t()
-            self.trans = trans
+            self.bo2, self.out_layers, self.trans = (fold["bo2"], fold["out_layers"],
+                                                     fold["trans"])
             self.noise_scale = float(coef["noise_scale"])
             self.kl_scale = float(coef["kl_scale"])
             self.dt_bo2 = dt * self.bo2
