@@ -122,8 +122,10 @@ class _GRUSequence(torch.autograd.Function):
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh):
         rows, n_obs, _ = x.shape
         hidden = w_hh.shape[1]
-        gi = torch.addmm(b_ih, x.transpose(0, 1).reshape(n_obs * rows, -1), w_ih.t())
-        gi = gi.view(n_obs, rows, 3 * hidden)
+        gi_buf = _take((n_obs * rows, 3 * hidden), x)
+        torch.addmm(b_ih, x.transpose(0, 1).reshape(n_obs * rows, -1), w_ih.t(),
+                    out=gi_buf)
+        gi = gi_buf.view(n_obs, rows, 3 * hidden)
         gi[..., 2 * hidden:] *= 2.0  # tanh(a) = 2 sigmoid(2 a) - 1
         bufs = {name: _take(shape, x) for name, shape in (
             ("h", (n_obs + 1, rows, hidden)), ("rz", (n_obs, rows, 2 * hidden)),
@@ -142,6 +144,7 @@ class _GRUSequence(torch.autograd.Function):
                               value=2.0)
             n = torch.add(neg_one, a.sigmoid_(), alpha=2.0, out=n_b[t])
             torch.addcmul(n, rz[:, hidden:], torch.sub(h, n, out=hn_b[t]), out=h_b[t + 1])
+        _give(gi_buf)  # Only the loop reads it.
         ctx.save_for_backward(x, w_ih, w_hh)
         ctx.bufs = bufs
         return bufs["h"][1:].transpose(0, 1).contiguous()
@@ -183,17 +186,20 @@ class _GRUSequence(torch.autograd.Function):
             dh = torch.addmm(dh.mul_(z), dgh, w_hh)
             if t:
                 dh.add_(grads[t - 1])
+        # The input projections' adjoints are [dgh_r, dgh_z, da_n], used in two
+        # parts rather than concatenated.
         dgh_flat = back["dgh"].view(n_obs * rows, 3 * hidden)
-        dgi = torch.cat([back["dgh"][..., :2 * hidden], back["dan"]], 2)
-        dgi_flat = dgi.view(n_obs * rows, 3 * hidden)
+        dgh_rz, dan_flat = dgh_flat[:, :2 * hidden], back["dan"].view(n_obs * rows, hidden)
         h_prev = bufs["h"][:-1].reshape(n_obs * rows, hidden)
         x_flat = x.transpose(0, 1).reshape(n_obs * rows, -1)
         d_w_hh = (h_prev.t() @ dgh_flat).t()
-        d_w_ih = (x_flat.t() @ dgi_flat).t()
-        d_b_hh, d_b_ih = dgh_flat.sum(0), dgi_flat.sum(0)
+        d_w_ih = torch.cat([(x_flat.t() @ dgh_rz).t(), (x_flat.t() @ dan_flat).t()])
+        d_b_hh = dgh_flat.sum(0)
+        d_b_ih = torch.cat([d_b_hh[:2 * hidden], dan_flat.sum(0)])
         d_x = None
         if ctx.needs_input_grad[0]:
-            d_x = (dgi_flat @ w_ih).view(n_obs, rows, -1).transpose(0, 1)
+            d_x = torch.addmm(dan_flat @ w_ih[2 * hidden:], dgh_rz, w_ih[:2 * hidden])
+            d_x = d_x.view(n_obs, rows, -1).transpose(0, 1)
         _give(*bufs.values(), *back.values())
         return d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh
 
@@ -243,7 +249,9 @@ class _EulerPath(torch.autograd.Function):
         k1, w2_4t, b2_2, w2w = fold["k1"], fold["w2_4t"], fold["b2_2"], fold["w2w"]
         bo2, out_layers, trans = fold["bo2"], fold["out_layers"], fold["trans"]
         pad = state_dim - d
-        bias = torch.cat([b1.expand_as(projected), projected], 2).mul_(2.0)
+        bias = _take((rows, n_obs, 2 * hidden), z0)
+        bias[..., :hidden].copy_(2.0 * b1)
+        torch.mul(projected, 2.0, out=bias[..., hidden:])
         drive = z0.new_zeros((n_steps, rows, state_dim))
         torch.add(noise.reshape(n_steps, rows, d), bo2, alpha=dt, out=drive[..., pad:])
         bufs = {name: _take(shape, z0) for name, shape in (
@@ -265,6 +273,7 @@ class _EulerPath(torch.autograd.Function):
             torch.mul(r1, r2 @ w2w, out=x[:, 2 * hidden:])
             torch.addmm(drives[n], z, trans, out=zs_b[n + 1]).addmm_(x[:, hidden:],
                                                                      out_layers)
+        _give(bias)  # Only the loop reads it.
         x_all = bufs["x"]
         s1_all, sc_all, d1_all = x_all.split(hidden, dim=2)
         torch.addcmul(sc_all, sc_all, sc_all, value=-1.0, out=bufs["rr"][..., :hidden])
@@ -303,7 +312,8 @@ class _EulerPath(torch.autograd.Function):
         sig = None
         if grad_sq is not None:
             sig = (grad_sq * (2.0 / dt)).unsqueeze(-1).unbind(0)
-            uw = (u_all.reshape(n_steps * rows, d) @ w_td[:, :hidden])
+            uw = torch.mm(u_all.reshape(n_steps * rows, d), w_td[:, :hidden],
+                          out=_take((n_steps * rows, hidden), like))
             uw_b = uw.view(n_steps, rows, hidden).unbind(0)
         w2w_t = ((4.0 * w_out[0]).unsqueeze(1) * w2).t()
         w2_4 = 4.0 * w2
@@ -384,6 +394,8 @@ class _EulerPath(torch.autograd.Function):
             g_flat = torch.addmm(q_flat, d1_flat, 4.0 * w1, beta=2.0 * float(c))
             d_gs = -(lam_f_flat * g_flat).sum()
         _give(*bufs.values(), *back.values())
+        if grad_sq is not None:
+            _give(uw)
         return (d_z0, d_projected, d_noise, d_ws, d_wo, d_bo, d_w1, d_b1, d_w2, d_b2,
                 d_w_out, d_c, d_gs, d_im, d_fr, None)
 
