@@ -9,7 +9,8 @@ Recorded by autograd, each step of either loop is a few dozen operators on
 autograd, keep the few activations their backward needs in reused buffers,
 and in the backward pass propagate only the adjoint of the hidden or latent
 state step by step; every parameter gradient is then one large matrix product
-over all steps at once. Both are used when autograd is on (training); the
+over all steps at once. Both are used when autograd is on (training), the
+GRU on CPU only (on CUDA, ``torch.nn.GRU`` is cuDNN's fused kernel); the
 values equal those of ``torch.nn.GRU`` and of
 :meth:`nldseg._model.NeuralLangevinVAE.advance` to float rounding, and so do
 the gradients (tested against autograd, and against torchsde's solver).

@@ -227,9 +227,9 @@ class NeuralLangevinVAE(nn.Module):
 
     def _encode_hidden(self, x: torch.Tensor):
         """GRU outputs (B, T, hidden) and ``q(z_0 | x_0)``'s mean and log std."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and x.device.type == "cpu":
             h = gru_sequence(self.gru, x)  # Hand-written backward (_fused).
-        else:
+        else:  # Inference, or CUDA, where torch's GRU is cuDNN's fused kernel.
             h, _ = self.gru(x)
         return (h, *self.initial_posterior(h[:, 0]))
 

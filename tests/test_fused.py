@@ -186,3 +186,29 @@ def test_simulate_without_autograd_can_skip_the_kl():
     torch.testing.assert_close(trained.z.detach(), full.z, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(trained.kl_path.detach(), full.kl_path, rtol=1e-12,
                                atol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
+def test_euler_path_on_cuda_equals_cpu(dynamics):
+    """The training kernel on a GPU: the CPU's values and gradients (float64)."""
+    results = []
+    for device in ("cpu", "cuda"):
+        m = _model(dynamics, learn=True).to(device)
+        z0, projected, noise = (t.detach().to(device) for t in _inputs(m))
+        z0.requires_grad_(True)
+
+        def run(m=m, z0=z0, projected=projected, noise=noise):
+            coef = m.step_coefficients(0.5)
+            return euler_path(m, z0, projected, noise * coef["noise_scale"], 0.5, coef)
+
+        outs, grads = _grads(run, m, [z0], (1.0, 1.0))
+        results.append(([o.cpu() for o in outs], {k: g.cpu() for k, g in grads.items()}))
+    (cpu_out, cpu_grads), (gpu_out, gpu_grads) = results
+    for a, b in zip(gpu_out, cpu_out):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert set(gpu_grads) == set(cpu_grads)
+    for name in cpu_grads:
+        torch.testing.assert_close(gpu_grads[name], cpu_grads[name], rtol=1e-8,
+                                   atol=1e-10)
