@@ -42,35 +42,44 @@ import threading
 
 import torch
 
-_POOL = threading.local()
+_POOL: dict = {}  # (shape, dtype) -> free CPU buffers
+_POOL_LOCK = threading.Lock()
 
 
 def _take(shape: tuple, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor from this thread's pool of freed buffers.
+    """An uninitialised tensor, from the pool of freed buffers on CPU.
 
     The step's buffers are a few hundred MB at the paper's window length;
     allocated afresh every step, their first touch page-faults, which cost as
-    much as the arithmetic on the 2-core machine.
+    much as the arithmetic on the 2-core machine. The pool is shared by all
+    threads, because autograd may run a backward pass (which gives the buffers
+    back) on another thread than the forward. CUDA tensors come from torch's
+    caching allocator instead.
     """
-    free = getattr(_POOL, "free", None)
-    key = (tuple(shape), like.dtype, like.device)
-    if free and free.get(key):
-        return free[key].pop()
+    if like.device.type == "cpu":
+        with _POOL_LOCK:
+            free = _POOL.get((tuple(shape), like.dtype))
+            if free:
+                return free.pop()
     return like.new_empty(shape)
 
 
 def _give(*buffers: torch.Tensor) -> None:
-    """Return buffers to this thread's pool (see :func:`release_buffers`)."""
-    if not hasattr(_POOL, "free"):
-        _POOL.free = {}
-    for buf in buffers:
-        _POOL.free.setdefault((tuple(buf.shape), buf.dtype, buf.device), []).append(buf)
+    """Return CPU buffers to the pool (see :func:`release_buffers`)."""
+    with _POOL_LOCK:
+        for buf in buffers:
+            if buf.device.type == "cpu":
+                _POOL.setdefault((tuple(buf.shape), buf.dtype), []).append(buf)
 
 
 def release_buffers() -> None:
-    """Free this thread's pooled buffers (called when training ends)."""
-    _POOL.free = {}
+    """Free the pooled buffers (called when training ends).
 
+    Buffers taken by a step still in flight (another thread's fit) are not in
+    the pool, so they are unaffected.
+    """
+    with _POOL_LOCK:
+        _POOL.clear()
 
 
 def _fold(ws, wo, bo, w1, w2, b2, w_out, two_c, step_g, dt, inv_mass, friction) -> dict:

@@ -128,12 +128,12 @@ def test_buffers_are_reused_then_released():
         (zs.sum() + sq.sum()).backward()
 
     step()
-    pooled = {id(b) for bufs in _fused._POOL.free.values() for b in bufs}
+    pooled = {id(b) for bufs in _fused._POOL.values() for b in bufs}
     assert pooled
     step()  # Takes the same buffers and gives them back.
-    assert {id(b) for bufs in _fused._POOL.free.values() for b in bufs} == pooled
+    assert {id(b) for bufs in _fused._POOL.values() for b in bufs} == pooled
     release_buffers()
-    assert not _fused._POOL.free
+    assert not _fused._POOL
 
 
 def test_second_backward_through_the_kernels_raises():
@@ -212,3 +212,24 @@ def test_euler_path_on_cuda_equals_cpu(dynamics):
     for name in cpu_grads:
         torch.testing.assert_close(gpu_grads[name], cpu_grads[name], rtol=1e-8,
                                    atol=1e-10)
+
+
+def test_buffers_given_back_by_another_thread_are_reused():
+    """Autograd may run the backward on another thread (CUDA's device thread)."""
+    import threading
+
+    release_buffers()
+    m = _model("overdamped")
+    z0, projected, noise = _inputs(m)
+    coef = m.step_coefficients(0.5)
+    zs, sq = euler_path(m, z0, projected, noise, 0.5, coef)
+    worker = threading.Thread(target=(zs.sum() + sq.sum()).backward)
+    worker.start()
+    worker.join()
+    pooled = {id(b) for bufs in _fused._POOL.values() for b in bufs}
+    assert pooled
+    zs, sq = euler_path(m, z0, projected, noise, 0.5, coef)  # Takes them again.
+    assert {id(b) for bufs in _fused._POOL.values() for b in bufs} < pooled
+    (zs.sum() + sq.sum()).backward()
+    assert {id(b) for bufs in _fused._POOL.values() for b in bufs} == pooled
+    release_buffers()
