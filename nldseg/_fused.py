@@ -223,6 +223,7 @@ def gru_sequence(gru: torch.nn.GRU, x: torch.Tensor) -> torch.Tensor:
     return _GRUSequence.apply(x, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0,
                               gru.bias_hh_l0)
 
+
 class _EulerPath(torch.autograd.Function):
     """Posterior Euler-Maruyama paths with a hand-written backward.
 
@@ -293,21 +294,21 @@ class _EulerPath(torch.autograd.Function):
         u_all = u_all.view(n_steps, rows, d)
         sq = z0.new_zeros((n_obs, rows))
         sq[1:] = (u_all * u_all).sum(-1).view(n_obs - 1, n_sub, rows).sum(1)
-        ctx.save_for_backward(wo, w1, w2, w_out, c, gs, inv_mass, friction)
-        ctx.bufs, ctx.u, ctx.k1, ctx.trans = bufs, u_all, k1, trans
+        ctx.save_for_backward(w1, w2, w_out, c, gs)
+        ctx.bufs, ctx.u, ctx.fold = bufs, u_all, fold
         ctx.dt, ctx.n_sub, ctx.under = dt, n_sub, under
         return bufs["zs"][::n_sub].clone(), sq
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_zs, grad_sq):
-        wo, w1, w2, w_out, c, gs, inv_mass, friction = ctx.saved_tensors
+        w1, w2, w_out, c, gs = ctx.saved_tensors
         bufs = ctx.bufs
         if bufs is None:
             raise RuntimeError("The Euler path's buffers were freed by a first "
                                "backward; retain_graph is not supported.")
         ctx.bufs = None
-        u_all, k1, trans = ctx.u, ctx.k1, ctx.trans
+        u_all, fold = ctx.u, ctx.fold
         dt, n_sub, under = ctx.dt, ctx.n_sub, ctx.under
         n_steps, rows, d = u_all.shape
         n_obs = n_steps // n_sub + 1
@@ -316,19 +317,20 @@ class _EulerPath(torch.autograd.Function):
         if grad_zs is None:
             grad_zs = like.new_zeros((n_obs, rows, state_dim))
         step_g = dt if under else float(gs)
-        # [d loss / d s_c-input | d loss / d d1] = lam_f [2 dt Wo | -4 g W1^T]
-        # (+ the |u|^2 term on the control half, sig = 2 grad_sq / dt).
-        w_td = torch.cat([(2.0 * dt) * wo, (-4.0 * step_g) * w1.t()], 1)
+        # The forward's folded weights, transposed. [d loss / d s_c-input |
+        # d loss / d d1] = lam_f [2 dt Wo | -4 g W1^T], the output layers' rows
+        # of the force (+ the |u|^2 term on the control half, sig = 2 grad_sq / dt).
+        w_td = fold["out_layers"][:, state_dim - d:].t()
+        w2w_t, w2_4 = fold["w2w"].t(), fold["w2_4t"].t()
+        trans = fold["trans"]
+        k1 = fold["k1"].t().contiguous().t()  # The skinny product, as in _fold.
         sig = None
         if grad_sq is not None:
             sig = (grad_sq * (2.0 / dt)).unsqueeze(-1).unbind(0)
             uw = torch.mm(u_all.reshape(n_steps * rows, d), w_td[:, :hidden],
                           out=_take((n_steps * rows, hidden), like))
             uw_b = uw.view(n_steps, rows, hidden).unbind(0)
-        w2w_t = ((4.0 * w_out[0]).unsqueeze(1) * w2).t()
-        w2_4 = 4.0 * w2
         trans_t = trans.t()
-        k1 = k1.t().contiguous().t()
         keep = float(trans[0, 0])
         back = {name: _take(shape, like) for name, shape in (
             ("q", (n_steps, rows, 3 * hidden)), ("dy2", (n_steps, rows, hidden)),
