@@ -82,6 +82,27 @@ def release_buffers() -> None:
         _POOL.clear()
 
 
+def _steps(buf: torch.Tensor, start: int, stop: int) -> tuple:
+    """Per-step views ``buf[k, :, start:stop]`` of a (steps, rows, width) buffer.
+
+    Made once before a loop: a Python-level slice inside the loop costs about
+    as much as one of its small operators.
+    """
+    return buf[..., start:stop].unbind(0)
+
+
+def _sum_outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum_{s, r} a[s, r]^T b[s, r]`` for (steps, rows, k) and (steps, rows, m).
+
+    The parameter gradients of a few latent columns: as one (k, steps * rows)
+    by (steps * rows, m) product with ``k`` of 3 or 6, the CPU BLAS runs at a
+    few GFLOP/s; per step and then summed it is 3-4 times faster.
+    """
+    if a.shape[-1] > 8:
+        return a.reshape(-1, a.shape[-1]).t() @ b.reshape(-1, b.shape[-1])
+    return torch.bmm(a.transpose(1, 2), b).sum(0)
+
+
 def _fold(ws, wo, bo, w1, w2, b2, w_out, two_c, step_g, dt, inv_mass, friction) -> dict:
     """The weights of one Euler step folded for the sigmoid form (module docstring).
 
@@ -141,27 +162,32 @@ class _GRUSequence(torch.autograd.Function):
             ("h", (n_obs + 1, rows, hidden)), ("rz", (n_obs, rows, 2 * hidden)),
             ("n", (n_obs, rows, hidden)), ("gh", (n_obs, rows, 3 * hidden)),
             ("hn", (n_obs, rows, hidden)))}
+        # Per-step views, made once (a Python-level slice per step costs as
+        # much as a small operator).
         h_b, rz_b, n_b, gh_b, hn_b = (bufs[name].unbind(0) for name in (
             "h", "rz", "n", "gh", "hn"))
+        gi_rz, gi_n = _steps(gi, 0, 2 * hidden), _steps(gi, 2 * hidden, 3 * hidden)
+        gh_rz = _steps(bufs["gh"], 0, 2 * hidden)
+        gh_n = _steps(bufs["gh"], 2 * hidden, 3 * hidden)
+        r_b, z_b = _steps(bufs["rz"], 0, hidden), _steps(bufs["rz"], hidden, 2 * hidden)
         h_b[0].zero_()
         neg_one = x.new_full((), -1.0)
         w_hh_t = w_hh.t()
-        for t, gi_t in enumerate(gi.unbind(0)):
+        for t in range(n_obs):
             h = h_b[t]
-            gh = torch.addmm(b_hh, h, w_hh_t, out=gh_b[t])
-            rz = torch.add(gi_t[:, :2 * hidden], gh[:, :2 * hidden], out=rz_b[t]).sigmoid_()
-            a = torch.addcmul(gi_t[:, 2 * hidden:], rz[:, :hidden], gh[:, 2 * hidden:],
-                              value=2.0)
+            torch.addmm(b_hh, h, w_hh_t, out=gh_b[t])
+            torch.add(gi_rz[t], gh_rz[t], out=rz_b[t]).sigmoid_()
+            a = torch.addcmul(gi_n[t], r_b[t], gh_n[t], value=2.0)
             n = torch.add(neg_one, a.sigmoid_(), alpha=2.0, out=n_b[t])
-            torch.addcmul(n, rz[:, hidden:], torch.sub(h, n, out=hn_b[t]), out=h_b[t + 1])
+            torch.addcmul(n, z_b[t], torch.sub(h, n, out=hn_b[t]), out=h_b[t + 1])
         _give(gi_buf)  # Only the loop reads it.
         ctx.save_for_backward(x, w_ih, w_hh)
         ctx.bufs = bufs
-        return bufs["h"][1:].transpose(0, 1).contiguous()
+        return bufs["h"][1:].transpose(0, 1).contiguous(), h_b[1].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_h):
+    def backward(ctx, grad_h, grad_h0):
         x, w_ih, w_hh = ctx.saved_tensors
         bufs = ctx.bufs
         if bufs is None:
@@ -179,23 +205,32 @@ class _GRUSequence(torch.autograd.Function):
                                   out=back["dnf"])
         rz_factor = torch.addcmul(rz_all, rz_all, rz_all, value=-1.0, out=back["rzf"])
         dgh_b, dan_b = back["dgh"].unbind(0), back["dan"].unbind(0)
-        rz_b, gh_b, hn_b = (bufs[name].unbind(0) for name in ("rz", "gh", "hn"))
+        dgh_rz = _steps(back["dgh"], 0, 2 * hidden)
+        dgh_n = _steps(back["dgh"], 2 * hidden, 3 * hidden)
+        r_b, z_b = _steps(bufs["rz"], 0, hidden), _steps(bufs["rz"], hidden, 2 * hidden)
+        gh_n, hn_b = _steps(bufs["gh"], 2 * hidden, 3 * hidden), bufs["hn"].unbind(0)
         dnf_b, rzf_b = dn_factor.unbind(0), rz_factor.unbind(0)
+        if grad_h is None:
+            grad_h = x.new_zeros((rows, n_obs, hidden))
         grads = grad_h.transpose(0, 1).unbind(0)
         tmp = x.new_empty((rows, 2 * hidden))
+        tmp_r, tmp_z = tmp[:, :hidden], tmp[:, hidden:]
         dh = grads[n_obs - 1].clone()
+        if n_obs == 1:  # grad_h0: the adjoint of the separate first output.
+            dh.add_(grad_h0)
         for t in range(n_obs - 1, -1, -1):
-            rz, dgh = rz_b[t], dgh_b[t]
-            z = rz[:, hidden:]
+            z = z_b[t]
             dn = torch.addcmul(dh, dh, z, value=-1.0)
             da_n = torch.mul(dn, dnf_b[t], out=dan_b[t])
-            torch.mul(da_n, gh_b[t][:, 2 * hidden:], out=tmp[:, :hidden])
-            torch.mul(dh, hn_b[t], out=tmp[:, hidden:])
-            torch.mul(tmp, rzf_b[t], out=dgh[:, :2 * hidden])
-            torch.mul(da_n, rz[:, :hidden], out=dgh[:, 2 * hidden:])
-            dh = torch.addmm(dh.mul_(z), dgh, w_hh)
+            torch.mul(da_n, gh_n[t], out=tmp_r)
+            torch.mul(dh, hn_b[t], out=tmp_z)
+            torch.mul(tmp, rzf_b[t], out=dgh_rz[t])
+            torch.mul(da_n, r_b[t], out=dgh_n[t])
+            dh = torch.addmm(dh.mul_(z), dgh_b[t], w_hh)
             if t:
                 dh.add_(grads[t - 1])
+                if t == 1:
+                    dh.add_(grad_h0)
         # The input projections' adjoints are [dgh_r, dgh_z, da_n], used in two
         # parts rather than concatenated.
         dgh_flat = back["dgh"].view(n_obs * rows, 3 * hidden)
@@ -214,11 +249,13 @@ class _GRUSequence(torch.autograd.Function):
         return d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh
 
 
-def gru_sequence(gru: torch.nn.GRU, x: torch.Tensor) -> torch.Tensor:
-    """Hidden states (B, T, H) of a one-layer batch-first ``gru`` over ``x`` (B, T, D).
+def gru_sequence(gru: torch.nn.GRU, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states of a one-layer batch-first ``gru`` over ``x`` (B, T, D).
 
-    Equals ``gru(x)[0]`` from a zero initial state, with the backward pass of
-    :class:`_GRUSequence`.
+    Returns ``(h, h0)``: ``h`` (B, T, H) equals ``gru(x)[0]`` from a zero
+    initial state, and ``h0`` (B, H) is a copy of ``h[:, 0]``, its own output
+    so that reading the first step does not cost autograd a (B, T, H) zero
+    tensor and a sum in the backward pass of :class:`_GRUSequence`.
     """
     return _GRUSequence.apply(x, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0,
                               gru.bias_hh_l0)
@@ -269,23 +306,25 @@ class _EulerPath(torch.autograd.Function):
             ("zs", (n_steps + 1, rows, state_dim)), ("x", (n_steps, rows, 3 * hidden)),
             ("s2", (n_steps, rows, hidden)), ("r2", (n_steps, rows, hidden)),
             ("rr", (n_steps, rows, 2 * hidden)), ("e1", (n_steps, rows, hidden)))}
-        zs_b, x_b, s2_b, r2_b, rr_b = (bufs[name].unbind(0) for name in (
-            "zs", "x", "s2", "r2", "rr"))
+        zs_b, s2_b, r2_b = (bufs[name].unbind(0) for name in ("zs", "s2", "r2"))
+        x_all = bufs["x"]  # [s1 | s_c | d1] per step
+        first_b, s1_b = _steps(x_all, 0, 2 * hidden), _steps(x_all, 0, hidden)
+        act_b = _steps(x_all, hidden, 3 * hidden)
+        d1_b = _steps(x_all, 2 * hidden, 3 * hidden)
+        r1_b = _steps(bufs["rr"], hidden, 2 * hidden)
         zs_b[0].copy_(z0)
         biases, drives = bias.unbind(1), drive.unbind(0)
         k1_t = k1.t()
+        g1 = z0.new_empty((rows, hidden))
         for n in range(n_steps):
-            z, x = zs_b[n], x_b[n]  # x = [s1 | s_c | d1]
-            y = torch.addmm(biases[n // n_sub + 1], z, k1_t, out=x[:, :2 * hidden])
-            s1 = y.sigmoid_()[:, :hidden]
+            z, s1 = zs_b[n], s1_b[n]
+            torch.addmm(biases[n // n_sub + 1], z, k1_t, out=first_b[n]).sigmoid_()
             s2 = torch.addmm(b2_2, s1, w2_4t, out=s2_b[n]).sigmoid_()
             r2 = torch.addcmul(s2, s2, s2, value=-1.0, out=r2_b[n])
-            r1 = torch.addcmul(s1, s1, s1, value=-1.0, out=rr_b[n][:, hidden:])
-            torch.mul(r1, r2 @ w2w, out=x[:, 2 * hidden:])
-            torch.addmm(drives[n], z, trans, out=zs_b[n + 1]).addmm_(x[:, hidden:],
-                                                                     out_layers)
+            r1 = torch.addcmul(s1, s1, s1, value=-1.0, out=r1_b[n])
+            torch.mul(r1, torch.mm(r2, w2w, out=g1), out=d1_b[n])
+            torch.addmm(drives[n], z, trans, out=zs_b[n + 1]).addmm_(act_b[n], out_layers)
         _give(bias)  # Only the loop reads it.
-        x_all = bufs["x"]
         s1_all, sc_all, d1_all = x_all.split(hidden, dim=2)
         torch.addcmul(sc_all, sc_all, sc_all, value=-1.0, out=bufs["rr"][..., :hidden])
         torch.addcmul(bufs["r2"], bufs["s2"], bufs["r2"], value=-2.0, out=bufs["s2"])
@@ -335,25 +374,34 @@ class _EulerPath(torch.autograd.Function):
         back = {name: _take(shape, like) for name, shape in (
             ("q", (n_steps, rows, 3 * hidden)), ("dy2", (n_steps, rows, hidden)),
             ("lam", (n_steps, rows, state_dim)))}
-        q_b, dy2_b, lam_b = (back[name].unbind(0) for name in ("q", "dy2", "lam"))
-        rr_b, e2_b, e1_b = (bufs[name].unbind(0) for name in ("rr", "s2", "e1"))
+        # q = [d y1 | d y_c | d g1] per step: the adjoints of the first layer,
+        # then of g1 = r2 w2w. Per-step views are made once (see _steps).
+        dy2_b, lam_b = back["dy2"].unbind(0), back["lam"].unbind(0)
+        lam_f_b = _steps(back["lam"], d, state_dim) if under else lam_b
+        q_all = back["q"]
+        q_first, q_act = _steps(q_all, 0, 2 * hidden), _steps(q_all, hidden, 3 * hidden)
+        q_y1, q_g1 = _steps(q_all, 0, hidden), _steps(q_all, 2 * hidden, 3 * hidden)
+        rr_b, r1_b = bufs["rr"].unbind(0), _steps(bufs["rr"], hidden, 2 * hidden)
+        e2_b, e1_b = bufs["s2"].unbind(0), bufs["e1"].unbind(0)
+        td = like.new_empty((rows, 2 * hidden))
+        td_c, td_e = td[:, :hidden], td[:, hidden:]
+        dy1 = like.new_empty((rows, hidden))
         grads_obs = grad_zs.unbind(0)
         lam_b[n_steps - 1].copy_(grads_obs[n_obs - 1])
         for n in range(n_steps - 1, -1, -1):
             lam = lam_b[n]  # adjoint of the state after step n
-            q = q_b[n]  # [d y1 | d y_c | d g1]: adjoints of the first layer, then g1
-            td = torch.mm(lam[:, d:] if under else lam, w_td)
+            torch.mm(lam_f_b[n], w_td, out=td)
             if sig is not None:
-                td[:, :hidden].addcmul_(uw_b[n], sig[n // n_sub + 1])
-            torch.mul(td, rr_b[n], out=q[:, hidden:])
-            dy2 = torch.mm(q[:, 2 * hidden:], w2w_t, out=dy2_b[n]).mul_(e2_b[n])
-            torch.mul(dy2 @ w2_4, rr_b[n][:, hidden:], out=q[:, :hidden])
-            q[:, :hidden].addcmul_(td[:, hidden:], e1_b[n])
+                td_c.addcmul_(uw_b[n], sig[n // n_sub + 1])
+            torch.mul(td, rr_b[n], out=q_act[n])
+            dy2 = torch.mm(q_g1[n], w2w_t, out=dy2_b[n]).mul_(e2_b[n])
+            torch.mul(torch.mm(dy2, w2_4, out=dy1), r1_b[n], out=q_y1[n])
+            q_y1[n].addcmul_(td_e, e1_b[n])
             out = lam_b[n - 1] if n else like.new_empty((rows, state_dim))
             if under:
-                torch.mm(lam, trans_t, out=out).addmm_(q[:, :2 * hidden], k1)
+                torch.mm(lam, trans_t, out=out).addmm_(q_first[n], k1)
             else:
-                torch.addmm(lam, q[:, :2 * hidden], k1, beta=keep, out=out)
+                torch.addmm(lam, q_first[n], k1, beta=keep, out=out)
             if n % n_sub == 0:
                 out.add_(grads_obs[n // n_sub])
         d_z0 = out
@@ -363,23 +411,26 @@ class _EulerPath(torch.autograd.Function):
 
         z_flat = flat(bufs["zs"][:-1])
         q_flat = z_flat[:, :d]
-        lam_all = back["lam"]
-        lam_f_flat = flat(lam_all[..., d:] if under else lam_all)
-        x_flat, qq_flat, dy2_flat = flat(bufs["x"]), flat(back["q"]), flat(back["dy2"])
-        s1_flat, sc_flat, d1_flat = x_flat.split(hidden, dim=1)
-        dy1_flat, dyc_flat, dg1_flat = qq_flat.split(hidden, dim=1)
-        gu_flat = lam_f_flat  # d loss / d u = dt * (lam_f + sig * u)
+        lam_all, x_all = back["lam"], bufs["x"]
+        lam_f = lam_all[..., d:] if under else lam_all
+        lam_f_flat = flat(lam_f)
+        x_flat, qq_flat, dy2_flat = flat(x_all), flat(back["q"]), flat(back["dy2"])
+        s1_flat, d1_flat = x_flat[:, :hidden], x_flat[:, 2 * hidden:]
+        dg1_flat = qq_flat[:, 2 * hidden:]
+        gu = lam_f  # d loss / d u = dt * (lam_f + sig * u)
         if grad_sq is not None:
             sig_rows = (grad_sq[1:] * (2.0 / dt)).repeat_interleave(n_sub, 0)
-            gu_flat = torch.addcmul(lam_f_flat, sig_rows.reshape(-1, 1),
-                                    flat(u_all))
-        d_k1 = (z_flat.t() @ qq_flat[:, :2 * hidden]).t() * 2.0  # rows [W1 | 0; Ws]
+            gu = torch.addcmul(lam_f, sig_rows.unsqueeze(-1), u_all)
+        # The products with the few latent columns go through _sum_outer.
+        d_k1 = _sum_outer(bufs["zs"][:-1], back["q"][..., :2 * hidden]).t() * 2.0
         dy_sum = qq_flat[:, :2 * hidden].sum(0)
-        gu_sum = gu_flat.sum(0)
-        d_ws = d_k1[hidden:]
-        d_wo = (2.0 * (gu_flat.t() @ sc_flat) - gu_sum[:, None]) * dt
+        gu_sum = gu.sum((0, 1))
+        d_ws = d_k1[hidden:]  # d_k1's rows are [W1 | 0; Ws].
+        d_wo = (2.0 * _sum_outer(gu, x_all[..., hidden:2 * hidden])
+                - gu_sum[:, None]) * dt
         d_bo = gu_sum * dt
-        d_w1 = d_k1[:hidden, :d] - (4.0 * step_g) * (lam_f_flat.t() @ d1_flat).t()
+        d_w1 = d_k1[:hidden, :d] - (4.0 * step_g) * _sum_outer(
+            lam_f, x_all[..., 2 * hidden:]).t()
         d_b1 = 2.0 * dy_sum[:hidden]
         dy2_sum = dy2_flat.sum(0)
         r2_flat = flat(bufs["r2"])
@@ -390,10 +441,14 @@ class _EulerPath(torch.autograd.Function):
         d_b2 = 2.0 * dy2_sum
         d_w_out = (4.0 * (w2 * d_w2w).sum(1)).unsqueeze(0)
         d_c = (lam_f_flat * q_flat).sum() * (-2.0 * step_g)
-        d_projected = like.new_zeros((rows, n_obs, hidden))
-        d_projected[:, 1:] = (back["q"][..., hidden:2 * hidden]
-                              .view(n_obs - 1, n_sub, rows, hidden).sum(1)
-                              .transpose(0, 1) * 2.0)
+        # Each interval's context adjoint: twice the sum of its steps' d y_c.
+        d_projected = like.new_empty((rows, n_obs, hidden))
+        d_projected[:, 0] = 0.0
+        d_yc = back["q"][..., hidden:2 * hidden].view(n_obs - 1, n_sub, rows, hidden)
+        dest = d_projected[:, 1:].transpose(0, 1)
+        torch.mul(d_yc[:, 0], 2.0, out=dest)
+        for j in range(1, n_sub):
+            dest.add_(d_yc[:, j], alpha=2.0)
         d_noise = lam_f_flat.reshape(n_obs - 1, n_sub, rows, d).clone()
         d_gs = d_im = d_fr = None
         if under:

@@ -228,10 +228,11 @@ class NeuralLangevinVAE(nn.Module):
     def _encode_hidden(self, x: torch.Tensor):
         """GRU outputs (B, T, hidden) and ``q(z_0 | x_0)``'s mean and log std."""
         if torch.is_grad_enabled() and x.device.type == "cpu":
-            h = gru_sequence(self.gru, x)  # Hand-written backward (_fused).
+            h, h0 = gru_sequence(self.gru, x)  # Hand-written backward (_fused).
         else:  # Inference, or CUDA, where torch's GRU is cuDNN's fused kernel.
             h, _ = self.gru(x)
-        return (h, *self.initial_posterior(h[:, 0]))
+            h0 = h[:, 0]
+        return (h, *self.initial_posterior(h0))
 
     def project_context(self, h: torch.Tensor) -> torch.Tensor:
         """Projected drift context from GRU outputs ``h`` (..., hidden)."""

@@ -103,14 +103,25 @@ def test_single_observation_takes_no_step():
     torch.testing.assert_close(z0.grad, torch.ones_like(z0))
 
 
-def test_gru_sequence_equals_torch_gru():
+@pytest.mark.parametrize("n_obs", [9, 1])
+@pytest.mark.parametrize("outputs", ["both", "sequence only", "first only"])
+def test_gru_sequence_equals_torch_gru(n_obs, outputs):
     torch.manual_seed(0)
     gru = torch.nn.GRU(4, 16, batch_first=True).to(DTYPE)
-    x = torch.randn(5, 9, 4, dtype=DTYPE, requires_grad=True)
-    w = torch.randn(5, 9, 16, dtype=DTYPE)
-    want_h, want = _grads(lambda: (gru(x)[0],), gru, [x], (w,))
-    got_h, got = _grads(lambda: (gru_sequence(gru, x),), gru, [x], (w,))
-    torch.testing.assert_close(got_h[0], want_h[0], rtol=1e-12, atol=1e-12)
+    x = torch.randn(5, n_obs, 4, dtype=DTYPE, requires_grad=True)
+    w = torch.randn(5, n_obs, 16, dtype=DTYPE)
+    w0 = torch.randn(5, 16, dtype=DTYPE)
+    weights = {"both": (w, w0), "sequence only": (w, None),
+               "first only": (None, w0)}[outputs]
+
+    def torch_gru():
+        h = gru(x)[0]
+        return h, h[:, 0]
+
+    want_h, want = _grads(torch_gru, gru, [x], weights)
+    got_h, got = _grads(lambda: gru_sequence(gru, x), gru, [x], weights)
+    for g, w_ in zip(got_h, want_h):
+        torch.testing.assert_close(g, w_, rtol=1e-12, atol=1e-12)
     assert set(got) == set(want) == {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
                                      "bias_hh_l0", "input0"}
     for name in want:
