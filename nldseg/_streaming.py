@@ -56,9 +56,7 @@ class SegmentationStream:
         self._seed = estimator._inference_seed()
         self._stepper = InferenceStepper(self._module, self._dt)
         self._work = self._stepper.workspace(self._n_samples, torch.empty(0))
-        gru = self._module.gru
-        self._gru_weights = (gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0,
-                             gru.bias_hh_l0)
+        self._gru_weights = self._module._gru_weights()
         self.reset()
 
     def reset(self) -> SegmentationStream:

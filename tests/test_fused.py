@@ -199,6 +199,23 @@ def test_simulate_without_autograd_can_skip_the_kl():
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
+def test_inference_steps_the_encoder_as_torch_gru_does(dynamics):
+    """On CPU the GRU is stepped inside the loop (gru_cell); on CUDA it runs first."""
+    m = _model(dynamics).float()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 9, 4, generator=gen)
+    noise = torch.randn(8, 2, 6, 3, generator=gen)
+    z0 = torch.randn(6, m.state_dim, generator=gen)
+    with torch.no_grad():
+        h = m.gru(x)[0]
+        stepped = m._simulate_inference(x, None, h[:, 0], z0, noise, 0.5, None, True)
+        whole = m._simulate_inference(x, h, h[:, 0], z0, noise, 0.5, None, True)
+    # Equal to float32 rounding (often bit for bit; the GEMMs' blocking differs).
+    torch.testing.assert_close(stepped.z, whole.z, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stepped.kl_path, whole.kl_path, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])

@@ -181,10 +181,17 @@ def test_labels_do_not_depend_on_how_points_are_batched(tiny_fitted):
     got = np.concatenate([landscape._basins_torch(z[i:i + 8])
                           for i in range(0, len(z), 8)])
     np.testing.assert_array_equal(got, want)
+    # Looked up in blocks of any size (a block boundary inside a run of misses).
+    np.testing.assert_array_equal(landscape._basins_torch(z, chunk=300), want)
+    k = landscape.n_states
     proba = landscape._state_fractions(z[:8])
-    assert proba.shape == (landscape.n_states,)
-    np.testing.assert_allclose(proba, np.bincount(want[:8], minlength=landscape.n_states)
-                               / 8)
+    assert proba.shape == (k,)
+    np.testing.assert_allclose(proba, np.bincount(want[:8], minlength=k) / 8)
+    # (time, sequence, sample) samples: the fraction of each group's samples.
+    frac = landscape._state_fractions(z.reshape(50, 10, 8, 3))
+    assert frac.shape == (50, 10, k)
+    np.testing.assert_allclose(
+        frac, (want.reshape(50, 10, 8)[..., None] == np.arange(k)).mean(-2))
 
 
 def test_agreeing_cells_keep_only_cells_with_one_corner_value():
