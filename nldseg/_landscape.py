@@ -184,6 +184,11 @@ class EnergyLandscape:
         self.occupancies: dict[str, np.ndarray] = {}
         self.effective_sample_size = float("nan")
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_lookup_cache", None)  # Derived from the grid; rebuilt on use.
+        return state
+
     def _attach_energy(self, energy: torch.nn.Module) -> None:
         """Keep frozen float32 and float64 CPU copies of ``energy``."""
         self._energy32 = copy.deepcopy(energy).float().cpu().eval()
@@ -267,7 +272,8 @@ class EnergyLandscape:
                                for i in range(0, max(z.shape[0], 1), chunk)])
             miss = torch.nonzero(found < 0)[:, 0]
             if miss.numel():
-                found[miss] = self._flow_minimum(z[miss], chunk, tables)
+                found[miss] = self._flow_minimum(z[miss], chunk, tables,
+                                                 known_misses=True)
         return self.state_of_minimum[found.numpy()]
 
     def _lookup_tables(self) -> dict | None:
@@ -276,17 +282,19 @@ class EnergyLandscape:
         if grid is None:
             return None
         cached = self.__dict__.get("_lookup_cache")
-        if cached is None:
+        if cached is None or "last_cell" not in cached:  # (or an older version's)
             cells = torch.as_tensor(_agreeing_cells(np.asarray(grid)))
             cached = {"lo": torch.as_tensor(self.lookup_lo, dtype=torch.float32),
                       "step": torch.as_tensor(self.lookup_step, dtype=torch.float32),
-                      "n_cells": torch.tensor(cells.shape),
+                      "zero": torch.zeros(cells.dim(), dtype=torch.int64),
+                      "last_cell": torch.tensor(cells.shape) - 1,
                       "strides": torch.tensor(cells.stride()), "cells": cells.reshape(-1)}
             self._lookup_cache = cached
         return cached
 
     def _flow_minimum(self, z: torch.Tensor, chunk: int = 65536,
-                      tables: dict | None = None) -> torch.Tensor:
+                      tables: dict | None = None,
+                      known_misses: bool = False) -> torch.Tensor:
         """Index of the minimum (in :attr:`all_minima`) each point's flow reaches.
 
         A point is assigned once, given lookup ``tables``, it lies in a grid
@@ -294,6 +302,8 @@ class EnergyLandscape:
         within the capture radius of a minimum (a radius learned at fit time
         inside which every training flow ended at that minimum). Points still
         unassigned after the flow budget go to the nearest minimum.
+        ``known_misses`` says that the points were just looked up in vain, so
+        the first pass skips the lookup.
         """
         minima = torch.as_tensor(self.all_minima, dtype=z.dtype)
         radius = torch.as_tensor(self.capture_radius, dtype=z.dtype)
@@ -303,20 +313,23 @@ class EnergyLandscape:
             for start in range(0, z.shape[0], chunk):
                 pts = z[start:start + chunk].clone()
                 idx = torch.arange(start, start + pts.shape[0])
-                for _ in range(2000):
-                    if tables is not None:
-                        found = _lookup(pts, tables)
-                        hit = found >= 0
-                        out[idx[hit]] = found[hit]
-                        pts, idx = pts[~hit], idx[~hit]
+                for it in range(2000):
+                    # The minimum reached: by lookup first, else by capture.
                     dist = torch.cdist(pts, minima)
                     near = dist.argmin(1)
-                    done = dist.gather(1, near[:, None])[:, 0] <= radius[near]
-                    out[idx[done]] = near[done]
-                    pts, idx = pts[~done], idx[~done]
-                    if pts.shape[0] == 0:
-                        break
-                    step = energy.grad(pts) * self.step_size
+                    found = near.masked_fill_(dist.gather(1, near[:, None])[:, 0]
+                                              > radius[near], -1)
+                    if tables is not None and (it or not known_misses):
+                        looked_up = _lookup(pts, tables)
+                        found = torch.where(looked_up >= 0, looked_up, found)
+                    done = found >= 0
+                    if done.any():  # Few passes assign anything: compact only then.
+                        out[idx[done]] = found[done]
+                        keep = done.logical_not_()
+                        pts, idx = pts[keep], idx[keep]
+                        if pts.shape[0] == 0:
+                            break
+                    step = energy.grad(pts).mul_(self.step_size)
                     norm = step.norm(dim=-1, keepdim=True)
                     pts = pts - step * torch.clamp(
                         self.max_step / norm.clamp_min(1e-30), max=1.0)
@@ -366,12 +379,11 @@ def _agreeing_cells(grid: np.ndarray) -> np.ndarray:
 
 def _lookup(pts: torch.Tensor, tables: dict) -> torch.Tensor:
     """Minimum index from the grid where a cell's corners agree, else -1."""
-    cell = torch.floor((pts - tables["lo"]) / tables["step"]).long()
-    n_cells = tables["n_cells"]
-    inside = ((cell >= 0) & (cell < n_cells)).all(1)
-    index = (torch.minimum(cell.clamp_min_(0), n_cells - 1) * tables["strides"]).sum(1)
-    values = tables["cells"][index]
-    return values.masked_fill_(~inside, -1)
+    cell = ((pts - tables["lo"]) / tables["step"]).floor_().long()
+    clamped = torch.clamp(cell, tables["zero"], tables["last_cell"])
+    outside = (clamped != cell).any(1)
+    values = tables["cells"][(clamped * tables["strides"]).sum(1)]
+    return values.masked_fill_(outside, -1)
 
 
 def find_minima(energy: torch.nn.Module, codes: np.ndarray) -> dict:

@@ -204,3 +204,29 @@ def test_agreeing_cells_keep_only_cells_with_one_corner_value():
     cells = _agreeing_cells(cube)
     assert cells.shape == (2, 2, 2) and cells[1, 1, 1] == -1
     assert (np.delete(cells.reshape(-1), 7) == 0).all()
+
+
+def test_lookup_tables_are_derived_not_pickled(tiny_fitted):
+    import pickle
+
+    from nldseg._landscape import _lookup
+
+    landscape = tiny_fitted.energy_
+    rng = np.random.default_rng(2)
+    lo = landscape.lookup_lo
+    hi = lo + landscape.lookup_step * 23
+    z = torch.as_tensor(rng.uniform(lo - 0.3 * (hi - lo), hi + 0.3 * (hi - lo),
+                                    size=(3000, 3)), dtype=torch.float32)
+    want = landscape._basins_torch(z)
+    clone = pickle.loads(pickle.dumps(landscape))
+    assert "_lookup_cache" not in clone.__dict__
+    np.testing.assert_array_equal(clone._basins_torch(z), want)
+    # A cache written by an earlier version (other keys) is rebuilt, not used.
+    clone._lookup_cache = {"lo": torch.zeros(3), "n_cells": torch.tensor([23] * 3)}
+    np.testing.assert_array_equal(clone._basins_torch(z), want)
+    # Points known to miss the lookup may skip it on the first pass.
+    tables = clone._lookup_tables()
+    miss = z[_lookup(z, tables) < 0]
+    assert len(miss) > 0
+    torch.testing.assert_close(clone._flow_minimum(miss, tables=tables, known_misses=True),
+                               clone._flow_minimum(miss, tables=tables), rtol=0, atol=0)
