@@ -13,8 +13,9 @@ Reported:
 * the split of one ``predict_proba`` call into the posterior paths (encoder
   and Euler loop) and the basin assignment of the latent samples;
 * the latency of labelling one new observation of one sequence with
-  ``stream().update(x_t)``: median and 99th percentile over one 500-step
-  sequence (after 20 warm-up steps).
+  ``stream().update(x_t)``: median, 90th and 99th percentile over the
+  updates of ``--stream-sequences`` test sequences (one stream each, 500
+  steps, the first 20 of each not counted).
 
 Run::
 
@@ -43,6 +44,7 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--length", type=int, default=500)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--stream-sequences", type=int, default=4)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--n-samples", type=int, nargs="+", default=[None],
                    help="Monte-Carlo paths per sequence to time (default: the "
@@ -69,10 +71,11 @@ def main() -> None:
     for n_samples in a.n_samples:
         if n_samples is not None:
             seg.set_params(n_samples=n_samples)
-        _measure(seg, X_test, y_test, n_steps, a.repeats)
+        _measure(seg, X_test, y_test, n_steps, a.repeats, a.stream_sequences)
 
 
-def _measure(seg, X_test, y_test, n_steps: int, repeats: int) -> None:
+def _measure(seg, X_test, y_test, n_steps: int, repeats: int,
+             stream_sequences: int) -> None:
     print(f"n_samples={seg.n_samples}")
     for name in ("predict", "predict_proba"):
         times = []
@@ -96,16 +99,18 @@ def _measure(seg, X_test, y_test, n_steps: int, repeats: int) -> None:
     print(f"  of which: posterior paths {t_paths:.2f} s, basin assignment of "
           f"{z.shape[0] * z.shape[1]} latent samples {t_basins:.2f} s")
 
-    stream = seg.stream()
     lat = []
-    for t, x_t in enumerate(X_test[0]):
-        t0 = time.perf_counter()
-        stream.update(x_t)
-        if t >= 20:
-            lat.append(time.perf_counter() - t0)
+    for seq in X_test[:stream_sequences]:
+        stream = seg.stream()
+        for t, x_t in enumerate(seq):
+            t0 = time.perf_counter()
+            stream.update(x_t)
+            if t >= 20:
+                lat.append(time.perf_counter() - t0)
     lat_ms = np.array(lat) * 1e3
-    print(f"  stream.update  median {np.median(lat_ms):.3f} ms, p99 "
-          f"{np.percentile(lat_ms, 99):.3f} ms per new observation")
+    p50, p90, p99 = np.percentile(lat_ms, [50, 90, 99])
+    print(f"  stream.update  median {p50:.3f} ms, p90 {p90:.3f} ms, p99 {p99:.3f} ms "
+          f"per new observation ({len(lat)} updates, {stream_sequences} sequences)")
 
 
 if __name__ == "__main__":
