@@ -147,16 +147,22 @@ def test_relabel_states_permutes_everything():
         np.testing.assert_array_equal(land.occupancies[k], before[k][::-1])
 
 
+def _around_grid(landscape, n: int, seed: int) -> torch.Tensor:
+    """Uniform float32 points over the lookup grid and 30% beyond it on every side."""
+    lo = landscape.lookup_lo
+    hi = lo + landscape.lookup_step * (landscape.lookup_minimum.shape[0] - 1)
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(lo - 0.3 * (hi - lo), hi + 0.3 * (hi - lo), size=(n, 3))
+    return torch.as_tensor(z, dtype=torch.float32)
+
+
 def test_lookup_grid_labels_equal_the_flow(tiny_fitted):
     landscape = tiny_fitted.energy_
     assert landscape.lookup_minimum is not None
     assert landscape.lookup_minimum.shape == (24, 24, 24)
-    rng = np.random.default_rng(0)
     lo = landscape.lookup_lo
     hi = lo + landscape.lookup_step * 23
-    # Points inside the grid and beyond it on every side.
-    z = rng.uniform(lo - 0.3 * (hi - lo), hi + 0.3 * (hi - lo), size=(20000, 3))
-    z = torch.as_tensor(z, dtype=torch.float32)
+    z = _around_grid(landscape, 20000, seed=0)
     flowed = landscape.state_of_minimum[landscape._flow_minimum(z).numpy()]
     looked_up = landscape._basins_torch(z)
     assert np.mean(looked_up == flowed) >= 0.999
@@ -172,11 +178,7 @@ def test_lookup_grid_labels_equal_the_flow(tiny_fitted):
 def test_labels_do_not_depend_on_how_points_are_batched(tiny_fitted):
     """A stream's handful of samples get the labels of one large batch, hit or miss."""
     landscape = tiny_fitted.energy_
-    rng = np.random.default_rng(1)
-    lo = landscape.lookup_lo
-    hi = lo + landscape.lookup_step * 23
-    z = torch.as_tensor(rng.uniform(lo - 0.3 * (hi - lo), hi + 0.3 * (hi - lo),
-                                    size=(4000, 3)), dtype=torch.float32)
+    z = _around_grid(landscape, 4000, seed=1)
     want = landscape._basins_torch(z)
     got = np.concatenate([landscape._basins_torch(z[i:i + 8])
                           for i in range(0, len(z), 8)])
@@ -212,11 +214,7 @@ def test_lookup_tables_are_derived_not_pickled(tiny_fitted):
     from nldseg._landscape import _lookup
 
     landscape = tiny_fitted.energy_
-    rng = np.random.default_rng(2)
-    lo = landscape.lookup_lo
-    hi = lo + landscape.lookup_step * 23
-    z = torch.as_tensor(rng.uniform(lo - 0.3 * (hi - lo), hi + 0.3 * (hi - lo),
-                                    size=(3000, 3)), dtype=torch.float32)
+    z = _around_grid(landscape, 3000, seed=2)
     want = landscape._basins_torch(z)
     clone = pickle.loads(pickle.dumps(landscape))
     assert "_lookup_cache" not in clone.__dict__
