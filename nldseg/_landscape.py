@@ -267,7 +267,7 @@ class EnergyLandscape:
             found = self._flow_minimum(z, chunk)
         else:  # Look every point up; flow only the few that miss.
             # In blocks whose temporaries stay in cache (2-3x faster than
-            # one pass over millions of points).
+            # one pass over millions of points); one empty block for no points.
             found = torch.cat([_lookup(z[i:i + chunk], tables)
                                for i in range(0, max(z.shape[0], 1), chunk)])
             miss = torch.nonzero(found < 0)[:, 0]

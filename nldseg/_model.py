@@ -282,13 +282,10 @@ class NeuralLangevinVAE(nn.Module):
         if inference and x.device.type == "cpu":
             # The GRU runs step by step inside the Euler loop (see
             # _simulate_inference); here only its first step, for q(z_0 | x_0).
-            h = None
-            h0 = torch.gru_cell(x[:, 0], x.new_zeros((x.shape[0], self.gru.hidden_size)),
-                                *self._gru_weights())
+            h, h0 = None, self._gru_step(x[:, 0])
             mean, log_std = self.initial_posterior(h0)
         else:
-            h, mean, log_std = self._encode_hidden(x)
-            h0 = h[:, 0]
+            (h, mean, log_std), h0 = self._encode_hidden(x), None
         log_z = None
         if self.initial_prior == "stationary" and partition_noise is not None:
             log_z = self._log_z_from_codes(mean, log_std, partition_noise)
@@ -313,20 +310,30 @@ class NeuralLangevinVAE(nn.Module):
         zs, sq = euler_path(self, z, projected, noise * coef["noise_scale"], dt, coef)
         return LatentPaths(zs, sq * coef["kl_scale"], kl0)
 
-    def _gru_weights(self) -> tuple:
-        """The GRU's ``(w_ih, w_hh, b_ih, b_hh)``, as ``torch.gru_cell`` takes them."""
+    def _gru_step(self, x_t: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+        """One encoder step at inference: ``x_t`` (rows, D) from ``h`` (rows, hidden).
+
+        ``torch.gru_cell``, which gives ``self.gru``'s outputs; ``h=None`` is
+        the zero initial state. Shared by :meth:`simulate` and the stream, so
+        that both step the encoder alike.
+        """
         gru = self.gru
-        return gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0
+        if h is None:
+            h = x_t.new_zeros((x_t.shape[0], gru.hidden_size))
+        return torch.gru_cell(x_t, h, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0,
+                              gru.bias_hh_l0)
 
     def _simulate_inference(self, x, h, h0, z0, noise, dt, kl0,
                             with_kl) -> LatentPaths:
         """:meth:`simulate` without autograd, on :class:`InferenceStepper`.
 
-        On CPU ``h`` is None and the encoder is stepped with ``torch.gru_cell``
-        inside the loop, from ``h0``: it equals ``torch.nn.GRU`` on the whole
-        sequence, without its (B, T, 3 hidden) input projections and (B, T,
-        hidden) outputs, whose fresh memory costs more than the arithmetic.
-        Elsewhere ``h`` holds the GRU outputs (cuDNN's fused kernel). Each
+        On CPU ``h`` is None and the encoder is stepped (:meth:`_gru_step`)
+        inside the loop, from the first output ``h0``: it equals
+        ``torch.nn.GRU`` on the whole sequence, without its (B, T, 3 hidden)
+        input projections and (B, T, hidden) outputs, whose fresh memory
+        costs more than the arithmetic.
+        Elsewhere ``h`` holds the GRU outputs (cuDNN's fused kernel) and
+        ``h0`` is not used. Each
         observation's first-layer bias is made from its GRU output in turn.
         """
         stepper = InferenceStepper(self, dt)
@@ -337,9 +344,9 @@ class NeuralLangevinVAE(nn.Module):
         sq = z0.new_zeros((n_obs, rows)) if with_kl else None
         work = stepper.workspace(rows, z0)
         bias = z0.new_empty((x.shape[0], 2 * stepper.hidden))
-        gru_weights, h_k = self._gru_weights(), h0
+        h_k = h0
         for k in range(1, n_obs):
-            h_k = torch.gru_cell(x[:, k], h_k, *gru_weights) if h is None else h[:, k]
+            h_k = self._gru_step(x[:, k], h_k) if h is None else h[:, k]
             stepper.advance(zs[k - 1], stepper.bias(h_k, out=bias), drives[k - 1], work,
                             None if sq is None else sq[k], out=zs[k])
         return LatentPaths(zs, None if sq is None else sq * stepper.kl_scale, kl0)

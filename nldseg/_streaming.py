@@ -56,7 +56,6 @@ class SegmentationStream:
         self._seed = estimator._inference_seed()
         self._stepper = InferenceStepper(self._module, self._dt)
         self._work = self._stepper.workspace(self._n_samples, torch.empty(0))
-        self._gru_weights = self._module._gru_weights()
         self.reset()
 
     def reset(self) -> SegmentationStream:
@@ -106,9 +105,7 @@ class SegmentationStream:
     def _step(self, module, x, d, s):
         """Encoder step and latent update for one observation (no state change)."""
         with torch.no_grad():
-            h_prev = (self._hidden if self._hidden is not None
-                      else x.new_zeros((1, module.gru.hidden_size)))
-            h = torch.gru_cell(x.reshape(1, -1), h_prev, *self._gru_weights)
+            h = module._gru_step(x.reshape(1, -1), self._hidden)
             if self._z is None:
                 mean, log_std = module.initial_posterior(h)
                 eps0 = torch.randn((s, module.state_dim), generator=self._gen)
