@@ -4,7 +4,11 @@ Unsupervised segmentation models return state labels whose numbering is
 arbitrary: state ``2`` of the model may correspond to state ``0`` of the ground
 truth. The functions below find the best one-to-one correspondence between
 predicted and true labels with the Hungarian algorithm and score the relabelled
-prediction.
+prediction. By default a predicted label left without a partner (there are more
+predicted than true labels) counts as wrong, so that splitting the data into
+more states than there are never raises the score; ``matching="many_to_one"``
+gives the lenient reading, in which every such label takes the true label it
+co-occurs with most.
 
 Every function accepts labels in three forms:
 
@@ -13,6 +17,7 @@ Every function accepts labels in three forms:
 - a list (or tuple) of 1-D array-likes, one per sequence, of any lengths.
 
 The matching is always computed once, on all sequences pooled together.
+:func:`n_label_changes` counts the label switches of a labelling (its flicker).
 
 :data:`segmentation_scorer` and :func:`make_segmentation_scorer` turn
 :func:`segmentation_accuracy` into a scorer for
@@ -30,11 +35,23 @@ __all__ = [
     "label_mapping",
     "make_segmentation_scorer",
     "match_labels",
+    "n_label_changes",
     "segmentation_accuracy",
     "segmentation_scorer",
 ]
 
 _INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+_MATCHINGS = frozenset({"one_to_one", "many_to_one"})
+
+
+def _check_matching(matching: object) -> str:
+    """Check that ``matching`` names a matching rule and return it."""
+    if not isinstance(matching, str) or matching not in _MATCHINGS:
+        raise ValueError(
+            f"matching must be one of {sorted(_MATCHINGS)}; got {matching!r}."
+        )
+    return matching
 
 
 def _ndim(obj: object) -> int:
@@ -144,13 +161,37 @@ def _check_pair(
     return true_seqs, pred_seqs, pred_form
 
 
+def _unmatched_label(true_labels: np.ndarray) -> int:
+    """Label for predicted labels left unmatched: ``-1``, or below every true label.
+
+    ``true_labels`` is sorted. The value is ``-1`` when no true label is
+    negative, otherwise one less than the smallest true label, so it never
+    equals a true label and an unmatched step never counts as correct.
+    """
+    smallest = int(true_labels[0])
+    if smallest >= 0:
+        return -1
+    if smallest == _INT64_MIN:
+        raise ValueError(
+            "y_true contains the smallest int64 label, so no integer is left to "
+            "mark unmatched predicted labels; use matching='many_to_one' or "
+            "relabel y_true."
+        )
+    return smallest - 1
+
+
 def _mapping_arrays(
-    y_true: np.ndarray, y_pred: np.ndarray
+    y_true: np.ndarray, y_pred: np.ndarray, matching: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Hungarian matching on pooled 1-D int64 labels.
 
     Returns the sorted unique predicted labels and, aligned with them, the true
-    label that each one is mapped to.
+    label that each one is mapped to. ``row, col = linear_sum_assignment(-C)``
+    on the contingency table ``C`` (true labels by predicted labels) maps
+    predicted label ``col[i]`` to true label ``row[i]``. Predicted labels left
+    unmatched (only when there are more predicted than true labels) get
+    :func:`_unmatched_label` with ``matching="one_to_one"``, and the true label
+    they co-occur with most (the smallest on ties) with ``"many_to_one"``.
     """
     true_labels, true_idx = np.unique(y_true, return_inverse=True)
     pred_labels, pred_idx = np.unique(y_pred, return_inverse=True)
@@ -159,12 +200,19 @@ def _mapping_arrays(
         true_idx * n_pred + pred_idx, minlength=n_true * n_pred
     ).reshape(n_true, n_pred)
     row, col = linear_sum_assignment(-contingency)
-    target = true_labels[np.argmax(contingency, axis=0)]
+    if matching == "many_to_one":
+        target = true_labels[np.argmax(contingency, axis=0)]
+    else:
+        target = np.empty(n_pred, dtype=np.int64)
+        if len(col) < n_pred:
+            target[:] = _unmatched_label(true_labels)
     target[col] = true_labels[row]
     return pred_labels, target
 
 
-def label_mapping(y_true: ArrayLike, y_pred: ArrayLike) -> dict[int, int]:
+def label_mapping(
+    y_true: ArrayLike, y_pred: ArrayLike, *, matching: str = "one_to_one"
+) -> dict[int, int]:
     """Map each predicted label to a true label by Hungarian matching.
 
     The contingency table between true and predicted labels is built on all
@@ -182,10 +230,26 @@ def label_mapping(y_true: ArrayLike, y_pred: ArrayLike) -> dict[int, int]:
             or list of array-like of shape (n_timesteps_i,)
         Predicted integer state labels, laid out like `y_true`.
 
+    matching : {"one_to_one", "many_to_one"}, default="one_to_one"
+        What a predicted label left unmatched by the one-to-one assignment
+        (there are more predicted than true labels) is mapped to. With
+        ``"one_to_one"``, to the unmatched marker: ``-1``, or one less than
+        the smallest true label when `y_true` has negative labels, a value
+        that is never a true label. With ``"many_to_one"``, to the true label
+        it co-occurs with most often (the smallest such label on ties).
+
     Returns
     -------
     mapping : dict of int to int
-        ``{pred_label: true_label}`` for every label that occurs in `y_pred`.
+        ``{pred_label: true_label}`` for every label that occurs in `y_pred`;
+        unmatched labels map to the unmatched marker with
+        ``matching="one_to_one"``.
+
+    Raises
+    ------
+    ValueError
+        If `matching` is not one of the allowed values, or if the labels are
+        invalid (see :func:`match_labels`).
 
     See Also
     --------
@@ -194,38 +258,49 @@ def label_mapping(y_true: ArrayLike, y_pred: ArrayLike) -> dict[int, int]:
 
     Notes
     -----
-    When there are more predicted labels than true labels, the Hungarian
-    algorithm matches only as many predicted labels as there are true labels;
-    every unmatched predicted label is mapped to the true label it co-occurs
-    with most often (the smallest such label on ties), so several predicted
-    labels may share a true label. When there are fewer predicted labels than
-    true labels, some true labels receive no predicted label.
+    With ``matching="one_to_one"`` at most one predicted label is mapped to
+    each true label; with ``"many_to_one"`` several predicted labels may share
+    a true label. When there are fewer predicted labels than true labels, every
+    predicted label is matched and some true labels receive none; both rules
+    then agree.
 
     Examples
     --------
     >>> from nldseg.metrics import label_mapping
     >>> label_mapping([0, 0, 1, 1, 2, 2], [1, 1, 2, 2, 0, 0])
     {0: 2, 1: 0, 2: 1}
+
+    A fourth predicted label is left unmatched:
+
+    >>> label_mapping([0, 0, 0, 1, 1, 1], [5, 5, 6, 7, 7, 7])
+    {5: 0, 6: -1, 7: 1}
+    >>> label_mapping([0, 0, 0, 1, 1, 1], [5, 5, 6, 7, 7, 7], matching="many_to_one")
+    {5: 0, 6: 0, 7: 1}
     """
+    matching = _check_matching(matching)
     true_seqs, pred_seqs, _ = _check_pair(y_true, y_pred)
     pred_labels, target = _mapping_arrays(
-        np.concatenate(true_seqs), np.concatenate(pred_seqs)
+        np.concatenate(true_seqs), np.concatenate(pred_seqs), matching
     )
     return {int(p): int(t) for p, t in zip(pred_labels, target)}
 
 
 def _match_sequences(
-    true_seqs: list[np.ndarray], pred_seqs: list[np.ndarray]
+    true_seqs: list[np.ndarray], pred_seqs: list[np.ndarray], matching: str
 ) -> list[np.ndarray]:
     """Relabel validated predicted sequences into the true label space."""
     pooled_pred = np.concatenate(pred_seqs)
-    pred_labels, target = _mapping_arrays(np.concatenate(true_seqs), pooled_pred)
+    pred_labels, target = _mapping_arrays(
+        np.concatenate(true_seqs), pooled_pred, matching
+    )
     matched = target[np.searchsorted(pred_labels, pooled_pred)]
     splits = np.cumsum([len(seq) for seq in pred_seqs])[:-1]
     return np.split(matched, splits)
 
 
-def match_labels(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray | list[np.ndarray]:
+def match_labels(
+    y_true: ArrayLike, y_pred: ArrayLike, *, matching: str = "one_to_one"
+) -> np.ndarray | list[np.ndarray]:
     """Relabel predicted states into the true label space.
 
     Predicted labels are matched to true labels by the Hungarian algorithm on
@@ -243,6 +318,13 @@ def match_labels(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray | list[np.n
         Predicted integer state labels, with the same number of sequences and
         the same sequence lengths as `y_true`.
 
+    matching : {"one_to_one", "many_to_one"}, default="one_to_one"
+        With ``"one_to_one"``, steps of a predicted label left unmatched (there
+        are more predicted than true labels) get the unmatched marker: ``-1``,
+        or one less than the smallest true label when `y_true` has negative
+        labels, never a true label. With ``"many_to_one"``, they get the true
+        label their predicted label co-occurs with most often.
+
     Returns
     -------
     y_matched : ndarray of shape (n_timesteps,) or (n_sequences, n_timesteps), \
@@ -250,6 +332,12 @@ def match_labels(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray | list[np.n
         `y_pred` relabelled into the label space of `y_true`, as int64. The
         output has the form of `y_pred`: a 1-D array for a 1-D input, a 2-D
         array for a 2-D array input and a list of 1-D arrays for a list input.
+
+    Raises
+    ------
+    ValueError
+        If `matching` is not one of the allowed values, if the labels are not
+        integer-valued, or if `y_true` and `y_pred` do not line up.
 
     See Also
     --------
@@ -259,11 +347,10 @@ def match_labels(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray | list[np.n
 
     Notes
     -----
-    When there are more predicted states than true states, the extra predicted
-    states (those left unmatched by the one-to-one assignment) are mapped to the
-    true state they co-occur with most often, so an over-segmented prediction
-    is not penalised for splitting a true state in two. When there are fewer
-    predicted states, some true states are never predicted.
+    The default one-to-one matching does not reward over-segmentation: with
+    ``"many_to_one"``, giving every time step its own label would reproduce
+    `y_true` exactly. When there are fewer predicted states than true states,
+    some true states are never predicted, under either rule.
 
     Examples
     --------
@@ -276,9 +363,17 @@ def match_labels(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray | list[np.n
     >>> matched = match_labels([[0, 0, 1], [1, 0, 0]], [[5, 5, 7], [7, 5, 5]])
     >>> matched
     [array([0, 0, 1]), array([1, 0, 0])]
+
+    Splitting true state 0 in two leaves one half unmatched:
+
+    >>> match_labels([0, 0, 0, 0, 1, 1], [3, 3, 3, 4, 5, 5])
+    array([ 0,  0,  0, -1,  1,  1])
+    >>> match_labels([0, 0, 0, 0, 1, 1], [3, 3, 3, 4, 5, 5], matching="many_to_one")
+    array([0, 0, 0, 0, 1, 1])
     """
+    matching = _check_matching(matching)
     true_seqs, pred_seqs, pred_form = _check_pair(y_true, y_pred)
-    matched = _match_sequences(true_seqs, pred_seqs)
+    matched = _match_sequences(true_seqs, pred_seqs, matching)
     if pred_form == "1d":
         return matched[0]
     if pred_form == "2d":
@@ -287,12 +382,15 @@ def match_labels(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray | list[np.n
 
 
 def segmentation_accuracy(
-    y_true: ArrayLike, y_pred: ArrayLike, *, per_sequence: bool = False
+    y_true: ArrayLike, y_pred: ArrayLike, *, per_sequence: bool = False,
+    matching: str = "one_to_one",
 ) -> float | np.ndarray:
     """Fraction of time steps labelled correctly after Hungarian matching.
 
     The predicted labels are relabelled once with :func:`match_labels`, on all
-    sequences pooled, and compared with the true labels.
+    sequences pooled, and compared with the true labels. By default the
+    matching is one-to-one: the steps of a predicted label left without a
+    partner count as wrong.
 
     Parameters
     ----------
@@ -311,6 +409,14 @@ def segmentation_accuracy(
         with the single pooled matching, e.g. to report a mean and a standard
         deviation over sequences.
 
+    matching : {"one_to_one", "many_to_one"}, default="one_to_one"
+        With ``"one_to_one"``, each true label is matched to at most one
+        predicted label, and the steps of the predicted labels left over (when
+        there are more predicted than true labels) are wrong. With
+        ``"many_to_one"``, each left-over predicted label counts as the true
+        label it co-occurs with most, which rewards over-segmentation (see
+        Notes); use it only to reproduce figures computed that way.
+
     Returns
     -------
     accuracy : float or ndarray of shape (n_sequences,)
@@ -318,9 +424,18 @@ def segmentation_accuracy(
         the accuracy of each sequence. A single 1-D sequence counts as one
         sequence, so ``per_sequence=True`` then gives an array of length 1.
 
+    Raises
+    ------
+    ValueError
+        If `matching` is not one of the allowed values, or if the labels are
+        invalid (see :func:`match_labels`).
+    TypeError
+        If `per_sequence` is not a bool.
+
     See Also
     --------
     match_labels : Relabel predicted states into the true label space.
+    n_label_changes : Number of label switches, to report flicker.
 
     Notes
     -----
@@ -328,8 +443,14 @@ def segmentation_accuracy(
     step equally, so it differs in general from the mean of the per-sequence
     accuracies.
 
+    One-to-one matching makes more states no free gain: a labelling with
+    ``k`` predicted and ``m`` true states scores the fraction of steps covered
+    by its best ``min(k, m)`` matched pairs. Under ``"many_to_one"`` a label
+    per time step scores 1.0 and many random labels score better than few.
+
     Examples
     --------
+    >>> import numpy as np
     >>> from nldseg.metrics import segmentation_accuracy
     >>> y_true = [[0, 0, 1, 1], [1, 1, 0, 0]]
     >>> y_pred = [[1, 1, 0, 0], [0, 0, 0, 0]]
@@ -337,11 +458,28 @@ def segmentation_accuracy(
     0.75
     >>> segmentation_accuracy(y_true, y_pred, per_sequence=True).shape
     (2,)
+
+    A fourth predicted state is unmatched, so its step is wrong:
+
+    >>> print(f"{segmentation_accuracy([0, 0, 1, 1, 2, 2], [1, 1, 2, 2, 0, 3]):.3f}")
+    0.833
+    >>> segmentation_accuracy([0, 0, 1, 1, 2, 2], [1, 1, 2, 2, 0, 3],
+    ...                       matching="many_to_one")
+    1.0
+
+    A label per step scores 3 / 300 here, not 1.0:
+
+    >>> y_true = np.repeat([0, 1, 2], 100)
+    >>> segmentation_accuracy(y_true, np.arange(300))
+    0.01
+    >>> segmentation_accuracy(y_true, np.arange(300), matching="many_to_one")
+    1.0
     """
     if not isinstance(per_sequence, (bool, np.bool_)):
         raise TypeError(f"per_sequence must be a bool; got {type(per_sequence).__name__}.")
+    matching = _check_matching(matching)
     true_seqs, pred_seqs, _ = _check_pair(y_true, y_pred)
-    matched = _match_sequences(true_seqs, pred_seqs)
+    matched = _match_sequences(true_seqs, pred_seqs, matching)
     if per_sequence:
         return np.array(
             [np.mean(m == t) for m, t in zip(matched, true_seqs)], dtype=np.float64
@@ -351,14 +489,61 @@ def segmentation_accuracy(
     return float(n_correct / n_total)
 
 
+def n_label_changes(y: ArrayLike) -> int:
+    """Number of times the label changes between consecutive time steps.
+
+    Counted within each sequence (never across the boundary between two
+    sequences) and summed over the sequences. A segmentation that flickers
+    between states has many more changes than the true labels.
+
+    Parameters
+    ----------
+    y : array-like of shape (n_timesteps,) or (n_sequences, n_timesteps), \
+            or list of array-like of shape (n_timesteps_i,)
+        Integer state labels, true or predicted.
+
+    Returns
+    -------
+    n_changes : int
+        The number of steps ``t >= 1`` whose label differs from that of step
+        ``t - 1`` of the same sequence, summed over all sequences.
+
+    Raises
+    ------
+    ValueError
+        If `y` is empty, holds non-integer values or is not one of the accepted
+        forms.
+    TypeError
+        If `y` does not hold numbers.
+
+    See Also
+    --------
+    segmentation_accuracy : Accuracy after matching.
+
+    Examples
+    --------
+    >>> from nldseg.metrics import n_label_changes
+    >>> n_label_changes([0, 0, 1, 1, 0])
+    2
+    >>> n_label_changes([[0, 1, 1], [2, 2, 2]])
+    1
+    >>> n_label_changes([[0, 1, 0, 1], [5], [3, 3]])
+    3
+    """
+    sequences, _ = _check_labels(y, "y")
+    return int(sum(np.count_nonzero(seq[1:] != seq[:-1]) for seq in sequences))
+
+
 class _SegmentationScorer:
     """Callable ``(estimator, X, y_true) -> float``: matched accuracy of ``predict(X)``.
 
     Made by :func:`make_segmentation_scorer`; see there.
     """
 
-    def __init__(self, per_sequence: bool = False) -> None:
+    def __init__(self, per_sequence: bool = False,
+                 matching: str = "one_to_one") -> None:
         self.per_sequence = per_sequence
+        self.matching = matching
 
     def __call__(
         self, estimator: object, X: object, y_true: ArrayLike, *,
@@ -375,7 +560,7 @@ class _SegmentationScorer:
         else:
             y_pred = estimator.predict(X, lengths=lengths)
         if not self.per_sequence:
-            return segmentation_accuracy(y_true, y_pred)
+            return segmentation_accuracy(y_true, y_pred, matching=self.matching)
         if lengths is not None:
             # A 2-D X with lengths gives 1-D labels of all sequences stacked.
             bounds = np.cumsum(np.asarray(lengths, dtype=np.int64))[:-1]
@@ -383,14 +568,18 @@ class _SegmentationScorer:
             if form == "1d":
                 y_true = np.split(true_seqs[0], bounds)
             y_pred = np.split(np.asarray(y_pred), bounds)
-        per_seq = segmentation_accuracy(y_true, y_pred, per_sequence=True)
+        per_seq = segmentation_accuracy(y_true, y_pred, per_sequence=True,
+                                        matching=self.matching)
         return float(np.mean(per_seq))
 
     def __repr__(self) -> str:
-        return f"make_segmentation_scorer(per_sequence={self.per_sequence})"
+        return (f"make_segmentation_scorer(per_sequence={self.per_sequence}, "
+                f"matching={self.matching!r})")
 
 
-def make_segmentation_scorer(*, per_sequence: bool = False) -> _SegmentationScorer:
+def make_segmentation_scorer(
+    *, per_sequence: bool = False, matching: str = "one_to_one"
+) -> _SegmentationScorer:
     """Make a scorer of Hungarian-matched segmentation accuracy.
 
     The scorer is a callable ``scorer(estimator, X, y_true, *, lengths=None)``
@@ -410,6 +599,13 @@ def make_segmentation_scorer(*, per_sequence: bool = False) -> _SegmentationScor
         per-sequence accuracies (every sequence weighs the same, whatever its
         length); the matching is still pooled over the fold.
 
+    matching : {"one_to_one", "many_to_one"}, default="one_to_one"
+        Passed on to :func:`segmentation_accuracy`. With the default, the steps
+        of predicted states left unmatched (more predicted than true states)
+        are wrong, so a search cannot gain by choosing models with more states.
+        ``"many_to_one"`` maps each of them to the true state it co-occurs
+        with most, which favours over-segmenting models.
+
     Returns
     -------
     scorer : callable
@@ -425,10 +621,13 @@ def make_segmentation_scorer(*, per_sequence: bool = False) -> _SegmentationScor
     ------
     TypeError
         If `per_sequence` is not a bool.
+    ValueError
+        If `matching` is not one of the allowed values.
 
     See Also
     --------
-    segmentation_scorer : The scorer with ``per_sequence=False``.
+    segmentation_scorer : The scorer with ``per_sequence=False`` and one-to-one
+        matching.
     segmentation_accuracy : The metric.
 
     Notes
@@ -450,7 +649,7 @@ def make_segmentation_scorer(*, per_sequence: bool = False) -> _SegmentationScor
     ...                         n_iter_no_change=2, kl_warmup=0, random_state=0)
     >>> scorer = make_segmentation_scorer(per_sequence=True)
     >>> scorer
-    make_segmentation_scorer(per_sequence=True)
+    make_segmentation_scorer(per_sequence=True, matching='one_to_one')
     >>> import warnings
     >>> with warnings.catch_warnings():
     ...     warnings.simplefilter("ignore")
@@ -460,7 +659,8 @@ def make_segmentation_scorer(*, per_sequence: bool = False) -> _SegmentationScor
     """
     if not isinstance(per_sequence, (bool, np.bool_)):
         raise TypeError(f"per_sequence must be a bool; got {type(per_sequence).__name__}.")
-    return _SegmentationScorer(per_sequence=bool(per_sequence))
+    matching = _check_matching(matching)
+    return _SegmentationScorer(per_sequence=bool(per_sequence), matching=matching)
 
 
 segmentation_scorer = make_segmentation_scorer()
@@ -468,7 +668,7 @@ segmentation_scorer = make_segmentation_scorer()
 
 ``segmentation_scorer(estimator, X, y_true, *, lengths=None)`` labels ``X`` with
 ``estimator.predict`` and returns :func:`segmentation_accuracy` against
-`y_true` (see :func:`make_segmentation_scorer`). Use it as
-``GridSearchCV(LangevinSegmenter(), param_grid, scoring=segmentation_scorer)``
+`y_true` with one-to-one matching (see :func:`make_segmentation_scorer`). Use
+it as ``GridSearchCV(LangevinSegmenter(), param_grid, scoring=segmentation_scorer)``
 and fit the search with the true labels: ``search.fit(X, y)``.
 """

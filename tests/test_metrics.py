@@ -11,18 +11,21 @@ from nldseg.metrics import (
     label_mapping,
     make_segmentation_scorer,
     match_labels,
+    n_label_changes,
     segmentation_accuracy,
     segmentation_scorer,
 )
 
 
-def test_three_cycle_permutation_is_undone():
+@pytest.mark.parametrize("matching", ["one_to_one", "many_to_one"])
+def test_three_cycle_permutation_is_undone_by_both_matchings(matching):
     rng = np.random.RandomState(0)
-    y_true = rng.randint(3, size=300)
-    y_pred = (y_true + 1) % 3
-    np.testing.assert_array_equal(match_labels(y_true, y_pred), y_true)
-    assert label_mapping(y_true, y_pred) == {0: 2, 1: 0, 2: 1}
-    assert segmentation_accuracy(y_true, y_pred) == 1.0
+    y_true = rng.randint(3, size=(2, 150))
+    y_pred = (y_true + 1) % 3  # 0 -> 1 -> 2 -> 0: not its own inverse.
+    assert label_mapping(y_true, y_pred, matching=matching) == {0: 2, 1: 0, 2: 1}
+    np.testing.assert_array_equal(match_labels(y_true, y_pred, matching=matching),
+                                  y_true)
+    assert segmentation_accuracy(y_true, y_pred, matching=matching) == 1.0
 
 
 def test_arbitrary_integer_labels():
@@ -41,20 +44,136 @@ def test_float_and_bool_labels_with_integer_values_are_accepted():
 
 
 def test_more_predicted_states_than_true():
+    # 5 -> 0 and 7 -> 1 are matched; 6 is left over.
     y_true = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    y_pred = np.array([5, 5, 6, 6, 7, 7, 7, 6])
-    mapping = label_mapping(y_true, y_pred)
-    assert mapping == {5: 0, 6: 0, 7: 1}
+    y_pred = np.array([5, 5, 5, 6, 7, 7, 7, 6])
+    assert label_mapping(y_true, y_pred) == {5: 0, 6: -1, 7: 1}
     np.testing.assert_array_equal(
-        match_labels(y_true, y_pred), [0, 0, 0, 0, 1, 1, 1, 0]
+        match_labels(y_true, y_pred), [0, 0, 0, -1, 1, 1, 1, -1]
     )
-    assert segmentation_accuracy(y_true, y_pred) == pytest.approx(7 / 8)
+    assert segmentation_accuracy(y_true, y_pred) == pytest.approx(6 / 8)
+    # Many-to-one: 6 co-occurs with 0 and 1 once each and takes the smaller.
+    assert label_mapping(y_true, y_pred, matching="many_to_one") == {5: 0, 6: 0, 7: 1}
+    np.testing.assert_array_equal(
+        match_labels(y_true, y_pred, matching="many_to_one"), [0, 0, 0, 0, 1, 1, 1, 0]
+    )
+    assert segmentation_accuracy(y_true, y_pred, matching="many_to_one") == (
+        pytest.approx(7 / 8))
 
 
-def test_split_true_state_is_not_penalised():
+def test_unmatched_predicted_label_counts_as_wrong():
+    y_true, y_pred = [0, 0, 1, 1, 2, 2], [1, 1, 2, 2, 0, 3]
+    assert segmentation_accuracy(y_true, y_pred) == 5 / 6
+    assert segmentation_accuracy(y_true, y_pred, matching="many_to_one") == 1.0
+    assert np.count_nonzero(match_labels(y_true, y_pred) == -1) == 1
+    assert list(label_mapping(y_true, y_pred).values()).count(-1) == 1
+
+
+def test_unmatched_marker_is_never_a_true_label():
+    # True labels include -1 (and lower): the marker goes below the smallest.
+    y_true = np.array([-1, -1, -3, -3, 4, 4])
+    y_pred = np.array([0, 0, 1, 1, 2, 3])
+    mapping = label_mapping(y_true, y_pred)
+    assert mapping[0] == -1 and mapping[1] == -3
+    assert sorted(mapping.values()) == [-4, -3, -1, 4]
+    assert np.count_nonzero(match_labels(y_true, y_pred) == -4) == 1
+    assert segmentation_accuracy(y_true, y_pred) == pytest.approx(5 / 6)
+    smallest = np.iinfo(np.int64).min
+    with pytest.raises(ValueError, match="smallest int64 label"):
+        match_labels([smallest, smallest, 0], [0, 1, 2])
+    # Without unmatched labels no marker is needed.
+    assert segmentation_accuracy([smallest, 0], [1, 2]) == 1.0
+
+
+def test_a_label_per_step_scores_the_number_of_true_labels_over_n():
+    rng = np.random.RandomState(0)
+    y_true = rng.randint(3, size=300)
+    acc = segmentation_accuracy(y_true, np.arange(300))
+    assert acc == pytest.approx(3 / 300)
+    assert acc <= np.bincount(y_true).max() / len(y_true)  # the largest class share
+    assert segmentation_accuracy(y_true, np.arange(300), matching="many_to_one") == 1.0
+    per_seq = segmentation_accuracy(y_true.reshape(3, 100),
+                                    np.arange(300).reshape(3, 100), per_sequence=True)
+    assert per_seq.sum() == pytest.approx(3 / 100)
+
+
+def test_many_random_labels_do_not_beat_few():
+    """On a 3-state chain, 50 random labels score below 3; many-to-one preferred 50."""
+    from nldseg.datasets import make_markov_chain_sequences
+
+    _, y_true = make_markov_chain_sequences(10, 60, n_states=3, n_features=2,
+                                            random_state=0)
+    rng = np.random.RandomState(0)
+
+    def mean_accuracy(n_labels, matching):
+        return np.mean([
+            segmentation_accuracy(y_true, rng.randint(n_labels, size=y_true.shape),
+                                  matching=matching)
+            for _ in range(20)])
+
+    few, many = mean_accuracy(3, "one_to_one"), mean_accuracy(50, "one_to_one")
+    assert many < 0.1 < 0.3 < few
+    assert mean_accuracy(50, "many_to_one") > mean_accuracy(3, "many_to_one")
+
+
+def test_one_to_one_is_the_best_injective_relabelling():
+    # Brute force over every injective map of the predicted into the true
+    # labels, unmapped predicted labels counting as wrong.
+    from itertools import permutations
+
+    rng = np.random.RandomState(2)
+    for _ in range(30):
+        n_true, n_pred = rng.randint(1, 4), rng.randint(1, 6)
+        y_true, y_pred = rng.randint(n_true, size=30), rng.randint(n_pred, size=30)
+        preds, trues = np.unique(y_pred), np.unique(y_true)
+        slots = list(trues) + [None] * len(preds)
+        best = max(
+            sum(np.count_nonzero((y_pred == p) & (y_true == t))
+                for p, t in zip(preds, perm) if t is not None)
+            for perm in set(permutations(slots, len(preds))))
+        assert segmentation_accuracy(y_true, y_pred) == pytest.approx(best / 30)
+        targets = [t for t in label_mapping(y_true, y_pred).values() if t != -1]
+        assert len(targets) == len(set(targets)) == min(len(preds), len(trues))
+
+
+def test_many_to_one_keeps_the_previous_numbers():
+    # Figures computed before one-to-one became the default.
+    assert segmentation_accuracy([0, 0, 0, 1, 1, 2, 2, 2], [4, 4, 4, 4, 4, 9, 9, 9],
+                                 matching="many_to_one") == 6 / 8
+    rng = np.random.RandomState(1)
+    y_true, y_pred = rng.randint(3, size=(4, 20)), rng.randint(5, size=(4, 20))
+    lenient = label_mapping(y_true, y_pred, matching="many_to_one")
+    strict = label_mapping(y_true, y_pred)
+    assert list(strict.values()).count(-1) == 2
+    counts = np.array([[np.count_nonzero((y_pred == p) & (y_true == t)) for t in range(3)]
+                       for p in range(5)])
+    # The Hungarian pairs are kept; each left-over label takes its most
+    # frequent true label.
+    for p, t in strict.items():
+        assert lenient[p] == (t if t != -1 else int(np.argmax(counts[p])))
+    expected = np.array([lenient[p] for p in range(5)])[y_pred]
+    np.testing.assert_array_equal(match_labels(y_true, y_pred, matching="many_to_one"),
+                                  expected)
+    assert segmentation_accuracy(y_true, y_pred, matching="many_to_one") == (
+        pytest.approx(np.mean(expected == y_true)))
+    assert segmentation_accuracy(y_true, y_pred) < np.mean(expected == y_true)
+
+
+@pytest.mark.parametrize("matching", ["one-to-one", "hungarian", None, 1])
+def test_unknown_matching_raises(matching):
+    msg = r"matching must be one of \['many_to_one', 'one_to_one'\]; got "
+    for fn in (segmentation_accuracy, match_labels, label_mapping):
+        with pytest.raises(ValueError, match=msg):
+            fn([0, 1], [0, 1], matching=matching)
+    with pytest.raises(ValueError, match=msg):
+        make_segmentation_scorer(matching=matching)
+
+
+def test_split_true_state_is_penalised_unless_many_to_one():
     y_true = np.repeat([0, 1], 50)
     y_pred = np.repeat([2, 0, 1], [50, 25, 25])
-    assert segmentation_accuracy(y_true, y_pred) == 1.0
+    assert segmentation_accuracy(y_true, y_pred) == 0.75
+    assert segmentation_accuracy(y_true, y_pred, matching="many_to_one") == 1.0
 
 
 def test_fewer_predicted_states_than_true():
@@ -250,6 +369,60 @@ def test_scorer_errors_and_repr():
         segmentation_scorer(est, Xs, ys[:-1])
     with pytest.raises(TypeError, match="per_sequence must be a bool"):
         make_segmentation_scorer(per_sequence="yes")
-    assert repr(segmentation_scorer) == "make_segmentation_scorer(per_sequence=False)"
-    again = pickle.loads(pickle.dumps(make_segmentation_scorer(per_sequence=True)))
+    assert repr(segmentation_scorer) == (
+        "make_segmentation_scorer(per_sequence=False, matching='one_to_one')")
+    again = pickle.loads(pickle.dumps(make_segmentation_scorer(
+        per_sequence=True, matching="many_to_one")))
     assert again(est, Xs, ys) == 1.0 and again.per_sequence is True
+    assert again.matching == "many_to_one"
+
+
+class _Splitter(_PermutedOracle):
+    """Splits every true state in two by the parity of the step (6 labels)."""
+
+    def _labels(self, seq):
+        seq = np.asarray(seq)
+        return 2 * np.round(seq[..., 0]).astype(np.int64) + np.arange(seq.shape[-2]) % 2
+
+
+def test_scorer_matching_option():
+    Xs, ys = _oracle_data()
+    est = _Splitter().fit(Xs)
+    y_pred = est.predict(Xs)
+    strict = segmentation_scorer(est, Xs, ys)
+    assert strict == segmentation_accuracy(ys, y_pred)
+    assert 0.4 < strict < 0.6  # Half of each true state is left unmatched.
+    for per_sequence in (False, True):
+        lenient = make_segmentation_scorer(per_sequence=per_sequence,
+                                           matching="many_to_one")
+        assert lenient(est, Xs, ys) == 1.0
+        assert make_segmentation_scorer(per_sequence=per_sequence)(est, Xs, ys) < 0.6
+
+
+# Flicker ---------------------------------------------------------------------
+
+
+def test_n_label_changes_in_every_form():
+    assert n_label_changes([0, 0, 1, 1, 0]) == 2
+    assert n_label_changes(np.array([3])) == 0
+    assert n_label_changes([[0, 1, 1], [2, 2, 2]]) == 1
+    # Changes across the boundary between two sequences do not count.
+    assert n_label_changes([np.array([0, 0]), np.array([1, 1])]) == 0
+    assert n_label_changes([[0, 1, 0, 1], [5], [3, 3]]) == 3
+    assert n_label_changes([0.0, 1.0, 1.0]) == 1
+    assert type(n_label_changes([0, 1])) is int
+    rng = np.random.RandomState(0)
+    y = rng.randint(3, size=(4, 50))
+    expected = sum(int(np.sum(seq[1:] != seq[:-1])) for seq in y)
+    assert n_label_changes(y) == n_label_changes(list(y)) == expected
+
+
+@pytest.mark.parametrize("y, err, match", [
+    ([], ValueError, "y is empty"),
+    ([0, 0.5], ValueError, "non-integer value 0.5"),
+    (np.zeros((2, 2, 2)), ValueError, "ndim=3"),
+    (["a", "b"], TypeError, "integer labels"),
+])
+def test_n_label_changes_bad_input(y, err, match):
+    with pytest.raises(err, match=match):
+        n_label_changes(y)
