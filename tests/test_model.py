@@ -57,17 +57,19 @@ def test_quadratic_coefficient_stays_positive():
     assert float(e.c.detach()) > 0
 
 
-def _quadratic_energy_model():
+def _quadratic_energy_model(dynamics="overdamped", mass=1.0):
     """A model whose MLP is zeroed, so E = c |z|^2 + 0.3 (d = 2, beta = 2).
 
-    Returns the model and the exact log Z = d/2 log(pi / (beta c)) - beta 0.3.
+    Returns the model and the exact log Z = d/2 log(pi / (beta c)) - beta 0.3
+    of the positions (the MLP's constant output 0.3 scales Z by exp(-beta 0.3)),
+    with the model's beta (2 to float32 rounding: log beta is stored in float32).
     """
     torch.manual_seed(0)
-    m = NeuralLangevinVAE(4, 2, "overdamped", 8, 4, 2.0, 1.0, 1.0, False).double()
+    m = NeuralLangevinVAE(4, 2, dynamics, 8, 4, 2.0, 1.0, mass, False).double()
     with torch.no_grad():
         m.energy.out.weight.zero_()
         m.energy.out.bias.fill_(0.3)
-    c, beta = float(m.energy.c.detach()), 2.0
+    c, beta = float(m.energy.c.detach()), float(m.log_beta.detach().exp())
     return m, math.log(math.pi / (beta * c)) - beta * 0.3
 
 
@@ -104,6 +106,96 @@ def test_stationary_initial_kl_is_finite_and_reaches_the_energy(dynamics):
     kl.sum().backward()
     assert m.energy.lin1.weight.grad.abs().sum() > 0
     assert not hasattr(m, "p0_mean")
+
+
+def _stationary_variances(m):
+    """Per-coordinate variances of p_inf for a quadratic-energy model.
+
+    exp(-beta c |q|^2) is N(0, 1/(2 beta c)) in each position; underdamped
+    dynamics add N(p; 0, M / beta) for the momenta.
+    """
+    beta, _, mass = (t.detach() for t in m.langevin_params())
+    c = m.energy.c.detach()
+    var_q = (1.0 / (2.0 * beta * c)).expand(m.latent_dim)
+    if m.dynamics == "overdamped":
+        return var_q
+    return torch.cat([var_q, mass / beta])
+
+
+def _closed_form_kl(mean, std, var_p):
+    """KL(N(mean, diag std^2) || N(0, diag var_p)), written out."""
+    ratio = std * std / var_p
+    return float(0.5 * (ratio + mean * mean / var_p - 1.0 - torch.log(ratio)).sum())
+
+
+# q(z_0 | x_0) of the tests below, per state coordinate (positions, momenta).
+_Q_MEAN = (0.5, -0.8, 0.3, 1.1)
+_Q_STD = (0.7, 1.2, 0.9, 0.6)
+
+
+@pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
+def test_stationary_initial_kl_equals_the_gaussian_closed_form(dynamics):
+    """E = c |z|^2 + 0.3: p_inf is Gaussian, so KL(q(z_0|x_0) || p_inf) has a closed form.
+
+    The one-sample estimates (exact log Z) average to it, and each equals
+    log q(z_0) - log p_inf(z_0) with both Gaussian densities written out.
+    """
+    m, exact_log_z = _quadratic_energy_model(dynamics, mass=1.7)
+    k = m.state_dim
+    mean = torch.tensor(_Q_MEAN[:k], dtype=torch.float64)
+    std = torch.tensor(_Q_STD[:k], dtype=torch.float64)
+    var_p = _stationary_variances(m)
+    if dynamics == "underdamped":
+        assert float(var_p[-1]) == pytest.approx(1.7 / 2.0)
+    eps = torch.randn(400000, k, dtype=torch.float64,
+                      generator=torch.Generator().manual_seed(5))
+    z0 = mean + std * eps
+    with torch.no_grad():
+        kl = m._stationary_kl0(z0, mean.expand_as(z0), torch.log(std).expand_as(z0),
+                               torch.tensor(exact_log_z, dtype=torch.float64))
+    log_q = (-0.5 * eps ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    log_p = (-0.5 * z0 ** 2 / var_p - 0.5 * torch.log(2 * math.pi * var_p)).sum(-1)
+    torch.testing.assert_close(kl, log_q - log_p, rtol=1e-10, atol=1e-10)
+    exact_kl = _closed_form_kl(mean, std, var_p)
+    stderr = float(kl.std()) / math.sqrt(len(kl))
+    assert stderr < 0.005
+    assert float(kl.mean()) == pytest.approx(exact_kl, abs=4 * stderr)
+
+
+@pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
+def test_initial_kl_with_sampled_log_z_matches_the_closed_form(dynamics):
+    """Through simulate: q(z_0|x_0) from the encoder, log Z by importance sampling."""
+    m, exact_log_z = _quadratic_energy_model(dynamics, mass=1.7)
+    k = m.state_dim
+    mean = torch.tensor(_Q_MEAN[:k], dtype=torch.float64)
+    std = torch.tensor(_Q_STD[:k], dtype=torch.float64)
+    with torch.no_grad():  # q(z_0 | x_0) = N(mean, std^2) whatever x_0.
+        m.q0.weight.zero_()
+        m.q0.bias.copy_(torch.cat([mean, torch.log(std)]))
+    gen = torch.Generator().manual_seed(6)
+    n_seq, n_samples = 4, 50000
+    x = torch.randn(n_seq, 1, 4, dtype=torch.float64, generator=gen)
+    eps0 = torch.randn(n_seq * n_samples, k, dtype=torch.float64, generator=gen)
+    partition_noise = torch.randn(100000, 2, dtype=torch.float64, generator=gen)
+    with torch.no_grad():
+        log_z = m._log_z_from_codes(mean.expand(n_seq, k), torch.log(std).expand(n_seq, k),
+                                    partition_noise)
+        paths = m.simulate(x, torch.zeros(0, 2, n_seq * n_samples, 2, dtype=torch.float64),
+                           0.5, n_samples, eps0=eps0, partition_noise=partition_noise)
+    assert float(log_z) == pytest.approx(exact_log_z, abs=0.02)
+    kl = paths.kl0
+    assert kl.shape == (n_seq * n_samples,)
+    exact_kl = _closed_form_kl(mean, std, _stationary_variances(m))
+    stderr = float(kl.std()) / math.sqrt(len(kl))
+    # Monte-Carlo error of the average, plus the importance sampler's of log Z.
+    assert float(kl.mean()) == pytest.approx(exact_kl, abs=4 * stderr + 0.02)
+    # log Z enters every row alike: the rows' offset from the exact-log Z
+    # estimate is exactly the error of the sampled log Z.
+    exact_rows = m._stationary_kl0(paths.z[0], mean.expand(len(kl), k),
+                                   torch.log(std).expand(len(kl), k),
+                                   torch.tensor(exact_log_z, dtype=torch.float64))
+    torch.testing.assert_close(kl - exact_rows,
+                               (log_z - exact_log_z).expand(len(kl)), rtol=0, atol=1e-9)
 
 
 def test_gaussian_kl_zero_for_equal_and_matches_closed_form():
