@@ -10,9 +10,9 @@ from nldseg._model import NeuralLangevinVAE
 DTYPE = torch.float64
 
 
-def _model(dynamics: str, learn: bool = False) -> NeuralLangevinVAE:
+def _model(dynamics: str, learn: bool = False, latent_dim: int = 3) -> NeuralLangevinVAE:
     torch.manual_seed(0)
-    m = NeuralLangevinVAE(4, 3, dynamics, 16, 8, 1.3, 0.7, 1.2, learn).to(DTYPE)
+    m = NeuralLangevinVAE(4, latent_dim, dynamics, 16, 8, 1.3, 0.7, 1.2, learn).to(DTYPE)
     with torch.no_grad():  # A control large enough to matter.
         m.drift_net.out.weight.normal_(std=0.3)
     return m
@@ -23,7 +23,7 @@ def _inputs(m: NeuralLangevinVAE, rows: int = 5, n_obs: int = 7, n_sub: int = 2)
     z0 = torch.randn(rows, m.state_dim, generator=gen, dtype=DTYPE, requires_grad=True)
     projected = torch.randn(rows, n_obs, 16, generator=gen, dtype=DTYPE,
                             requires_grad=True)
-    noise = torch.randn(n_obs - 1, n_sub, rows, 3, generator=gen, dtype=DTYPE)
+    noise = torch.randn(n_obs - 1, n_sub, rows, m.latent_dim, generator=gen, dtype=DTYPE)
     return z0, projected, noise
 
 
@@ -50,12 +50,18 @@ def _grads(fn, m, tensors, weights):
     return [o.detach() for o in outs], named
 
 
+# Latent sizes: 3, and 9, whose parameter gradients take _sum_outer's reshape
+# branch (more than 8 columns: the state, and the control's and the energy's
+# latent columns). Steps between observations: dt = 1, 1/2, 1/4.
 @pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
 @pytest.mark.parametrize("learn", [False, True])
 @pytest.mark.parametrize("outputs", ["both", "paths only", "controls only"])
-def test_euler_path_values_and_gradients_equal_autograd(dynamics, learn, outputs):
-    m = _model(dynamics, learn)
-    z0, projected, noise = _inputs(m)
+@pytest.mark.parametrize("latent_dim", [3, 9])
+@pytest.mark.parametrize("dt", [1.0, 0.5, 0.25])
+def test_euler_path_values_and_gradients_equal_autograd(dynamics, learn, outputs,
+                                                        latent_dim, dt):
+    m = _model(dynamics, learn, latent_dim)
+    z0, projected, noise = _inputs(m, n_sub=round(1 / dt))
     gen = torch.Generator().manual_seed(2)
     w_z = torch.randn(7, 5, m.state_dim, generator=gen, dtype=DTYPE)
     w_sq = torch.randn(7, 5, generator=gen, dtype=DTYPE)
@@ -63,8 +69,8 @@ def test_euler_path_values_and_gradients_equal_autograd(dynamics, learn, outputs
                "controls only": (None, w_sq)}[outputs]
 
     def run(kernel):
-        coef = m.step_coefficients(0.5)  # Inside, so gamma/mass gradients flow.
-        return kernel(m, z0, projected, noise * coef["noise_scale"], 0.5, coef)
+        coef = m.step_coefficients(dt)  # Inside, so gamma/mass gradients flow.
+        return kernel(m, z0, projected, noise * coef["noise_scale"], dt, coef)
 
     want_out, want = _grads(lambda: run(_autograd_loop), m, [z0, projected], weights)
     got_out, got = _grads(lambda: run(euler_path), m, [z0, projected], weights)
@@ -78,6 +84,18 @@ def test_euler_path_values_and_gradients_equal_autograd(dynamics, learn, outputs
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12,
                                    msg=lambda msg, name=name: f"{name}: {msg}")
+
+
+def test_sum_outer_branches_agree():
+    """Both ways of summing the per-step outer products, on either side of 8 columns."""
+    from nldseg._fused import _sum_outer
+
+    gen = torch.Generator().manual_seed(3)
+    for k in (3, 8, 9, 18):
+        a = torch.randn(6, 5, k, generator=gen, dtype=DTYPE)
+        b = torch.randn(6, 5, 7, generator=gen, dtype=DTYPE)
+        want = torch.einsum("srk,srm->km", a, b)
+        torch.testing.assert_close(_sum_outer(a, b), want, rtol=1e-12, atol=1e-12)
 
 
 def test_euler_path_in_float32_matches_the_inference_loop():
