@@ -1,9 +1,19 @@
 """Synthetic benchmark data sets for time-series segmentation.
 
-Both generators return a batch of sequences ``X`` of shape
+Every generator returns a batch of sequences ``X`` of shape
 (n_sequences, n_timesteps, n_features) together with the hidden state labels
 ``y`` of shape (n_sequences, n_timesteps), so that a segmentation can be scored
-with :func:`nldseg.metrics.segmentation_accuracy`.
+with :func:`nldseg.metrics.segmentation_accuracy`; with ``return_params=True``
+also the generating parameters, including the true time share of every state
+(``"stationary_distribution"``) and, for the Markov-switching generators, the
+transition matrix.
+
+- :func:`make_markov_chain_sequences`: a Markov chain with Gaussian emissions
+  (a Gaussian HMM); any transition matrix, any overlap of the emissions.
+- :func:`make_switching_ar_sequences`: regimes that differ only in their
+  dynamics; every frame has the same law N(0, I) whatever the regime.
+- :func:`make_langevin_sequences`: a metastable multi-well diffusion seen
+  through a nonlinear map.
 
 The emission parameters (how hidden states are turned into observations) can
 be drawn from their own seed, ``emission_random_state``. Use the same
@@ -17,9 +27,15 @@ import numbers
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.utils import check_random_state
 
-__all__ = ["make_langevin_sequences", "make_markov_chain_sequences"]
+__all__ = [
+    "make_langevin_sequences",
+    "make_markov_chain_sequences",
+    "make_switching_ar_sequences",
+    "stationary_distribution",
+]
 
 _WELL_SPACING = 2.0 * np.sqrt(3.0)
 _WELL_WIDTH = 1.0
@@ -100,6 +116,81 @@ def _sample_markov_chain(
     return ((initial[:, None] + cumulative) % n_states).astype(np.int64)
 
 
+def _check_transition_matrix(transition_matrix: object) -> np.ndarray:
+    """Check that ``transition_matrix`` is a row-stochastic square matrix."""
+    try:
+        P = np.asarray(transition_matrix, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"transition_matrix must be an array of real numbers; got {exc}."
+        ) from exc
+    if P.ndim != 2 or P.shape[0] != P.shape[1] or P.shape[0] < 2:
+        raise ValueError(
+            "transition_matrix must be a square matrix of shape (n_states, n_states) "
+            f"with n_states >= 2; got shape {P.shape}."
+        )
+    if not np.all(np.isfinite(P)) or np.any(P < 0):
+        raise ValueError("transition_matrix must hold finite, non-negative numbers.")
+    row_sums = P.sum(axis=1)
+    if not np.allclose(row_sums, 1.0, rtol=0.0, atol=1e-8):
+        raise ValueError(
+            "Every row of transition_matrix must sum to 1; got row sums "
+            f"{np.round(row_sums, 6).tolist()}."
+        )
+    return P
+
+
+def stationary_distribution(transition_matrix: object) -> np.ndarray:
+    """Stationary law ``pi`` of a Markov chain: ``pi P = pi``, ``sum(pi) = 1``.
+
+    Parameters
+    ----------
+    transition_matrix : array-like of shape (n_states, n_states)
+        Row-stochastic matrix; ``transition_matrix[i, j]`` is the probability
+        of moving from state ``i`` to state ``j`` in one step. The chain
+        should be irreducible, so that the law is unique.
+
+    Returns
+    -------
+    pi : ndarray of shape (n_states,)
+        The long-run fraction of time spent in each state.
+
+    Examples
+    --------
+    >>> from nldseg.datasets import stationary_distribution
+    >>> stationary_distribution([[0.9, 0.1], [0.3, 0.7]]).round(3).tolist()
+    [0.75, 0.25]
+    """
+    P = _check_transition_matrix(transition_matrix)
+    n = P.shape[0]
+    system = np.vstack([P.T - np.eye(n), np.ones((1, n))])
+    rhs = np.zeros(n + 1)
+    rhs[-1] = 1.0
+    pi = np.linalg.lstsq(system, rhs, rcond=None)[0]
+    pi = np.clip(pi, 0.0, None)
+    return pi / pi.sum()
+
+
+def _sample_chain(
+    rng: np.random.RandomState,
+    n_sequences: int,
+    n_timesteps: int,
+    transition_matrix: np.ndarray,
+    initial: np.ndarray,
+) -> np.ndarray:
+    """State paths of a Markov chain started from the law ``initial``."""
+    cum = np.cumsum(transition_matrix, axis=1)
+    cum[:, -1] = 1.0
+    start = np.cumsum(initial)
+    start[-1] = 1.0
+    y = np.empty((n_sequences, n_timesteps), dtype=np.int64)
+    y[:, 0] = np.searchsorted(start, rng.random_sample(n_sequences), side="right")
+    u = rng.random_sample((n_timesteps - 1, n_sequences, 1))
+    for t in range(1, n_timesteps):
+        y[:, t] = (u[t - 1] >= cum[y[:, t - 1]]).sum(axis=1)
+    return y
+
+
 def make_markov_chain_sequences(
     n_sequences: int = 100,
     n_timesteps: int = 200,
@@ -108,6 +199,7 @@ def make_markov_chain_sequences(
     n_features: int = 15,
     switch_prob: float = 0.025,
     mean_scale: float = 1.0,
+    transition_matrix: ArrayLike | None = None,
     random_state: int | np.random.RandomState | None = None,
     emission_random_state: int | np.random.RandomState | None = None,
     return_params: bool = False,
@@ -115,9 +207,11 @@ def make_markov_chain_sequences(
     """Generate sequences from a Markov chain with Gaussian emissions.
 
     A discrete Markov chain on `n_states` states moves at every time step to
-    each other state with probability `switch_prob` and stays put otherwise.
-    Each time step emits a Gaussian vector whose mean and covariance depend on
-    the current state.
+    each other state with probability `switch_prob` and stays put otherwise
+    (or follows any given `transition_matrix`). Each time step emits a
+    Gaussian vector whose mean and covariance depend on the current state: a
+    Gaussian hidden Markov model. `mean_scale` sets how much the emissions of
+    different states overlap.
 
     Parameters
     ----------
@@ -139,7 +233,17 @@ def make_markov_chain_sequences(
         ``(n_states - 1) * switch_prob``, which must not exceed 1.
 
     mean_scale : float, default=1.0
-        Standard deviation of the entries of the state means.
+        Standard deviation of the entries of the state means. The emission
+        variances are about 0.75, so small values (e.g. 0.3 with 8 features)
+        make the states overlap: single frames no longer tell them apart and
+        only their persistence in time does.
+
+    transition_matrix : array-like of shape (n_states, n_states), default=None
+        Row-stochastic matrix of the chain, ``transition_matrix[i, j]`` being
+        the probability of moving from state ``i`` to state ``j``. When given,
+        it sets the number of states and the switching, and `n_states` and
+        `switch_prob` are ignored; each sequence then starts from the chain's
+        stationary law, so that unequal time shares are possible.
 
     random_state : int, RandomState instance or None, default=None
         Seed of the Markov chain and of the emission noise, and of the emission
@@ -173,7 +277,8 @@ def make_markov_chain_sequences(
           ``transition_matrix[i, j]`` being the probability of moving from
           state ``i`` to state ``j``;
         - ``"stationary_distribution"``: ndarray of shape (n_states,), the
-          uniform law from which the initial states are drawn.
+          long-run time share of each state, from which the initial states
+          are drawn (uniform without `transition_matrix`).
 
     See Also
     --------
@@ -199,25 +304,50 @@ def make_markov_chain_sequences(
     ((4, 50, 15), (4, 50))
     >>> sorted(set(y.ravel().tolist()))
     [0, 1, 2]
+
+    A rare state, one step in fifty on average:
+
+    >>> P = [[0.95, 0.04, 0.01], [0.04, 0.95, 0.01], [0.2, 0.2, 0.6]]
+    >>> X, y, params = make_markov_chain_sequences(
+    ...     2, 100, transition_matrix=P, random_state=0, return_params=True)
+    >>> params["stationary_distribution"].round(3).tolist()
+    [0.488, 0.488, 0.024]
     """
     n_sequences = _check_int(n_sequences, "n_sequences", 1)
     n_timesteps = _check_int(n_timesteps, "n_timesteps", 1)
-    n_states = _check_int(n_states, "n_states", 2)
     n_features = _check_int(n_features, "n_features", 1)
-    switch_prob = _check_real(switch_prob, "switch_prob", low=0.0, high=1.0)
-    if (n_states - 1) * switch_prob > 1.0:
-        raise ValueError(
-            "The probability of staying in a state, 1 - (n_states - 1) * "
-            f"switch_prob = {1.0 - (n_states - 1) * switch_prob:.4g}, is negative; "
-            f"switch_prob must be <= 1 / (n_states - 1) = {1.0 / (n_states - 1):.4g}."
-        )
     mean_scale = _check_real(mean_scale, "mean_scale", low=0.0)
+    if transition_matrix is None:
+        n_states = _check_int(n_states, "n_states", 2)
+        switch_prob = _check_real(switch_prob, "switch_prob", low=0.0, high=1.0)
+        if (n_states - 1) * switch_prob > 1.0:
+            raise ValueError(
+                "The probability of staying in a state, 1 - (n_states - 1) * "
+                f"switch_prob = {1.0 - (n_states - 1) * switch_prob:.4g}, is "
+                f"negative; switch_prob must be <= 1 / (n_states - 1) = "
+                f"{1.0 / (n_states - 1):.4g}."
+            )
+        transition_matrix = np.full((n_states, n_states), switch_prob)
+        np.fill_diagonal(transition_matrix, 1.0 - (n_states - 1) * switch_prob)
+        stationary = np.full(n_states, 1.0 / n_states)
+    else:
+        transition_matrix = _check_transition_matrix(transition_matrix)
+        n_states = transition_matrix.shape[0]
+        stationary = stationary_distribution(transition_matrix)
 
     rng = check_random_state(random_state)
     means, covariances = _markov_emission_params(
         _emission_rng(rng, emission_random_state), n_states, n_features, mean_scale
     )
-    y = _sample_markov_chain(rng, n_sequences, n_timesteps, n_states, switch_prob)
+    if np.all(transition_matrix == transition_matrix[0, 1] + np.diag(
+            np.diag(transition_matrix) - transition_matrix[0, 1])):
+        # One switch probability for every pair: the original sampler, so that
+        # the sequences of a seed stay what they were.
+        y = _sample_markov_chain(rng, n_sequences, n_timesteps, n_states,
+                                 float(transition_matrix[0, 1]))
+    else:
+        y = _sample_chain(rng, n_sequences, n_timesteps, transition_matrix,
+                          stationary)
 
     noise = rng.standard_normal((n_sequences, n_timesteps, n_features))
     cholesky = np.linalg.cholesky(covariances)
@@ -228,11 +358,162 @@ def make_markov_chain_sequences(
 
     if not return_params:
         return X, y
-    transition_matrix = np.full((n_states, n_states), switch_prob)
-    np.fill_diagonal(transition_matrix, 1.0 - (n_states - 1) * switch_prob)
     params = {
         "means": means,
         "covariances": covariances,
+        "transition_matrix": transition_matrix,
+        "stationary_distribution": stationary,
+    }
+    return X, y, params
+
+
+def _regime_dynamics(
+    n_states: int, n_features: int, rho: float, mixing: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """VAR(1) matrices ``A_k`` and noise covariances ``I - A_k A_k^T`` of each regime.
+
+    Regime ``k`` rotates each pair of (mixed) coordinates by
+    ``theta_k = pi k / (n_states - 1)`` and shrinks by ``rho``; an odd last
+    coordinate is multiplied by ``rho cos(theta_k)``. Every ``A_k`` has norm at
+    most ``rho < 1``, and its noise covariance makes N(0, I) stationary.
+    """
+    thetas = np.pi * np.arange(n_states) / (n_states - 1)
+    dynamics = np.zeros((n_states, n_features, n_features))
+    for k, theta in enumerate(thetas):
+        c, s = np.cos(theta), np.sin(theta)
+        for i in range(0, n_features - 1, 2):
+            dynamics[k, i:i + 2, i:i + 2] = rho * np.array([[c, -s], [s, c]])
+        if n_features % 2:
+            dynamics[k, -1, -1] = rho * c
+    dynamics = mixing @ dynamics @ mixing.T
+    noise_covariances = np.eye(n_features) - dynamics @ dynamics.transpose(0, 2, 1)
+    return dynamics, 0.5 * (noise_covariances + noise_covariances.transpose(0, 2, 1))
+
+
+def make_switching_ar_sequences(
+    n_sequences: int = 100,
+    n_timesteps: int = 200,
+    *,
+    n_states: int = 3,
+    n_features: int = 4,
+    switch_prob: float = 0.01,
+    rho: float = 0.9,
+    random_state: int | np.random.RandomState | None = None,
+    emission_random_state: int | np.random.RandomState | None = None,
+    return_params: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Generate regimes that differ only in their dynamics, not in their frames.
+
+    A Markov chain (as in :func:`make_markov_chain_sequences`) picks the regime
+    of every step; in regime ``k`` the observations follow the vector
+    autoregression ``x_t = A_k x_{t-1} + e_t``, ``e_t ~ N(0, I - A_k A_k^T)``.
+    Every regime leaves N(0, I) invariant, so every single frame has the law
+    N(0, I) whatever the regime: the frame-wise mean and covariance carry no
+    information about the state, and a frame-wise clustering or a Gaussian
+    HMM is at chance. Only how a frame follows the previous one tells the
+    regimes apart (slow drift, rotation, sign alternation...).
+
+    Parameters
+    ----------
+    n_sequences : int, default=100
+        Number of sequences.
+
+    n_timesteps : int, default=200
+        Length of every sequence.
+
+    n_states : int, default=3
+        Number of regimes. Must be at least 2.
+
+    n_features : int, default=4
+        Dimension of the observations.
+
+    switch_prob : float, default=0.01
+        Probability of jumping to each other regime at every step (mean dwell
+        ``1 / ((n_states - 1) * switch_prob)``, 50 steps with the defaults).
+
+    rho : float, default=0.9
+        Contraction of every regime's dynamics, in ``[0, 1)``. Regime ``k``
+        rotates pairs of coordinates by ``pi k / (n_states - 1)``: with 3
+        regimes, a slow drift (lag-1 autocorrelation ``rho``), a quarter turn
+        (0) and an alternation (``-rho``).
+
+    random_state : int, RandomState instance or None, default=None
+        Seed of the regimes and of the noise, and of the mixing when
+        `emission_random_state` is None.
+
+    emission_random_state : int, RandomState instance or None, default=None
+        Seed of the random orthogonal mixing of the coordinates (shared by
+        train and test sets when they use the same value).
+
+    return_params : bool, default=False
+        If True, also return the parameters of the generative model.
+
+    Returns
+    -------
+    X : ndarray of shape (n_sequences, n_timesteps, n_features)
+        Observations, as float64.
+
+    y : ndarray of shape (n_sequences, n_timesteps)
+        Regime of every step (the one that produced ``x_t`` from ``x_{t-1}``),
+        as int64.
+
+    params : dict
+        Only returned if `return_params` is True, with keys
+        ``"dynamics"`` (n_states, n_features, n_features), the matrices
+        ``A_k``; ``"noise_covariances"`` (n_states, n_features, n_features);
+        ``"transition_matrix"`` (n_states, n_states) and
+        ``"stationary_distribution"`` (n_states,).
+
+    See Also
+    --------
+    make_markov_chain_sequences : States that differ in their frames.
+
+    Examples
+    --------
+    >>> from nldseg.datasets import make_switching_ar_sequences
+    >>> X, y = make_switching_ar_sequences(4, 500, random_state=0)
+    >>> X.shape, y.shape
+    ((4, 500, 4), (4, 500))
+    >>> [round(float(X[y == k].std()), 1) for k in range(3)]
+    [1.0, 1.0, 1.0]
+    """
+    n_sequences = _check_int(n_sequences, "n_sequences", 1)
+    n_timesteps = _check_int(n_timesteps, "n_timesteps", 1)
+    n_states = _check_int(n_states, "n_states", 2)
+    n_features = _check_int(n_features, "n_features", 1)
+    switch_prob = _check_real(switch_prob, "switch_prob", low=0.0, high=1.0)
+    if (n_states - 1) * switch_prob > 1.0:
+        raise ValueError(
+            f"switch_prob must be <= 1 / (n_states - 1) = {1.0 / (n_states - 1):.4g}; "
+            f"got {switch_prob}."
+        )
+    rho = _check_real(rho, "rho", low=0.0)
+    if rho >= 1.0:
+        raise ValueError(f"rho must be < 1 (stable dynamics); got {rho}.")
+
+    rng = check_random_state(random_state)
+    emission_rng = _emission_rng(rng, emission_random_state)
+    mixing, _ = np.linalg.qr(emission_rng.standard_normal((n_features, n_features)))
+    dynamics, noise_cov = _regime_dynamics(n_states, n_features, rho, mixing)
+    # The smallest eigenvalues of I - A A^T may round to -1e-17: jitter.
+    noise_chol = np.linalg.cholesky(noise_cov + 1e-12 * np.eye(n_features))
+    y = _sample_markov_chain(rng, n_sequences, n_timesteps, n_states, switch_prob)
+
+    X = np.empty((n_sequences, n_timesteps, n_features))
+    X[:, 0] = rng.standard_normal((n_sequences, n_features))
+    noise = rng.standard_normal((n_timesteps, n_sequences, n_features))
+    for t in range(1, n_timesteps):
+        state = y[:, t]
+        X[:, t] = (np.einsum("nij,nj->ni", dynamics[state], X[:, t - 1])
+                   + np.einsum("nij,nj->ni", noise_chol[state], noise[t]))
+
+    if not return_params:
+        return X, y
+    transition_matrix = np.full((n_states, n_states), switch_prob)
+    np.fill_diagonal(transition_matrix, 1.0 - (n_states - 1) * switch_prob)
+    params = {
+        "dynamics": dynamics,
+        "noise_covariances": noise_cov,
         "transition_matrix": transition_matrix,
         "stationary_distribution": np.full(n_states, 1.0 / n_states),
     }
@@ -246,10 +527,25 @@ def _well_centers(n_wells: int) -> np.ndarray:
     return radius * np.column_stack([np.cos(angles), np.sin(angles)])
 
 
-def _potential_gradient(z: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Gradient of ``U(z) = -depth * log sum_i exp(-|z - m_i|^2 / (2 width^2))``."""
+def _well_log_weights(z: np.ndarray, centers: np.ndarray,
+                      depths: np.ndarray) -> np.ndarray:
+    """``-|z - m_i|^2 / (2 width^2) + depth_i / _WELL_DEPTH`` per point and well."""
+    diff = z[..., None, :] - centers
+    return -np.sum(diff**2, axis=-1) / (2.0 * _WELL_WIDTH**2) + depths / _WELL_DEPTH
+
+
+def _potential(z: np.ndarray, centers: np.ndarray, depths: np.ndarray) -> np.ndarray:
+    """``U(z) = -depth * log sum_i exp(-|z - m_i|^2 / (2 width^2) + d_i / depth)``."""
+    log_w = _well_log_weights(z, centers, depths)
+    top = log_w.max(axis=-1)
+    return -_WELL_DEPTH * (top + np.log(np.exp(log_w - top[..., None]).sum(-1)))
+
+
+def _potential_gradient(z: np.ndarray, centers: np.ndarray,
+                        depths: np.ndarray) -> np.ndarray:
+    """Gradient of :func:`_potential` at the rows of ``z``."""
     diff = z[:, None, :] - centers[None, :, :]
-    log_weights = -np.sum(diff**2, axis=-1) / (2.0 * _WELL_WIDTH**2)
+    log_weights = _well_log_weights(z, centers, depths)
     log_weights -= log_weights.max(axis=1, keepdims=True)
     weights = np.exp(log_weights)
     weights /= weights.sum(axis=1, keepdims=True)
@@ -262,6 +558,24 @@ def _nearest_well(z: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return np.argmin(sq_dist, axis=-1).astype(np.int64)
 
 
+def _well_occupancy(centers: np.ndarray, depths: np.ndarray, beta: float) -> np.ndarray:
+    """Mass of ``exp(-beta U)`` in each well's labelling cell, by quadrature.
+
+    The cell of a well is the set of points nearer to its center than to any
+    other (the labelling rule); the integral runs on a 600 x 600 grid
+    covering every center and eight well widths around it.
+    """
+    lo = centers.min(0) - 8.0 * _WELL_WIDTH
+    hi = centers.max(0) + 8.0 * _WELL_WIDTH
+    axes = [np.linspace(lo[i], hi[i], 600) for i in range(2)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
+    log_p = -beta * _potential(grid, centers, depths)
+    weight = np.exp(log_p - log_p.max())
+    mass = np.bincount(_nearest_well(grid, centers), weights=weight,
+                       minlength=len(centers))
+    return mass / mass.sum()
+
+
 def make_langevin_sequences(
     n_sequences: int = 100,
     n_timesteps: int = 200,
@@ -272,6 +586,7 @@ def make_langevin_sequences(
     dt: float = 0.05,
     substeps: int = 20,
     noise: float = 0.1,
+    well_depths: ArrayLike | None = None,
     random_state: int | np.random.RandomState | None = None,
     emission_random_state: int | np.random.RandomState | None = None,
     return_params: bool = False,
@@ -314,6 +629,13 @@ def make_langevin_sequences(
     noise : float, default=0.1
         Standard deviation of the Gaussian observation noise.
 
+    well_depths : array-like of shape (n_wells,), default=None
+        Extra depth of each well (in units of ``U``); ``None`` makes all wells
+        alike. A well ``d`` deeper than another holds roughly
+        ``exp(beta * d)`` times its share of time, so that unequal occupancies
+        such as (0.74, 0.20, 0.05, 0.01) can be generated; the exact shares
+        are returned as ``params["stationary_distribution"]``.
+
     random_state : int, RandomState instance or None, default=None
         Seed of the hidden dynamics and of the observation noise, and of the
         emission parameters when `emission_random_state` is None. Pass an int
@@ -345,7 +667,13 @@ def make_langevin_sequences(
         - ``"output_weights"``: ndarray of shape (n_hidden, n_features),
           ``W2``;
         - ``"latents"``: ndarray of shape (n_sequences, n_timesteps, 2), the
-          hidden states ``z`` at the observation times.
+          hidden states ``z`` at the observation times;
+        - ``"well_depths"``: ndarray of shape (n_wells,);
+        - ``"stationary_distribution"``: ndarray of shape (n_wells,), the
+          long-run time share of each label: the mass of ``exp(-beta U)`` in
+          the points nearest to each well, by quadrature (the Euler
+          discretisation of the simulation shifts the empirical shares by
+          about 0.01).
 
         Here ``n_hidden = 32``.
 
@@ -398,9 +726,19 @@ def make_langevin_sequences(
     dt = _check_real(dt, "dt", low=0.0, low_inclusive=False)
     substeps = _check_int(substeps, "substeps", 1)
     noise = _check_real(noise, "noise", low=0.0)
+    if well_depths is None:
+        depths = np.zeros(n_wells)
+    else:
+        depths = np.asarray(well_depths, dtype=np.float64)
+        if depths.shape != (n_wells,) or not np.all(np.isfinite(depths)):
+            raise ValueError(
+                f"well_depths must hold {n_wells} finite numbers (one per well); "
+                f"got {np.asarray(well_depths).tolist()!r}."
+            )
 
     rng = check_random_state(random_state)
     centers = _well_centers(n_wells)
+    occupancy = _well_occupancy(centers, depths, beta)
     radius = float(np.linalg.norm(centers[0]))
     emission_rng = _emission_rng(rng, emission_random_state)
     hidden_weights = emission_rng.standard_normal((2, _N_HIDDEN)) / radius
@@ -409,7 +747,10 @@ def make_langevin_sequences(
         _N_HIDDEN
     )
 
-    initial_wells = rng.randint(n_wells, size=n_sequences)
+    if np.all(depths == depths[0]):
+        initial_wells = rng.randint(n_wells, size=n_sequences)
+    else:  # Start in proportion to the time shares.
+        initial_wells = rng.choice(n_wells, size=n_sequences, p=occupancy)
     well_std = _WELL_WIDTH / np.sqrt(beta * _WELL_DEPTH)
     z = centers[initial_wells] + well_std * rng.standard_normal((n_sequences, 2))
     latents = np.empty((n_sequences, n_timesteps, 2))
@@ -418,7 +759,7 @@ def make_langevin_sequences(
     for t in range(1, n_timesteps):
         increments = rng.standard_normal((substeps, n_sequences, 2))
         for increment in increments:
-            z = z - dt * _potential_gradient(z, centers) + diffusion * increment
+            z = z - dt * _potential_gradient(z, centers, depths) + diffusion * increment
         latents[:, t] = z
 
     y = _nearest_well(latents, centers)
@@ -433,5 +774,7 @@ def make_langevin_sequences(
         "hidden_bias": hidden_bias,
         "output_weights": output_weights,
         "latents": latents,
+        "well_depths": depths,
+        "stationary_distribution": occupancy,
     }
     return X, y, params
