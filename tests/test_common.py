@@ -40,10 +40,13 @@ def test_sklearn_compatible(estimator, check):
     check(estimator)
 
 
-def test_causality_replaces_subset_invariance():
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((40, 3))
-    est = _tiny().fit(X)
+@pytest.mark.parametrize("model", ["tiny_fitted", "tiny_underdamped"])
+def test_causality_replaces_subset_invariance(model, tiny_data, request):
+    est = request.getfixturevalue(model)  # 3 wells, so labels can differ.
+    X = tiny_data[1][0]
     full = est.predict_proba(X)
-    for k in (1, 7, 25):
+    labels = full.argmax(-1)
+    assert len(np.unique(labels)) >= 2
+    for k in (1, 7, 25, 40):
         np.testing.assert_array_equal(est.predict_proba(X[:k]), full[:k])
+        np.testing.assert_array_equal(est.predict(X[:k]), labels[:k])

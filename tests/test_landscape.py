@@ -165,6 +165,7 @@ def test_lookup_grid_labels_equal_the_flow(tiny_fitted):
     z = _around_grid(landscape, 20000, seed=0)
     flowed = landscape.state_of_minimum[landscape._flow_minimum(z).numpy()]
     looked_up = landscape._basins_torch(z)
+    assert np.bincount(flowed).min() > 1000  # Every basin is well represented.
     assert np.mean(looked_up == flowed) >= 0.999
     # Cells whose corners disagree, and points outside the grid, are flowed.
     from nldseg._landscape import _lookup
@@ -178,22 +179,24 @@ def test_lookup_grid_labels_equal_the_flow(tiny_fitted):
 def test_labels_do_not_depend_on_how_points_are_batched(tiny_fitted):
     """A stream's handful of samples get the labels of one large batch, hit or miss."""
     landscape = tiny_fitted.energy_
-    z = _around_grid(landscape, 4000, seed=1)
+    # A batch of 8 with a miss costs a flow of its own: few points keep it fast.
+    z = _around_grid(landscape, 800, seed=1)
     want = landscape._basins_torch(z)
+    assert len(np.unique(want)) == landscape.n_states >= 2
     got = np.concatenate([landscape._basins_torch(z[i:i + 8])
                           for i in range(0, len(z), 8)])
     np.testing.assert_array_equal(got, want)
     # Looked up in blocks of any size (a block boundary inside a run of misses).
-    np.testing.assert_array_equal(landscape._basins_torch(z, chunk=300), want)
+    np.testing.assert_array_equal(landscape._basins_torch(z, chunk=70), want)
     k = landscape.n_states
     proba = landscape._state_fractions(z[:8])
     assert proba.shape == (k,)
     np.testing.assert_allclose(proba, np.bincount(want[:8], minlength=k) / 8)
     # (time, sequence, sample) samples: the fraction of each group's samples.
-    frac = landscape._state_fractions(z.reshape(50, 10, 8, 3))
-    assert frac.shape == (50, 10, k)
+    frac = landscape._state_fractions(z.reshape(10, 10, 8, 3))
+    assert frac.shape == (10, 10, k)
     np.testing.assert_allclose(
-        frac, (want.reshape(50, 10, 8)[..., None] == np.arange(k)).mean(-2))
+        frac, (want.reshape(10, 10, 8)[..., None] == np.arange(k)).mean(-2))
 
 
 def test_agreeing_cells_keep_only_cells_with_one_corner_value():
@@ -216,6 +219,7 @@ def test_lookup_tables_are_derived_not_pickled(tiny_fitted):
     landscape = tiny_fitted.energy_
     z = _around_grid(landscape, 3000, seed=2)
     want = landscape._basins_torch(z)
+    assert len(np.unique(want)) >= 2
     clone = pickle.loads(pickle.dumps(landscape))
     assert "_lookup_cache" not in clone.__dict__
     np.testing.assert_array_equal(clone._basins_torch(z), want)

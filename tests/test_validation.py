@@ -8,7 +8,7 @@ import pytest
 from nldseg import LangevinSegmenter
 from nldseg._validation import MAX_ABS_VALUE
 
-F = 5  # features of the tiny fitted model
+F = 8  # features of the tiny fitted model
 ALL = ("fit", "predict", "predict_proba", "score", "transform")
 INFER = ALL[1:]
 _obj = np.full((10, F), None, dtype=object)
@@ -68,6 +68,7 @@ def test_hostile_input_raises_clear_error_and_damages_nothing(victim, tiny_data,
     _, X, lengths, methods, err, match = case
     X_ok = tiny_data[1][:2, :20]
     before = victim.predict_proba(X_ok)
+    assert len(np.unique(before.argmax(-1))) >= 2
     state = {k: (v.copy() if isinstance(v, np.ndarray) else v)
              for k, v in vars(victim).items()}
     for name in methods:
