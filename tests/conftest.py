@@ -14,9 +14,15 @@ from nldseg.datasets import make_markov_chain_sequences
 TINY = dict(hidden_size=32, context_size=16, window_length=40, batch_size=64,
             max_iter=12, learning_rate="constant", learning_rate_init=1e-2,
             kl_warmup=60, n_samples=4, random_state=0)
-# Fits that only need to run (pipelines, grid searches), not to learn.
+# Fits that only need to run (pipelines, grid searches), not to learn: one
+# well, so tests of these compare loss curves and weights, not labels.
 TINY_SEARCH = dict(hidden_size=16, context_size=8, window_length=30, batch_size=32,
                    max_iter=3, kl_warmup=10, n_samples=2, random_state=0)
+# The same data (ragged_chain) trained long enough to find its 3 states, for
+# the pipeline tests that compare labels.
+TINY_SEARCH_WELLS = dict(TINY_SEARCH, hidden_size=32, context_size=16,
+                         window_length=15, dt=1.0, batch_size=8, max_iter=14,
+                         learning_rate="constant", learning_rate_init=1e-2)
 
 
 @pytest.fixture
@@ -31,11 +37,13 @@ def quiet_convergence():
 def ragged_chain():
     """``(X, y)``: 24 sequences of 43 steps, 3 states, 4 features, as 3-D arrays.
 
-    Tests cut sequence ``i`` to ``20 + i`` steps to get distinct lengths.
+    Tests cut sequence ``i`` to ``20 + i`` steps to get distinct lengths. The
+    states' emissions are well apart (``mean_scale=3``), so that a short fit
+    (``TINY_SEARCH_WELLS``) finds them.
     """
     return make_markov_chain_sequences(24, 43, n_states=3, n_features=4,
-                                       switch_prob=0.05, random_state=0,
-                                       emission_random_state=1)
+                                       switch_prob=0.05, mean_scale=3.0,
+                                       random_state=0, emission_random_state=1)
 
 
 @pytest.fixture(scope="session")

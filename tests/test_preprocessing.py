@@ -1,11 +1,14 @@
 """SequenceStandardScaler, and pipelines of it with LangevinSegmenter."""
 
+import copy
 import warnings
 
 import numpy as np
 import pytest
 import sklearn
+import torch
 from conftest import TINY_SEARCH as TINY
+from conftest import TINY_SEARCH_WELLS
 from sklearn.exceptions import ConvergenceWarning, UnsetMetadataPassedError
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -179,10 +182,43 @@ def _pipe(**kw):
 
 @pytest.fixture(scope="module")
 def list_pipe(data):
-    """Pipeline fitted on the list: the reference for the other forms."""
+    """Pipeline fitted on the list: the reference for the other forms.
+
+    A short fit with one well: compare its training (:func:`_same_training`),
+    not its labels.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return _pipe().fit(data["list"])
+
+
+@pytest.fixture(scope="module")
+def wells_pipe(data):
+    """Pipeline fitted on the list whose segmenter has 3 wells, to compare labels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipe = make_pipeline(SequenceStandardScaler(),
+                             LangevinSegmenter(**TINY_SEARCH_WELLS)).fit(data["list"])
+    assert pipe[-1].n_states_ == 3
+    return pipe
+
+
+def _same_training(a, b):
+    """Two segmenters trained alike: the same loss curves, weights and wells."""
+    assert a.loss_curve_ == b.loss_curve_
+    state_a, state_b = a.module_.state_dict(), b.module_.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        torch.testing.assert_close(state_a[name], state_b[name], rtol=0, atol=0)
+    np.testing.assert_array_equal(a.energy_.minima, b.energy_.minima)
+    np.testing.assert_array_equal(a.state_occupancy_, b.state_occupancy_)
+
+
+def _list_outputs(pipe, seqs):
+    """Labels and probabilities of the list, stacked; the labels take 3 values."""
+    labels = np.concatenate(pipe.predict(seqs))
+    assert len(np.unique(labels)) == 3
+    return labels, np.concatenate(pipe.predict_proba(seqs))
 
 
 def test_pipeline_on_list_and_3d(data, list_pipe):
@@ -204,22 +240,24 @@ def test_pipeline_on_list_and_3d(data, list_pipe):
     assert np.isfinite(one.score(data["stacked"]))
 
 
-def test_pipeline_lengths_without_metadata_routing(data, list_pipe):
+def test_pipeline_lengths_without_metadata_routing(data, list_pipe, wells_pipe):
     """Routing off: fit takes ``<step>__lengths``; predict passes ``**params`` on
     to the final step only (the scaler's transform does not need lengths)."""
     stacked, lengths, seqs = data["stacked"], data["lengths"], data["list"]
     pipe = _pipe().fit(stacked, sequencestandardscaler__lengths=lengths,
                        langevinsegmenter__lengths=lengths)
     # The segmenter was trained on the same sequences as from the list.
-    assert pipe[-1].loss_curve_ == list_pipe[-1].loss_curve_
-    np.testing.assert_array_equal(pipe.predict(stacked, lengths=lengths),
-                                  np.concatenate(list_pipe.predict(seqs)))
-    np.testing.assert_array_equal(pipe.predict_proba(stacked, lengths=lengths),
-                                  np.concatenate(list_pipe.predict_proba(seqs)))
+    _same_training(pipe[-1], list_pipe[-1])
+    labels, proba = _list_outputs(wells_pipe, seqs)
+    np.testing.assert_array_equal(wells_pipe.predict(stacked, lengths=lengths), labels)
+    np.testing.assert_array_equal(wells_pipe.predict_proba(stacked, lengths=lengths),
+                                  proba)
+    # Without lengths the stacked X is one sequence: other labels.
+    assert np.any(wells_pipe.predict(stacked) != labels)
     # The scaler's statistics do not depend on lengths: routing them to the
     # segmenter alone trains the same model.
     seg_only = _pipe().fit(stacked, langevinsegmenter__lengths=lengths)
-    assert seg_only[-1].loss_curve_ == list_pipe[-1].loss_curve_
+    _same_training(seg_only[-1], list_pipe[-1])
     with pytest.raises(ValueError, match="stepname__parameter"):
         _pipe().fit(stacked, lengths=lengths)
     # Pipeline.score drops **params when routing is off (sklearn 1.9): the
@@ -231,8 +269,17 @@ def test_pipeline_lengths_without_metadata_routing(data, list_pipe):
             == list_pipe.score(seqs))
 
 
-def test_pipeline_lengths_with_metadata_routing(data, list_pipe):
+def _requesting(pipe, scaler_transform):
+    """A copy of a fitted pipeline whose segmenter requests lengths for predict."""
+    pipe = copy.deepcopy(pipe)
+    pipe[0].set_transform_request(lengths=scaler_transform)
+    pipe[-1].set_predict_request(lengths=True).set_predict_proba_request(lengths=True)
+    return pipe
+
+
+def test_pipeline_lengths_with_metadata_routing(data, list_pipe, wells_pipe):
     stacked, lengths, seqs = data["stacked"], data["lengths"], data["list"]
+    labels, proba = _list_outputs(wells_pipe, seqs)
     with sklearn.config_context(enable_metadata_routing=True):
         scaler = (SequenceStandardScaler().set_fit_request(lengths=True)
                   .set_transform_request(lengths=True)
@@ -241,11 +288,11 @@ def test_pipeline_lengths_with_metadata_routing(data, list_pipe):
                .set_predict_request(lengths=True)
                .set_predict_proba_request(lengths=True))
         pipe = make_pipeline(scaler, seg).fit(stacked, lengths=lengths)
-        assert pipe[-1].loss_curve_ == list_pipe[-1].loss_curve_
-        np.testing.assert_array_equal(pipe.predict(stacked, lengths=lengths),
-                                      np.concatenate(list_pipe.predict(seqs)))
-        np.testing.assert_array_equal(pipe.predict_proba(stacked, lengths=lengths),
-                                      np.concatenate(list_pipe.predict_proba(seqs)))
+        _same_training(pipe[-1], list_pipe[-1])
+        routed = _requesting(wells_pipe, scaler_transform=True)
+        np.testing.assert_array_equal(routed.predict(stacked, lengths=lengths), labels)
+        np.testing.assert_array_equal(routed.predict_proba(stacked, lengths=lengths),
+                                      proba)
         # Bad lengths now reach the scaler's validation first.
         with pytest.raises(ValueError, match="lengths sum to"):
             pipe.predict(stacked, lengths=lengths[:-1])
@@ -267,9 +314,10 @@ def test_pipeline_lengths_with_metadata_routing(data, list_pipe):
             LangevinSegmenter(**TINY).set_fit_request(lengths=True)
             .set_predict_request(lengths=True))
         declined.fit(stacked, lengths=lengths)
-        assert declined[-1].loss_curve_ == list_pipe[-1].loss_curve_
-        np.testing.assert_array_equal(declined.predict(stacked, lengths=lengths),
-                                      np.concatenate(list_pipe.predict(seqs)))
+        _same_training(declined[-1], list_pipe[-1])
+        declined_wells = _requesting(wells_pipe, scaler_transform=False)
+        np.testing.assert_array_equal(declined_wells.predict(stacked, lengths=lengths),
+                                      labels)
 
 
 def test_pipeline_score_with_metadata_routing(data, list_pipe):
