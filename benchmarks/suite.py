@@ -1,0 +1,356 @@
+"""The benchmark suite: nldseg beside the baselines a user would otherwise pick.
+
+One command runs every case of the suite for several seeds and prints one
+table; the same figures are written as CSV (one row per case, method and seed)
+and JSON (the rows plus the run's settings and machine)::
+
+    python benchmarks/suite.py                       # every case, seeds 0 1 2
+    python benchmarks/suite.py --cases overlap long --seeds 0 1 2 3 4
+    python benchmarks/suite.py --nldseg '{"max_iter": 80}'   # other parameters
+
+Each case draws a training set and a test set from one generator of
+:mod:`nldseg.datasets` (same emission parameters, other sequences) per seed.
+Every method is fitted on the training set without labels and labels the test
+set; nldseg and the forward filters online (step ``t`` sees ``x[:t+1]``),
+Viterbi offline. Columns:
+
+- ``acc``: one-to-one Hungarian-matched accuracy
+  (:func:`nldseg.metrics.segmentation_accuracy`; a predicted state left
+  without a partner counts as wrong); ``ari``, ``nmi``: adjusted Rand index
+  and normalised mutual information of the pooled labels;
+- ``K``: the number of states found (nldseg's ``n_states_``; the baselines are
+  given the true number) against the true one;
+- ``l1``: occupancy error, sum over true states of ``|true share - matched
+  estimate|`` plus the share of any estimated state left unmatched (states are
+  matched by the test labels). nldseg reports its three estimates (sampled =
+  ``state_occupancy_``, zeroth and second order), the HMM its chain's
+  stationary law, the GMM its weights, KMeans its cluster shares;
+- ``changes``: label changes in the test labels, against the true number;
+- ``fit_s``, ``pred_s``: wall-clock seconds.
+
+The summary gives the mean over seeds and the worst seed (lowest accuracy,
+highest l1, largest change ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _baselines import frame_baselines, hmm_baseline, oracle_labels  # noqa: E402
+
+from nldseg import LangevinSegmenter  # noqa: E402
+from nldseg.datasets import (  # noqa: E402
+    make_langevin_sequences,
+    make_markov_chain_sequences,
+    make_switching_ar_sequences,
+)
+from nldseg.metrics import (  # noqa: E402
+    label_mapping,
+    n_label_changes,
+    segmentation_accuracy,
+)
+
+
+def _unequal_transitions() -> np.ndarray:
+    """4 states with time shares 0.466 / 0.301 / 0.196 / 0.037; dwell 71 to 20 steps."""
+    return np.array([[0.986, 0.008, 0.005, 0.001],
+                     [0.012, 0.978, 0.008, 0.002],
+                     [0.012, 0.012, 0.972, 0.004],
+                     [0.015, 0.015, 0.020, 0.950]])
+
+
+@dataclass
+class Case:
+    """One case of the suite: a generator and the sizes of its two sets."""
+
+    name: str
+    generator: object
+    kwargs: dict
+    n_train: int
+    train_length: int
+    n_test: int
+    test_length: int
+    note: str
+    oracle: str | None = "gaussian"  # kind of oracle filter, None: unknown
+    extra: dict = field(default_factory=dict)
+
+    def draw(self, seed: int) -> tuple:
+        """``(train, test, y_test, params)``; lists of 2-D arrays and of labels."""
+        shared = dict(self.kwargs, emission_random_state=seed, return_params=True)
+        X, _, params = self.generator(self.n_train, self.train_length,
+                                      random_state=10_000 + seed, **shared)
+        X_test, y_test, _ = self.generator(self.n_test, self.test_length,
+                                           random_state=20_000 + seed, **shared)
+        return list(X), list(X_test), list(y_test), params
+
+
+CASES = {case.name: case for case in [
+    Case("paper", make_markov_chain_sequences,
+         dict(n_states=3, n_features=15, switch_prob=0.025), 200, 200, 100, 500,
+         "the paper's chain (3 states, 15-D); separable frame by frame"),
+    Case("overlap", make_markov_chain_sequences,
+         dict(n_states=4, n_features=8, mean_scale=0.3, switch_prob=0.006),
+         200, 200, 100, 200,
+         "4 states, strongly overlapping 8-D emissions; time separates them"),
+    Case("unequal", make_markov_chain_sequences,
+         dict(transition_matrix=_unequal_transitions(), n_features=8, mean_scale=0.6),
+         200, 200, 100, 200,
+         "4 states, shares 0.47/0.30/0.20/0.04, moderately overlapping 8-D"),
+    Case("two_states", make_markov_chain_sequences,
+         dict(n_states=2, n_features=5, mean_scale=0.5, switch_prob=0.01),
+         100, 200, 50, 200, "2 states, overlapping 5-D emissions"),
+    Case("six_states", make_markov_chain_sequences,
+         dict(n_states=6, n_features=10, mean_scale=0.6, switch_prob=0.004),
+         200, 200, 100, 200, "6 states, moderately overlapping 10-D emissions"),
+    Case("langevin", make_langevin_sequences,
+         dict(n_wells=4, n_features=10, well_depths=[1.1, 0.78, 0.42, 0.0]),
+         100, 400, 50, 400,
+         "4-well diffusion through a nonlinear 10-D map, shares 0.72/0.21/0.05/0.01",
+         oracle=None),
+    Case("long", make_markov_chain_sequences,
+         dict(n_states=3, n_features=6, mean_scale=0.4, switch_prob=0.005),
+         2, 20_000, 1, 20_000,
+         "few long recordings: 2 x 20,000 steps, 3 overlapping states"),
+    Case("regimes", make_switching_ar_sequences,
+         dict(n_states=3, n_features=4, switch_prob=0.01), 200, 200, 100, 200,
+         "3 regimes with identical frames (N(0, I)), differing in dynamics only",
+         oracle="ar"),
+]}
+
+
+def occupancy_l1(y_test: list, labels: list, occupancy: np.ndarray,
+                 true_occupancy: np.ndarray) -> float:
+    """l1 between the true shares and the estimated shares matched one to one.
+
+    Estimated state ``j`` is matched to a true state by the Hungarian matching
+    of the test labels; an estimated state left unmatched adds its whole
+    share, a true state left unmatched its whole share.
+    """
+    mapping = label_mapping(y_test, labels)
+    matched = np.zeros(len(true_occupancy))
+    err = 0.0
+    for j, share in enumerate(np.asarray(occupancy, dtype=float)):
+        k = mapping.get(j, -1)
+        if k < 0:
+            err += share
+        else:
+            matched[k] += share
+    return float(err + np.abs(matched - true_occupancy).sum())
+
+
+def score_labels(y_test: list, labels: list) -> dict:
+    """Accuracy (one to one), ARI, NMI and label changes of test labels."""
+    flat_true, flat_pred = np.concatenate(y_test), np.concatenate(labels)
+    return {"acc": segmentation_accuracy(y_test, labels),
+            "ari": adjusted_rand_score(flat_true, flat_pred),
+            "nmi": normalized_mutual_info_score(flat_true, flat_pred),
+            "changes": n_label_changes(labels), "true_changes": n_label_changes(y_test)}
+
+
+def run_nldseg(train: list, test: list, seed: int, overrides: dict) -> dict:
+    """Fit nldseg with library defaults (plus ``overrides``) and label ``test``."""
+    seg = LangevinSegmenter(random_state=seed, **overrides)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seg.fit(train)
+    t_fit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    labels = seg.predict(test)
+    t_pred = time.perf_counter() - t0
+    return {"labels": labels, "t_fit": t_fit, "t_predict": t_pred,
+            "n_states": seg.n_states_,
+            "occupancies": {m: seg.energy_.occupancy(m)
+                            for m in ("sampled", "zeroth_order", "second_order")},
+            "warnings": sorted({f"{w.category.__name__}: {w.message}"
+                                for w in caught
+                                if not issubclass(w.category, ConvergenceWarning)}),
+            "epochs": seg.n_iter_}
+
+
+def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool) -> list:
+    """Every method on one seed of ``case``; one row per method."""
+    train, test, y_test, params = case.draw(seed)
+    k_true = len(params["stationary_distribution"])
+    true_occ = params["stationary_distribution"]
+    base = {"case": case.name, "seed": seed, "K_true": k_true}
+    rows = []
+
+    def add(method: str, result: dict, occupancies: dict, n_states: int) -> None:
+        row = dict(base, method=method, K=n_states, **score_labels(y_test,
+                                                                   result["labels"]))
+        for name, occ in occupancies.items():
+            row[f"l1_{name}"] = occupancy_l1(y_test, result["labels"], occ, true_occ)
+        row["fit_s"] = result.get("t_fit", float("nan"))
+        row["pred_s"] = result.get("t_predict", float("nan"))
+        rows.append(row)
+
+    nld = run_nldseg(train, test, seed, overrides)
+    add("nldseg", nld, {f"nld_{k}": v for k, v in nld["occupancies"].items()},
+        nld["n_states"])
+    rows[-1]["warnings"] = "; ".join(nld["warnings"])
+    rows[-1]["epochs"] = nld["epochs"]
+    for name, res in frame_baselines(train, test, k_true, seed).items():
+        add(name, res, {"model": res["occupancy"]}, k_true)
+    if with_hmm:
+        for name, res in hmm_baseline(train, test, k_true, seed).items():
+            add(name, res, {"model": res["occupancy"]}, k_true)
+    if case.oracle is not None:
+        t0 = time.perf_counter()
+        res = {"labels": oracle_labels(test, params, case.oracle)}
+        res["t_predict"] = time.perf_counter() - t0
+        add("oracle_filter", res, {"model": true_occ}, k_true)
+    return rows
+
+
+def summarise(rows: list) -> list:
+    """Mean and worst over seeds per case and method."""
+    out = []
+    keys = sorted({(r["case"], r["method"]) for r in rows},
+                  key=lambda cm: (list(CASES).index(cm[0]), _METHODS.index(cm[1])))
+    for case, method in keys:
+        rs = [r for r in rows if r["case"] == case and r["method"] == method]
+        acc = np.array([r["acc"] for r in rs])
+        l1_key = "l1_nld_sampled" if method == "nldseg" else "l1_model"
+        l1 = np.array([r.get(l1_key, np.nan) for r in rs])
+        ratio = np.array([r["changes"] / max(r["true_changes"], 1) for r in rs])
+        out.append({
+            "case": case, "method": method, "seeds": len(rs),
+            "acc_mean": acc.mean(), "acc_worst": acc.min(),
+            "ari_mean": np.mean([r["ari"] for r in rs]),
+            "nmi_mean": np.mean([r["nmi"] for r in rs]),
+            "K": "/".join(str(r["K"]) for r in rs), "K_true": rs[0]["K_true"],
+            "l1_mean": np.nanmean(l1) if np.isfinite(l1).any() else np.nan,
+            "l1_worst": np.nanmax(l1) if np.isfinite(l1).any() else np.nan,
+            "changes_mean": np.mean([r["changes"] for r in rs]),
+            "true_changes_mean": np.mean([r["true_changes"] for r in rs]),
+            "change_ratio_worst": ratio.max(),
+            "fit_s": np.mean([r["fit_s"] for r in rs]),
+            "pred_s": np.mean([r["pred_s"] for r in rs]),
+        })
+    return out
+
+
+_METHODS = ["nldseg", "kmeans", "gmm", "hmm_filter", "hmm_viterbi", "oracle_filter"]
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) \
+        else format(v, spec)
+
+
+def print_table(summary: list) -> None:
+    """The summary as a Markdown table."""
+    print("| case | method | acc mean | acc worst | ARI | NMI | K found (per seed) / true "
+          "| occupancy l1 mean | l1 worst | label changes / true | fit s | predict s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in summary:
+        print(f"| {s['case']} | {s['method']} | {_fmt(s['acc_mean'], '.3f')} | "
+              f"{_fmt(s['acc_worst'], '.3f')} | {_fmt(s['ari_mean'], '.3f')} | "
+              f"{_fmt(s['nmi_mean'], '.3f')} | {s['K']} / {s['K_true']} | "
+              f"{_fmt(s['l1_mean'], '.3f')} | {_fmt(s['l1_worst'], '.3f')} | "
+              f"{s['changes_mean']:.0f} / {s['true_changes_mean']:.0f} | "
+              f"{_fmt(s['fit_s'], '.1f')} | {_fmt(s['pred_s'], '.2f')} |")
+
+
+def machine() -> str:
+    """CPU model, cores, threads and versions."""
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh
+                       if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; python "
+            f"{platform.python_version()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch threads")
+
+
+def commit() -> str:
+    """The checkout's commit (with ``+dirty`` for uncommitted changes)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=here,
+                                      text=True, stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD", "--", "nldseg"],
+                                cwd=here, stderr=subprocess.DEVNULL)
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--nldseg", default="{}",
+                   help="JSON dict of LangevinSegmenter parameters (default: none, "
+                        "library defaults)")
+    p.add_argument("--no-hmm", action="store_true", help="skip hmmlearn's HMM")
+    p.add_argument("--out", default="suite_results",
+                   help="path stem of the CSV and JSON files written")
+    a = p.parse_args(argv)
+    overrides = json.loads(a.nldseg)
+    with_hmm = not a.no_hmm
+    if with_hmm:
+        try:
+            import hmmlearn  # noqa: F401
+        except ImportError:
+            sys.exit("hmmlearn is needed for the HMM baseline: pip install hmmlearn "
+                     "(or pass --no-hmm)")
+    print(f"# machine: {machine()}; commit {commit()}")
+    print("# nldseg parameters: library defaults"
+          + (f" with {overrides}" if overrides else ""))
+    for name in a.cases:
+        c = CASES[name]
+        print(f"# {name}: {c.note}; train {c.n_train} x {c.train_length}, "
+              f"test {c.n_test} x {c.test_length}")
+    t_start = time.perf_counter()
+    rows = []
+    for name in a.cases:
+        for seed in a.seeds:
+            t0 = time.perf_counter()
+            new = run_case(CASES[name], seed, overrides, with_hmm)
+            rows.extend(new)
+            nld = new[0]
+            print(f"# done {name} seed {seed} in {time.perf_counter() - t0:.0f} s: "
+                  f"nldseg {nld['K']} states, acc {nld['acc']:.3f}"
+                  + (f"; warnings: {nld['warnings']}" if nld.get("warnings") else ""),
+                  flush=True)
+    summary = summarise(rows)
+    print()
+    print_table(summary)
+    print(f"\n# total {time.perf_counter() - t_start:.0f} s")
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (
+        ["case", "method", "seed"].index(k) if k in ("case", "method", "seed") else 3, k))
+    with open(a.out + ".csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(a.out + ".json", "w") as fh:
+        json.dump({"machine": machine(), "commit": commit(), "nldseg": overrides,
+                   "seeds": a.seeds, "rows": rows, "summary": summary}, fh, indent=1,
+                  default=float)
+    print(f"# wrote {a.out}.csv and {a.out}.json")
+
+
+if __name__ == "__main__":
+    main()
