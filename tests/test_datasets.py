@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from nldseg.datasets import make_langevin_sequences, make_markov_chain_sequences
+from nldseg.datasets import (
+    make_langevin_sequences,
+    make_markov_chain_sequences,
+    make_switching_ar_sequences,
+    stationary_distribution,
+)
 
 
 def test_markov_chain_shapes_and_determinism():
@@ -71,3 +76,74 @@ def test_markov_chain_bad_parameters(kwargs, err, match):
 def test_langevin_bad_parameters():
     with pytest.raises(ValueError, match="beta must be > 0"):
         make_langevin_sequences(beta=0)
+
+
+UNEQUAL = [[0.95, 0.04, 0.01], [0.04, 0.95, 0.01], [0.2, 0.2, 0.6]]
+
+
+def test_markov_chain_with_a_transition_matrix():
+    X, y, params = make_markov_chain_sequences(300, 400, transition_matrix=UNEQUAL,
+                                               n_features=3, random_state=0,
+                                               return_params=True)
+    pi = params["stationary_distribution"]
+    np.testing.assert_allclose(pi @ np.asarray(UNEQUAL), pi, atol=1e-12)
+    np.testing.assert_allclose(pi, [20 / 41, 20 / 41, 1 / 41], atol=1e-12)
+    # The chain starts from its stationary law, so shares hold at every step.
+    np.testing.assert_allclose(np.bincount(y.ravel()) / y.size, pi, atol=0.01)
+    np.testing.assert_allclose(np.bincount(y[:, 0], minlength=3) / 300, pi, atol=0.06)
+    # The empirical transition frequencies follow the matrix.
+    counts = np.zeros((3, 3))
+    np.add.at(counts, (y[:, :-1].ravel(), y[:, 1:].ravel()), 1)
+    np.testing.assert_allclose(counts / counts.sum(1, keepdims=True), UNEQUAL,
+                               atol=0.01)
+    np.testing.assert_array_equal(params["transition_matrix"], UNEQUAL)
+
+
+@pytest.mark.parametrize("matrix, match", [
+    ([[0.5, 0.5]], "square matrix"),
+    ([[1.0]], "n_states >= 2"),
+    ([[0.9, 0.2], [0.5, 0.5]], "sum to 1"),
+    ([[1.1, -0.1], [0.5, 0.5]], "non-negative"),
+])
+def test_bad_transition_matrix(matrix, match):
+    with pytest.raises(ValueError, match=match):
+        make_markov_chain_sequences(2, 10, transition_matrix=matrix)
+
+
+def test_stationary_distribution():
+    np.testing.assert_allclose(stationary_distribution([[0.9, 0.1], [0.3, 0.7]]),
+                               [0.75, 0.25])
+
+
+def test_switching_ar_frames_carry_no_state_information():
+    X, y, params = make_switching_ar_sequences(200, 300, random_state=0,
+                                               return_params=True)
+    assert X.shape == (200, 300, 4) and set(np.unique(y)) == {0, 1, 2}
+    a, q = params["dynamics"], params["noise_covariances"]
+    # Every regime leaves N(0, I) invariant: A A^T + Q = I.
+    np.testing.assert_allclose(a @ a.transpose(0, 2, 1) + q, np.broadcast_to(
+        np.eye(4), q.shape), atol=1e-12)
+    for k in range(3):
+        frames = X[y == k]
+        np.testing.assert_allclose(frames.mean(0), 0.0, atol=0.1)  # autocorrelated
+        np.testing.assert_allclose(np.cov(frames.T), np.eye(4), atol=0.1)
+    # ...but the regimes differ in how a frame follows the previous one:
+    # lag-1 autocorrelation rho cos(theta_k) = 0.9, 0, -0.9.
+    lag1 = [np.mean(np.sum(X[:, 1:] * X[:, :-1], -1)[y[:, 1:] == k]) / 4
+            for k in range(3)]
+    np.testing.assert_allclose(lag1, [0.9, 0.0, -0.9], atol=0.05)
+
+
+def test_langevin_well_depths_set_the_shares():
+    _, y, params = make_langevin_sequences(60, 1500, n_wells=4,
+                                           well_depths=[1.1, 0.78, 0.42, 0.0],
+                                           random_state=0, return_params=True)
+    pi = params["stationary_distribution"]
+    assert pi.shape == (4,) and np.all(np.diff(pi) < 0)
+    np.testing.assert_allclose(pi.sum(), 1.0)
+    np.testing.assert_allclose(np.bincount(y.ravel(), minlength=4) / y.size, pi,
+                               atol=0.03)
+    _, _, equal = make_langevin_sequences(2, 5, random_state=0, return_params=True)
+    np.testing.assert_allclose(equal["stationary_distribution"], 1 / 3, atol=1e-4)
+    with pytest.raises(ValueError, match="well_depths must hold 3"):
+        make_langevin_sequences(2, 5, well_depths=[1.0, 2.0])
