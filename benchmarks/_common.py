@@ -2,9 +2,9 @@
 
 One training step is built here twice, on the same model and the same batch:
 
-* ``fused``: the library's own path, ``module.elbo_terms(..., solver="euler")``
-  followed by the loss, backward, gradient clipping, finiteness check and Adam
-  step exactly as ``LangevinSegmenter._train`` does them (the GRU encoder and
+* ``fused``: the library's own training step, :func:`nldseg._training.gradient_step`
+  (noise, ELBO, loss, backward, gradient clipping, finiteness check) and the
+  Adam step, as :func:`nldseg._training.train` takes it (the GRU encoder and
   the Euler loop on the hand-differentiated kernels of ``nldseg._fused``).
 * ``reference``: the generic path of torchsde's latent-SDE example (encoder
   through ``torch.nn.GRU``, everything recorded by autograd), i.e.
@@ -27,13 +27,17 @@ import torchsde
 
 from nldseg import LangevinSegmenter
 from nldseg._dynamics import PosteriorLangevinSDE
-from nldseg._estimator import _CLIP_NORM as CLIP_NORM
-from nldseg._estimator import _N_PARTITION as N_PARTITION
-from nldseg._model import NeuralLangevinVAE, _gaussian_kl, _GridBrownian
+from nldseg._model import NeuralLangevinVAE, _GridBrownian, build_model
+from nldseg._training import (
+    CLIP_NORM,
+    TrainingSettings,
+    draw_step_noise,
+    gradient_step,
+    kl_weight,
+)
+from nldseg._training import training_loss as library_loss
 from nldseg.datasets import make_markov_chain_sequences
 
-# N_PARTITION (log Z draws per step) and CLIP_NORM (gradient clipping) are the
-# estimator's own, so that a benchmarked step is the step ``fit`` takes.
 PATHS = ("fused", "reference")
 N_FEATURES = 15
 
@@ -93,16 +97,10 @@ def sync(device: torch.device) -> None:
 
 def build_module(params: dict, dynamics: str, device: torch.device,
                  seed: int = 0) -> NeuralLangevinVAE:
-    """The VAE exactly as ``LangevinSegmenter._fit`` builds it, on ``device``."""
+    """The VAE exactly as ``LangevinSegmenter.fit`` builds it, on ``device``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = NeuralLangevinVAE(
-            n_features=N_FEATURES, latent_dim=params["latent_dim"], dynamics=dynamics,
-            hidden_size=params["hidden_size"], context_size=params["context_size"],
-            beta=float(params["beta"]), gamma=float(params["gamma"]),
-            mass=float(params["mass"]),
-            learn_langevin_params=params["learn_langevin_params"],
-            initial_prior=params["initial_prior"])
+        module = build_model(N_FEATURES, dict(params, dynamics=dynamics))
     return module.to(device)
 
 
@@ -125,15 +123,8 @@ def make_batch(batch: int, length: int, device: torch.device,
 
 def draw_noise(module: NeuralLangevinVAE, x: torch.Tensor, dt: float,
                gen: torch.Generator) -> tuple:
-    """``(noise, eps0, probe)`` drawn as ``_train`` draws them for one batch."""
-    n_rows, t_max = x.shape[0], x.shape[1]
-    n_sub = int(round(1.0 / dt))
-    d = module.latent_dim
-    noise = torch.randn((max(t_max - 1, 0), n_sub, n_rows, d), generator=gen,
-                        device=x.device)
-    eps0 = torch.randn((n_rows, module.state_dim), generator=gen, device=x.device)
-    probe = torch.randn((N_PARTITION, d), generator=gen, device=x.device)
-    return noise, eps0, probe
+    """``(noise, eps0, probe)`` drawn as the library's training step draws them."""
+    return draw_step_noise(module, x, int(round(1.0 / dt)), gen)
 
 
 def grid_brownian(module: NeuralLangevinVAE, noise: torch.Tensor,
@@ -152,7 +143,7 @@ def reference_elbo_terms(module: NeuralLangevinVAE, x: torch.Tensor,
                          probe: torch.Tensor, bm=None) -> tuple:
     """``(log_lik, kl)`` per sequence through ``torchsde.sdeint(..., logqp=True)``.
 
-    Mirrors ``NeuralLangevinVAE.elbo_terms`` with ``n_samples=1`` (encoder,
+    Mirrors ``NeuralLangevinVAE.elbo_terms`` with ``n_paths=1`` (encoder,
     initial state ``z_0 = mean + std * eps0``, initial KL, decoder) but runs
     the encoder through ``torch.nn.GRU`` and solves the posterior SDE with
     torchsde's generic Euler solver, both recorded by autograd. ``bm=None`` lets
@@ -162,12 +153,7 @@ def reference_elbo_terms(module: NeuralLangevinVAE, x: torch.Tensor,
     h, _ = module.gru(x)  # torch's own GRU: the generic path has no fused encoder.
     projected = module.project_context(h)
     mean, log_std = module.initial_posterior(h[:, 0])
-    z0 = mean + log_std.exp() * eps0
-    if module.initial_prior == "gaussian":
-        kl0 = _gaussian_kl(mean, log_std, module.p0_mean, module.p0_log_std)
-    else:
-        log_z = module._log_z_from_codes(mean, log_std, probe)
-        kl0 = module._stationary_kl0(z0, mean, log_std, log_z)
+    z0, kl0 = module.initial_state(mean, log_std, eps0, partition_noise=probe)
     sde = PosteriorLangevinSDE(module, projected)
     ts = torch.arange(x.shape[1], dtype=z0.dtype, device=z0.device)
     zs, logqp = torchsde.sdeint(sde, z0, ts, bm=bm, method="euler", dt=dt,
@@ -183,44 +169,44 @@ def training_loss(path: str, module: NeuralLangevinVAE, x: torch.Tensor,
                   mask: torch.Tensor, noise: torch.Tensor, eps0: torch.Tensor,
                   probe: torch.Tensor, dt: float, weight: float,
                   bm=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, kl)`` of one batch: ``_train``'s formula on either path.
+    """``(loss, kl)`` of one batch: the library's loss on either path.
 
     ``loss = -(sum log_lik - weight * sum kl) / n_obs``. The reference path
     ignores ``noise`` (torchsde draws its own Brownian motion) unless ``bm``
     is given.
     """
     if path == "fused":
-        log_lik, kl = module.elbo_terms(x, mask, noise, eps0, dt, solver="euler",
-                                        partition_noise=probe)
-    else:
-        log_lik, kl = reference_elbo_terms(module, x, mask, eps0, dt, probe, bm=bm)
-    n_obs = mask.sum()
-    return -(log_lik.sum() - weight * kl.sum()) / n_obs, kl
-
-
-def kl_weight(step: int, kl_warmup: int) -> float:
-    """KL warm-up weight of gradient step ``step`` (as in ``_train``)."""
-    return min(1.0, (step + 1) / kl_warmup) if kl_warmup else 1.0
+        return library_loss(module, x, mask, noise, eps0, probe, dt, weight)
+    log_lik, kl = reference_elbo_terms(module, x, mask, eps0, dt, probe, bm=bm)
+    return -(log_lik.sum() - weight * kl.sum()) / mask.sum(), kl
 
 
 def train_step(path: str, module: NeuralLangevinVAE, opt: torch.optim.Optimizer,
                params: list, x: torch.Tensor, mask: torch.Tensor, dt: float,
                gen: torch.Generator, step: int, kl_warmup: int) -> float:
-    """One full training step as in ``_train``; returns the loss.
+    """One full training step; returns the loss.
 
-    Noise draws, ELBO, loss, ``zero_grad``, backward, ``clip_grad_norm_``, the
-    finiteness check (a host sync on CUDA, as in ``_train``) and ``opt.step``.
-    ``_train`` also deep-copies the model and optimiser state after every good
-    step (its rollback snapshot); that is timed separately by the throughput
-    benchmark, not here.
+    ``fused``: the library's :func:`nldseg._training.gradient_step` (noise,
+    ELBO, loss, backward, clipping, finiteness check: a host sync on CUDA)
+    and ``opt.step``. ``reference``: the same on torchsde's generic path.
+    :func:`nldseg._training.train` also snapshots the parameters and Adam's
+    state before every update (its rollback); that is timed separately by
+    the throughput benchmark, not here.
     """
-    noise, eps0, probe = draw_noise(module, x, dt, gen)
-    loss, _ = training_loss(path, module, x, mask, noise, eps0, probe, dt,
-                            kl_weight(step, kl_warmup))
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
-    if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+    weight = kl_weight(step, kl_warmup)
+    if path == "fused":
+        settings = TrainingSettings.from_params(dict(
+            LangevinSegmenter().get_params(), dt=dt, solver="euler"))
+        loss, _, finite = gradient_step(module, params, opt, x, mask, gen, settings,
+                                        weight)
+    else:
+        noise, eps0, probe = draw_noise(module, x, dt, gen)
+        loss, _ = training_loss(path, module, x, mask, noise, eps0, probe, dt, weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
+        finite = bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
+    if not finite:
         raise RuntimeError(f"non-finite loss or gradient on the {path} path at "
                            f"step {step}")
     opt.step()
@@ -228,6 +214,6 @@ def train_step(path: str, module: NeuralLangevinVAE, opt: torch.optim.Optimizer,
 
 
 def make_optimizer(module: NeuralLangevinVAE, lr: float) -> tuple:
-    """``(params, Adam)`` over the trainable parameters, as in ``_train``."""
+    """``(params, Adam)`` over the trainable parameters, as in ``train``."""
     params = [p for p in module.parameters() if p.requires_grad]
     return params, torch.optim.Adam(params, lr=lr)

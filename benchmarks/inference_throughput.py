@@ -46,9 +46,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--stream-sequences", type=int, default=4)
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--n-samples", type=int, nargs="+", default=[None],
+    p.add_argument("--n-paths", type=int, nargs="+", default=[None],
                    help="Monte-Carlo paths per sequence to time (default: the "
-                        "model's own n_samples)")
+                        "model's own n_paths)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -68,15 +68,15 @@ def main() -> None:
     n_steps = X_test.shape[0] * X_test.shape[1]
     print(f"# model: {seg.dynamics}, {seg.n_states_} states; test set "
           f"{X_test.shape[0]} x {X_test.shape[1]} = {n_steps} steps")
-    for n_samples in a.n_samples:
-        if n_samples is not None:
-            seg.set_params(n_samples=n_samples)
+    for n_paths in a.n_paths:
+        if n_paths is not None:
+            seg.set_params(n_paths=n_paths)
         _measure(seg, X_test, y_test, n_steps, a.repeats, a.stream_sequences)
 
 
 def _measure(seg, X_test, y_test, n_steps: int, repeats: int,
              stream_sequences: int) -> None:
-    print(f"n_samples={seg.n_samples}")
+    print(f"n_paths={seg.n_paths}")
     for name in ("predict", "predict_proba"):
         times = []
         for _ in range(repeats):
@@ -90,11 +90,11 @@ def _measure(seg, X_test, y_test, n_steps: int, repeats: int,
 
     seqs = seg._prepare(X_test, None)
     t0 = time.perf_counter()
-    z = seg._latent_samples(seg.module_, seqs, seg.n_samples, seg._inference_seed())
+    z = seg._sampler().latent_paths(seqs)
     t_paths = time.perf_counter() - t0
     d = seg.module_.latent_dim
     t0 = time.perf_counter()
-    seg.energy_._basins_torch(torch.as_tensor(z[..., :d].reshape(-1, d)))
+    seg.energy_.predict(z[..., :d].reshape(-1, d))
     t_basins = time.perf_counter() - t0
     print(f"  of which: posterior paths {t_paths:.2f} s, basin assignment of "
           f"{z.shape[0] * z.shape[1]} latent samples {t_basins:.2f} s")

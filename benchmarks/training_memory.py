@@ -3,7 +3,7 @@
 Paper setting (15 features, library defaults from
 ``LangevinSegmenter().get_params()``: ``latent_dim=3``, ``hidden_size=64``,
 ``context_size=32``, ``dt=0.5``, batch 128), one full training step as
-``LangevinSegmenter._train`` takes it (ELBO, loss, backward, gradient
+``nldseg._training.train`` takes it (ELBO, loss, backward, gradient
 clipping, Adam step) on the fused path (``solver="euler"``) and, for windows
 up to ``--reference-max-length``, on the torchsde reference path
 (``torchsde.sdeint(..., logqp=True)`` with its default Brownian motion; see

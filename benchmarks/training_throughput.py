@@ -11,9 +11,11 @@ model, its initial weights and the batch:
 
 * ``fused``: ``module.elbo_terms(x, mask, noise, eps0, dt, solver="euler",
   partition_noise=probe)``, then the loss, backward, ``clip_grad_norm_``, the
-  finiteness check and the Adam step, exactly as ``LangevinSegmenter._train``
-  (noise drawn per step as there). With autograd on, the GRU encoder and the
-  Euler loop run the hand-differentiated kernels of ``nldseg._fused``.
+  finiteness check and the Adam step: the library's own
+  :func:`nldseg._training.gradient_step` and ``opt.step()``, as
+  :func:`nldseg._training.train` takes them (noise drawn per step as there).
+  With autograd on, the GRU encoder and the Euler loop run the
+  hand-differentiated kernels of ``nldseg._fused``.
 * ``reference``: the same ELBO with the posterior SDE solved by
   ``torchsde.sdeint(PosteriorLangevinSDE(module, projected), z0, ts,
   method="euler", dt=dt, logqp=True)`` and torchsde's default Brownian motion
@@ -23,9 +25,10 @@ model, its initial weights and the batch:
 Reported: median (and inter-quartile range) of the step time over ``--steps``
 steps after ``--warmup`` steps (the paths' steps alternate, so that a slow
 phase of a shared machine hits both alike), sequence-steps per second
-(``batch * length / median``) and the ratio reference / fused. ``_train``
-also deep-copies the model and Adam state after every step (its rollback
-snapshot); that cost is printed on its own line, not included in the step.
+(``batch * length / median``) and the ratio reference / fused. ``train``
+also copies the parameters and Adam's state before every update (its rollback
+snapshot, :class:`nldseg._training.RollbackSnapshot`); that cost is printed on
+its own line, not included in the step.
 
 Step-0 check: both losses from the same initial weights, ``eps0`` and
 partition probe (they differ slightly because the Brownian draws differ), and
@@ -50,7 +53,7 @@ bisect on ``max_iter`` between the last miss and the first hit. Reported: the
     python benchmarks/training_throughput.py --time-to-accuracy \\
         --dynamics overdamped underdamped --seed 0 --device cpu
 
-Why bisecting on ``max_iter`` is sound, from ``LangevinSegmenter._train``:
+Why bisecting on ``max_iter`` is sound, from :func:`nldseg._training.train`:
 with a fixed ``random_state`` the weights, the window order (numpy generator)
 and the training noise (torch generator) are drawn from seeds that do not
 depend on ``max_iter``; the KL warm-up weight depends on the global step
@@ -96,6 +99,7 @@ from _common import (
 from sklearn.exceptions import ConvergenceWarning
 
 from nldseg import LangevinSegmenter
+from nldseg._training import RollbackSnapshot
 from nldseg.datasets import make_markov_chain_sequences
 from nldseg.metrics import segmentation_accuracy
 
@@ -151,9 +155,9 @@ def time_paths(paths, module0, x, mask, params: dict, device, steps: int,
     out = {}
     for path, (module, opt, _, _, times, losses) in state.items():
         t = np.array(times)
+        snapshot = RollbackSnapshot(module, opt)
         t0 = time.perf_counter()
-        copy.deepcopy(module.state_dict())
-        copy.deepcopy(opt.state_dict())
+        snapshot.take(module, opt)
         sync(device)
         out[path] = {"median": float(np.median(t)), "q1": float(np.percentile(t, 25)),
                      "q3": float(np.percentile(t, 75)), "losses": losses,
@@ -185,7 +189,7 @@ def throughput(args, device) -> None:
         for p, r in res.items():
             print(f"  {p:9s} losses over the run: "
                   + " ".join(f"{v:.3f}" for v in r["losses"]))
-        print(f"  _train's per-step snapshot (deepcopy of model + Adam state): "
+        print(f"  train's per-step rollback snapshot (parameters + Adam state): "
               f"{1e3 * res[args.paths[0]]['snapshot']:.2f} ms")
         rows.append((dyn, res))
     seq_steps = args.batch * args.length

@@ -7,9 +7,9 @@ system. See :class:`LangevinSegmenter`; helpers live in the submodules
 """
 
 from nldseg._estimator import LangevinSegmenter
+from nldseg._inference import SegmentationStream
 from nldseg._landscape import EnergyLandscape
 from nldseg._persistence import InconsistentVersionWarning
-from nldseg._streaming import SegmentationStream
 from nldseg._version import __version__
 
 __all__ = ["EnergyLandscape", "InconsistentVersionWarning", "LangevinSegmenter",

@@ -1,102 +1,87 @@
-"""The :class:`LangevinSegmenter` estimator."""
+"""The :class:`LangevinSegmenter` estimator: parameters, fit, inference, I/O.
+
+``fit`` is a short list of calls into the other rooms: validation
+(:mod:`nldseg._validation`), the model (:mod:`nldseg._model`), training
+(:mod:`nldseg._training`), the landscape (:mod:`nldseg._landscape`); inference
+goes through the posterior sampler (:mod:`nldseg._inference`).
+"""
 
 from __future__ import annotations
-
-import copy
-import math
-import sys
-import time
-import warnings
-from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, DensityMixin
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import TransformerTags, check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from nldseg import _landscape, _persistence
+from nldseg import _persistence
 from nldseg._dynamics import DYNAMICS
 from nldseg._fused import release_buffers
-from nldseg._model import NeuralLangevinVAE
-from nldseg._streaming import SegmentationStream
+from nldseg._inference import PosteriorSampler, SegmentationStream
+from nldseg._landscape import EnergyLandscape, build_landscape
+from nldseg._model import NeuralLangevinVAE, build_model
+from nldseg._training import LEARNING_RATES, TrainingSettings, train
 from nldseg._validation import (
+    BoolParam,
+    IntParam,
+    OptionParam,
+    RealParam,
     Sequences,
+    check_params,
     check_sequences,
     format_output,
+    scale_from_variance,
     unchanged_on_error,
 )
 from nldseg._version import __version__
 
 SOLVERS = frozenset({"euler", "torchsde"})
 INITIAL_PRIORS = frozenset({"stationary", "gaussian"})
-LEARNING_RATES = frozenset({"cosine", "constant"})
-_LR_FLOOR = 0.01  # The cosine schedule ends at this fraction of learning_rate_init.
-_N_PARTITION = 4096  # Importance draws of log Z per training step.
-_N_OCCUPANCY_DRAWS = 40000  # Importance draws of the sampled occupancy (+-0.005).
-_MAX_BAD_STEPS = 8
-_CLIP_NORM = 10.0  # Gradient norm clipping of every training step.
+_LANDSCAPE_STEPS = 20000  # Training steps encoded to find the wells.
+
+#: Type and range of every parameter (``device`` and ``random_state`` are
+#: checked where they are used).
+_PARAMETER_RULES = {
+    "n_states": IntParam(1, none_ok=True),
+    "dynamics": OptionParam(DYNAMICS),
+    "latent_dim": IntParam(1),
+    "beta": RealParam(), "gamma": RealParam(), "mass": RealParam(),
+    "learn_langevin_params": BoolParam(),
+    "dt": RealParam(),
+    "hidden_size": IntParam(1), "context_size": IntParam(1),
+    "window_length": IntParam(1, none_ok=True),
+    "batch_size": IntParam(1), "max_iter": IntParam(1),
+    "learning_rate": OptionParam(LEARNING_RATES), "learning_rate_init": RealParam(),
+    "kl_warmup": IntParam(0), "tol": RealParam(low_closed=True),
+    "n_iter_no_change": IntParam(1), "n_paths": IntParam(1),
+    "min_state_fraction": RealParam(0.0, 1.0, low_closed=True),
+    "initial_prior": OptionParam(INITIAL_PRIORS), "solver": OptionParam(SOLVERS),
+    "verbose": IntParam(0),
+}
 
 
-def _stepwise_noise(gen: torch.Generator, t_max: int, n_sub: int, rows: int,
-                    dim: int) -> torch.Tensor:
-    """Standard normal increments (t_max - 1, n_sub, rows, dim), one draw per step.
-
-    Drawing step by step keeps the increments of step ``k`` independent of the
-    sequence length: a single large ``torch.randn`` fills its tensor in a
-    size-dependent order, which would make labels of a prefix differ from the
-    labels of the whole sequence.
-    """
-    if t_max < 2:
-        return torch.empty((0, n_sub, rows, dim))
-    return torch.stack([torch.randn((n_sub, rows, dim), generator=gen)
-                        for _ in range(t_max - 1)])
+def _frozen(module: NeuralLangevinVAE) -> NeuralLangevinVAE:
+    """The trained module on CPU, in eval mode, with no parameter needing a gradient."""
+    module.cpu().eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
 
 
-def _inference_noise(gen: torch.Generator, t_max: int, n_sub: int, n_samples: int,
-                     state_dim: int, latent_dim: int) -> tuple:
-    """The draws shared by every sequence at inference.
-
-    Returns ``eps0`` (n_samples, state_dim) for the initial states, then the
-    Brownian increments (t_max - 1, n_sub, n_samples, latent_dim), drawn in
-    that order; :class:`~nldseg._streaming.SegmentationStream` draws the same
-    numbers one step at a time.
-    """
-    eps0 = torch.randn((n_samples, state_dim), generator=gen)
-    return eps0, _stepwise_noise(gen, t_max, n_sub, n_samples, latent_dim)
-
-
-class _ProgressBar:
-    """An in-place progress line on stderr for epochs slower than one second.
-
-    Shown when ``verbose >= 2``, or when ``verbose == 1`` and stderr is a
-    terminal; redrawn at most five times a second.
-    """
-
-    def __init__(self, verbose: int) -> None:
-        self.enabled = bool(verbose) and (verbose >= 2 or sys.stderr.isatty())
-        self._last = 0.0
-        self._width = 0
-
-    def show(self, epoch: int, n_epochs: int, done: int, total: int, loss: float,
-             elapsed: float) -> None:
-        now = time.perf_counter()
-        if not self.enabled or elapsed < 1.0 or now - self._last < 0.2:
-            return
-        self._last = now
-        filled = int(30 * done / max(total, 1))
-        line = (f"\rEpoch {epoch + 1}/{n_epochs} [{'#' * filled}{'.' * (30 - filled)}] "
-                f"{done}/{total} batches, loss {loss:.4f}, {elapsed:.0f}s")
-        self._width = max(self._width, len(line))
-        sys.stderr.write(line)
-        sys.stderr.flush()
-
-    def clear(self) -> None:
-        if self._width:
-            sys.stderr.write("\r" + " " * self._width + "\r")
-            sys.stderr.flush()
-            self._width = 0
+def _landscape_subset(seqs: Sequences, data: np.ndarray, rng: np.random.Generator,
+                      budget: int = _LANDSCAPE_STEPS) -> Sequences:
+    """Whole training sequences, drawn at random until ``budget`` steps are taken."""
+    order = rng.permutation(len(seqs.lengths))
+    chosen = []
+    for i in order:
+        chosen.append(i)
+        budget -= int(seqs.lengths[i])
+        if budget <= 0:
+            break
+    chosen = sorted(chosen)
+    offs = seqs.offsets
+    return Sequences(np.concatenate([data[offs[i]:offs[i] + seqs.lengths[i]]
+                                     for i in chosen]), seqs.lengths[chosen], "list")
 
 
 class LangevinSegmenter(DensityMixin, BaseEstimator):
@@ -165,9 +150,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Minimum improvement of the epoch loss that counts as progress.
     n_iter_no_change : int, default=10
         Epochs without progress (after warm-up) before training stops.
-    n_samples : int, default=8
-        Posterior paths per sequence used by :meth:`predict_proba`,
-        :meth:`predict`, :meth:`transform` and :meth:`score`.
+    n_paths : int, default=8
+        Monte-Carlo posterior paths per sequence used by :meth:`predict_proba`,
+        :meth:`predict`, :meth:`transform`, :meth:`score` and :meth:`stream`.
     min_state_fraction : float, default=0.02
         Wells into which less than this fraction of the encoded training data
         flows are merged into a neighbour.
@@ -279,7 +264,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     default cosine schedule: in the paper's experiment (10 seeds) it cut the
     mean l1 error of ``state_occupancy_`` from 0.13 to 0.04.
 
-    Monte-Carlo inference uses the same ``n_samples`` noise draws for every
+    Monte-Carlo inference uses the same ``n_paths`` noise draws for every
     sequence, so the output for one sequence does not depend on the other
     sequences passed with it, and :meth:`stream` reproduces it step by step.
 
@@ -307,7 +292,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                  dt=0.5, hidden_size=64, context_size=32, window_length=50,
                  batch_size=128, max_iter=40, learning_rate="cosine",
                  learning_rate_init=3e-3,
-                 kl_warmup=200, tol=1e-4, n_iter_no_change=10, n_samples=8,
+                 kl_warmup=200, tol=1e-4, n_iter_no_change=10, n_paths=8,
                  min_state_fraction=0.02, initial_prior="stationary",
                  solver="euler", device="auto",
                  random_state=None, verbose=0):
@@ -329,7 +314,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.kl_warmup = kl_warmup
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
-        self.n_samples = n_samples
+        self.n_paths = n_paths
         self.min_state_fraction = min_state_fraction
         self.initial_prior = initial_prior
         self.solver = solver
@@ -339,48 +324,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
-        def positive_int(name, allow_none=False):
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if not isinstance(v, Integral) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer"
-                                 f"{' or None' if allow_none else ''}, got {v!r}.")
-
-        def positive_real(name):
-            v = getattr(self, name)
-            if (not isinstance(v, Real) or isinstance(v, bool) or not np.isfinite(v)
-                    or v <= 0):
-                raise ValueError(f"{name} must be a positive finite number, got {v!r}.")
-
-        for name in ("latent_dim", "hidden_size", "context_size", "batch_size",
-                     "max_iter", "n_iter_no_change", "n_samples"):
-            positive_int(name)
-        positive_int("n_states", allow_none=True)
-        positive_int("window_length", allow_none=True)
-        for name in ("beta", "gamma", "mass", "dt", "learning_rate_init"):
-            positive_real(name)
-        if not isinstance(self.kl_warmup, Integral) or self.kl_warmup < 0:
-            raise ValueError(f"kl_warmup must be a non-negative integer, got "
-                             f"{self.kl_warmup!r}.")
-        if not isinstance(self.tol, Real) or self.tol < 0:
-            raise ValueError(f"tol must be a non-negative number, got {self.tol!r}.")
-        if not (isinstance(self.min_state_fraction, Real)
-                and 0 <= self.min_state_fraction < 1):
-            raise ValueError(f"min_state_fraction must be in [0, 1), got "
-                             f"{self.min_state_fraction!r}.")
-        if self.dynamics not in DYNAMICS:
-            raise ValueError(f"dynamics must be one of {sorted(DYNAMICS)}, got "
-                             f"{self.dynamics!r}.")
-        if self.initial_prior not in INITIAL_PRIORS:
-            raise ValueError(f"initial_prior must be one of {sorted(INITIAL_PRIORS)}, "
-                             f"got {self.initial_prior!r}.")
-        if self.learning_rate not in LEARNING_RATES:
-            raise ValueError(f"learning_rate must be one of {sorted(LEARNING_RATES)}, "
-                             f"got {self.learning_rate!r}.")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {sorted(SOLVERS)}, got "
-                             f"{self.solver!r}.")
+        check_params(self.get_params(deep=False), _PARAMETER_RULES)
         n_sub = 1.0 / self.dt
         if self.dt > 1 or abs(n_sub - round(n_sub)) > 1e-6:
             raise ValueError(f"dt must be 1/n for a positive integer n (observations "
@@ -390,15 +334,13 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         dev = self.device
         if dev == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if not isinstance(dev, str) or not (dev == "cpu" or dev.startswith("cuda")):
+        if not isinstance(dev, str):
+            raise TypeError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {dev!r}.")
+        if not (dev == "cpu" or dev.startswith("cuda")):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {dev!r}.")
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device={dev!r} was requested but CUDA is not available.")
         return torch.device(dev)
-
-    @property
-    def _n_sub(self) -> int:
-        return int(round(1.0 / self.dt))
 
     # --------------------------------------------------------------- training
     def fit(self, X, y=None, *, lengths=None) -> LangevinSegmenter:
@@ -430,301 +372,67 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self._check_params()
         device = self._resolve_device()
         seqs = check_sequences(self, X, lengths=lengths, reset=True, min_length=2)
-        rs = check_random_state(self.random_state)
-        seeds = rs.randint(0, 2**31 - 1, size=4)
+        seeds = check_random_state(self.random_state).randint(0, 2**31 - 1, size=4)
         data = seqs.data.astype(np.float64)
         mean = data.mean(0)
-        scale = data.std(0)
-        scale[~(scale > 1e-12 * np.maximum(1.0, np.abs(mean)))] = 1.0
+        scale = scale_from_variance(data.var(0), mean, data.shape[0])
         z_data = ((data - mean) / scale).astype(np.float32)
-        fork = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork):
-            torch.manual_seed(int(seeds[0]))
-            module = self._build_module(data.shape[1])
-        module.to(device)
+        module = self._new_module(data.shape[1], int(seeds[0]), device)
         try:
-            history = self._train(module, torch.as_tensor(z_data, device=device),
-                                  seqs.lengths, device, seeds[1])
+            result = train(module, torch.as_tensor(z_data, device=device), seqs.lengths,
+                           TrainingSettings.from_params(self.get_params()), device,
+                           int(seeds[1]))
         finally:
             release_buffers()  # The training kernels' reused work space.
-        module.cpu().eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
+        module = _frozen(module)
         # Everything below only reads the trained module; assign at the end so a
         # failure leaves no half-fitted estimator.
-        landscape = self._build_landscape(module, z_data, seqs, seeds[2:])
-        self.scaler_mean_ = mean
-        self.scaler_scale_ = scale
-        self.module_ = module
+        landscape = self._fit_landscape(module, z_data, seqs, seeds[2:])
+        self.scaler_mean_, self.scaler_scale_ = mean, scale
+        self.module_, self.energy_ = module, landscape
         beta, gamma, mass = (t.detach() for t in module.langevin_params())
-        self.beta_, self.gamma_ = float(beta), float(gamma)
-        self.mass_ = float(mass.mean())
-        self.energy_ = landscape
+        self.beta_, self.gamma_, self.mass_ = float(beta), float(gamma), float(mass.mean())
         self.n_states_ = landscape.n_states
         self.state_occupancy_ = landscape.occupancy("sampled")
-        self.loss_curve_, self.n_iter_, self.converged_ = history
+        self.loss_curve_, self.n_iter_ = result.loss_curve, result.n_iter
+        self.converged_ = result.converged
         return self
 
-    def _build_module(self, n_features: int) -> NeuralLangevinVAE:
-        """A freshly initialised VAE for these parameters (on CPU)."""
-        return NeuralLangevinVAE(
-            n_features=n_features, latent_dim=self.latent_dim,
-            dynamics=self.dynamics, hidden_size=self.hidden_size,
-            context_size=self.context_size, beta=float(self.beta),
-            gamma=float(self.gamma), mass=float(self.mass),
-            learn_langevin_params=self.learn_langevin_params,
-            initial_prior=self.initial_prior)
+    def _new_module(self, n_features: int, seed: int, device) -> NeuralLangevinVAE:
+        """A freshly initialised VAE, its weights drawn from ``seed`` (RNG left alone)."""
+        fork = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork):
+            torch.manual_seed(seed)
+            module = build_model(n_features, self.get_params())
+        return module.to(device)
 
-    def _windows(self, lengths: np.ndarray, rng: np.random.Generator) -> list:
-        """Random non-overlapping windows ``(start, length)`` covering every sequence."""
-        w = self.window_length
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        out = []
-        for s0, n in zip(starts, lengths):
-            if w is None or n <= w:
-                out.append((s0, n))
-                continue
-            cut = int(rng.integers(0, w))
-            edges = [0] + list(range(cut, n, w)) + [n]
-            out.extend((s0 + a, b - a) for a, b in zip(edges[:-1], edges[1:])
-                       if b - a >= 2)
-        return [out[i] for i in rng.permutation(len(out))]
-
-    def _schedule(self, progress: float) -> float:
-        """Learning-rate multiplier at ``progress`` (fraction of ``max_iter`` done)."""
-        if self.learning_rate == "constant":
-            return 1.0
-        return _LR_FLOOR + (1.0 - _LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    @staticmethod
-    def _gather(data: torch.Tensor, windows: list, device) -> tuple:
-        """Pad a batch of windows into ``(x, mask)`` of shape (B, T, D), (B, T)."""
-        starts = torch.tensor([s for s, _ in windows], device=device)
-        lens = torch.tensor([n for _, n in windows], device=device)
-        t_max = int(lens.max())
-        offs = torch.arange(t_max, device=device)
-        mask = offs[None, :] < lens[:, None]
-        idx = starts[:, None] + torch.minimum(offs[None, :], lens[:, None] - 1)
-        return data[idx], mask.to(data.dtype)
-
-    def _train(self, module, data, lengths, device, seed) -> tuple:
-        """Adam on the negative ELBO; returns ``(loss_curve, n_iter, converged)``.
-
-        A non-finite loss or gradient rolls back to the parameters before the
-        last step, halves the learning rate (for the rest of the schedule),
-        retries the batch with fresh noise and warns. Ctrl-C keeps the model
-        of the best full-KL epoch so far (else the last good step) and warns.
-        """
-        rng = np.random.default_rng(int(seed))
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int(seed))
-        params = [p for p in module.parameters() if p.requires_grad]
-        lr_init = float(self.learning_rate_init)
-        lr_scale = 1.0  # Halved by every rollback; multiplies the schedule.
-        lr = lr_init
-        opt = torch.optim.Adam(params, lr=lr)
-        d, state_dim, n_sub = module.latent_dim, module.state_dim, self._n_sub
-        step = 0
-        bad_in_a_row = 0
-        loss_curve: list[float] = []
-        best, no_change, converged = np.inf, 0, False
-        best_state = None
-        snapshot = (copy.deepcopy(module.state_dict()), copy.deepcopy(opt.state_dict()))
-        bar = _ProgressBar(self.verbose)
-        try:
-            for epoch in range(self.max_iter):
-                t0 = time.perf_counter()
-                windows = self._windows(lengths, rng)
-                n_batches = -(-len(windows) // self.batch_size)
-                tot_loss, tot_kl, tot_obs = 0.0, 0.0, 0.0
-                for i_batch, b in enumerate(range(0, len(windows), self.batch_size)):
-                    x, mask = self._gather(data, windows[b:b + self.batch_size], device)
-                    n_rows, t_max = x.shape[0], x.shape[1]
-                    n_obs = mask.sum()
-                    while True:  # A non-finite step is rolled back and retried.
-                        lr = lr_init * lr_scale * self._schedule(
-                            (epoch + i_batch / n_batches) / self.max_iter)
-                        for group in opt.param_groups:
-                            group["lr"] = lr
-                        noise = torch.randn((max(t_max - 1, 0), n_sub, n_rows, d),
-                                            generator=gen, device=device)
-                        eps0 = torch.randn((n_rows, state_dim), generator=gen,
-                                           device=device)
-                        weight = (min(1.0, (step + 1) / self.kl_warmup)
-                                  if self.kl_warmup else 1.0)
-                        probe = torch.randn((_N_PARTITION, d), generator=gen,
-                                            device=device)
-                        log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt,
-                                                        solver=self.solver,
-                                                        partition_noise=probe)
-                        loss = -(log_lik.sum() - weight * kl.sum()) / n_obs
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        grad_norm = torch.nn.utils.clip_grad_norm_(params, _CLIP_NORM)
-                        if torch.isfinite(loss) and torch.isfinite(grad_norm):
-                            break
-                        bad_in_a_row += 1
-                        if bad_in_a_row > _MAX_BAD_STEPS:
-                            raise RuntimeError(
-                                f"Training diverged: {bad_in_a_row} non-finite losses "
-                                f"or gradients in a row even after lowering the "
-                                f"learning rate to {lr:.2e}. Try a smaller "
-                                f"learning_rate_init or dt, or standardise X.")
-                        lr_scale *= 0.5
-                        module.load_state_dict(snapshot[0])
-                        opt.load_state_dict(snapshot[1])
-                        warnings.warn(
-                            f"Non-finite loss or gradient at step {step}; rolled back "
-                            f"to the previous parameters and halved the learning "
-                            f"rate (now {0.5 * lr:.2e}).", RuntimeWarning, stacklevel=4)
-                    bad_in_a_row = 0
-                    snapshot = (copy.deepcopy(module.state_dict()),
-                                copy.deepcopy(opt.state_dict()))
-                    opt.step()
-                    step += 1
-                    n = float(n_obs)
-                    tot_loss += float(loss.detach()) * n
-                    tot_kl += float(kl.detach().sum())
-                    tot_obs += n
-                    bar.show(epoch, self.max_iter, i_batch + 1, n_batches,
-                             tot_loss / max(tot_obs, 1.0), time.perf_counter() - t0)
-                bar.clear()
-                epoch_loss = tot_loss / max(tot_obs, 1.0)
-                loss_curve.append(epoch_loss)
-                if self.verbose:
-                    print(f"Epoch {epoch + 1}/{self.max_iter}: loss {epoch_loss:.4f}, "
-                          f"KL/step {tot_kl / max(tot_obs, 1.0):.4f}, "
-                          f"lr {lr:.1e}, {time.perf_counter() - t0:.1f}s", flush=True)
-                if step < self.kl_warmup:
-                    continue
-                if epoch_loss < best - self.tol:
-                    best, no_change = epoch_loss, 0
-                    best_state = copy.deepcopy(module.state_dict())
-                else:
-                    no_change += 1
-                    if no_change >= self.n_iter_no_change:
-                        converged = True
-                        break
-        except KeyboardInterrupt:
-            bar.clear()
-            if step == 0:
-                raise
-            if best_state is not None:
-                module.load_state_dict(best_state)
-                kept = f"the model of the best epoch so far (loss {best:.4f})"
-            else:
-                module.load_state_dict(snapshot[0])
-                kept = "the parameters of the last completed step"
-            warnings.warn(f"Training interrupted by the user after {len(loss_curve)} "
-                          f"epoch(s) and {step} step(s); keeping {kept}.",
-                          UserWarning, stacklevel=3)
-            return loss_curve, len(loss_curve), False
-        if step == 0:
-            raise RuntimeError("Training failed: no training step gave a finite loss "
-                               "and gradient. Try a smaller learning_rate_init or dt, "
-                               "or check X.")
-        if not converged and self.learning_rate == "constant":
-            warnings.warn(f"Stopped after max_iter={self.max_iter} epochs without "
-                          f"converging; increase max_iter.", ConvergenceWarning,
-                          stacklevel=3)
-        return loss_curve, len(loss_curve), converged
-
-    def _build_landscape(self, module, z_data, seqs, seeds):
-        """Find wells from encoded training data and estimate occupancies."""
+    def _fit_landscape(self, module, z_data: np.ndarray, seqs: Sequences,
+                       seeds) -> EnergyLandscape:
+        """Encode part of the training data and find the wells in its latent codes."""
         rng = np.random.default_rng(int(seeds[0]))
-        order = rng.permutation(len(seqs.lengths))
-        budget, chosen = 20000, []
-        for i in order:
-            chosen.append(i)
-            budget -= int(seqs.lengths[i])
-            if budget <= 0:
-                break
-        offs = seqs.offsets
-        sub = Sequences(np.concatenate([z_data[offs[i]:offs[i] + seqs.lengths[i]]
-                                        for i in sorted(chosen)]),
-                        seqs.lengths[sorted(chosen)], "list")
-        z = self._latent_samples(module, sub, n_samples=1, seed=int(seeds[1]))
-        codes = z[:, 0, : module.latent_dim].astype(np.float64)
-        if len(codes) > 3000:
-            codes = codes[rng.choice(len(codes), 3000, replace=False)]
-        found = _landscape.find_minima(module.energy, codes)
-        minima, code_min = found["minima"], found["code_minimum"]
-        counts = np.bincount(code_min[code_min >= 0], minlength=len(minima))
-        state_of = _landscape.merge_minima(
-            found["energy64"], minima, counts,
-            min_fraction=self.min_state_fraction, n_states=self.n_states)
-        if self.n_states is not None and state_of.max() + 1 < self.n_states:
-            warnings.warn(f"n_states={self.n_states} was requested but the energy has "
-                          f"only {state_of.max() + 1} well(s); keeping those.",
-                          UserWarning, stacklevel=3)
-        beta = float(module.langevin_params()[0])
-        landscape = _landscape.EnergyLandscape(
-            module.energy, beta, minima, state_of, found["capture_radius"],
-            found["step_size"], found["max_step"])
-        landscape.build_lookup(codes)
-        _landscape.compute_occupancies(landscape, codes, _N_OCCUPANCY_DRAWS, rng)
-        occ = landscape.occupancies["sampled"]
-        # Largest occupancy first; ties broken by the minimum's coordinates.
-        order = np.lexsort((*landscape.minima.T[::-1], -np.round(occ, 12)))
-        _landscape.relabel_states(landscape, order)
-        return landscape
+        sub = _landscape_subset(seqs, z_data, rng)
+        sampler = PosteriorSampler(module, self.dt, 1, int(seeds[1]), self.solver)
+        codes = sampler.latent_paths(sub)[:, 0, :module.latent_dim].astype(np.float64)
+        return build_landscape(module.energy, float(module.langevin_params()[0]), codes,
+                               min_state_fraction=self.min_state_fraction,
+                               n_states=self.n_states, rng=rng)
 
     # -------------------------------------------------------------- inference
-    def _posterior_batches(self, module, seqs: Sequences, n_samples: int,
-                           gen: torch.Generator, chunk_rows: int = 4096):
-        """Yield ``(ids, x, mask, eps0, noise)`` for padded chunks of sequences.
-
-        Every sequence gets the same ``n_samples`` draws (common random
-        numbers): ``eps0`` first, then the increments of each step in turn
-        (see :func:`_inference_noise`). So the labels of a sequence do not
-        depend on the other sequences in ``X`` nor on the chunking, and equal
-        those of :meth:`stream`.
-        """
-        data = torch.as_tensor(seqs.data)
-        offs, n_seq = seqs.offsets, len(seqs.lengths)
-        eps0_s, noise_s = _inference_noise(gen, int(seqs.lengths.max()), self._n_sub,
-                                           n_samples, module.state_dim,
-                                           module.latent_dim)
-        per_chunk = max(1, chunk_rows // n_samples)
-        for c0 in range(0, n_seq, per_chunk):
-            ids = np.arange(c0, min(n_seq, c0 + per_chunk))
-            windows = [(int(offs[i]), int(seqs.lengths[i])) for i in ids]
-            x, mask = self._gather(data, windows, "cpu")
-            # Rows are sequence-major (row = sequence * n_samples + sample).
-            eps0 = eps0_s.repeat(len(ids), 1)
-            noise = noise_s[: x.shape[1] - 1].repeat(1, 1, len(ids), 1)
-            yield ids, x, mask, eps0, noise
-
-    def _latent_samples(self, module, seqs: Sequences, n_samples: int,
-                        seed: int) -> np.ndarray:
-        """Posterior latent states at every observation, (n_total, S, state_dim)."""
-        gen = torch.Generator().manual_seed(int(seed))
-        out = np.empty((seqs.data.shape[0], n_samples, module.state_dim),
-                       dtype=np.float32)
-        offs = seqs.offsets
-        with torch.no_grad():
-            for ids, x, _, eps0, noise in self._posterior_batches(module, seqs,
-                                                                  n_samples, gen):
-                paths = module.simulate(x, noise, self.dt, n_samples, eps0=eps0,
-                                        solver=self.solver, with_kl=False)
-                z = paths.z.reshape(x.shape[1], len(ids), n_samples, -1).numpy()
-                for j, i in enumerate(ids):
-                    out[offs[i]:offs[i] + seqs.lengths[i]] = z[:seqs.lengths[i], j]
-        return out
-
     def _prepare(self, X, lengths) -> Sequences:
         check_is_fitted(self)
         seqs = check_sequences(self, X, lengths=lengths, reset=False)
         data = (seqs.data.astype(np.float64) - self.scaler_mean_) / self.scaler_scale_
         return Sequences(np.array(data, dtype=np.float32), seqs.lengths, seqs.form)
 
-    def _inference_seed(self) -> int:
-        return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+    def _sampler(self) -> PosteriorSampler:
+        """The fitted model's posterior sampler, seeded from ``random_state``."""
+        seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+        return PosteriorSampler(self.module_, self.dt, self.n_paths, seed, self.solver)
 
     def predict_proba(self, X, *, lengths=None):
         """Probability of each state at every time step (online).
 
-        The posterior SDE is sampled ``n_samples`` times per sequence; the
+        The posterior SDE is sampled ``n_paths`` times per sequence; the
         probability of state ``k`` at step ``t`` is the fraction of samples
         whose latent state at ``t`` lies in the basin of well ``k``. Step ``t``
         uses ``x[:t+1]`` only. Deterministic for an integer ``random_state``.
@@ -747,10 +455,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         return format_output(seqs, self._proba(seqs))
 
     def _proba(self, seqs: Sequences) -> np.ndarray:
-        z = self._latent_samples(self.module_, seqs, self.n_samples,
-                                 self._inference_seed())
+        z = self._sampler().latent_paths(seqs)
         d = self.module_.latent_dim
-        return self.energy_._state_fractions(torch.as_tensor(z[..., :d]))
+        return self.energy_.state_fractions(torch.as_tensor(z[..., :d]))
 
     def predict(self, X, *, lengths=None):
         """State label of every time step (online): the argmax of ``predict_proba``.
@@ -793,7 +500,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         return self.fit(X, lengths=lengths).predict(X, lengths=lengths)
 
     def transform(self, X, *, lengths=None):
-        """Posterior-mean latent path (positions), averaged over ``n_samples`` paths.
+        """Posterior-mean latent path (positions), averaged over ``n_paths`` paths.
 
         Parameters
         ----------
@@ -811,8 +518,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             ``q`` only.
         """
         seqs = self._prepare(X, lengths)
-        z = self._latent_samples(self.module_, seqs, self.n_samples,
-                                 self._inference_seed())
+        z = self._sampler().latent_paths(seqs)
         mean = z[..., : self.module_.latent_dim].mean(1).astype(np.float64)
         return format_output(seqs, mean)
 
@@ -839,7 +545,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     def score(self, X, y=None, *, lengths=None, sample_weight=None) -> float:
         """Mean ELBO per time step (higher is better).
 
-        The ELBO is estimated with ``n_samples`` posterior paths per sequence
+        The ELBO is estimated with ``n_paths`` posterior paths per sequence
         and expressed in the units of ``X`` (the standardisation's Jacobian is
         included), so scores of different models on the same data compare.
 
@@ -865,19 +571,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             raise ValueError("LangevinSegmenter.score does not support "
                              "sample_weight.")
         seqs = self._prepare(X, lengths)
-        module = self.module_
-        gen = torch.Generator().manual_seed(self._inference_seed())
-        probe = torch.randn((2 * _N_PARTITION, module.latent_dim), generator=gen)
-        s = self.n_samples
-        total = 0.0
-        with torch.no_grad():
-            for _, x, mask, eps0, noise in self._posterior_batches(module, seqs, s, gen):
-                log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt, s,
-                                                solver=self.solver,
-                                                partition_noise=probe)
-                total += float((log_lik - kl).sum()) / s
-        n_total = seqs.data.shape[0]
-        return float(total / n_total - np.log(self.scaler_scale_).sum())
+        total = self._sampler().elbo_sum(seqs)
+        return float(total / seqs.data.shape[0] - np.log(self.scaler_scale_).sum())
 
     # ------------------------------------------------------- serving and I/O
     def stream(self) -> SegmentationStream:
@@ -906,7 +601,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         True
         """
         check_is_fitted(self)
-        return SegmentationStream(self)
+        return SegmentationStream(self._sampler(), self.energy_, self.scaler_mean_,
+                                  self.scaler_scale_)
 
     def save(self, path) -> None:
         """Write the fitted model to ``path`` in a safe, pickle-free format.
@@ -977,7 +673,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         return state
 
     def __setstate__(self, state):
-        state = dict(state)
+        state = _persistence.rename_old_params(state)
         _persistence.warn_if_other_version(state.pop("_nldseg_version", None))
         super().__setstate__(state)
 

@@ -1,49 +1,143 @@
-"""The training step's two sequential loops, with hand-written backward passes.
+"""Fast kernels of the posterior SDE and the encoder; they take tensors, not modules.
 
-A training step runs two loops over time: the causal GRU encoder, and the
-Euler-Maruyama simulation of the posterior SDE, ``n_sub`` steps between
-consecutive observations (about 400 small steps for a window of 200).
-Recorded by autograd, each step of either loop is a few dozen operators on
-(batch, hidden) tensors, and the step time is mostly per-operator overhead.
-:class:`_GRUSequence` and :class:`_EulerPath` run the same steps without
-autograd, keep the few activations their backward needs in reused buffers,
-and in the backward pass propagate only the adjoint of the hidden or latent
-state step by step; every parameter gradient is then one large matrix product
-over all steps at once. Both are used when autograd is on (training), the
-GRU on CPU only (on CUDA, ``torch.nn.GRU`` is cuDNN's fused kernel); the
-values equal those of ``torch.nn.GRU`` and of
-:meth:`nldseg._model.NeuralLangevinVAE.advance` to float rounding, and so do
-the gradients (tested against autograd, and against torchsde's solver).
+Two forms of every network exist in nldseg: the plain formulas in
+:mod:`nldseg._model` (autograd's reference, used to check everything here) and
+the *folded* form of this module, used by the training kernels, the inference
+stepper and the energy's gradient flows. The folded algebra is written once,
+here.
 
-One Euler step of the posterior SDE, with ``P`` the projected encoder context
-of the interval::
+**Folding.** ``tanh(a) = 2 sigmoid(2 a) - 1`` and ``1 - tanh(a)^2 = 4 s (1 - s)``
+with ``s = sigmoid(2 a)``; on CPU torch's ``tanh`` costs about three times its
+``sigmoid``, and the constants fold into the weights. For the energy
+``E(q) = w . tanh(W2 tanh(W1 q + b1) + b2) + c |q|^2``::
 
-    h  = tanh(z Ws^T + P),  u = h Wo^T + bo    posterior drift correction
-    h1 = tanh(q W1^T + b1), h2 = tanh(h1 W2^T + b2)
-    G  = ((1 - h1^2) * (((1 - h2^2) * w) W2)) W1 + 2 c q     grad E(q)
+    s1 = sigmoid(q (2 W1)^T + 2 b1)
+    s2 = sigmoid(s1 (4 W2)^T + 2 (b2 - W2 1))
+    d1 = (s1 - s1^2) * ((s2 - s2^2) W2w),        W2w = 4 w * W2 (row-scaled)
+    grad E(q) = d1 (4 W1) + 2 c q
 
-    overdamped:   z' = z + dt u - gs G + xi            (gs = dt / gamma)
+(:func:`folded_energy_grad`). The posterior drift ``u = Wo tanh(Ws z + P) + bo``
+is ``u = s_c (2 Wo)^T + (bo - Wo 1)`` with ``s_c = sigmoid(z (2 Ws)^T + 2 P)``.
+
+**One Euler step** of the posterior SDE, with ``P`` the projected encoder
+context of the interval and ``q`` the position part of ``z``::
+
+    overdamped:   z' = z + dt u - g grad E(q) + xi          (g = dt / gamma)
     underdamped:  q' = q + dt M^-1 p
-                  p' = (1 - dt gamma M^-1) p + dt (u - G) + xi
+                  p' = (1 - dt gamma M^-1) p + dt (u - grad E(q)) + xi
 
-and ``|u|^2`` is summed per observation interval (times ``dt / (2 sigma^2)``
-it is the path KL). ``q`` is ``z`` (overdamped) or the position half of
-``z = (q, p)`` (underdamped); ``xi`` is the scaled Brownian increment.
+Both the control's and the energy's first layers read the state, so they are
+one matrix product ``[a1 | a_c] = z K1^T + [2 b1 | 2 P]``, and the update is
+linear given the activations: ``z' = z L + [s_c | d1] M + xi'``, where ``L``
+(``trans``) is the state's own transition including the ``2 c q`` of
+``grad E``, ``M`` (``out_layers``) stacks ``2 dt Wo^T`` and ``-4 g W1``, and
+``xi'`` (``drive``) is the noise plus ``dt (bo - Wo 1)`` (:func:`fold_step`).
+``|u|^2`` is summed per observation interval (times ``dt / (2 sigma^2)`` it is
+the path KL).
 
-In both loops ``tanh(a)`` is computed as ``2 sigmoid(2 a) - 1`` with the
-constants folded into the weights (on CPU, torch's ``tanh`` costs about three
-times its ``sigmoid``), and the control's and the energy's first layers, which
-both read the state, are one matrix product.
+**Training.** A training step runs two loops over time: the causal GRU
+encoder and the Euler loop (``n_sub`` steps between consecutive observations,
+about 400 small steps for a window of 200). Recorded by autograd, each step of
+either loop is a few dozen operators on (batch, hidden) tensors, and the step
+time is mostly per-operator overhead. :class:`_GRUSequence` and
+:class:`_EulerPath` run the same steps without autograd, keep the few
+activations their backward needs in reused buffers, and in the backward pass
+propagate only the adjoint of the hidden or latent state step by step; every
+parameter gradient is then one large matrix product over all steps at once.
+The GRU kernel is used on CPU only (on CUDA ``torch.nn.GRU`` is cuDNN's fused
+kernel). Values and gradients equal autograd's on the plain formulas to float
+rounding (tested in float64).
 """
 
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import torch
 
 _POOL: dict = {}  # (shape, dtype) -> free CPU buffers
 _POOL_LOCK = threading.Lock()
+
+
+class EnergyWeights(NamedTuple):
+    """Tensors of ``E(q) = w_out . tanh(w2 tanh(w1 q + b1) + b2) + c |q|^2``.
+
+    ``w1`` (hidden, d), ``b1`` (hidden,), ``w2`` (hidden, hidden), ``b2``
+    (hidden,), ``w_out`` (1, hidden), ``c`` a positive scalar tensor. The
+    output layer's bias shifts ``E`` only, so no kernel reads it.
+    """
+
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    b2: torch.Tensor
+    w_out: torch.Tensor
+    c: torch.Tensor
+
+
+class DriftWeights(NamedTuple):
+    """Tensors of the posterior drift ``u = w_out tanh(w_state z + P) + b_out``.
+
+    ``P = w_context c_t + b_context`` is the projected encoder context;
+    ``w_state`` (hidden, state_dim), ``w_out`` (d, hidden), ``b_out`` (d,),
+    ``w_context`` (hidden, context), ``b_context`` (hidden,).
+    """
+
+    w_state: torch.Tensor
+    w_out: torch.Tensor
+    b_out: torch.Tensor
+    w_context: torch.Tensor
+    b_context: torch.Tensor
+
+
+class GRUWeights(NamedTuple):
+    """Tensors of a one-layer GRU in torch's layout and gate order ``(r, z, n)``.
+
+    ``w_ih`` (3 hidden, D), ``w_hh`` (3 hidden, hidden), ``b_ih`` and ``b_hh``
+    (3 hidden,).
+    """
+
+    w_ih: torch.Tensor
+    w_hh: torch.Tensor
+    b_ih: torch.Tensor
+    b_hh: torch.Tensor
+
+
+class FoldedEnergy(NamedTuple):
+    """The energy's weights folded for the sigmoid form (module docstring).
+
+    ``w1_2t`` = ``(2 W1)^T`` (d, hidden), ``b1_2`` = ``2 b1``, ``w2_4t`` =
+    ``(4 W2)^T``, ``b2_2`` = ``2 (b2 - W2 1)``, ``w2w`` = ``4 w * W2`` (the way
+    back through the second layer), ``w1_4`` = ``4 W1``, ``two_c`` = ``2 c``.
+    """
+
+    w1_2t: torch.Tensor
+    b1_2: torch.Tensor
+    w2_4t: torch.Tensor
+    b2_2: torch.Tensor
+    w2w: torch.Tensor
+    w1_4: torch.Tensor
+    two_c: float
+
+
+class FoldedStep(NamedTuple):
+    """The weights of one Euler step folded for the sigmoid form (module docstring).
+
+    ``k1`` (2 hidden, state_dim): the merged first layer, giving ``[a1 | a_c]``
+    (the energy's, then the control's). ``energy``: the :class:`FoldedEnergy`
+    (its ``w2_4t``, ``b2_2`` and ``w2w`` are the second layer and its way
+    back). ``bo2`` = ``bo - Wo 1``, the control's constant term.
+    ``out_layers`` (2 hidden, state_dim) and ``trans`` (state_dim, state_dim):
+    the update ``z' = z trans + [s_c | d1] out_layers + dt bo2 + xi``, with
+    ``grad E``'s ``2 c q`` in ``trans``.
+    """
+
+    k1: torch.Tensor
+    energy: FoldedEnergy
+    bo2: torch.Tensor
+    out_layers: torch.Tensor
+    trans: torch.Tensor
 
 
 def _take(shape: tuple, like: torch.Tensor) -> torch.Tensor:
@@ -103,35 +197,85 @@ def _sum_outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.transpose(1, 2), b).sum(0)
 
 
-def _fold(ws, wo, bo, w1, w2, b2, w_out, two_c, step_g, dt, inv_mass, friction) -> dict:
-    """The weights of one Euler step folded for the sigmoid form (module docstring).
+def fold_energy(energy: EnergyWeights) -> FoldedEnergy:
+    """Fold the energy's weights for :func:`folded_energy_grad` and the Euler steps."""
+    w1, w2 = energy.w1, energy.w2
+    return FoldedEnergy(
+        w1_2t=(2.0 * w1).t(), b1_2=2.0 * energy.b1, w2_4t=(4.0 * w2).t(),
+        b2_2=2.0 * (energy.b2 - w2.sum(1)),
+        w2w=(4.0 * energy.w_out[0]).unsqueeze(1) * w2, w1_4=4.0 * w1,
+        two_c=2.0 * float(energy.c))
 
-    ``k1`` (2 hidden, state_dim): first layer, giving ``[s1 | s_c]`` (the
-    energy's and the control's). ``w2_4t``, ``b2_2``: the energy's second
-    layer. ``w2w``: its way back, ``4 w * W2``. ``bo2``: the control's
-    constant term. ``out_layers`` (2 hidden, state_dim) and ``trans``
-    (state_dim, state_dim): the update ``z' = z trans + [s_c | d1] out_layers
-    + dt bo2 + xi``, with ``G``'s ``2 c q`` in ``trans``. ``inv_mass`` and
-    ``friction`` are ``None`` for overdamped dynamics.
+
+def _energy_back(s1: torch.Tensor, fe: FoldedEnergy, s2_out: torch.Tensor,
+                 g1_out: torch.Tensor, d1_out: torch.Tensor,
+                 r2_out: torch.Tensor | None = None,
+                 r1_out: torch.Tensor | None = None) -> torch.Tensor:
+    """From the first layer's sigmoids ``s1`` to ``d1`` (module docstring); returns ``d1``.
+
+    ``s2_out`` receives ``s2``, then ``r2 = s2 - s2^2`` in place unless
+    ``r2_out`` is given (a backward pass keeps both); ``r1_out``, if given,
+    keeps ``r1 = s1 - s1^2``. The one home of the energy's folded way back,
+    shared by the training kernel, the inference stepper and
+    :func:`folded_energy_grad`.
     """
+    s2 = torch.addmm(fe.b2_2, s1, fe.w2_4t, out=s2_out).sigmoid_()
+    if r2_out is None:
+        r2 = s2.addcmul_(s2, s2, value=-1.0)
+    else:
+        r2 = torch.addcmul(s2, s2, s2, value=-1.0, out=r2_out)
+    g1 = torch.mm(r2, fe.w2w, out=g1_out)
+    if r1_out is None:
+        return torch.addcmul(s1, s1, s1, value=-1.0, out=d1_out).mul_(g1)
+    r1 = torch.addcmul(s1, s1, s1, value=-1.0, out=r1_out)
+    return torch.mul(r1, g1, out=d1_out)
+
+
+def folded_energy_grad(z: torch.Tensor, fe: FoldedEnergy) -> torch.Tensor:
+    """``grad E(z)`` for latent points (n, d) on the folded weights, without autograd.
+
+    The energy's gradient flows (basins, minima) run on this; it equals
+    :meth:`nldseg._model.EnergyMLP.grad` to float rounding (tested).
+    """
+    s1 = torch.addmm(fe.b1_2, z, fe.w1_2t).sigmoid_()
+    hidden = s1.shape[1]
+    work = z.new_empty((3, z.shape[0], hidden))
+    d1 = _energy_back(s1, fe, work[0], work[1], work[2])
+    return torch.addmm(z * fe.two_c, d1, fe.w1_4)
+
+
+def fold_step(drift: DriftWeights, energy: EnergyWeights, coef: dict,
+              dt: float) -> FoldedStep:
+    """Fold one Euler step's weights (module docstring).
+
+    ``coef`` is :func:`nldseg._dynamics.step_coefficients`' dict: overdamped,
+    ``grad_scale`` ``g = dt / gamma``; underdamped, ``inv_mass`` and
+    ``friction`` (latent_dim,).
+    """
+    ws, wo, bo = drift.w_state, drift.w_out, drift.b_out
+    w1 = energy.w1
     d, state_dim = w1.shape[1], ws.shape[1]
+    inv_mass = coef.get("inv_mass")
+    under = inv_mass is not None
+    step_g = dt if under else float(coef["grad_scale"])
+    fe = fold_energy(energy)
+    two_c = fe.two_c
     out_layers = torch.cat([(2.0 * dt) * wo.t(), (-4.0 * step_g) * w1])
     trans = ws.new_zeros((state_dim, state_dim))
-    if inv_mass is not None:
+    if under:
         eye = torch.eye(d, dtype=ws.dtype, device=ws.device)
         trans[:d, :d] = eye
         trans[d:, :d] = torch.diag(dt * inv_mass)
         trans[:d, d:] = -two_c * dt * eye
-        trans[d:, d:] = torch.diag(1.0 - dt * friction)
+        trans[d:, d:] = torch.diag(1.0 - dt * coef["friction"])
         out_layers = torch.nn.functional.pad(out_layers, (d, 0))
     else:
         trans.fill_diagonal_(1.0 - two_c * step_g)
-    return {
-        "k1": torch.cat([torch.nn.functional.pad(w1, (0, state_dim - d)), ws]) * 2.0,
-        "w2_4t": (4.0 * w2).t(), "b2_2": 2.0 * (b2 - w2.sum(1)),
-        "w2w": (4.0 * w_out[0]).unsqueeze(1) * w2, "bo2": bo - wo.sum(1),
+    return FoldedStep(
+        k1=torch.cat([torch.nn.functional.pad(w1, (0, state_dim - d)), ws]) * 2.0,
+        energy=fe, bo2=bo - wo.sum(1),
         # Skinny products run faster on a transposed contiguous right factor.
-        "out_layers": out_layers.t().contiguous().t(), "trans": trans}
+        out_layers=out_layers.t().contiguous().t(), trans=trans)
 
 
 class _GRUSequence(torch.autograd.Function):
@@ -249,59 +393,96 @@ class _GRUSequence(torch.autograd.Function):
         return d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh
 
 
-def gru_sequence(gru: torch.nn.GRU, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hidden states of a one-layer batch-first ``gru`` over ``x`` (B, T, D).
+def gru_sequence(gru: GRUWeights, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states of a one-layer batch-first GRU over ``x`` (B, T, D).
 
-    Returns ``(h, h0)``: ``h`` (B, T, H) equals ``gru(x)[0]`` from a zero
-    initial state, and ``h0`` (B, H) is a copy of ``h[:, 0]``, its own output
-    so that reading the first step does not cost autograd a (B, T, H) zero
-    tensor and a sum in the backward pass of :class:`_GRUSequence`.
+    Returns ``(h, h0)``: ``h`` (B, T, H) equals ``torch.nn.GRU``'s output
+    from a zero initial state, and ``h0`` (B, H) is a copy of ``h[:, 0]``, its
+    own output so that reading the first step does not cost autograd a
+    (B, T, H) zero tensor and a sum in the backward pass of
+    :class:`_GRUSequence`.
     """
-    return _GRUSequence.apply(x, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0,
-                              gru.bias_hh_l0)
+    return _GRUSequence.apply(x, *gru)
+
+
+_EULER_INPUTS = ("z0", "projected", "noise", "w_state", "w_out", "b_out", "w1", "b1",
+                 "w2", "b2", "w_energy", "c", "grad_scale", "inv_mass", "friction", "dt")
+_EULER_INDEX = {name: i for i, name in enumerate(_EULER_INPUTS)}
 
 
 class _EulerPath(torch.autograd.Function):
-    """Posterior Euler-Maruyama paths with a hand-written backward.
+    r"""Posterior Euler-Maruyama paths with a hand-written backward.
 
-    ``forward(z0, projected, noise, ws, wo, bo, w1, b1, w2, b2, w_out, c, gs,
-    inv_mass, friction, dt)`` returns ``(zs, sq)``: the state at every
-    observation, (T, rows, state_dim), and the summed ``|u|^2`` of each
-    interval, (T, rows), with ``sq[0] = 0``. ``projected`` is (rows, T, hidden),
-    ``noise`` the scaled increments (T - 1, n_sub, rows, latent_dim). ``gs`` is
-    the overdamped gradient scale (``None`` underdamped); ``inv_mass`` and
-    ``friction`` (latent_dim,) are the underdamped coefficients (``None``
-    overdamped). Not twice differentiable.
+    Inputs, in the order of ``_EULER_INPUTS`` (see :func:`euler_path`):
+    ``z0`` (rows, state_dim); ``projected`` (rows, T, hidden), the projected
+    context ``P`` of each observation; ``noise``, the scaled increments
+    (T - 1, n_sub, rows, d); the drift's ``w_state``, ``w_out``, ``b_out``
+    (:class:`DriftWeights`); the energy's ``w1``, ``b1``, ``w2``, ``b2``,
+    ``w_energy`` (its output weight) and ``c`` (:class:`EnergyWeights`);
+    ``grad_scale`` ``g = dt / gamma`` (overdamped, else None); ``inv_mass``
+    and ``friction`` (d,) (underdamped, else None); ``dt``. Returns ``(zs,
+    sq)``: the state at every observation, (T, rows, state_dim), and the
+    summed ``|u|^2`` of each interval, (T, rows), with ``sq[0] = 0``. Not
+    twice differentiable.
 
-    Only what the next state needs is computed inside the loops; everything
-    else (the control ``u``, the squared controls, the factors the backward
-    multiplies by) is one batched operation over all steps. The state update
-    is linear given the activations: ``z' = z L + [s_c, d1] M + xi'``, with
-    ``L`` the state's own transition (including the ``2 c q`` of ``grad E``),
-    ``M`` the control's and the energy's output layers, and ``xi'`` the noise
-    plus the constant drift.
+    **Forward.** Only what the next state needs is computed inside the loop
+    (module docstring): per Euler step ``n`` with ``z = z_n``,
+    ``[a1 | a_c] = z K1^T + [2 b1 | 2 P_k]``, ``s1 = sigmoid(a1)``,
+    ``s_c = sigmoid(a_c)``, ``s2``, ``r2 = s2 - s2^2``, ``g1 = r2 W2w``,
+    ``r1 = s1 - s1^2``, ``d1 = r1 g1`` and ``z_{n+1} = z L + [s_c | d1] M +
+    xi_n``. The control ``u_n = s_c (2 Wo)^T + bo2`` and the factors the
+    backward multiplies by are batched operations over all steps afterwards.
+
+    **Backward.** With ``lam_n = dLoss / dz_{n+1}`` (the adjoint of the state
+    after step ``n``, started from the gradient at the last observation) and
+    ``sig_k = 2 dLoss/dsq_k / dt`` for the interval ``k`` of step ``n``, the
+    recursion from the last step down is, writing ``lam_f`` for the force
+    columns of ``lam`` (all of it overdamped, the momenta underdamped)::
+
+        [t_c | t_e] = lam_f M_f^T  (+ sig_k * (u_n 2 dt Wo) on t_c)
+                                        M_f = [2 dt Wo^T ; -4 g W1]: M's force rows
+        y_c  = t_c * r_c                 r_c = s_c - s_c^2:  dLoss / d a_c
+        dg1  = t_e * r1                  dLoss / d g1
+        dy2  = (dg1 W2w^T) * e2          e2 = r2 (1 - 2 s2): dLoss / d a2
+        y1   = (dy2 (4 W2)) * r1 + t_e * e1
+                                        e1 = d1 (1 - 2 s1): dLoss / d a1
+        lam_{n-1} = lam_n L^T + [y1 | y_c] K1  (+ dLoss / dz at an observation)
+
+    and ``dLoss / dz0 = lam_{-1}``. Every parameter gradient is then a sum over
+    steps of an outer product, one matrix product over all steps:
+    ``dK1 = sum z_n^T [y1 | y_c]`` (giving ``W1`` and ``Ws`` after the folding
+    constant 2), ``dWo = dt (2 sum gu^T s_c - (sum gu) 1^T)`` with ``gu = lam_f +
+    sig * u``, ``dbo = dt sum gu``, ``dW1`` also gets ``-4 g sum d1^T lam_f``,
+    ``dW2w = sum r2^T dg1`` (giving ``W2`` and ``w`` through ``W2w = 4 w * W2``),
+    ``dW2`` also ``4 sum s1^T dy2 - 2 (sum dy2) 1^T``, ``db1 = 2 sum y1``,
+    ``db2 = 2 sum dy2``, ``dc = -2 g sum lam_f . q``, and each interval's
+    context adjoint ``dP_k = 2 sum_{n in k} y_c``. The Brownian increments'
+    adjoint is ``lam_f`` itself; ``g``, ``M^-1`` and the friction get
+    ``-sum lam_f . grad E``, ``dt sum lam_q . p`` and ``-dt sum lam_f . p``.
     """
 
     @staticmethod
-    def forward(ctx, z0, projected, noise, ws, wo, bo, w1, b1, w2, b2, w_out, c,
-                gs, inv_mass, friction, dt):
+    def forward(ctx, *inputs):
+        a = dict(zip(_EULER_INPUTS, inputs))
+        z0, projected, noise, dt = a["z0"], a["projected"], a["noise"], a["dt"]
         n_obs, n_sub, rows, d = noise.shape
         n_obs += 1
         n_steps = (n_obs - 1) * n_sub
-        hidden, state_dim = w2.shape[0], z0.shape[1]
-        under = inv_mass is not None
-        two_c = 2.0 * float(c)
-        step_g = dt if under else float(gs)  # G enters the force as -step_g G.
-        fold = _fold(ws, wo, bo, w1, w2, b2, w_out, two_c, step_g, dt, inv_mass,
-                     friction)
-        k1, w2_4t, b2_2, w2w = fold["k1"], fold["w2_4t"], fold["b2_2"], fold["w2w"]
-        bo2, out_layers, trans = fold["bo2"], fold["out_layers"], fold["trans"]
+        hidden, state_dim = a["w2"].shape[0], z0.shape[1]
+        under = a["inv_mass"] is not None
+        coef = ({"inv_mass": a["inv_mass"], "friction": a["friction"]} if under
+                else {"grad_scale": a["grad_scale"]})
+        fold = fold_step(DriftWeights(a["w_state"], a["w_out"], a["b_out"], None, None),
+                         EnergyWeights(a["w1"], a["b1"], a["w2"], a["b2"],
+                                       a["w_energy"], a["c"]), coef, dt)
+        fe, out_layers, trans = fold.energy, fold.out_layers, fold.trans
         pad = state_dim - d
         bias = _take((rows, n_obs, 2 * hidden), z0)
-        bias[..., :hidden].copy_(2.0 * b1)
+        bias[..., :hidden].copy_(fe.b1_2)
         torch.mul(projected, 2.0, out=bias[..., hidden:])
         drive = z0.new_zeros((n_steps, rows, state_dim))
-        torch.add(noise.reshape(n_steps, rows, d), bo2, alpha=dt, out=drive[..., pad:])
+        torch.add(noise.reshape(n_steps, rows, d), fold.bo2, alpha=dt,
+                  out=drive[..., pad:])
         bufs = {name: _take(shape, z0) for name, shape in (
             ("zs", (n_steps + 1, rows, state_dim)), ("x", (n_steps, rows, 3 * hidden)),
             ("s2", (n_steps, rows, hidden)), ("r2", (n_steps, rows, hidden)),
@@ -314,26 +495,26 @@ class _EulerPath(torch.autograd.Function):
         r1_b = _steps(bufs["rr"], hidden, 2 * hidden)
         zs_b[0].copy_(z0)
         biases, drives = bias.unbind(1), drive.unbind(0)
-        k1_t = k1.t()
+        k1_t = fold.k1.t()
         g1 = z0.new_empty((rows, hidden))
         for n in range(n_steps):
-            z, s1 = zs_b[n], s1_b[n]
+            z = zs_b[n]
             torch.addmm(biases[n // n_sub + 1], z, k1_t, out=first_b[n]).sigmoid_()
-            s2 = torch.addmm(b2_2, s1, w2_4t, out=s2_b[n]).sigmoid_()
-            r2 = torch.addcmul(s2, s2, s2, value=-1.0, out=r2_b[n])
-            r1 = torch.addcmul(s1, s1, s1, value=-1.0, out=r1_b[n])
-            torch.mul(r1, torch.mm(r2, w2w, out=g1), out=d1_b[n])
+            _energy_back(s1_b[n], fe, s2_b[n], g1, d1_b[n], r2_out=r2_b[n],
+                         r1_out=r1_b[n])
             torch.addmm(drives[n], z, trans, out=zs_b[n + 1]).addmm_(act_b[n], out_layers)
         _give(bias)  # Only the loop reads it.
         s1_all, sc_all, d1_all = x_all.split(hidden, dim=2)
+        # The backward's factors, in place: rr = [r_c | r1], s2 -> e2, e1.
         torch.addcmul(sc_all, sc_all, sc_all, value=-1.0, out=bufs["rr"][..., :hidden])
         torch.addcmul(bufs["r2"], bufs["s2"], bufs["r2"], value=-2.0, out=bufs["s2"])
         torch.addcmul(d1_all, s1_all, d1_all, value=-2.0, out=bufs["e1"])
-        u_all = torch.addmm(bo2, sc_all.reshape(n_steps * rows, hidden), 2.0 * wo.t())
+        u_all = torch.addmm(fold.bo2, sc_all.reshape(n_steps * rows, hidden),
+                            2.0 * a["w_out"].t())
         u_all = u_all.view(n_steps, rows, d)
         sq = z0.new_zeros((n_obs, rows))
         sq[1:] = (u_all * u_all).sum(-1).view(n_obs - 1, n_sub, rows).sum(1)
-        ctx.save_for_backward(w1, w2, w_out, c, gs)
+        ctx.save_for_backward(a["w1"], a["w2"], a["w_energy"], a["c"], a["grad_scale"])
         ctx.bufs, ctx.u, ctx.fold = bufs, u_all, fold
         ctx.dt, ctx.n_sub, ctx.under = dt, n_sub, under
         return bufs["zs"][::n_sub].clone(), sq
@@ -341,7 +522,7 @@ class _EulerPath(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_zs, grad_sq):
-        w1, w2, w_out, c, gs = ctx.saved_tensors
+        w1, w2, w_energy, c, gs = ctx.saved_tensors
         bufs = ctx.bufs
         if bufs is None:
             raise RuntimeError("The Euler path's buffers were freed by a first "
@@ -356,13 +537,11 @@ class _EulerPath(torch.autograd.Function):
         if grad_zs is None:
             grad_zs = like.new_zeros((n_obs, rows, state_dim))
         step_g = dt if under else float(gs)
-        # The forward's folded weights, transposed. [d loss / d s_c-input |
-        # d loss / d d1] = lam_f [2 dt Wo | -4 g W1^T], the output layers' rows
-        # of the force (+ the |u|^2 term on the control half, sig = 2 grad_sq / dt).
-        w_td = fold["out_layers"][:, state_dim - d:].t()
-        w2w_t, w2_4 = fold["w2w"].t(), fold["w2_4t"].t()
-        trans = fold["trans"]
-        k1 = fold["k1"].t().contiguous().t()  # The skinny product, as in _fold.
+        # M_f^T = [2 dt Wo | -4 g W1^T]: the output layers' force rows, transposed.
+        w_td = fold.out_layers[:, state_dim - d:].t()
+        w2w_t, w2_4 = fold.energy.w2w.t(), fold.energy.w2_4t.t()
+        trans = fold.trans
+        k1 = fold.k1.t().contiguous().t()  # The skinny product, as in fold_step.
         sig = None
         if grad_sq is not None:
             sig = (grad_sq * (2.0 / dt)).unsqueeze(-1).unbind(0)
@@ -374,8 +553,7 @@ class _EulerPath(torch.autograd.Function):
         back = {name: _take(shape, like) for name, shape in (
             ("q", (n_steps, rows, 3 * hidden)), ("dy2", (n_steps, rows, hidden)),
             ("lam", (n_steps, rows, state_dim)))}
-        # q = [d y1 | d y_c | d g1] per step: the adjoints of the first layer,
-        # then of g1 = r2 w2w. Per-step views are made once (see _steps).
+        # q = [y1 | y_c | dg1] per step. Per-step views are made once (_steps).
         dy2_b, lam_b = back["dy2"].unbind(0), back["lam"].unbind(0)
         lam_f_b = _steps(back["lam"], d, state_dim) if under else lam_b
         q_all = back["q"]
@@ -404,7 +582,7 @@ class _EulerPath(torch.autograd.Function):
                 torch.addmm(lam, q_first[n], k1, beta=keep, out=out)
             if n % n_sub == 0:
                 out.add_(grads_obs[n // n_sub])
-        d_z0 = out
+        grads = {"z0": out}
 
         def flat(t: torch.Tensor) -> torch.Tensor:
             return t.reshape(n_steps * rows, t.shape[-1])
@@ -425,23 +603,23 @@ class _EulerPath(torch.autograd.Function):
         d_k1 = _sum_outer(bufs["zs"][:-1], back["q"][..., :2 * hidden]).t() * 2.0
         dy_sum = qq_flat[:, :2 * hidden].sum(0)
         gu_sum = gu.sum((0, 1))
-        d_ws = d_k1[hidden:]  # d_k1's rows are [W1 | 0; Ws].
-        d_wo = (2.0 * _sum_outer(gu, x_all[..., hidden:2 * hidden])
-                - gu_sum[:, None]) * dt
-        d_bo = gu_sum * dt
-        d_w1 = d_k1[:hidden, :d] - (4.0 * step_g) * _sum_outer(
+        grads["w_state"] = d_k1[hidden:]  # d_k1's rows are [W1 | 0; Ws].
+        grads["w_out"] = (2.0 * _sum_outer(gu, x_all[..., hidden:2 * hidden])
+                          - gu_sum[:, None]) * dt
+        grads["b_out"] = gu_sum * dt
+        grads["w1"] = d_k1[:hidden, :d] - (4.0 * step_g) * _sum_outer(
             lam_f, x_all[..., 2 * hidden:]).t()
-        d_b1 = 2.0 * dy_sum[:hidden]
+        grads["b1"] = 2.0 * dy_sum[:hidden]
         dy2_sum = dy2_flat.sum(0)
         r2_flat = flat(bufs["r2"])
         d_w2w = (dg1_flat.t() @ r2_flat).t()
-        w4 = 4.0 * w_out[0]
-        d_w2 = (4.0 * (s1_flat.t() @ dy2_flat).t() - 2.0 * dy2_sum[:, None]
-                + w4[:, None] * d_w2w)
-        d_b2 = 2.0 * dy2_sum
-        d_w_out = (4.0 * (w2 * d_w2w).sum(1)).unsqueeze(0)
-        d_c = (lam_f_flat * q_flat).sum() * (-2.0 * step_g)
-        # Each interval's context adjoint: twice the sum of its steps' d y_c.
+        w4 = 4.0 * w_energy[0]
+        grads["w2"] = (4.0 * (s1_flat.t() @ dy2_flat).t() - 2.0 * dy2_sum[:, None]
+                       + w4[:, None] * d_w2w)
+        grads["b2"] = 2.0 * dy2_sum
+        grads["w_energy"] = (4.0 * (w2 * d_w2w).sum(1)).unsqueeze(0)
+        grads["c"] = (lam_f_flat * q_flat).sum() * (-2.0 * step_g)
+        # Each interval's context adjoint: twice the sum of its steps' y_c.
         d_projected = like.new_empty((rows, n_obs, hidden))
         d_projected[:, 0] = 0.0
         d_yc = back["q"][..., hidden:2 * hidden].view(n_obs - 1, n_sub, rows, hidden)
@@ -449,43 +627,46 @@ class _EulerPath(torch.autograd.Function):
         torch.mul(d_yc[:, 0], 2.0, out=dest)
         for j in range(1, n_sub):
             dest.add_(d_yc[:, j], alpha=2.0)
-        d_noise = lam_f_flat.reshape(n_obs - 1, n_sub, rows, d).clone()
-        d_gs = d_im = d_fr = None
+        grads["projected"] = d_projected
+        grads["noise"] = lam_f_flat.reshape(n_obs - 1, n_sub, rows, d).clone()
+        needs = dict(zip(_EULER_INPUTS, ctx.needs_input_grad))
         if under:
             p_flat = z_flat[:, d:]
-            if ctx.needs_input_grad[13]:
-                d_im = (flat(lam_all[..., :d]) * p_flat).sum(0) * dt
-            if ctx.needs_input_grad[14]:
-                d_fr = (lam_f_flat * p_flat).sum(0) * -dt
-        elif ctx.needs_input_grad[12]:
+            if needs["inv_mass"]:
+                grads["inv_mass"] = (flat(lam_all[..., :d]) * p_flat).sum(0) * dt
+            if needs["friction"]:
+                grads["friction"] = (lam_f_flat * p_flat).sum(0) * -dt
+        elif needs["grad_scale"]:
             g_flat = torch.addmm(q_flat, d1_flat, 4.0 * w1, beta=2.0 * float(c))
-            d_gs = -(lam_f_flat * g_flat).sum()
+            grads["grad_scale"] = -(lam_f_flat * g_flat).sum()
         _give(*bufs.values(), *back.values())
         if grad_sq is not None:
             _give(uw)
-        return (d_z0, d_projected, d_noise, d_ws, d_wo, d_bo, d_w1, d_b1, d_w2, d_b2,
-                d_w_out, d_c, d_gs, d_im, d_fr, None)
+        return tuple(grads.get(name) for name in _EULER_INPUTS)
 
 
-def euler_path(model, z0: torch.Tensor, projected: torch.Tensor,
-               scaled_noise: torch.Tensor, dt: float,
-               coef: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior latent paths and squared controls of ``model`` with autograd support.
+def euler_path(z0: torch.Tensor, projected: torch.Tensor, scaled_noise: torch.Tensor,
+               drift: DriftWeights, energy: EnergyWeights, coef: dict,
+               dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior latent paths and squared controls, with autograd support.
 
     Parameters
     ----------
-    model : NeuralLangevinVAE
-        Supplies the control network, the energy and the dynamics.
     z0 : Tensor of shape (rows, state_dim)
         Initial latent state.
     projected : Tensor of shape (rows, T, hidden)
         Projected encoder context per observation.
     scaled_noise : Tensor of shape (T - 1, n_sub, rows, latent_dim)
         Brownian increments times ``coef["noise_scale"]``.
-    dt : float
-        Euler step.
+    drift : DriftWeights
+        The posterior drift's tensors (its context layer is not read: the
+        context arrives projected).
+    energy : EnergyWeights
+        The energy's tensors.
     coef : dict
         From :func:`nldseg._dynamics.step_coefficients`.
+    dt : float
+        Euler step.
 
     Returns
     -------
@@ -496,60 +677,65 @@ def euler_path(model, z0: torch.Tensor, projected: torch.Tensor,
     """
     if scaled_noise.shape[0] == 0:  # A single observation: no step to take.
         return z0.unsqueeze(0), z0.new_zeros((1, z0.shape[0]))
-    net, energy = model.drift_net, model.energy
-    under = "inv_mass" in coef
-    return _EulerPath.apply(
-        z0, projected, scaled_noise, net.state_in.weight, net.out.weight, net.out.bias,
-        energy.lin1.weight, energy.lin1.bias, energy.lin2.weight, energy.lin2.bias,
-        energy.out.weight, energy.c, None if under else coef["grad_scale"],
-        coef["inv_mass"] if under else None, coef["friction"] if under else None,
-        float(dt))
+    inputs = {"z0": z0, "projected": projected, "noise": scaled_noise,
+              "w_state": drift.w_state, "w_out": drift.w_out, "b_out": drift.b_out,
+              "w1": energy.w1, "b1": energy.b1, "w2": energy.w2, "b2": energy.b2,
+              "w_energy": energy.w_out, "c": energy.c,
+              "grad_scale": coef.get("grad_scale") if "inv_mass" not in coef else None,
+              "inv_mass": coef.get("inv_mass"), "friction": coef.get("friction"),
+              "dt": float(dt)}
+    return _EulerPath.apply(*(inputs[name] for name in _EULER_INPUTS))
+
+
+class LinearWeights(NamedTuple):
+    """``weight`` (out, in) and ``bias`` (out,) of one linear layer."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
 
 
 class InferenceStepper:
     """Posterior Euler-Maruyama steps for inference: no autograd, folded weights.
 
     The same steps as :meth:`nldseg._model.NeuralLangevinVAE.advance` (to float
-    rounding), on the folded weights of :class:`_EulerPath`: per Euler step
+    rounding), on the folded weights of :func:`fold_step`: per Euler step
     two matrix products and two sigmoids of width ``hidden``, then the linear
     state update. The encoder's context enters as the first layer's bias,
-    computed straight from the GRU output (the two context layers are folded
-    into one). Built once per simulation or stream, from a trained model whose
-    weights no longer change.
+    computed straight from the GRU output (the context layer and the drift's
+    context layer are folded into one). Built once per simulation or stream,
+    from trained weights that no longer change.
 
     Parameters
     ----------
-    model : NeuralLangevinVAE
+    drift : DriftWeights
+    energy : EnergyWeights
+    context : LinearWeights
+        The encoder's context layer (GRU output -> context).
+    coef : dict
+        From :func:`nldseg._dynamics.step_coefficients`.
     dt : float
         Euler step.
     """
 
-    def __init__(self, model, dt: float) -> None:
+    def __init__(self, drift: DriftWeights, energy: EnergyWeights,
+                 context: LinearWeights, coef: dict, dt: float) -> None:
         with torch.no_grad():
-            coef = model.step_coefficients(dt)
-            net, energy = model.drift_net, model.energy
-            ws, wo, bo = net.state_in.weight, net.out.weight, net.out.bias
-            w1, b1 = energy.lin1.weight, energy.lin1.bias
-            d, hidden = model.latent_dim, energy.lin2.weight.shape[0]
-            under = "inv_mass" in coef
-            step_g = dt if under else float(coef["grad_scale"])
-            fold = _fold(ws, wo, bo, w1, energy.lin2.weight, energy.lin2.bias,
-                         energy.out.weight, 2.0 * float(energy.c), step_g, dt,
-                         coef.get("inv_mass"), coef.get("friction"))
-            self.k1_t = fold["k1"].t()
+            fold = fold_step(drift, energy, coef, dt)
+            d, hidden = energy.w1.shape[1], energy.w2.shape[0]
+            self.k1_t = fold.k1.t()
             # GRU output h -> first-layer bias [2 b1 | 2 P(h)], P = context_in(context(h)).
-            w_ci, b_ci = net.context_in.weight, net.context_in.bias
-            w_c, b_c = model.context.weight, model.context.bias
+            w_ci, b_ci = drift.w_context, drift.b_context
+            w_c, b_c = context.weight, context.bias
             self.bias_w_t = torch.cat([torch.zeros_like(w_ci @ w_c), w_ci @ w_c]).t() * 2.0
-            self.bias_b = torch.cat([b1, w_ci @ b_c + b_ci]) * 2.0
-            self.w2_4t, self.b2_2, self.w2w = fold["w2_4t"], fold["b2_2"], fold["w2w"]
-            self.wo2_t = (2.0 * wo).t()
-            self.bo2, self.out_layers, self.trans = (fold["bo2"], fold["out_layers"],
-                                                     fold["trans"])
+            self.bias_b = torch.cat([energy.b1, w_ci @ b_c + b_ci]) * 2.0
+            self.energy = fold.energy
+            self.wo2_t = (2.0 * drift.w_out).t()
+            self.bo2, self.out_layers, self.trans = fold.bo2, fold.out_layers, fold.trans
             self.noise_scale = float(coef["noise_scale"])
             self.kl_scale = float(coef["kl_scale"])
             self.dt_bo2 = dt * self.bo2
-        self.dt, self.d, self.hidden, self.under = dt, d, hidden, under
+        self.dt, self.d, self.hidden = dt, d, hidden
+        self.under = "inv_mass" in coef
 
     def bias(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """First-layer bias (rows, 2 hidden) of one observation from GRU outputs h."""
@@ -571,7 +757,7 @@ class InferenceStepper:
         Parameters
         ----------
         z : Tensor of shape (rows, state_dim)
-            Rows are sequence-major: ``row = sequence * n_samples + sample``.
+            Rows are sequence-major: ``row = sequence * n_paths + path``.
         bias : Tensor of shape (n_sequences, 2 hidden)
             From :meth:`bias`, for the next observation.
         drive : Tensor of shape (n_sub, rows, latent_dim)
@@ -601,10 +787,7 @@ class InferenceStepper:
                 torch.mm(z, self.k1_t, out=first)
                 first.view(n_seq, rows // n_seq, 2 * hidden).add_(bias.unsqueeze(1))
             first.sigmoid_()
-            s2 = torch.addmm(self.b2_2, s1, self.w2_4t, out=s2_w).sigmoid_()
-            r2 = s2.addcmul_(s2, s2, value=-1.0)
-            g1 = torch.mm(r2, self.w2w, out=g1_w)
-            torch.addcmul(s1, s1, s1, value=-1.0, out=x[:, 2 * hidden:]).mul_(g1)
+            _energy_back(s1, self.energy, s2_w, g1_w, x[:, 2 * hidden:])
             if sq is not None:
                 u = torch.addmm(self.bo2, x[:, hidden:2 * hidden], self.wo2_t)
                 sq.add_((u * u).sum(-1))

@@ -12,9 +12,13 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import warnings
+from functools import partial
 
 import numpy as np
 import torch
+
+from nldseg._fused import fold_energy, folded_energy_grad
 
 OCCUPANCY_METHODS = frozenset({"sampled", "zeroth_order", "second_order"})
 
@@ -30,6 +34,28 @@ def energy_hessian(energy: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     return torch.func.vmap(torch.func.hessian(energy))(z)
 
 
+def _frozen_copy(energy: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A CPU copy of ``energy`` in ``dtype`` whose parameters need no gradient."""
+    out = copy.deepcopy(energy).to(dtype=dtype, device="cpu").eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
+
+
+def gradient_function(energy: torch.nn.Module):
+    """``grad E`` of a frozen energy as a function of points (n, d).
+
+    For the learned energy (:class:`nldseg._model.EnergyMLP`, which exposes
+    its ``weights()``) the folded form of
+    :func:`nldseg._fused.folded_energy_grad`; for any other energy module its
+    own ``grad``. The gradient flows run on it.
+    """
+    if not hasattr(energy, "weights"):
+        return energy.grad
+    with torch.no_grad():
+        return partial(folded_energy_grad, fe=fold_energy(energy.weights()))
+
+
 def curvature_bound(energy: torch.nn.Module, z: torch.Tensor) -> float:
     """Largest absolute Hessian eigenvalue over the rows of ``z`` (at least ``2c``)."""
     with torch.no_grad():
@@ -39,18 +65,19 @@ def curvature_bound(energy: torch.nn.Module, z: torch.Tensor) -> float:
 
 
 def gradient_flow(
-    energy: torch.nn.Module, z: torch.Tensor, *, step_size: float,
+    grad, z: torch.Tensor, *, step_size: float,
     max_step: float, n_iter: int = 3000, tol: float = 1e-6,
 ) -> torch.Tensor:
     """Follow ``dz/ds = -grad E`` by capped gradient descent until it settles.
 
+    ``grad`` maps points (n, d) to ``grad E`` (see :func:`gradient_function`).
     Each step moves a point by ``step_size * grad E`` but at most ``max_step``;
     the loop stops when no point moved more than ``tol`` in one step.
     """
     z = z.clone()
     with torch.no_grad():
         for _ in range(n_iter):
-            step = energy.grad(z) * step_size
+            step = grad(z) * step_size
             norm = step.norm(dim=-1, keepdim=True)
             step = step * torch.clamp(max_step / norm.clamp_min(1e-30), max=1.0)
             z -= step
@@ -61,11 +88,12 @@ def gradient_flow(
 
 def newton_refine(energy: torch.nn.Module, z: torch.Tensor,
                   n_iter: int = 50) -> torch.Tensor:
-    """Refine stationary points with damped Newton steps (float64 energy)."""
+    """Refine stationary points with Newton steps (float64 energy)."""
     z = z.clone()
+    grad = gradient_function(energy)
     with torch.no_grad():
         for _ in range(n_iter):
-            g = energy.grad(z)
+            g = grad(z)
             h = energy_hessian(energy, z)
             try:
                 step = torch.linalg.solve(h, g.unsqueeze(-1)).squeeze(-1)
@@ -183,18 +211,59 @@ class EnergyLandscape:
         self.hessians = self.hessian(self.minima)
         self.occupancies: dict[str, np.ndarray] = {}
         self.effective_sample_size = float("nan")
+        self.lookup_lo = self.lookup_step = self.lookup_minimum = None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.pop("_lookup_cache", None)  # Derived from the grid; rebuilt on use.
+        # Derived from the energy and the grid; rebuilt on load or on use.
+        for key in ("_lookup_cache", "_grad32", "_grad64"):
+            state.pop(key, None)
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._grad32 = gradient_function(self._energy32)
+        self._grad64 = gradient_function(self._energy64)
+
     def _attach_energy(self, energy: torch.nn.Module) -> None:
-        """Keep frozen float32 and float64 CPU copies of ``energy``."""
-        self._energy32 = copy.deepcopy(energy).float().cpu().eval()
-        for p in self._energy32.parameters():
-            p.requires_grad_(False)
-        self._energy64 = copy.deepcopy(self._energy32).double()
+        """Keep frozen float32 and float64 CPU copies of ``energy`` and their gradients."""
+        self._energy32 = _frozen_copy(energy, torch.float32)
+        self._energy64 = _frozen_copy(self._energy32, torch.float64)
+        self._grad32 = gradient_function(self._energy32)
+        self._grad64 = gradient_function(self._energy64)
+
+    def state_dict(self) -> dict:
+        """The landscape's own data, without its energy: numbers and arrays only.
+
+        ``{"arrays": {name: ndarray}, "scalars": {name: number},
+        "occupancies": {method: ndarray}}``; :meth:`from_state_dict` restores
+        it around the same energy. Derived tables (the lookup cache) are left
+        out and rebuilt on use.
+        """
+        arrays, scalars = {}, {}
+        for key, value in vars(self).items():
+            if key.startswith("_") or key == "occupancies":
+                continue
+            if isinstance(value, np.ndarray):
+                arrays[key] = value
+            else:
+                scalars[key] = value
+        return {"arrays": arrays, "scalars": scalars,
+                "occupancies": dict(self.occupancies)}
+
+    @classmethod
+    def from_state_dict(cls, energy: torch.nn.Module, state: dict) -> EnergyLandscape:
+        """Restore a landscape saved by :meth:`state_dict` around ``energy``.
+
+        Nothing is recomputed: minima, Hessians, basins and occupancies are
+        the saved ones, so labels equal those of the landscape that was saved.
+        """
+        landscape = cls.__new__(cls)
+        landscape.__dict__.update(state["scalars"])
+        landscape.__dict__.update(state["arrays"])
+        landscape.occupancies = dict(state["occupancies"])
+        landscape._attach_energy(energy)
+        return landscape
 
     @property
     def latent_dim(self) -> int:
@@ -216,7 +285,7 @@ class EnergyLandscape:
     def gradient(self, z) -> np.ndarray:
         """``grad E(z)`` of latent points (n, latent_dim) -> (n, latent_dim)."""
         with torch.no_grad():
-            return self._energy64.grad(self._check(z)).numpy()
+            return self._grad64(self._check(z)).numpy()
 
     def hessian(self, z) -> np.ndarray:
         """Hessian of ``E`` at latent points (n, latent_dim) -> (n, d, d)."""
@@ -243,8 +312,12 @@ class EnergyLandscape:
         """State (basin of attraction) of latent points (n, latent_dim) -> (n,)."""
         return self._basins_torch(torch.as_tensor(np.asarray(z, dtype=np.float32)))
 
-    def _state_fractions(self, z: torch.Tensor) -> np.ndarray:
-        """Fraction of the latent samples (..., S, d) in each state -> (..., n_states)."""
+    def state_fractions(self, z: torch.Tensor) -> np.ndarray:
+        """Fraction of the latent samples (..., S, d) in each state -> (..., n_states).
+
+        ``z`` is a float32 tensor of positions; the samples of one group (the
+        posterior paths of one time step) lie along the second-to-last axis.
+        """
         labels = self._basins_torch(z.reshape(-1, z.shape[-1]))
         n_samples, k = z.shape[-2], self.n_states
         groups = labels.shape[0] // n_samples
@@ -308,7 +381,6 @@ class EnergyLandscape:
         minima = torch.as_tensor(self.all_minima, dtype=z.dtype)
         radius = torch.as_tensor(self.capture_radius, dtype=z.dtype)
         out = torch.empty(z.shape[0], dtype=torch.int64)
-        energy = self._energy32
         with torch.no_grad():
             for start in range(0, z.shape[0], chunk):
                 pts = z[start:start + chunk].clone()
@@ -329,7 +401,7 @@ class EnergyLandscape:
                         pts, idx = pts[keep], idx[keep]
                         if pts.shape[0] == 0:
                             break
-                    step = energy.grad(pts).mul_(self.step_size)
+                    step = self._grad32(pts).mul_(self.step_size)
                     norm = step.norm(dim=-1, keepdim=True)
                     pts = pts - step * torch.clamp(
                         self.max_step / norm.clamp_min(1e-30), max=1.0)
@@ -349,7 +421,7 @@ class EnergyLandscape:
         """
         d = self.latent_dim
         self.lookup_lo = self.lookup_step = self.lookup_minimum = None
-        self._lookup_cache = None
+        self.__dict__.pop("_lookup_cache", None)
         if d > 3 or len(codes) == 0:
             return
         n = int(round(max_nodes ** (1.0 / d)))
@@ -402,22 +474,21 @@ def find_minima(energy: torch.nn.Module, codes: np.ndarray) -> dict:
         flowed to (-1 for none), ``capture_radius`` (k,), ``step_size``,
         ``max_step``.
     """
-    e64 = copy.deepcopy(energy).double().cpu().eval()
-    for p in e64.parameters():
-        p.requires_grad_(False)
+    e64 = _frozen_copy(energy, torch.float64)
+    grad = gradient_function(e64)
     z = _as_tensor(codes)
     spread = float(np.linalg.norm(codes.std(0))) or 1.0
     probe = z[torch.linspace(0, len(z) - 1, min(len(z), 128)).long()]
     step_size = 0.9 / curvature_bound(e64, probe)
     max_step = 0.05 * spread
-    end = gradient_flow(e64, z, step_size=step_size, max_step=max_step,
+    end = gradient_flow(grad, z, step_size=step_size, max_step=max_step,
                         tol=1e-7 * spread, n_iter=5000)
     labels = group_points(end.numpy(), radius=0.05 * spread)
     centres = np.stack([end.numpy()[labels == g].mean(0) for g in range(labels.max() + 1)])
     refined = newton_refine(e64, _as_tensor(centres))
     hess = energy_hessian(e64, refined).detach().numpy()
     eig = np.linalg.eigvalsh(hess)
-    grad_norm = e64.grad(refined).norm(dim=-1).detach().numpy()
+    grad_norm = grad(refined).norm(dim=-1).detach().numpy()
     ok = (eig.min(1) > 1e-8) & (grad_norm < 1e-5) & np.isfinite(refined.numpy()).all(1)
     # Drop a refined point that moved far from its group (Newton left the well).
     moved = np.linalg.norm(refined.numpy() - centres, axis=1)
@@ -560,3 +631,66 @@ def relabel_states(landscape: EnergyLandscape, order: np.ndarray) -> None:
     landscape.minima_energies = landscape.minima_energies[order]
     landscape.hessians = landscape.hessians[order]
     landscape.occupancies = {k: v[order] for k, v in landscape.occupancies.items()}
+
+
+_MAX_CODES = 3000  # Encoded points the wells are found from.
+_N_OCCUPANCY_DRAWS = 40000  # Importance draws of the sampled occupancy (+-0.005).
+
+
+def build_landscape(energy: torch.nn.Module, beta: float, codes: np.ndarray, *,
+                    min_state_fraction: float, n_states: int | None,
+                    rng: np.random.Generator,
+                    n_occupancy_draws: int = _N_OCCUPANCY_DRAWS) -> EnergyLandscape:
+    """Find the wells of a trained energy and return the finished landscape.
+
+    The one call that turns a trained energy into states: gradient flows from
+    the encoded ``codes`` (at most 3000 of them, drawn with ``rng``) find the
+    positive-definite minima (:func:`find_minima`); wells into which less than
+    ``min_state_fraction`` of the codes flow, and then the least-populated
+    wells until ``n_states`` remain, are merged into a neighbour
+    (:func:`merge_minima`); a lookup grid is flowed for fast labelling; the
+    three occupancy estimates are computed; and the states are numbered by
+    sampled occupancy, largest first (ties broken by the minimum's
+    coordinates). Warns if ``n_states`` was requested but fewer wells exist.
+
+    Parameters
+    ----------
+    energy : torch.nn.Module
+        The trained energy (callable, with ``grad``).
+    beta : float
+        Inverse temperature of the stationary law ``exp(-beta E)``.
+    codes : ndarray of shape (n, latent_dim)
+        Posterior latent positions of (part of) the training data.
+    min_state_fraction : float
+        Wells holding less than this fraction of the codes are merged.
+    n_states : int or None
+        Number of states to keep, or None for every well found.
+    rng : numpy.random.Generator
+        Draws the codes kept and the occupancy sample.
+    n_occupancy_draws : int, default=40000
+        Importance draws of the sampled occupancy.
+
+    Returns
+    -------
+    landscape : EnergyLandscape
+    """
+    if len(codes) > _MAX_CODES:
+        codes = codes[rng.choice(len(codes), _MAX_CODES, replace=False)]
+    found = find_minima(energy, codes)
+    minima, code_min = found["minima"], found["code_minimum"]
+    counts = np.bincount(code_min[code_min >= 0], minlength=len(minima))
+    state_of = merge_minima(found["energy64"], minima, counts,
+                            min_fraction=min_state_fraction, n_states=n_states)
+    if n_states is not None and state_of.max() + 1 < n_states:
+        warnings.warn(f"n_states={n_states} was requested but the energy has only "
+                      f"{state_of.max() + 1} well(s); keeping those.", UserWarning,
+                      stacklevel=3)
+    landscape = EnergyLandscape(energy, beta, minima, state_of, found["capture_radius"],
+                                found["step_size"], found["max_step"])
+    landscape.build_lookup(codes)
+    compute_occupancies(landscape, codes, n_occupancy_draws, rng)
+    occ = landscape.occupancies["sampled"]
+    # Largest occupancy first; ties broken by the minimum's coordinates.
+    order = np.lexsort((*landscape.minima.T[::-1], -np.round(occ, 12)))
+    relabel_states(landscape, order)
+    return landscape

@@ -1,4 +1,10 @@
-"""Torch modules of the Neural Langevin Dynamics VAE (no numpy, no sklearn)."""
+"""Torch modules of the Neural Langevin Dynamics VAE (no numpy, no sklearn).
+
+Each network is written here once as plain formulas, which autograd
+differentiates and which are the reference for the folded kernels of
+:mod:`nldseg._fused` (training kernels, inference stepper, gradient flows);
+each module exposes its tensors as a named tuple (``weights()``) for them.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from nldseg._dynamics import PosteriorLangevinSDE, euler_step, step_coefficients
-from nldseg._fused import InferenceStepper, euler_path, gru_sequence
+from nldseg._fused import (
+    DriftWeights,
+    EnergyWeights,
+    GRUWeights,
+    InferenceStepper,
+    LinearWeights,
+    euler_path,
+    gru_sequence,
+)
 
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _tanh(x: torch.Tensor) -> torch.Tensor:
-    """``tanh``; without autograd, as ``2 sigmoid(2x) - 1`` (within 2e-7).
-
-    On CPU, torch's float32 ``tanh`` costs about three times its ``sigmoid``.
-    With autograd the plain ``tanh`` is kept: its backward is cheaper.
-    """
-    if torch.is_grad_enabled():
-        return torch.tanh(x)
-    return torch.sigmoid_(x * 2.0).mul_(2.0).sub_(1.0)
 
 
 def _normal_log_pdf(x: torch.Tensor, loc: torch.Tensor,
@@ -64,8 +67,10 @@ class EnergyMLP(nn.Module):
 
     The gradient is written out analytically (two matrix products back through
     the network) instead of using ``autograd.grad(create_graph=True)``: it is
-    the hot path of every Euler step and of the basin flows, and the explicit
-    form is a plain differentiable expression that costs one ordinary backward.
+    the hot path of every Euler step, and the explicit form is a plain
+    differentiable expression that costs one ordinary backward. Without
+    autograd (flows, inference) the same gradient runs on the folded weights
+    of :func:`nldseg._fused.folded_energy_grad`.
     ``c = softplus(raw) + c_min`` keeps ``exp(-beta E)`` normalisable.
     """
 
@@ -83,15 +88,18 @@ class EnergyMLP(nn.Module):
         """Positive weight of the confining quadratic term."""
         return F.softplus(self.raw_c) + self.c_min
 
+    def weights(self) -> EnergyWeights:
+        """The tensors the kernels of :mod:`nldseg._fused` read."""
+        return EnergyWeights(self.lin1.weight, self.lin1.bias, self.lin2.weight,
+                             self.lin2.bias, self.out.weight, self.c)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Energy of ``z`` (..., latent_dim) -> (...)."""
-        h2 = _tanh(self.lin2(_tanh(self.lin1(z))))
+        h2 = torch.tanh(self.lin2(torch.tanh(self.lin1(z))))
         return self.out(h2).squeeze(-1) + self.c * (z * z).sum(-1)
 
     def grad(self, z: torch.Tensor) -> torch.Tensor:
         """Analytic ``grad E(z)``, same shape as ``z``."""
-        if not torch.is_grad_enabled() and z.dim() == 2:
-            return self._grad_no_autograd(z)
         w1, w2 = self.lin1.weight, self.lin2.weight
         h1 = torch.tanh(F.linear(z, w1, self.lin1.bias))
         h2 = torch.tanh(F.linear(h1, w2, self.lin2.bias))
@@ -100,29 +108,13 @@ class EnergyMLP(nn.Module):
         return torch.addmm(2.0 * self.c * z, d1, w1) if z.dim() == 2 else (
             d1 @ w1 + 2.0 * self.c * z)
 
-    def _grad_no_autograd(self, z: torch.Tensor) -> torch.Tensor:
-        """:meth:`grad` for inference: the same function written on sigmoids.
-
-        With ``tanh(a) = 2 s - 1``, ``s = sigmoid(2 a)``, and ``1 - tanh^2 =
-        4 s (1 - s)``, the constants fold into the matrix products, so a step
-        needs about half the full-width operations of :meth:`grad` and works
-        in place. Agrees with :meth:`grad` to float rounding (tested).
-        """
-        w1, w2, w_out = self.lin1.weight, self.lin2.weight, self.out.weight[0]
-        s1 = torch.sigmoid_(torch.addmm(self.lin1.bias, z, w1.t(), beta=2.0, alpha=2.0))
-        b2 = 2.0 * (self.lin2.bias - w2.sum(1))
-        s2 = torch.sigmoid_(torch.addmm(b2, s1, w2.t(), alpha=4.0))
-        u = torch.addcmul(s2, s2, s2, value=-1.0).mul_(w_out)  # s2 (1 - s2) w
-        v = torch.addcmul(s1, s1, s1, value=-1.0).mul_(u @ w2)
-        return torch.addmm(z * (2.0 * self.c), v, w1, alpha=16.0)
-
 
 class PosteriorDrift(nn.Module):
-    """Posterior drift correction ``f_phi(z, c_t)``.
+    """Posterior drift correction ``f_phi(z, c_t) = W_o tanh(W_s z + P(c_t)) + b_o``.
 
-    The context enters the first layer linearly, so its projection for every
-    observation is computed once per sequence (:meth:`project_context`) and the
-    Euler loop only adds it.
+    The context enters the first layer linearly, so its projection ``P`` for
+    every observation is computed once per sequence (:meth:`project_context`)
+    and the Euler loop only adds it.
     """
 
     def __init__(self, state_dim: int, context_size: int, hidden: int,
@@ -134,19 +126,18 @@ class PosteriorDrift(nn.Module):
         nn.init.normal_(self.out.weight, std=1e-3)
         nn.init.zeros_(self.out.bias)
 
+    def weights(self) -> DriftWeights:
+        """The tensors the kernels of :mod:`nldseg._fused` read."""
+        return DriftWeights(self.state_in.weight, self.out.weight, self.out.bias,
+                            self.context_in.weight, self.context_in.bias)
+
     def project_context(self, context: torch.Tensor) -> torch.Tensor:
         """First-layer contribution of the context, (..., context) -> (..., hidden)."""
         return self.context_in(context)
 
     def forward(self, state: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
         """Drift correction at ``state`` given a projected context."""
-        if torch.is_grad_enabled() or state.dim() != 2:
-            return self.out(torch.tanh(self.state_in(state) + projected))
-        # Inference: tanh(a) = 2 sigmoid(2 a) - 1 with the constants folded
-        # into the two matrix products (see EnergyMLP._grad_no_autograd).
-        w_in, w_out = self.state_in.weight, self.out.weight
-        s = torch.sigmoid_(torch.addmm(projected, state, w_in.t(), beta=2.0, alpha=2.0))
-        return torch.addmm(self.out.bias - w_out.sum(1), s, w_out.t(), alpha=2.0)
+        return self.out(torch.tanh(self.state_in(state) + projected))
 
 
 @dataclass
@@ -225,10 +216,22 @@ class NeuralLangevinVAE(nn.Module):
         h, mean, log_std = self._encode_hidden(x)
         return self.project_context(h), mean, log_std
 
+    def gru_weights(self) -> GRUWeights:
+        """The encoder GRU's tensors, for the kernels of :mod:`nldseg._fused`."""
+        gru = self.gru
+        return GRUWeights(gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0,
+                          gru.bias_hh_l0)
+
+    def inference_stepper(self, dt: float) -> InferenceStepper:
+        """The folded posterior stepper of this model (no autograd)."""
+        return InferenceStepper(self.drift_net.weights(), self.energy.weights(),
+                                LinearWeights(self.context.weight, self.context.bias),
+                                self.step_coefficients(dt), dt)
+
     def _encode_hidden(self, x: torch.Tensor):
         """GRU outputs (B, T, hidden) and ``q(z_0 | x_0)``'s mean and log std."""
         if torch.is_grad_enabled() and x.device.type == "cpu":
-            h, h0 = gru_sequence(self.gru, x)  # Hand-written backward (_fused).
+            h, h0 = gru_sequence(self.gru_weights(), x)  # Hand-written backward.
         else:  # Inference, or CUDA, where torch's GRU is cuDNN's fused kernel.
             h, _ = self.gru(x)
             h0 = h[:, 0]
@@ -244,7 +247,7 @@ class NeuralLangevinVAE(nn.Module):
         return mean, log_std.clamp(-8.0, 4.0)
 
     def simulate(self, x: torch.Tensor, noise: torch.Tensor, dt: float,
-                 n_samples: int = 1, *, eps0: torch.Tensor | None = None,
+                 n_paths: int = 1, *, eps0: torch.Tensor | None = None,
                  solver: str = "euler",
                  partition_noise: torch.Tensor | None = None,
                  with_kl: bool = True) -> LatentPaths:
@@ -253,14 +256,14 @@ class NeuralLangevinVAE(nn.Module):
         Parameters
         ----------
         x : Tensor of shape (B, T, D)
-        noise : Tensor of shape (T - 1, n_sub, B * n_samples, latent_dim)
+        noise : Tensor of shape (T - 1, n_sub, B * n_paths, latent_dim)
             Standard normal Brownian increments (divided by ``sqrt(dt)``).
         dt : float
             Euler step, ``1 / n_sub``.
-        n_samples : int
+        n_paths : int
             Posterior paths per sequence; batch rows are sequence-major
-            (``row = sequence * n_samples + sample``).
-        eps0 : Tensor of shape (B * n_samples, state_dim) or None
+            (``row = sequence * n_paths + path``).
+        eps0 : Tensor of shape (B * n_paths, state_dim) or None
             Standard normal draws for ``z_0``; ``None`` uses the mean.
         solver : {"euler", "torchsde"}
             The fused loop, or torchsde's generic ``sdeint`` on the same grid
@@ -282,35 +285,50 @@ class NeuralLangevinVAE(nn.Module):
         if inference and x.device.type == "cpu":
             # The GRU runs step by step inside the Euler loop (see
             # _simulate_inference); here only its first step, for q(z_0 | x_0).
-            h, h0 = None, self._gru_step(x[:, 0])
+            h, h0 = None, self.gru_step(x[:, 0])
             mean, log_std = self.initial_posterior(h0)
         else:
             (h, mean, log_std), h0 = self._encode_hidden(x), None
+        z, kl0 = self.initial_state(mean, log_std, eps0, n_paths, partition_noise)
+        if inference:
+            return self._simulate_inference(x, h, h0, z, noise, dt, kl0, with_kl)
+        projected = self.project_context(h)
+        if n_paths > 1:
+            projected = projected.repeat_interleave(n_paths, dim=0)
+        if solver == "torchsde":
+            return self._simulate_torchsde(z, projected, noise, dt, kl0)
+        coef = self.step_coefficients(dt)
+        zs, sq = euler_path(z, projected, noise * coef["noise_scale"],
+                            self.drift_net.weights(), self.energy.weights(), coef, dt)
+        return LatentPaths(zs, sq * coef["kl_scale"], kl0)
+
+    def initial_state(self, mean: torch.Tensor, log_std: torch.Tensor,
+                      eps0: torch.Tensor | None, n_paths: int = 1,
+                      partition_noise: torch.Tensor | None = None) -> tuple:
+        """``z_0`` drawn from ``q(z_0 | x_0)`` and ``KL(q(z_0 | x_0) || p(z_0))``.
+
+        ``mean`` and ``log_std`` (B, state_dim) come from
+        :meth:`initial_posterior`; each row is repeated ``n_paths`` times
+        before ``eps0`` (B * n_paths, state_dim) is added (``None``: the mean).
+        A stationary initial prior needs ``partition_noise`` for ``log Z``;
+        without it the KL is None (latent paths alone).
+        """
         log_z = None
         if self.initial_prior == "stationary" and partition_noise is not None:
             log_z = self._log_z_from_codes(mean, log_std, partition_noise)
-        if n_samples > 1:
-            mean = mean.repeat_interleave(n_samples, dim=0)
-            log_std = log_std.repeat_interleave(n_samples, dim=0)
+        if n_paths > 1:
+            mean = mean.repeat_interleave(n_paths, dim=0)
+            log_std = log_std.repeat_interleave(n_paths, dim=0)
         z = mean if eps0 is None else mean + log_std.exp() * eps0
         if self.initial_prior == "gaussian":
             kl0 = _gaussian_kl(mean, log_std, self.p0_mean, self.p0_log_std)
         elif log_z is not None:
             kl0 = self._stationary_kl0(z, mean, log_std, log_z)
         else:
-            kl0 = None  # Not needed for latent paths alone.
-        if inference:
-            return self._simulate_inference(x, h, h0, z, noise, dt, kl0, with_kl)
-        projected = self.project_context(h)
-        if n_samples > 1:
-            projected = projected.repeat_interleave(n_samples, dim=0)
-        if solver == "torchsde":
-            return self._simulate_torchsde(z, projected, noise, dt, kl0)
-        coef = self.step_coefficients(dt)
-        zs, sq = euler_path(self, z, projected, noise * coef["noise_scale"], dt, coef)
-        return LatentPaths(zs, sq * coef["kl_scale"], kl0)
+            kl0 = None
+        return z, kl0
 
-    def _gru_step(self, x_t: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+    def gru_step(self, x_t: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         """One encoder step at inference: ``x_t`` (rows, D) from ``h`` (rows, hidden).
 
         ``torch.gru_cell``, which gives ``self.gru``'s outputs; ``h=None`` is
@@ -327,7 +345,7 @@ class NeuralLangevinVAE(nn.Module):
                             with_kl) -> LatentPaths:
         """:meth:`simulate` without autograd, on :class:`InferenceStepper`.
 
-        On CPU ``h`` is None and the encoder is stepped (:meth:`_gru_step`)
+        On CPU ``h`` is None and the encoder is stepped (:meth:`gru_step`)
         inside the loop, from the first output ``h0``: it equals
         ``torch.nn.GRU`` on the whole sequence, without its (B, T, 3 hidden)
         input projections and (B, T, hidden) outputs, whose fresh memory
@@ -336,7 +354,7 @@ class NeuralLangevinVAE(nn.Module):
         ``h0`` is not used. Each
         observation's first-layer bias is made from its GRU output in turn.
         """
-        stepper = InferenceStepper(self, dt)
+        stepper = self.inference_stepper(dt)
         n_obs, rows = x.shape[1], z0.shape[0]
         drives = stepper.drive(noise).unbind(0)
         zs = z0.new_empty((n_obs, rows, z0.shape[1]))
@@ -346,7 +364,7 @@ class NeuralLangevinVAE(nn.Module):
         bias = z0.new_empty((x.shape[0], 2 * stepper.hidden))
         h_k = h0
         for k in range(1, n_obs):
-            h_k = self._gru_step(x[:, k], h_k) if h is None else h[:, k]
+            h_k = self.gru_step(x[:, k], h_k) if h is None else h[:, k]
             stepper.advance(zs[k - 1], stepper.bias(h_k, out=bias), drives[k - 1], work,
                             None if sq is None else sq[k], out=zs[k])
         return LatentPaths(zs, None if sq is None else sq * stepper.kl_scale, kl0)
@@ -478,33 +496,33 @@ class NeuralLangevinVAE(nn.Module):
         return log_q - log_p
 
     def decode_log_prob(self, x: torch.Tensor, z: torch.Tensor,
-                        n_samples: int = 1) -> torch.Tensor:
-        """``log p(x_t | z_t)`` for every observation, shape (T, B * n_samples)."""
+                        n_paths: int = 1) -> torch.Tensor:
+        """``log p(x_t | z_t)`` for every observation, shape (T, B * n_paths)."""
         mean = self.decoder(z[..., : self.latent_dim])
         target = x.transpose(0, 1)
-        if n_samples > 1:
-            target = target.repeat_interleave(n_samples, dim=1)
+        if n_paths > 1:
+            target = target.repeat_interleave(n_paths, dim=1)
         log_std = self.dec_log_std.clamp(-7.0, 5.0)
         resid = (target - mean) * torch.exp(-log_std)
         return -0.5 * (resid * resid).sum(-1) - log_std.sum() - 0.5 * x.shape[-1] * _LOG_2PI
 
     def elbo_terms(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
-                   eps0: torch.Tensor, dt: float, n_samples: int = 1,
+                   eps0: torch.Tensor, dt: float, n_paths: int = 1,
                    solver: str = "euler", partition_noise: torch.Tensor | None = None):
         """Per-path log-likelihood and KL sums over the observed steps.
 
-        Returns ``(log_lik, kl)``, each of shape (B * n_samples,); the ELBO of a
+        Returns ``(log_lik, kl)``, each of shape (B * n_paths,); the ELBO of a
         path is ``log_lik - kl``. ``mask`` (B, T) marks real (unpadded) steps.
         ``partition_noise`` (N, latent_dim) standard normal draws feed
         :meth:`log_partition` when ``initial_prior="stationary"``; the proposal
         is centred on the batch's encoded initial states.
         """
-        paths = self.simulate(x, noise, dt, n_samples, eps0=eps0, solver=solver,
+        paths = self.simulate(x, noise, dt, n_paths, eps0=eps0, solver=solver,
                               partition_noise=partition_noise)
         m = mask.transpose(0, 1)
-        if n_samples > 1:
-            m = m.repeat_interleave(n_samples, dim=1)
-        log_lik = (self.decode_log_prob(x, paths.z, n_samples) * m).sum(0)
+        if n_paths > 1:
+            m = m.repeat_interleave(n_paths, dim=1)
+        log_lik = (self.decode_log_prob(x, paths.z, n_paths) * m).sum(0)
         kl = (paths.kl_path * m).sum(0) + paths.kl0
         return log_lik, kl
 
@@ -536,3 +554,19 @@ def _gaussian_kl(mean_q: torch.Tensor, log_std_q: torch.Tensor,
     var_ratio = torch.exp(2.0 * (log_std_q - log_std_p))
     diff = (mean_q - mean_p) * torch.exp(-log_std_p)
     return 0.5 * (var_ratio + diff * diff - 1.0 - 2.0 * (log_std_q - log_std_p)).sum(-1)
+
+
+def build_model(n_features: int, params: dict) -> NeuralLangevinVAE:
+    """A freshly initialised VAE (on CPU) for an estimator's parameters.
+
+    ``params`` is :meth:`LangevinSegmenter.get_params`'s dict; the one
+    builder shared by fitting and loading, so that a saved model is rebuilt
+    with exactly the modules it was trained with.
+    """
+    return NeuralLangevinVAE(
+        n_features=n_features, latent_dim=params["latent_dim"],
+        dynamics=params["dynamics"], hidden_size=params["hidden_size"],
+        context_size=params["context_size"], beta=float(params["beta"]),
+        gamma=float(params["gamma"]), mass=float(params["mass"]),
+        learn_langevin_params=params["learn_langevin_params"],
+        initial_prior=params["initial_prior"])

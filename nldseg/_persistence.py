@@ -20,6 +20,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from nldseg._landscape import EnergyLandscape
+from nldseg._model import build_model
 from nldseg._version import __version__
 
 FORMAT = "nldseg-model"
@@ -28,6 +29,8 @@ FORMAT_VERSION = 1
 _FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "n_iter_", "converged_",
                    "n_features_in_", "loss_curve_")
 _FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_")
+# Parameters renamed since a file could have been written: old name -> new name.
+_RENAMED_PARAMS = {"n_samples": "n_paths"}
 
 
 class InconsistentVersionWarning(UserWarning):
@@ -55,6 +58,15 @@ def warn_if_other_version(original_version: str | None) -> None:
     if original_version is not None and original_version != __version__:
         warnings.warn(InconsistentVersionWarning(str(original_version), __version__),
                       stacklevel=3)
+
+
+def rename_old_params(params: dict) -> dict:
+    """``params`` with parameters renamed since an older version under their new names."""
+    params = dict(params)
+    for old, new in _RENAMED_PARAMS.items():
+        if old in params:
+            params[new] = params.pop(old)
+    return params
 
 
 def _json_default(value):
@@ -86,16 +98,7 @@ def save_estimator(estimator, path) -> None:
     fitted = {name: getattr(estimator, name) for name in _FITTED_SCALARS}
     if hasattr(estimator, "feature_names_in_"):
         fitted["feature_names_in_"] = [str(n) for n in estimator.feature_names_in_]
-    land_arrays, land_scalars, occupancies = {}, {}, {}
-    for key, value in vars(estimator.energy_).items():
-        if key.startswith("_"):
-            continue  # Energies rebuilt from the module on load; caches rebuilt.
-        if isinstance(value, np.ndarray):
-            land_arrays[key] = _tensor(value)
-        elif key == "occupancies":
-            occupancies = {k: _tensor(v) for k, v in value.items()}
-        else:
-            land_scalars[key] = value
+    land = estimator.energy_.state_dict()
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -106,9 +109,9 @@ def save_estimator(estimator, path) -> None:
         "arrays": {name: _tensor(getattr(estimator, name)) for name in _FITTED_ARRAYS},
         "module_state": {k: v.detach().cpu().clone()
                          for k, v in estimator.module_.state_dict().items()},
-        "landscape_arrays": land_arrays,
-        "landscape_scalars": _to_json("the energy landscape", land_scalars),
-        "occupancies": occupancies,
+        "landscape_arrays": {k: _tensor(v) for k, v in land["arrays"].items()},
+        "landscape_scalars": _to_json("the energy landscape", land["scalars"]),
+        "occupancies": {k: _tensor(v) for k, v in land["occupancies"].items()},
     }
     torch.save(payload, os.fspath(path))
 
@@ -146,20 +149,17 @@ def load_estimator(cls, path):
 
 
 def _rebuild(cls, payload: dict):
-    estimator = cls(**json.loads(payload["params"]))
+    estimator = cls(**rename_old_params(json.loads(payload["params"])))
     fitted = json.loads(payload["fitted"])
-    module = estimator._build_module(int(fitted["n_features_in_"]))
+    module = build_model(int(fitted["n_features_in_"]), estimator.get_params())
     module.load_state_dict(payload["module_state"], strict=True)
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    landscape = EnergyLandscape.__new__(EnergyLandscape)
-    for key, value in json.loads(payload["landscape_scalars"]).items():
-        setattr(landscape, key, value)
-    for key, value in payload["landscape_arrays"].items():
-        setattr(landscape, key, value.numpy())
-    landscape.occupancies = {k: v.numpy() for k, v in payload["occupancies"].items()}
-    landscape._attach_energy(module.energy)
+    landscape = EnergyLandscape.from_state_dict(module.energy, {
+        "scalars": json.loads(payload["landscape_scalars"]),
+        "arrays": {k: v.numpy() for k, v in payload["landscape_arrays"].items()},
+        "occupancies": {k: v.numpy() for k, v in payload["occupancies"].items()}})
     for key, value in fitted.items():
         if key == "feature_names_in_":
             value = np.asarray(value, dtype=object)

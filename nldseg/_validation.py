@@ -1,4 +1,4 @@
-"""Turn every accepted sequence input into one internal form; raise input errors.
+"""Turn every accepted input into one internal form; raise every input error.
 
 Accepted ``X``:
 
@@ -17,11 +17,18 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import numpy as np
+import torch
 from sklearn.utils.validation import validate_data
 
-FORMS = frozenset({"array2d", "array3d", "list"})
+#: The input forms, one vocabulary for observations and labels alike:
+#: ``"stacked"``, the steps of one or several sequences along the first axis of
+#: one array (``X`` 2-D, labels 1-D); ``"batch"``, sequences of equal length
+#: along the first axis (``X`` 3-D, labels 2-D); ``"list"``, one array per
+#: sequence, of any lengths.
+FORMS = frozenset({"stacked", "batch", "list"})
 
 #: Largest accepted absolute input value. The model computes in float32, where
 #: squares of larger values overflow (float32 max is 3.4e38); such magnitudes
@@ -214,7 +221,7 @@ def _check_sequences(estimator, X, *, lengths=None, reset: bool) -> Sequences:
         if n_seq == 0 or n_t == 0:
             raise ValueError(f"X of shape {arr.shape} holds no time steps.")
         data = validate_data(estimator, arr.reshape(n_seq * n_t, n_feat), **kwargs)
-        return Sequences(data, np.full(n_seq, n_t, dtype=np.int64), "array3d")
+        return Sequences(data, np.full(n_seq, n_t, dtype=np.int64), "batch")
     if ndim not in (2,):
         raise ValueError(
             f"Expected a 2-D array (n_samples, n_features), a 3-D array "
@@ -227,18 +234,146 @@ def _check_sequences(estimator, X, *, lengths=None, reset: bool) -> Sequences:
         lens = np.array([data.shape[0]], dtype=np.int64)
     else:
         lens = _check_lengths(lengths, data.shape[0])
-    return Sequences(data, lens, "array2d")
+    return Sequences(data, lens, "stacked")
 
 
 def format_output(seqs: Sequences, per_row: np.ndarray):
     """Shape per-row results (n_total, ...) like the input ``seqs`` was shaped.
 
-    ``array2d`` -> (n_samples, ...), ``array3d`` -> (n_sequences, n_timesteps,
+    ``stacked`` -> (n_samples, ...), ``batch`` -> (n_sequences, n_timesteps,
     ...), ``list`` -> list of (n_timesteps_i, ...) arrays.
     """
-    if seqs.form == "array2d":
+    if seqs.form == "stacked":
         return per_row
-    if seqs.form == "array3d":
+    if seqs.form == "batch":
         return per_row.reshape(len(seqs.lengths), int(seqs.lengths[0]),
                                *per_row.shape[1:])
     return seqs.split(per_row)
+
+
+def pad_windows(data: torch.Tensor, windows: list, device) -> tuple:
+    """Pad windows ``(start, length)`` of the rows of ``data`` into a batch.
+
+    Returns ``(x, mask)`` of shape (B, T, D) and (B, T), with ``T`` the longest
+    window; steps past a window's end repeat its last row and have mask 0.
+    """
+    starts = torch.tensor([s for s, _ in windows], device=device)
+    lens = torch.tensor([n for _, n in windows], device=device)
+    t_max = int(lens.max())
+    offs = torch.arange(t_max, device=device)
+    mask = offs[None, :] < lens[:, None]
+    idx = starts[:, None] + torch.minimum(offs[None, :], lens[:, None] - 1)
+    return data[idx], mask.to(data.dtype)
+
+
+def scale_from_variance(var: np.ndarray, mean: np.ndarray,
+                        n_samples: int) -> np.ndarray:
+    """Standard deviations to divide by, with 1 for (numerically) constant features.
+
+    A feature counts as constant when its variance is within the rounding error
+    of a two-pass variance of ``n_samples`` float64 values around ``mean`` (the
+    bound used by :class:`sklearn.preprocessing.StandardScaler`). Dividing such
+    a feature by its tiny standard deviation would turn rounding noise into
+    values of order one, so it is only centred. The one constant-feature rule
+    of nldseg: the segmenter's own standardisation and
+    :class:`~nldseg.preprocessing.SequenceStandardScaler` use it.
+
+    Parameters
+    ----------
+    var : ndarray of shape (n_features,)
+        Per-feature variance.
+    mean : ndarray of shape (n_features,)
+        Per-feature mean.
+    n_samples : int
+        Number of rows the statistics were computed on.
+
+    Returns
+    -------
+    scale : ndarray of shape (n_features,)
+        ``sqrt(var)``, with 1.0 where the feature is constant.
+    """
+    eps = np.finfo(np.float64).eps
+    upper_bound = n_samples * eps * var + (n_samples * mean * eps) ** 2
+    scale = np.sqrt(var)
+    scale[var <= upper_bound] = 1.0
+    return scale
+
+
+@dataclass(frozen=True)
+class IntParam:
+    """An integer parameter of at least ``low`` (``None`` allowed if ``none_ok``)."""
+
+    low: int
+    none_ok: bool = False
+
+    def check(self, name: str, value) -> None:
+        if value is None and self.none_ok:
+            return
+        what = (f"an integer >= {self.low}" if self.low != 1 else "a positive integer")
+        what += " or None" if self.none_ok else ""
+        if not isinstance(value, Integral) or isinstance(value, bool):
+            raise TypeError(f"{name} must be {what}, got {value!r} of type "
+                            f"{type(value).__name__}.")
+        if value < self.low:
+            raise ValueError(f"{name} must be {what}, got {value!r}.")
+
+
+@dataclass(frozen=True)
+class RealParam:
+    """A finite real parameter in ``(low, high)``, ``[low, high)`` etc."""
+
+    low: float = 0.0
+    high: float | None = None
+    low_closed: bool = False
+
+    def check(self, name: str, value) -> None:
+        if not isinstance(value, Real) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a real number, got {value!r} of type "
+                            f"{type(value).__name__}.")
+        ok = np.isfinite(value) and (value >= self.low if self.low_closed
+                                     else value > self.low)
+        if self.high is not None:
+            ok = ok and value < self.high
+        if not ok:
+            if self.high is not None:
+                bounds = f"in {'[' if self.low_closed else '('}{self.low:g}, {self.high:g})"
+            elif self.low == 0 and not self.low_closed:
+                bounds = "a positive finite number"
+            else:
+                bounds = f"a finite number >= {self.low:g}"
+            raise ValueError(f"{name} must be {bounds}, got {value!r}.")
+
+
+@dataclass(frozen=True)
+class OptionParam:
+    """A string parameter taking one of ``options``."""
+
+    options: frozenset
+
+    def check(self, name: str, value) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be one of {sorted(self.options)}, got "
+                            f"{value!r} of type {type(value).__name__}.")
+        if value not in self.options:
+            raise ValueError(f"{name} must be one of {sorted(self.options)}, got "
+                             f"{value!r}.")
+
+
+@dataclass(frozen=True)
+class BoolParam:
+    """A boolean parameter."""
+
+    def check(self, name: str, value) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {value!r} of type "
+                            f"{type(value).__name__}.")
+
+
+def check_params(params: dict, rules: dict) -> None:
+    """Check every parameter in ``rules`` (name -> rule) against ``params``.
+
+    A value of the wrong type raises ``TypeError``, a value out of range
+    ``ValueError``; both name the parameter and what it must be.
+    """
+    for name, rule in rules.items():
+        rule.check(name, params[name])

@@ -65,15 +65,16 @@ def _ndim(obj: object) -> int:
 def _as_sequences(y: ArrayLike, name: str) -> tuple[list[np.ndarray], str]:
     """Split ``y`` into a list of raw 1-D arrays and record its input form.
 
-    Returns the list of sequences and the form of ``y``: ``"1d"``, ``"2d"`` or
-    ``"list"``.
+    Returns the list of sequences and the form of ``y`` in the vocabulary of
+    :data:`nldseg._validation.FORMS`: ``"stacked"`` (1-D), ``"batch"`` (2-D)
+    or ``"list"``.
     """
     if isinstance(y, (list, tuple)):
         if len(y) == 0:
             raise ValueError(f"{name} is empty.")
         ndims = [_ndim(item) for item in y]
         if all(ndim == 0 for ndim in ndims):
-            return [np.asarray(y)], "1d"
+            return [np.asarray(y)], "stacked"
         if all(ndim == 1 for ndim in ndims):
             return [np.asarray(item) for item in y], "list"
         raise ValueError(
@@ -83,9 +84,9 @@ def _as_sequences(y: ArrayLike, name: str) -> tuple[list[np.ndarray], str]:
         )
     arr = np.asarray(y)
     if arr.ndim == 1:
-        return [arr], "1d"
+        return [arr], "stacked"
     if arr.ndim == 2:
-        return list(arr), "2d"
+        return list(arr), "batch"
     raise ValueError(
         f"{name} must be 1-D of shape (n_timesteps,), 2-D of shape "
         f"(n_sequences, n_timesteps) or a list of 1-D arrays; got an array with "
@@ -127,7 +128,7 @@ def _check_label_array(arr: np.ndarray, name: str) -> np.ndarray:
 def _check_labels(y: ArrayLike, name: str) -> tuple[list[np.ndarray], str]:
     """Validate ``y`` and return its sequences as int64 arrays and its form."""
     sequences, form = _as_sequences(y, name)
-    if form == "1d":
+    if form == "stacked":
         return [_check_label_array(sequences[0], name)], form
     if len(sequences) == 0:
         raise ValueError(f"{name} is empty.")
@@ -374,9 +375,9 @@ def match_labels(
     matching = _check_matching(matching)
     true_seqs, pred_seqs, pred_form = _check_pair(y_true, y_pred)
     matched = _match_sequences(true_seqs, pred_seqs, matching)
-    if pred_form == "1d":
+    if pred_form == "stacked":
         return matched[0]
-    if pred_form == "2d":
+    if pred_form == "batch":
         return np.stack(matched)
     return matched
 
@@ -565,7 +566,7 @@ class _SegmentationScorer:
             # A 2-D X with lengths gives 1-D labels of all sequences stacked.
             bounds = np.cumsum(np.asarray(lengths, dtype=np.int64))[:-1]
             true_seqs, form = _as_sequences(y_true, "y_true")
-            if form == "1d":
+            if form == "stacked":
                 y_true = np.split(true_seqs[0], bounds)
             y_pred = np.split(np.asarray(y_pred), bounds)
         per_seq = segmentation_accuracy(y_true, y_pred, per_sequence=True,

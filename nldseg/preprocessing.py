@@ -13,40 +13,14 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from nldseg._validation import check_sequences, format_output, unchanged_on_error
+from nldseg._validation import (
+    check_sequences,
+    format_output,
+    scale_from_variance,
+    unchanged_on_error,
+)
 
 __all__ = ["SequenceStandardScaler"]
-
-
-def _scale_from_variance(var: np.ndarray, mean: np.ndarray,
-                         n_samples: int) -> np.ndarray:
-    """Standard deviations to divide by, with 1 for (numerically) constant features.
-
-    A feature counts as constant when its variance is within the rounding error
-    of a two-pass variance of ``n_samples`` float64 values around ``mean`` (the
-    bound used by :class:`sklearn.preprocessing.StandardScaler`). Dividing such
-    a feature by its tiny standard deviation would turn rounding noise into
-    values of order one, so it is only centred.
-
-    Parameters
-    ----------
-    var : ndarray of shape (n_features,)
-        Per-feature variance.
-    mean : ndarray of shape (n_features,)
-        Per-feature mean.
-    n_samples : int
-        Number of rows the statistics were computed on.
-
-    Returns
-    -------
-    scale : ndarray of shape (n_features,)
-        ``sqrt(var)``, with 1.0 where the feature is constant.
-    """
-    eps = np.finfo(np.float64).eps
-    upper_bound = n_samples * eps * var + (n_samples * mean * eps) ** 2
-    scale = np.sqrt(var)
-    scale[var <= upper_bound] = 1.0
-    return scale
 
 
 class SequenceStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
@@ -150,7 +124,7 @@ class SequenceStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimat
             mean = None
         if self.with_std:
             var = data.var(axis=0)
-            scale = _scale_from_variance(var, mean, n_samples)
+            scale = scale_from_variance(var, mean, n_samples)
         else:
             var = scale = None
         self.mean_, self.var_, self.scale_ = mean, var, scale

@@ -13,11 +13,11 @@ from nldseg.datasets import make_markov_chain_sequences
 # cosine schedule (which needs about 20).
 TINY = dict(hidden_size=32, context_size=16, window_length=40, batch_size=64,
             max_iter=12, learning_rate="constant", learning_rate_init=1e-2,
-            kl_warmup=60, n_samples=4, random_state=0)
+            kl_warmup=60, n_paths=4, random_state=0)
 # Fits that only need to run (pipelines, grid searches), not to learn: one
 # well, so tests of these compare loss curves and weights, not labels.
 TINY_SEARCH = dict(hidden_size=16, context_size=8, window_length=30, batch_size=32,
-                   max_iter=3, kl_warmup=10, n_samples=2, random_state=0)
+                   max_iter=3, kl_warmup=10, n_paths=2, random_state=0)
 # The same data (ragged_chain) trained long enough to find its 3 states, for
 # the pipeline tests that compare labels.
 TINY_SEARCH_WELLS = dict(TINY_SEARCH, hidden_size=32, context_size=16,

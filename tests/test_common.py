@@ -24,7 +24,7 @@ EXPECTED_FAILED = {
 
 def _tiny():
     return LangevinSegmenter(hidden_size=8, context_size=4, latent_dim=2,
-                             max_iter=2, window_length=16, n_samples=2,
+                             max_iter=2, window_length=16, n_paths=2,
                              kl_warmup=0, random_state=0)
 
 

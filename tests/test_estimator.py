@@ -15,7 +15,7 @@ from nldseg.datasets import make_markov_chain_sequences
 from nldseg.metrics import segmentation_accuracy
 
 FAST = dict(hidden_size=32, context_size=16, window_length=40, batch_size=64,
-            max_iter=40, learning_rate_init=1e-2, kl_warmup=60, n_samples=4,
+            max_iter=40, learning_rate_init=1e-2, kl_warmup=60, n_paths=4,
             random_state=0)
 
 
@@ -299,23 +299,30 @@ def test_unrecoverable_nan_raises_and_leaves_estimator_unfitted(chain, monkeypat
     assert not hasattr(est, "module_") and not hasattr(est, "energy_")
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"dynamics": "critical"}, "dynamics must be one of"),
-    ({"dt": 0.3}, "dt must be 1/n"),
-    ({"beta": -1.0}, "beta must be a positive"),
-    ({"gamma": 0}, "gamma must be a positive"),
-    ({"n_states": 0}, "n_states must be a positive integer or None"),
-    ({"latent_dim": 1.5}, "latent_dim must be a positive integer"),
-    ({"solver": "rk4"}, "solver must be one of"),
-    ({"min_state_fraction": 1.0}, "min_state_fraction must be in"),
-    ({"device": "tpu"}, "device must be"),
-    ({"initial_prior": "uniform"}, "initial_prior must be one of"),
-    ({"learning_rate": "linear"}, "learning_rate must be one of"),
-    ({"learning_rate": 0.01}, "learning_rate must be one of"),
+@pytest.mark.parametrize("params, err, match", [
+    ({"dynamics": "critical"}, ValueError, "dynamics must be one of"),
+    ({"dt": 0.3}, ValueError, "dt must be 1/n"),
+    ({"beta": -1.0}, ValueError, "beta must be a positive"),
+    ({"gamma": 0}, ValueError, "gamma must be a positive"),
+    ({"gamma": float("nan")}, ValueError, "gamma must be a positive"),
+    ({"n_states": 0}, ValueError, "n_states must be a positive integer or None"),
+    ({"latent_dim": 1.5}, TypeError, "latent_dim must be a positive integer, got 1.5 "
+                                     "of type float"),
+    ({"max_iter": True}, TypeError, "max_iter must be a positive integer"),
+    ({"beta": "1"}, TypeError, "beta must be a real number"),
+    ({"solver": "rk4"}, ValueError, "solver must be one of"),
+    ({"min_state_fraction": 1.0}, ValueError, "min_state_fraction must be in"),
+    ({"device": "tpu"}, ValueError, "device must be"),
+    ({"device": 0}, TypeError, "device must be"),
+    ({"initial_prior": "uniform"}, ValueError, "initial_prior must be one of"),
+    ({"learning_rate": "linear"}, ValueError, "learning_rate must be one of"),
+    ({"learning_rate": 0.01}, TypeError, "learning_rate must be one of"),
+    ({"learn_langevin_params": "yes"}, TypeError, "learn_langevin_params must be a bool"),
+    ({"kl_warmup": -1}, ValueError, "kl_warmup must be an integer >= 0"),
 ])
-def test_bad_parameters_raise(params, match):
+def test_bad_parameters_raise(params, err, match):
     X = np.zeros((10, 2))
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(err, match=match):
         LangevinSegmenter(**params).fit(X)
 
 
@@ -473,18 +480,3 @@ def test_rollback_halves_the_scheduled_rate(chain, monkeypatch):
     np.testing.assert_allclose(rates, [sched[0]] + [r / 2 for r in sched[1:]],
                                rtol=1e-12)
     assert len(est.loss_curve_) == 4 and np.all(np.isfinite(est.loss_curve_))
-
-
-def test_progress_bar(capsys):
-    from nldseg._estimator import _ProgressBar
-
-    bar = _ProgressBar(2)
-    bar.show(0, 3, 5, 10, 1.5, elapsed=0.5)  # Short epochs show no bar.
-    assert capsys.readouterr().err == ""
-    bar.show(0, 3, 5, 10, 1.5, elapsed=2.0)
-    err = capsys.readouterr().err
-    assert "Epoch 1/3 [" + "#" * 15 + "." * 15 + "] 5/10 batches" in err
-    bar.clear()
-    assert capsys.readouterr().err.startswith("\r ")
-    # verbose=1 draws the bar only on a terminal (pytest's stderr is not one).
-    assert not _ProgressBar(1).enabled and not _ProgressBar(0).enabled

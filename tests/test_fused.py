@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nldseg import _fused
-from nldseg._fused import euler_path, gru_sequence, release_buffers
+from nldseg._fused import GRUWeights, euler_path, gru_sequence, release_buffers
 from nldseg._model import NeuralLangevinVAE
 
 DTYPE = torch.float64
@@ -27,6 +27,12 @@ def _inputs(m: NeuralLangevinVAE, rows: int = 5, n_obs: int = 7, n_sub: int = 2)
     return z0, projected, noise
 
 
+def _euler(m, z0, projected, scaled_noise, coef, dt=0.5):
+    """The training kernel on the model's weights."""
+    return euler_path(z0, projected, scaled_noise, m.drift_net.weights(),
+                      m.energy.weights(), coef, dt)
+
+
 def _autograd_loop(m, z0, projected, scaled_noise, dt, coef):
     """The same steps recorded by autograd (``advance`` with grad enabled)."""
     z, zs, sqs = z0, [z0], [z0.new_zeros(z0.shape[0])]
@@ -35,6 +41,10 @@ def _autograd_loop(m, z0, projected, scaled_noise, dt, coef):
         zs.append(z)
         sqs.append(sq)
     return torch.stack(zs), torch.stack(sqs)
+
+
+def _gru_weights(gru):
+    return GRUWeights(gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
 
 
 def _grads(fn, m, tensors, weights):
@@ -71,10 +81,13 @@ def test_euler_path_values_and_gradients_equal_autograd(dynamics, learn, outputs
 
     def run(kernel):
         coef = m.step_coefficients(dt)  # Inside, so gamma/mass gradients flow.
-        return kernel(m, z0, projected, noise * coef["noise_scale"], dt, coef)
+        return kernel(m, z0, projected, noise * coef["noise_scale"], coef, dt)
 
-    want_out, want = _grads(lambda: run(_autograd_loop), m, [z0, projected], weights)
-    got_out, got = _grads(lambda: run(euler_path), m, [z0, projected], weights)
+    def reference(m, z0, projected, scaled_noise, coef, dt):
+        return _autograd_loop(m, z0, projected, scaled_noise, dt, coef)
+
+    want_out, want = _grads(lambda: run(reference), m, [z0, projected], weights)
+    got_out, got = _grads(lambda: run(_euler), m, [z0, projected], weights)
     for w, g in zip(want_out, got_out):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
     assert set(got) == set(want)
@@ -107,7 +120,7 @@ def test_euler_path_in_float32_matches_the_inference_loop():
     with torch.no_grad():
         coef0 = m.step_coefficients(0.5)
         want = _autograd_loop(m, z0, projected, noise * coef0["noise_scale"], 0.5, coef0)
-    got = euler_path(m, z0, projected, noise * coef["noise_scale"], 0.5, coef)
+    got = _euler(m, z0, projected, noise * coef["noise_scale"], coef)
     torch.testing.assert_close(got[0].detach(), want[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got[1].detach(), want[1], rtol=1e-4, atol=1e-5)
 
@@ -115,7 +128,7 @@ def test_euler_path_in_float32_matches_the_inference_loop():
 def test_single_observation_takes_no_step():
     m = _model("underdamped")
     z0, projected, noise = _inputs(m, n_obs=1)
-    zs, sq = euler_path(m, z0, projected, noise, 0.5, m.step_coefficients(0.5))
+    zs, sq = _euler(m, z0, projected, noise, m.step_coefficients(0.5))
     assert zs.shape == (1, 5, 6) and sq.shape == (1, 5)
     torch.testing.assert_close(zs[0], z0)
     zs.sum().backward()
@@ -138,7 +151,7 @@ def test_gru_sequence_equals_torch_gru(n_obs, outputs):
         return h, h[:, 0]
 
     want_h, want = _grads(torch_gru, gru, [x], weights)
-    got_h, got = _grads(lambda: gru_sequence(gru, x), gru, [x], weights)
+    got_h, got = _grads(lambda: gru_sequence(_gru_weights(gru), x), gru, [x], weights)
     for g, w_ in zip(got_h, want_h):
         torch.testing.assert_close(g, w_, rtol=1e-12, atol=1e-12)
     assert set(got) == set(want) == {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
@@ -154,7 +167,7 @@ def test_buffers_are_reused_then_released():
     coef = m.step_coefficients(0.5)
 
     def step():
-        zs, sq = euler_path(m, z0, projected, noise, 0.5, coef)
+        zs, sq = _euler(m, z0, projected, noise, coef)
         (zs.sum() + sq.sum()).backward()
 
     step()
@@ -169,17 +182,31 @@ def test_buffers_are_reused_then_released():
 def test_second_backward_through_the_kernels_raises():
     m = _model("overdamped")
     z0, projected, noise = _inputs(m)
-    zs, sq = euler_path(m, z0, projected, noise, 0.5, m.step_coefficients(0.5))
+    zs, sq = _euler(m, z0, projected, noise, m.step_coefficients(0.5))
     zs.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="retain_graph is not supported"):
         zs.sum().backward()
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_folded_energy_gradient_equals_the_formula(dtype, tol):
+    """The flows' folded grad E (sigmoid form, folded constants) is EnergyMLP.grad."""
+    from nldseg._fused import fold_energy, folded_energy_grad
+    from nldseg._model import EnergyMLP
+
+    torch.manual_seed(1)
+    e = EnergyMLP(3, 32).to(dtype)
+    with torch.no_grad():
+        for p in e.parameters():
+            p.normal_(0.0, 0.7)
+        z = 2.0 * torch.randn(50, 3, dtype=dtype)
+        got = folded_energy_grad(z, fold_energy(e.weights()))
+    torch.testing.assert_close(got, e.grad(z).detach(), rtol=tol, atol=tol * 10)
+
+
 @pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
 def test_inference_stepper_equals_the_plain_formulas(dynamics):
     """Folded weights, merged first layer and per-sequence bias: same steps."""
-    from nldseg._fused import InferenceStepper
-
     m = _model(dynamics)
     n_seq, n_samples, hidden = 3, 4, 16
     rows = n_seq * n_samples
@@ -191,7 +218,7 @@ def test_inference_stepper_equals_the_plain_formulas(dynamics):
         coef = m.step_coefficients(0.5)
         projected = m.project_context(h).repeat_interleave(n_samples, 0)
         want_z, want_sq = m.advance(z, projected, noise * coef["noise_scale"], 0.5, coef)
-        stepper = InferenceStepper(m, 0.5)
+        stepper = m.inference_stepper(0.5)
         sq = torch.zeros(rows, dtype=DTYPE)
         got_z = stepper.advance(z, stepper.bias(h), stepper.drive(noise), sq=sq)
         # One sequence per row: the bias is added by addmm instead of a view.
@@ -207,12 +234,12 @@ def test_simulate_without_autograd_can_skip_the_kl():
     x = torch.randn(2, 6, 4, dtype=DTYPE)
     noise = torch.randn(5, 2, 2 * 3, 3, dtype=DTYPE)
     with torch.no_grad():
-        full = m.simulate(x, noise, 0.5, n_samples=3)
-        paths = m.simulate(x, noise, 0.5, n_samples=3, with_kl=False)
+        full = m.simulate(x, noise, 0.5, n_paths=3)
+        paths = m.simulate(x, noise, 0.5, n_paths=3, with_kl=False)
     assert paths.kl_path is None and full.kl_path.shape == (6, 6)
     torch.testing.assert_close(paths.z, full.z)
     # With autograd (training) the same paths, through the training kernel.
-    trained = m.simulate(x, noise, 0.5, n_samples=3)
+    trained = m.simulate(x, noise, 0.5, n_paths=3)
     torch.testing.assert_close(trained.z.detach(), full.z, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(trained.kl_path.detach(), full.kl_path, rtol=1e-12,
                                atol=1e-12)
@@ -248,7 +275,7 @@ def test_euler_path_on_cuda_equals_cpu(dynamics):
 
         def run(m=m, z0=z0, projected=projected, noise=noise):
             coef = m.step_coefficients(0.5)
-            return euler_path(m, z0, projected, noise * coef["noise_scale"], 0.5, coef)
+            return _euler(m, z0, projected, noise * coef["noise_scale"], coef)
 
         outs, grads = _grads(run, m, [z0], (1.0, 1.0))
         results.append(([o.cpu() for o in outs], {k: g.cpu() for k, g in grads.items()}))
@@ -269,13 +296,13 @@ def test_buffers_given_back_by_another_thread_are_reused():
     m = _model("overdamped")
     z0, projected, noise = _inputs(m)
     coef = m.step_coefficients(0.5)
-    zs, sq = euler_path(m, z0, projected, noise, 0.5, coef)
+    zs, sq = _euler(m, z0, projected, noise, coef)
     worker = threading.Thread(target=(zs.sum() + sq.sum()).backward)
     worker.start()
     worker.join()
     pooled = {id(b) for bufs in _fused._POOL.values() for b in bufs}
     assert pooled
-    zs, sq = euler_path(m, z0, projected, noise, 0.5, coef)  # Takes them again.
+    zs, sq = _euler(m, z0, projected, noise, coef)  # Takes them again.
     assert {id(b) for bufs in _fused._POOL.values() for b in bufs} < pooled
     (zs.sum() + sq.sum()).backward()
     assert {id(b) for bufs in _fused._POOL.values() for b in bufs} == pooled

@@ -189,11 +189,11 @@ def test_labels_do_not_depend_on_how_points_are_batched(tiny_fitted):
     # Looked up in blocks of any size (a block boundary inside a run of misses).
     np.testing.assert_array_equal(landscape._basins_torch(z, chunk=70), want)
     k = landscape.n_states
-    proba = landscape._state_fractions(z[:8])
+    proba = landscape.state_fractions(z[:8])
     assert proba.shape == (k,)
     np.testing.assert_allclose(proba, np.bincount(want[:8], minlength=k) / 8)
     # (time, sequence, sample) samples: the fraction of each group's samples.
-    frac = landscape._state_fractions(z.reshape(10, 10, 8, 3))
+    frac = landscape.state_fractions(z.reshape(10, 10, 8, 3))
     assert frac.shape == (10, 10, k)
     np.testing.assert_allclose(
         frac, (want.reshape(10, 10, 8)[..., None] == np.arange(k)).mean(-2))

@@ -21,35 +21,6 @@ def test_energy_gradient_matches_autograd():
     torch.testing.assert_close(e.grad(z3), g3)
 
 
-def _random_weights(module, std=0.7):
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, std)
-    return module
-
-
-@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
-def test_inference_kernels_equal_the_autograd_formulas(dtype, tol):
-    # Without autograd, E, grad E and f_phi run on sigmoids (2 sigmoid(2a) - 1)
-    # with constants folded into the matrix products: the same functions.
-    from nldseg._model import PosteriorDrift
-
-    e = _random_weights(EnergyMLP(3, 32)).to(dtype)
-    z = 2.0 * torch.randn(50, 3, dtype=dtype)
-    g_ref, e_ref = e.grad(z), e(z)
-    with torch.no_grad():
-        g, en = e.grad(z), e(z)
-    torch.testing.assert_close(g, g_ref.detach(), rtol=tol, atol=tol * 10)
-    torch.testing.assert_close(en, e_ref.detach(), rtol=tol, atol=tol * 10)
-    f = _random_weights(PosteriorDrift(6, 8, 32, 3)).to(dtype)
-    state, ctx = torch.randn(50, 6, dtype=dtype), torch.randn(50, 32, dtype=dtype)
-    out_ref = f(state, ctx)
-    with torch.no_grad():
-        out = f(state, ctx)
-    torch.testing.assert_close(out, out_ref.detach(), rtol=tol, atol=tol * 10)
-
-
 def test_quadratic_coefficient_stays_positive():
     e = EnergyMLP(2, 4)
     with torch.no_grad():

@@ -14,7 +14,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from nldseg import LangevinSegmenter
-from nldseg.preprocessing import SequenceStandardScaler, _scale_from_variance
+from nldseg._validation import scale_from_variance
+from nldseg.preprocessing import SequenceStandardScaler
 
 pytestmark = pytest.mark.usefixtures("quiet_convergence")
 
@@ -109,7 +110,7 @@ def test_constant_feature_is_only_centred():
 def test_scale_from_variance():
     var = np.array([4.0, 0.0, 1e-40, 1e-300])
     mean = np.array([0.0, 5.0, 1.0, 0.0])
-    np.testing.assert_array_equal(_scale_from_variance(var, mean, 100),
+    np.testing.assert_array_equal(scale_from_variance(var, mean, 100),
                                   [2.0, 1.0, 1.0, 1e-150])
 
 

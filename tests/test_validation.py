@@ -100,4 +100,4 @@ def test_magnitude_limit_is_inclusive():
     X = np.random.default_rng(0).normal(size=(30, 2)) * MAX_ABS_VALUE / 10
     X[0, 0] = MAX_ABS_VALUE
     LangevinSegmenter(hidden_size=4, context_size=2, max_iter=1, kl_warmup=0,
-                      n_samples=1, random_state=0).fit(X)
+                      n_paths=1, random_state=0).fit(X)

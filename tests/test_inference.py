@@ -1,4 +1,4 @@
-"""The stateful online labeller: equal to predict on every prefix."""
+"""Inference: the posterior sampler's noise rule; the stream equals predict."""
 
 import numpy as np
 import pytest
@@ -86,3 +86,30 @@ def test_stream_needs_fitted_model():
     from nldseg import LangevinSegmenter
     with pytest.raises(NotFittedError):
         LangevinSegmenter().stream()
+
+
+def test_sampler_draws_the_same_numbers_for_every_sequence(tiny_fitted, tiny_data):
+    """Common random numbers: a sequence's paths ignore its neighbours and chunks."""
+    from nldseg._inference import PosteriorSampler
+    from nldseg._validation import Sequences
+
+    seqs = [np.asarray(s, dtype=np.float32) for s in tiny_data[1][:3]]
+    seqs[1] = seqs[1][:17]
+
+    def paths(parts, seed=5, chunk_rows=4096):
+        sampler = PosteriorSampler(tiny_fitted.module_, tiny_fitted.dt, 3, seed=seed)
+        packed = Sequences(np.concatenate(parts), np.array([len(p) for p in parts]),
+                           "list")
+        return packed.split(sampler.latent_paths(packed, chunk_rows=chunk_rows))
+
+    together = paths(seqs)
+    assert together[0].shape == (len(seqs[0]), 3, tiny_fitted.module_.state_dim)
+    # The same draws; other batch sizes only change the matrix products' rounding.
+    for i, seq in enumerate(seqs):
+        np.testing.assert_allclose(paths([seq])[0], together[i], rtol=1e-5, atol=1e-5)
+    for got, want in zip(paths(seqs, chunk_rows=3), together):  # One per chunk.
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # A prefix has the paths of the whole sequence's first steps, bit for bit.
+    alone = paths([seqs[0]])[0]
+    np.testing.assert_array_equal(paths([seqs[0][:9]])[0], alone[:9])
+    assert np.abs(paths([seqs[0]], seed=6)[0] - alone).max() > 0.1

@@ -1,0 +1,243 @@
+"""Monte-Carlo inference on a fitted model: the posterior sampler and the stream.
+
+:class:`PosteriorSampler` draws ``n_paths`` posterior latent paths per
+sequence; ``predict_proba``, ``transform``, ``score``, the landscape's codes
+and :class:`SegmentationStream` all go through it. It owns the noise rule:
+**common random numbers**. Every sequence gets the same draws: ``eps0``
+(n_paths, state_dim) for the initial states first, then the Brownian
+increments (n_sub, n_paths, latent_dim) of each step in turn, one draw per
+step. So the output for a sequence does not depend on the other sequences
+passed with it, nor on how they are chunked, nor on the sequence's own length
+(the increments of step ``k`` are the same for a prefix), and the stream,
+which draws the same numbers one step at a time, reproduces ``predict``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from nldseg._validation import Sequences, check_observation, pad_windows
+
+_SCORE_PARTITION_DRAWS = 8192  # Importance draws of log Z for score().
+
+
+def _stepwise_noise(gen: torch.Generator, t_max: int, n_sub: int, rows: int,
+                    dim: int) -> torch.Tensor:
+    """Standard normal increments (t_max - 1, n_sub, rows, dim), one draw per step.
+
+    Drawing step by step keeps the increments of step ``k`` independent of the
+    sequence length: a single large ``torch.randn`` fills its tensor in a
+    size-dependent order, which would make labels of a prefix differ from the
+    labels of the whole sequence.
+    """
+    if t_max < 2:
+        return torch.empty((0, n_sub, rows, dim))
+    return torch.stack([torch.randn((n_sub, rows, dim), generator=gen)
+                        for _ in range(t_max - 1)])
+
+
+class PosteriorSampler:
+    """Posterior latent paths of a fitted model, with common random numbers.
+
+    Parameters
+    ----------
+    module : NeuralLangevinVAE
+        The trained model, on CPU, in eval mode.
+    dt : float
+        Euler step (``1 / n_sub``).
+    n_paths : int
+        Posterior paths per sequence.
+    seed : int
+        Seed of the draws: the same seed gives the same outputs.
+    solver : {"euler", "torchsde"}, default="euler"
+        Passed to :meth:`NeuralLangevinVAE.simulate`.
+    """
+
+    def __init__(self, module, dt: float, n_paths: int, seed: int,
+                 solver: str = "euler") -> None:
+        self.module = module
+        self.dt = float(dt)
+        self.n_sub = int(round(1.0 / dt))
+        self.n_paths = int(n_paths)
+        self.seed = int(seed)
+        self.solver = solver
+
+    def generator(self) -> torch.Generator:
+        """A fresh generator at the start of the draws."""
+        return torch.Generator().manual_seed(self.seed)
+
+    def initial_noise(self, gen: torch.Generator) -> torch.Tensor:
+        """The draws of the initial states, (n_paths, state_dim)."""
+        return torch.randn((self.n_paths, self.module.state_dim), generator=gen)
+
+    def step_noise(self, gen: torch.Generator) -> torch.Tensor:
+        """The increments of one observation step, (n_sub, n_paths, latent_dim)."""
+        return torch.randn((self.n_sub, self.n_paths, self.module.latent_dim),
+                           generator=gen)
+
+    def _noise(self, gen: torch.Generator, t_max: int) -> tuple:
+        """``eps0`` then the increments of ``t_max - 1`` steps, in the stream's order."""
+        eps0 = self.initial_noise(gen)
+        return eps0, _stepwise_noise(gen, t_max, self.n_sub, self.n_paths,
+                                     self.module.latent_dim)
+
+    def batches(self, seqs: Sequences, gen: torch.Generator,
+                chunk_rows: int = 4096):
+        """Yield ``(ids, x, mask, eps0, noise)`` for padded chunks of sequences.
+
+        Rows are sequence-major (``row = sequence * n_paths + path``); every
+        sequence gets the same draws.
+        """
+        data = torch.as_tensor(seqs.data)
+        offs, n_seq, s = seqs.offsets, len(seqs.lengths), self.n_paths
+        eps0_s, noise_s = self._noise(gen, int(seqs.lengths.max()))
+        per_chunk = max(1, chunk_rows // s)
+        for c0 in range(0, n_seq, per_chunk):
+            ids = np.arange(c0, min(n_seq, c0 + per_chunk))
+            windows = [(int(offs[i]), int(seqs.lengths[i])) for i in ids]
+            x, mask = pad_windows(data, windows, "cpu")
+            eps0 = eps0_s.repeat(len(ids), 1)
+            noise = noise_s[: x.shape[1] - 1].repeat(1, 1, len(ids), 1)
+            yield ids, x, mask, eps0, noise
+
+    def latent_paths(self, seqs: Sequences, chunk_rows: int = 4096) -> np.ndarray:
+        """Posterior latent states at every observation, (n_total, n_paths, state_dim).
+
+        Sequences are simulated in chunks of about ``chunk_rows`` paths; the
+        result does not depend on it.
+        """
+        module, s = self.module, self.n_paths
+        out = np.empty((seqs.data.shape[0], s, module.state_dim), dtype=np.float32)
+        offs = seqs.offsets
+        with torch.no_grad():
+            for ids, x, _, eps0, noise in self.batches(seqs, self.generator(),
+                                                       chunk_rows):
+                paths = module.simulate(x, noise, self.dt, s, eps0=eps0,
+                                        solver=self.solver, with_kl=False)
+                z = paths.z.reshape(x.shape[1], len(ids), s, -1).numpy()
+                for j, i in enumerate(ids):
+                    out[offs[i]:offs[i] + seqs.lengths[i]] = z[:seqs.lengths[i], j]
+        return out
+
+    def elbo_sum(self, seqs: Sequences) -> float:
+        """Sum over sequences of the ELBO averaged over the paths (standardised units)."""
+        module, s = self.module, self.n_paths
+        gen = self.generator()
+        probe = torch.randn((_SCORE_PARTITION_DRAWS, module.latent_dim), generator=gen)
+        total = 0.0
+        with torch.no_grad():
+            for _, x, mask, eps0, noise in self.batches(seqs, gen):
+                log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt, s,
+                                                solver=self.solver,
+                                                partition_noise=probe)
+                total += float((log_lik - kl).sum()) / s
+        return total
+
+
+class SegmentationStream:
+    """Label one sequence online, one observation at a time.
+
+    Made by :meth:`LangevinSegmenter.stream`. The stream carries the encoder's
+    hidden state, the ``n_paths`` posterior latent states and the random
+    generator between calls, so each :meth:`update` costs one encoder step and
+    ``1 / dt`` Euler steps. After ``t + 1`` updates, the label and
+    probabilities returned equal ``predict(x[:t + 1])[t]`` and
+    ``predict_proba(x[:t + 1])[t]`` of the segmenter on the prefix. Streams are
+    independent: open one per sequence being served.
+
+    Parameters
+    ----------
+    sampler : PosteriorSampler
+        The fitted model's sampler (its model, step, paths and seed).
+    landscape : EnergyLandscape
+        The fitted states.
+    mean, scale : ndarray of shape (n_features,)
+        The standardisation fitted on the training data.
+
+    Attributes
+    ----------
+    n_steps_ : int
+        Observations consumed so far.
+
+    Examples
+    --------
+    >>> from nldseg import LangevinSegmenter
+    >>> from nldseg.datasets import make_markov_chain_sequences
+    >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+    >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+    >>> stream = seg.stream()
+    >>> for x_t in X[0, :5]:
+    ...     label, proba = stream.update(x_t)
+    >>> stream.n_steps_, proba.shape == (seg.n_states_,)
+    (5, True)
+    """
+
+    def __init__(self, sampler: PosteriorSampler, landscape, mean: np.ndarray,
+                 scale: np.ndarray) -> None:
+        self._sampler = sampler
+        self._landscape = landscape
+        self._mean = np.asarray(mean, dtype=np.float64)
+        self._scale = np.asarray(scale, dtype=np.float64)
+        self._stepper = sampler.module.inference_stepper(sampler.dt)
+        self._work = self._stepper.workspace(sampler.n_paths, torch.empty(0))
+        self.reset()
+
+    def reset(self) -> SegmentationStream:
+        """Forget the observations seen so far and start a new sequence.
+
+        Returns
+        -------
+        self : SegmentationStream
+        """
+        self._gen = self._sampler.generator()
+        self._hidden = None
+        self._z = None
+        self.n_steps_ = 0
+        return self
+
+    def update(self, x_t) -> tuple[int, np.ndarray]:
+        """Consume the next observation; return its label and state probabilities.
+
+        Parameters
+        ----------
+        x_t : array-like of shape (n_features,) or (1, n_features)
+            The newest observation, in the units of the training data.
+
+        Returns
+        -------
+        label : int
+            State of the newest step (the argmax of ``proba``).
+        proba : ndarray of shape (n_states_,)
+            Probability of each state at the newest step.
+        """
+        row = check_observation(x_t, len(self._mean))
+        x = torch.as_tensor(((row - self._mean) / self._scale).astype(np.float32))
+        gen_state = self._gen.get_state()
+        try:
+            hidden, z = self._step(x)
+            proba = self._landscape.state_fractions(
+                z[:, :self._sampler.module.latent_dim])
+        except BaseException:
+            self._gen.set_state(gen_state)
+            raise
+        # Commit the new state only once everything above has succeeded.
+        self._hidden, self._z = hidden, z
+        self.n_steps_ += 1
+        return int(proba.argmax()), proba
+
+    def _step(self, x: torch.Tensor) -> tuple:
+        """Encoder step and latent update for one observation (no state change)."""
+        sampler = self._sampler
+        module = sampler.module
+        with torch.no_grad():
+            h = module.gru_step(x.reshape(1, -1), self._hidden)
+            if self._z is None:
+                mean, log_std = module.initial_posterior(h)
+                z = mean + log_std.exp() * sampler.initial_noise(self._gen)
+            else:
+                stepper = self._stepper
+                z = stepper.advance(self._z, stepper.bias(h),
+                                    stepper.drive(sampler.step_noise(self._gen)),
+                                    self._work)
+        return h, z
