@@ -171,6 +171,22 @@ def stationary_distribution(transition_matrix: object) -> np.ndarray:
     return pi / pi.sum()
 
 
+def _uniform_switching(n_states: object, switch_prob: object) -> np.ndarray:
+    """The transition matrix that jumps to each other state with ``switch_prob``."""
+    n_states = _check_int(n_states, "n_states", 2)
+    switch_prob = _check_real(switch_prob, "switch_prob", low=0.0, high=1.0)
+    if (n_states - 1) * switch_prob > 1.0:
+        raise ValueError(
+            "The probability of staying in a state, 1 - (n_states - 1) * "
+            f"switch_prob = {1.0 - (n_states - 1) * switch_prob:.4g}, is "
+            f"negative; switch_prob must be <= 1 / (n_states - 1) = "
+            f"{1.0 / (n_states - 1):.4g}."
+        )
+    transition_matrix = np.full((n_states, n_states), switch_prob)
+    np.fill_diagonal(transition_matrix, 1.0 - (n_states - 1) * switch_prob)
+    return transition_matrix
+
+
 def _sample_chain(
     rng: np.random.RandomState,
     n_sequences: int,
@@ -318,17 +334,8 @@ def make_markov_chain_sequences(
     n_features = _check_int(n_features, "n_features", 1)
     mean_scale = _check_real(mean_scale, "mean_scale", low=0.0)
     if transition_matrix is None:
-        n_states = _check_int(n_states, "n_states", 2)
-        switch_prob = _check_real(switch_prob, "switch_prob", low=0.0, high=1.0)
-        if (n_states - 1) * switch_prob > 1.0:
-            raise ValueError(
-                "The probability of staying in a state, 1 - (n_states - 1) * "
-                f"switch_prob = {1.0 - (n_states - 1) * switch_prob:.4g}, is "
-                f"negative; switch_prob must be <= 1 / (n_states - 1) = "
-                f"{1.0 / (n_states - 1):.4g}."
-            )
-        transition_matrix = np.full((n_states, n_states), switch_prob)
-        np.fill_diagonal(transition_matrix, 1.0 - (n_states - 1) * switch_prob)
+        transition_matrix = _uniform_switching(n_states, switch_prob)
+        n_states = transition_matrix.shape[0]
         stationary = np.full(n_states, 1.0 / n_states)
     else:
         transition_matrix = _check_transition_matrix(transition_matrix)
@@ -479,14 +486,9 @@ def make_switching_ar_sequences(
     """
     n_sequences = _check_int(n_sequences, "n_sequences", 1)
     n_timesteps = _check_int(n_timesteps, "n_timesteps", 1)
-    n_states = _check_int(n_states, "n_states", 2)
     n_features = _check_int(n_features, "n_features", 1)
-    switch_prob = _check_real(switch_prob, "switch_prob", low=0.0, high=1.0)
-    if (n_states - 1) * switch_prob > 1.0:
-        raise ValueError(
-            f"switch_prob must be <= 1 / (n_states - 1) = {1.0 / (n_states - 1):.4g}; "
-            f"got {switch_prob}."
-        )
+    transition_matrix = _uniform_switching(n_states, switch_prob)
+    n_states, switch_prob = transition_matrix.shape[0], float(switch_prob)
     rho = _check_real(rho, "rho", low=0.0)
     if rho >= 1.0:
         raise ValueError(f"rho must be < 1 (stable dynamics); got {rho}.")
@@ -509,8 +511,6 @@ def make_switching_ar_sequences(
 
     if not return_params:
         return X, y
-    transition_matrix = np.full((n_states, n_states), switch_prob)
-    np.fill_diagonal(transition_matrix, 1.0 - (n_states - 1) * switch_prob)
     params = {
         "dynamics": dynamics,
         "noise_covariances": noise_cov,
