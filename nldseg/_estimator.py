@@ -8,6 +8,8 @@ goes through the posterior sampler (:mod:`nldseg._inference`).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, DensityMixin
@@ -36,6 +38,7 @@ from nldseg._validation import (
 from nldseg._version import __version__
 
 SOLVERS = frozenset({"euler", "torchsde"})
+DECODER_COVARIANCES = frozenset({"full", "diag"})
 INITIAL_PRIORS = frozenset({"stationary", "gaussian"})
 _LANDSCAPE_STEPS = 20000  # Training steps encoded to find the wells.
 
@@ -51,6 +54,8 @@ _PARAMETER_RULES = {
     "hidden_size": IntParam(1), "context_size": IntParam(1),
     "window_length": IntParam(1, none_ok=True),
     "batch_size": IntParam(1), "max_iter": IntParam(1),
+    "early_stopping": BoolParam(), "validation_fraction": RealParam(0.0, 1.0, True),
+    "decoder_covariance": OptionParam(DECODER_COVARIANCES),
     "learning_rate": OptionParam(LEARNING_RATES), "learning_rate_init": RealParam(),
     "kl_warmup": IntParam(0), "tol": RealParam(low_closed=True),
     "n_iter_no_change": IntParam(1), "n_paths": IntParam(1),
@@ -129,27 +134,45 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         training sequences (each window starts its own posterior); ``None``
         trains on whole sequences. Short windows make each update cheap; the
         fitted model labels sequences of any length.
-    batch_size : int, default=128
+    batch_size : int, default=64
         Windows per gradient step.
-    max_iter : int, default=40
-        Maximum number of epochs (passes over all training time steps).
+    max_iter : int, default=3000
+        Maximum number of gradient steps (batches of ``batch_size`` windows):
+        the training budget is counted in updates, not epochs, so that one
+        5,000-step recording and 500 sequences of 200 steps are both trained
+        properly. Training usually ends earlier (``early_stopping``).
     learning_rate : {"cosine", "constant"}, default="cosine"
-        Schedule of the Adam learning rate. ``"cosine"`` anneals it from
-        ``learning_rate_init`` to 1% of it over ``max_iter`` epochs; the
-        low-rate end averages out the minibatch noise in the relative depths of
-        the wells, which is what ``state_occupancy_`` reads (see Notes).
-        Reaching ``max_iter`` is then the planned end of training, not a
-        convergence failure. ``"constant"`` keeps ``learning_rate_init``
-        throughout and warns if ``max_iter`` is reached before ``tol`` stops
-        training.
+        Schedule of the Adam learning rate. ``"cosine"`` holds
+        ``learning_rate_init`` until the held-out ELBO stops improving (or
+        until the last quarter of the budget), then anneals it along half a
+        cosine to 1% of itself over ``max_iter / 4`` steps and ends training;
+        the low-rate end averages out the minibatch noise in the relative
+        depths of the wells, which is what ``state_occupancy_`` reads (see
+        Notes). ``"constant"`` keeps ``learning_rate_init`` and ends training
+        when the held-out ELBO stops improving.
     learning_rate_init : float, default=3e-3
         Initial Adam learning rate.
     kl_warmup : int, default=200
         Gradient steps over which the KL weight rises linearly from 0 to 1.
-    tol : float, default=1e-4
-        Minimum improvement of the epoch loss that counts as progress.
-    n_iter_no_change : int, default=10
-        Epochs without progress (after warm-up) before training stops.
+    tol : float, default=1e-3
+        Minimum improvement of the held-out ELBO per step (in nats) that counts
+        as progress.
+    n_iter_no_change : int, default=5
+        Checks of the held-out ELBO (one every ``min(100, max_iter // 20)``
+        steps, at least 10) without progress, after the KL warm-up, that end
+        the constant-rate phase.
+    early_stopping : bool, default=True
+        Hold out ``validation_fraction`` of the data and watch its ELBO to end
+        training early. ``False`` trains on all data for the whole budget.
+    validation_fraction : float, default=0.1
+        Share held out for ``early_stopping``: whole sequences when there are
+        10 or more, else the last part of each sequence.
+    decoder_covariance : {"full", "diag"}, default="full"
+        Noise of the decoder ``p(x_t | z_t) = N(g(z_t), Sigma)``. ``"full"``
+        learns a full covariance shared by all states, so that correlated
+        fluctuations of the features within a state are noise, not signal, and
+        the latent path is left to carry the states; ``"diag"`` learns
+        per-feature variances only (the paper's decoder). See Notes.
     n_paths : int, default=8
         Monte-Carlo posterior paths per sequence used by :meth:`predict_proba`,
         :meth:`predict`, :meth:`transform`, :meth:`score` and :meth:`stream`.
@@ -204,15 +227,17 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     scaler_mean_, scaler_scale_ : ndarray of shape (n_features_in_,)
         Per-feature standardisation fitted on all training time steps.
     loss_curve_ : list of float
-        Mean training loss (negative ELBO per step, KL warm-up weight applied)
-        of each epoch.
+        Training loss (negative ELBO per observed step, KL warm-up weight
+        applied) of every gradient step.
+    validation_scores_ : list of float
+        Held-out ELBO per observed step at every check (empty without
+        ``early_stopping``).
     n_iter_ : int
-        Epochs run.
+        Gradient steps taken.
     converged_ : bool
-        Whether training stopped on ``tol``/``n_iter_no_change`` before
-        ``max_iter``. With ``learning_rate="cosine"`` a run that completes its
-        schedule ends at ``max_iter`` by design and has ``converged_=False``
-        without a warning.
+        Whether the held-out ELBO stopped improving before ``max_iter`` ran
+        out. A fit that ran out of budget while it was still improving warns
+        with :class:`~sklearn.exceptions.ConvergenceWarning`.
 
     See Also
     --------
@@ -290,9 +315,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     def __init__(self, n_states=None, *, dynamics="overdamped", latent_dim=3,
                  beta=1.0, gamma=1.0, mass=1.0, learn_langevin_params=False,
                  dt=0.5, hidden_size=64, context_size=32, window_length=50,
-                 batch_size=128, max_iter=40, learning_rate="cosine",
-                 learning_rate_init=3e-3,
-                 kl_warmup=200, tol=1e-4, n_iter_no_change=10, n_paths=8,
+                 batch_size=64, max_iter=3000, learning_rate="cosine",
+                 learning_rate_init=3e-3, kl_warmup=200, tol=1e-3,
+                 n_iter_no_change=5, early_stopping=True, validation_fraction=0.1,
+                 decoder_covariance="full", n_paths=8,
                  min_state_fraction=0.02, initial_prior="stationary",
                  solver="euler", device="auto",
                  random_state=None, verbose=0):
@@ -314,6 +340,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.kl_warmup = kl_warmup
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.decoder_covariance = decoder_covariance
         self.n_paths = n_paths
         self.min_state_fraction = min_state_fraction
         self.initial_prior = initial_prior
@@ -396,6 +425,16 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.state_occupancy_ = landscape.occupancy("sampled")
         self.loss_curve_, self.n_iter_ = result.loss_curve, result.n_iter
         self.converged_ = result.converged
+        self.validation_scores_ = result.validation_scores
+        if self.n_states_ == 1 and self.n_states is None:
+            warnings.warn(
+                "The learned energy has a single well, so every step gets the same "
+                "label. If the data should hold several states: give training more "
+                f"gradient steps (max_iter, now {self.max_iter}; it stopped after "
+                f"{self.n_iter_}), or a sharper prior (beta, now {self.beta}), or "
+                "check that the states differ in the frames' mean or covariance "
+                "(states that differ only in their dynamics are not modelled).",
+                UserWarning, stacklevel=3)
         return self
 
     def _new_module(self, n_features: int, seed: int, device) -> NeuralLangevinVAE:
@@ -674,6 +713,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
     def __setstate__(self, state):
         state = _persistence.rename_old_params(state)
+        if "module_" in state:  # Fitted by a version without these attributes.
+            state.setdefault("validation_scores_", [])
         _persistence.warn_if_other_version(state.pop("_nldseg_version", None))
         super().__setstate__(state)
 

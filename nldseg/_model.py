@@ -171,16 +171,22 @@ class NeuralLangevinVAE(nn.Module):
     initial_prior : {"stationary", "gaussian"}
         ``p(z_0)``: the prior's stationary law ``exp(-beta E) / Z`` (times
         ``N(p; 0, M / beta)`` underdamped), or a learned diagonal Gaussian.
+    decoder_covariance : {"full", "diag"}
+        Noise of ``p(x_t | z_t) = N(decoder(z_t), Sigma)``: a learned full
+        covariance ``Sigma = L L^T`` (``L`` lower triangular with a positive
+        diagonal), or a learned diagonal.
     """
 
     def __init__(self, n_features: int, latent_dim: int, dynamics: str,
                  hidden_size: int, context_size: int, beta: float, gamma: float,
                  mass: float, learn_langevin_params: bool,
-                 initial_prior: str = "stationary") -> None:
+                 initial_prior: str = "stationary",
+                 decoder_covariance: str = "diag") -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.dynamics = dynamics
         self.initial_prior = initial_prior
+        self.decoder_covariance = decoder_covariance
         self.state_dim = latent_dim if dynamics == "overdamped" else 2 * latent_dim
         self.gru = nn.GRU(n_features, hidden_size, batch_first=True)
         self.context = nn.Linear(hidden_size, context_size)
@@ -196,12 +202,18 @@ class NeuralLangevinVAE(nn.Module):
             nn.Linear(hidden_size, n_features),
         )
         self.dec_log_std = nn.Parameter(torch.full((n_features,), math.log(0.5)))
+        if decoder_covariance == "full":  # Below the diagonal of L; starts diagonal.
+            self.dec_cov_lower = nn.Parameter(torch.zeros((n_features, n_features)))
         learn = bool(learn_langevin_params)
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta)), requires_grad=learn)
         self.log_gamma = nn.Parameter(torch.tensor(math.log(gamma)),
                                       requires_grad=learn)
         self.log_mass = nn.Parameter(torch.full((latent_dim,), math.log(mass)),
                                      requires_grad=learn)
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("decoder_covariance", "diag")  # Pickled by an older version.
+        super().__setstate__(state)
 
     def langevin_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(beta, gamma, mass)`` as positive tensors."""
@@ -495,15 +507,32 @@ class NeuralLangevinVAE(nn.Module):
                              - 0.5 * _LOG_2PI).sum(-1)
         return log_q - log_p
 
+    def decoder_scale_tril(self) -> torch.Tensor:
+        """``L`` (D, D) of the decoder noise ``Sigma = L L^T`` (diagonal for "diag")."""
+        std = torch.exp(self.dec_log_std.clamp(-7.0, 5.0))
+        if self.decoder_covariance != "full":
+            return torch.diag(std)
+        return torch.tril(self.dec_cov_lower, -1) + torch.diag(std)
+
     def decode_log_prob(self, x: torch.Tensor, z: torch.Tensor,
                         n_paths: int = 1) -> torch.Tensor:
-        """``log p(x_t | z_t)`` for every observation, shape (T, B * n_paths)."""
+        """``log p(x_t | z_t)`` for every observation, shape (T, B * n_paths).
+
+        With a full covariance, the residuals are whitened by ``L^-1`` (one
+        triangular inverse per call, then one matrix product).
+        """
         mean = self.decoder(z[..., : self.latent_dim])
         target = x.transpose(0, 1)
         if n_paths > 1:
             target = target.repeat_interleave(n_paths, dim=1)
         log_std = self.dec_log_std.clamp(-7.0, 5.0)
-        resid = (target - mean) * torch.exp(-log_std)
+        if self.decoder_covariance == "full":
+            scale = self.decoder_scale_tril()
+            eye = torch.eye(scale.shape[0], dtype=scale.dtype, device=scale.device)
+            inv_t = torch.linalg.solve_triangular(scale, eye, upper=False).t()
+            resid = (target - mean) @ inv_t
+        else:
+            resid = (target - mean) * torch.exp(-log_std)
         return -0.5 * (resid * resid).sum(-1) - log_std.sum() - 0.5 * x.shape[-1] * _LOG_2PI
 
     def elbo_terms(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
@@ -569,4 +598,5 @@ def build_model(n_features: int, params: dict) -> NeuralLangevinVAE:
         context_size=params["context_size"], beta=float(params["beta"]),
         gamma=float(params["gamma"]), mass=float(params["mass"]),
         learn_langevin_params=params["learn_langevin_params"],
-        initial_prior=params["initial_prior"])
+        initial_prior=params["initial_prior"],
+        decoder_covariance=params["decoder_covariance"])

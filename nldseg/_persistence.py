@@ -27,10 +27,13 @@ FORMAT = "nldseg-model"
 FORMAT_VERSION = 1
 
 _FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "n_iter_", "converged_",
-                   "n_features_in_", "loss_curve_")
+                   "n_features_in_", "loss_curve_", "validation_scores_")
 _FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_")
 # Parameters renamed since a file could have been written: old name -> new name.
 _RENAMED_PARAMS = {"n_samples": "n_paths"}
+# Parameters added since: the value that reproduces what older versions did.
+_ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
+                 "validation_fraction": 0.1}
 
 
 class InconsistentVersionWarning(UserWarning):
@@ -61,11 +64,17 @@ def warn_if_other_version(original_version: str | None) -> None:
 
 
 def rename_old_params(params: dict) -> dict:
-    """``params`` with parameters renamed since an older version under their new names."""
+    """``params`` of an older version in today's names.
+
+    Renamed parameters take their new names; parameters added since get the
+    value that reproduces the older behaviour (e.g. a diagonal decoder).
+    """
     params = dict(params)
     for old, new in _RENAMED_PARAMS.items():
         if old in params:
             params[new] = params.pop(old)
+    for name, value in _ADDED_PARAMS.items():
+        params.setdefault(name, value)
     return params
 
 
@@ -160,6 +169,7 @@ def _rebuild(cls, payload: dict):
         "scalars": json.loads(payload["landscape_scalars"]),
         "arrays": {k: v.numpy() for k, v in payload["landscape_arrays"].items()},
         "occupancies": {k: v.numpy() for k, v in payload["occupancies"].items()}})
+    fitted.setdefault("validation_scores_", [])
     for key, value in fitted.items():
         if key == "feature_names_in_":
             value = np.asarray(value, dtype=object)

@@ -14,9 +14,11 @@ from nldseg import LangevinSegmenter
 from nldseg.datasets import make_markov_chain_sequences
 from nldseg.metrics import segmentation_accuracy
 
+# A fixed budget of 240 steps (early stopping off), so that tests counting the
+# ELBO's calls count training steps only.
 FAST = dict(hidden_size=32, context_size=16, window_length=40, batch_size=64,
-            max_iter=40, learning_rate_init=1e-2, kl_warmup=60, n_paths=4,
-            random_state=0)
+            max_iter=240, early_stopping=False, learning_rate_init=1e-2,
+            kl_warmup=60, n_paths=4, random_state=0)
 
 
 def _data(n_sequences, n_timesteps, seed):
@@ -384,27 +386,46 @@ def _interrupt_at(monkeypatch, call):
     monkeypatch.setattr(_model.NeuralLangevinVAE, "elbo_terms", interrupted)
 
 
-def test_ctrl_c_keeps_best_model_so_far(chain, monkeypatch):
-    X = chain[0][:40, :40]  # 40 windows: one batch per epoch
-    # Constant rate: a fresh fit of fewer epochs then follows the same steps.
+def test_ctrl_c_keeps_the_parameters_before_the_last_update(chain, monkeypatch):
+    X = chain[0][:40, :40]  # 40 windows: one batch per pass
     kw = dict(FAST, kl_warmup=0, max_iter=30, learning_rate="constant")
     _interrupt_at(monkeypatch, 6)
     est = LangevinSegmenter(**kw)
-    with pytest.warns(UserWarning, match="interrupted by the user after 5 epoch"):
+    with pytest.warns(UserWarning, match="interrupted by the user after 5 step"):
         est.fit(X)
     monkeypatch.undo()
-    assert est.n_iter_ == 5 and not est.converged_
-    # The kept model is the one at the end of the last epoch that improved.
-    best, kept = np.inf, 0
-    for i, loss in enumerate(est.loss_curve_):
-        if loss < best - 1e-4:  # the default tol
-            best, kept = loss, i + 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        ref = LangevinSegmenter(**dict(kw, max_iter=kept)).fit(X)
+    assert est.n_iter_ == 5 and not est.converged_ and len(est.loss_curve_) == 5
+    # The kept model is the one before the fifth update (it may be unfinished).
+    ref = LangevinSegmenter(**dict(kw, max_iter=4)).fit(X)
     for a, b in zip(est.module_.parameters(), ref.module_.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert est.predict(X[:2]).shape == (2, 40)
+
+
+def test_ctrl_c_with_early_stopping_keeps_the_best_held_out_model(chain, monkeypatch):
+    X = chain[0][:60, :40]
+    kw = dict(FAST, kl_warmup=0, max_iter=200, early_stopping=True,
+              learning_rate="constant")
+    calls = []
+    from nldseg._training import _HeldOut
+
+    original = _HeldOut.elbo
+
+    def elbo(self, module):
+        calls.append([p.detach().clone() for p in module.parameters()])
+        score = original(self, module)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return score
+
+    monkeypatch.setattr(_HeldOut, "elbo", elbo)
+    est = LangevinSegmenter(**kw)
+    with pytest.warns(UserWarning, match="keeping the model of the best held-out"):
+        est.fit(X)
+    assert est.n_iter_ == 30  # interrupted at the third check, every 10 steps
+    best = int(np.argmax(est.validation_scores_))
+    for a, b in zip(est.module_.parameters(), calls[best]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_ctrl_c_before_first_step_propagates_and_leaves_unfitted(chain, monkeypatch):
@@ -415,18 +436,18 @@ def test_ctrl_c_before_first_step_propagates_and_leaves_unfitted(chain, monkeypa
     assert not hasattr(est, "module_") and not hasattr(est, "n_features_in_")
 
 
-def test_verbose_prints_one_line_per_epoch_and_is_silent_by_default(chain, capsys):
+def test_verbose_prints_one_line_per_check_and_is_silent_by_default(chain, capsys):
     X = chain[0][:20, :30]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        LangevinSegmenter(**dict(FAST, max_iter=2)).fit(X)
+        warnings.simplefilter("ignore")
+        LangevinSegmenter(**dict(FAST, max_iter=20)).fit(X)
         out = capsys.readouterr()
         assert out.out == "" and out.err == ""
-        LangevinSegmenter(**dict(FAST, max_iter=2, verbose=1)).fit(X)
+        LangevinSegmenter(**dict(FAST, max_iter=20, verbose=1)).fit(X)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2
-    assert lines[1].startswith("Epoch 2/2: loss ")
-    assert "KL/step" in lines[1] and lines[1].endswith("s")
+    assert len(lines) == 2  # a check every 10 steps
+    assert lines[1].startswith("Step 20/20: loss ")
+    assert "lr " in lines[1] and lines[1].endswith("s")
 
 
 def _record_learning_rates(monkeypatch) -> list:
@@ -441,42 +462,81 @@ def _record_learning_rates(monkeypatch) -> list:
     return rates
 
 
-def test_cosine_schedule_anneals_to_one_percent(chain, monkeypatch):
-    X = chain[0][:40, :40]  # 40 windows: one batch per epoch
+def _schedule(lr0, begin, steps, n):
+    """The expected rates: lr0 until ``begin``, then half a cosine to lr0 / 100."""
+    return [lr0 if k < begin else lr0 * (0.01 + 0.99 * 0.5 * (
+        1 + np.cos(np.pi * min(1.0, (k + 1 - begin) / steps)))) for k in range(n)]
+
+
+def test_fixed_budget_anneals_over_its_last_quarter(chain, monkeypatch):
+    X = chain[0][:40, :40]  # 40 windows: one batch per pass
     rates = _record_learning_rates(monkeypatch)
-    est = LangevinSegmenter(**dict(FAST, max_iter=5, n_iter_no_change=50))
+    est = LangevinSegmenter(**dict(FAST, max_iter=8, kl_warmup=0))
     with warnings.catch_warnings():
-        warnings.simplefilter("error", ConvergenceWarning)  # The planned end.
+        warnings.simplefilter("error", ConvergenceWarning)  # Nothing measured.
         est.fit(X)
     lr0 = FAST["learning_rate_init"]
-    assert len(rates) == 5 and rates[0] == pytest.approx(lr0)
-    assert all(b < a for a, b in zip(rates, rates[1:]))
-    # Epoch k starts at progress k / 5 of the half cosine from lr0 to lr0 / 100.
-    expected = [lr0 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * k / 5))) for k in range(5)]
-    np.testing.assert_allclose(rates, expected, rtol=1e-12)
-    assert not est.converged_ and est.n_iter_ == 5
+    np.testing.assert_allclose(rates, _schedule(lr0, 6, 2, 8), rtol=1e-12)
+    assert rates[-1] == pytest.approx(lr0 / 100)
+    assert not est.converged_ and est.n_iter_ == 8 and est.validation_scores_ == []
 
 
-def test_constant_schedule_keeps_rate_and_warns_at_max_iter(chain, monkeypatch):
-    X = chain[0][:40, :40]
+def test_plateau_of_the_held_out_elbo_starts_the_annealing(chain, monkeypatch):
+    X = chain[0][:60, :40]
     rates = _record_learning_rates(monkeypatch)
-    est = LangevinSegmenter(**dict(FAST, max_iter=3, n_iter_no_change=50,
+    # A check every 400 / 20 = 20 steps; tol so large that no check after the
+    # first one past the warm-up (step 20) counts as progress: the plateau is
+    # declared at the second check after it (step 60), then 100 annealing steps.
+    est = LangevinSegmenter(**dict(FAST, max_iter=400, kl_warmup=20, early_stopping=True,
+                                   tol=1e6, n_iter_no_change=2))
+    est.fit(X)
+    assert est.converged_ and est.n_iter_ == 60 + 100
+    assert len(est.validation_scores_) == 3  # checks at steps 20, 40, 60
+    lr0 = FAST["learning_rate_init"]
+    np.testing.assert_allclose(rates, _schedule(lr0, 60, 100, 160), rtol=1e-12)
+
+
+def test_constant_rate_stops_at_the_plateau(chain):
+    est = LangevinSegmenter(**dict(FAST, max_iter=400, kl_warmup=20, early_stopping=True,
+                                   tol=1e6, n_iter_no_change=2,
                                    learning_rate="constant"))
-    with pytest.warns(ConvergenceWarning, match="max_iter=3"):
-        est.fit(X)
-    assert rates == [FAST["learning_rate_init"]] * 3
+    est.fit(chain[0][:60, :40])
+    assert est.converged_ and est.n_iter_ == 60
+
+
+def test_budget_running_out_while_improving_warns(chain):
+    est = LangevinSegmenter(**dict(FAST, max_iter=40, kl_warmup=0, early_stopping=True,
+                                   n_iter_no_change=1000))
+    with pytest.warns(ConvergenceWarning, match="still improving.*increase max_iter"):
+        est.fit(chain[0][:60, :40])
+    assert not est.converged_ and est.n_iter_ == 40
+
+
+def test_budget_shorter_than_the_kl_warmup_warns(chain):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(UserWarning, match="end before the KL warm-up"):
+            LangevinSegmenter(**dict(FAST, max_iter=5)).fit(chain[0][:20, :30])
+
+
+def test_a_single_well_says_what_to_change(chain):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.warns(UserWarning, match="single well.*max_iter"):
+            est = LangevinSegmenter(**dict(FAST, max_iter=3, kl_warmup=0)).fit(
+                chain[0][:20, :30])
+    assert est.n_states_ == 1
 
 
 def test_rollback_halves_the_scheduled_rate(chain, monkeypatch):
     _nan_loss_on_calls(monkeypatch, (2,))
     rates = _record_learning_rates(monkeypatch)
-    est = LangevinSegmenter(**dict(FAST, max_iter=4, n_iter_no_change=50))
+    est = LangevinSegmenter(**dict(FAST, max_iter=8, kl_warmup=0))
     with pytest.warns(RuntimeWarning, match="halved the learning rate"):
         est.fit(chain[0][:40, :40])
-    lr0 = FAST["learning_rate_init"]
-    # Epoch 2's only step failed and was retried at half its scheduled rate;
-    # the halving carries over to the rest of the schedule.
-    sched = [lr0 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * k / 4))) for k in range(4)]
+    # Step 2 failed and was retried at half its scheduled rate; the halving
+    # carries over to the rest of training.
+    sched = _schedule(FAST["learning_rate_init"], 6, 2, 8)
     np.testing.assert_allclose(rates, [sched[0]] + [r / 2 for r in sched[1:]],
                                rtol=1e-12)
-    assert len(est.loss_curve_) == 4 and np.all(np.isfinite(est.loss_curve_))
+    assert len(est.loss_curve_) == 8 and np.all(np.isfinite(est.loss_curve_))

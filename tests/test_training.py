@@ -12,13 +12,19 @@ from nldseg._training import (
     kl_weight,
     lr_multiplier,
     sample_windows,
+    split_validation,
 )
+
+
+def _segments(lengths):
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return [(int(a), int(n)) for a, n in zip(starts, lengths)]
 
 
 @pytest.mark.parametrize("window", [7, 50, None])
 def test_windows_tile_every_sequence_without_overlap(window):
     lengths = np.array([30, 1, 2, 55, 7])
-    windows = sample_windows(lengths, window, np.random.default_rng(0))
+    windows = sample_windows(_segments(lengths), window, np.random.default_rng(0))
     covered = np.zeros(lengths.sum(), dtype=int)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     for start, n in windows:
@@ -28,30 +34,45 @@ def test_windows_tile_every_sequence_without_overlap(window):
         if window is not None and lengths[seq] > window:
             assert 2 <= n <= window
     assert covered.max() == 1  # No step twice.
-    if window is None:
-        assert sorted(windows) == sorted(zip(starts, lengths))
+    if window is None:  # Whole sequences, but none of a single step.
+        assert sorted(windows) == sorted((a, n) for a, n in zip(starts, lengths)
+                                         if n >= 2)
     else:
         # Only pieces of one step (no transition) of a cut sequence are left out.
         assert covered.sum() >= lengths.sum() - 2 * (lengths > window).sum()
 
 
 def test_windows_are_shuffled_and_reproducible():
-    lengths = np.full(20, 100)
-    a = sample_windows(lengths, 10, np.random.default_rng(3))
-    b = sample_windows(lengths, 10, np.random.default_rng(3))
-    c = sample_windows(lengths, 10, np.random.default_rng(4))
+    segments = _segments(np.full(20, 100))
+    a = sample_windows(segments, 10, np.random.default_rng(3))
+    b = sample_windows(segments, 10, np.random.default_rng(3))
+    c = sample_windows(segments, 10, np.random.default_rng(4))
     assert a == b and a != c
     assert [s for s, _ in a] != sorted(s for s, _ in a)
 
 
-def test_learning_rate_schedules():
-    assert lr_multiplier("cosine", 0.0) == 1.0
-    assert lr_multiplier("cosine", 1.0) == pytest.approx(LR_FLOOR)
-    assert lr_multiplier("cosine", 0.5) == pytest.approx(LR_FLOOR + (1 - LR_FLOOR) / 2)
-    grid = np.linspace(0, 1, 11)
-    values = [lr_multiplier("cosine", p) for p in grid]
+def test_learning_rate_holds_then_anneals_along_half_a_cosine():
+    assert [lr_multiplier(s, 100, 50) for s in (0, 50, 99)] == [1.0] * 3
+    assert lr_multiplier(124, 100, 50) == pytest.approx(LR_FLOOR + (1 - LR_FLOOR) / 2)
+    assert lr_multiplier(149, 100, 50) == pytest.approx(LR_FLOOR)  # the last step
+    assert lr_multiplier(400, 100, 50) == pytest.approx(LR_FLOOR)
+    values = [lr_multiplier(s, 100, 50) for s in range(99, 150)]
     assert all(b < a for a, b in zip(values, values[1:]))
-    assert {lr_multiplier("constant", p) for p in grid} == {1.0}
+    assert {lr_multiplier(s, 0, 0) for s in range(0, 300, 7)} == {1.0}  # constant
+
+
+def test_validation_holds_out_whole_sequences_or_the_end_of_each():
+    rng = np.random.default_rng(0)
+    many = np.full(30, 50)
+    train, val = split_validation(many, 0.1, rng)
+    assert len(val) == 3 and len(train) == 27
+    assert sorted(train + val) == _segments(many)
+    few = np.array([1000, 300, 15])
+    train, val = split_validation(few, 0.1, rng)
+    # The last tenth of each sequence of 20 steps or more; short ones all train.
+    assert val == [(900, 100), (1270, 30)]
+    assert train == [(0, 900), (1000, 270), (1300, 15)]
+    assert split_validation(few, 0.0, rng) == (_segments(few), [])
 
 
 def test_kl_weight_rises_linearly_to_one():
@@ -93,11 +114,11 @@ def test_rollback_snapshot_restores_parameters_and_adam_state_exactly():
 
 def test_progress_bar(capsys):
     bar = _ProgressBar(2)
-    bar.show(0, 3, 5, 10, 1.5, elapsed=0.5)  # Short epochs show no bar.
+    bar.show(5, 10, 1.5, elapsed=0.5)  # Short fits show no bar.
     assert capsys.readouterr().err == ""
-    bar.show(0, 3, 5, 10, 1.5, elapsed=2.0)
+    bar.show(5, 10, 1.5, elapsed=2.0)
     err = capsys.readouterr().err
-    assert "Epoch 1/3 [" + "#" * 15 + "." * 15 + "] 5/10 batches" in err
+    assert "Step 5/10 [" + "#" * 15 + "." * 15 + "] loss 1.5000" in err
     bar.clear()
     assert capsys.readouterr().err.startswith("\r ")
     # verbose=1 draws the bar only on a terminal (pytest's stderr is not one).
