@@ -44,7 +44,7 @@ def run(dynamics: str, seed: int, n_train: int, n_test: int,
     out = {"dynamics": dynamics, "seed": seed, "n_states": seg.n_states_,
            "acc": segmentation_accuracy(y_test, y_pred), "acc_mean": per_seq.mean(),
            "acc_std": per_seq.std(), "t_fit": t_fit, "t_pred": t_pred,
-           "epochs": seg.n_iter_}
+           "steps": seg.n_iter_}
     for m in METHODS:
         occ = seg.energy_.occupancy(m)
         out[m] = np.abs(occ - 1 / 3).sum() if len(occ) == 3 else float("nan")
@@ -63,7 +63,7 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("dynamics     seed wells  acc(pooled) acc(mean+-std)   l1:sampled 0th   "
-          "2nd    fit_s  predict_s epochs")
+          "2nd    fit_s  predict_s steps")
     rows = []
     for dyn in a.dynamics:
         for seed in a.seeds:
@@ -78,7 +78,7 @@ def main() -> None:
             print(f"{dyn:12s} {seed:4d} {r['n_states']:5d}  {r['acc']:.4f}      "
                   f"{r['acc_mean']:.4f}+-{r['acc_std']:.4f}  {r['sampled']:.3f}    "
                   f"{r['zeroth_order']:.3f}  {r['second_order']:.3f}  "
-                  f"{r['t_fit']:6.0f} {r['t_pred']:8.1f}  {r['epochs']}", flush=True)
+                  f"{r['t_fit']:6.0f} {r['t_pred']:8.1f}  {r['steps']}", flush=True)
     for dyn in a.dynamics:
         failed = sum(r.get("failed", False) for r in rows if r["dynamics"] == dyn)
         rs = [r for r in rows if r["dynamics"] == dyn and not r.get("failed")]

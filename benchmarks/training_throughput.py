@@ -53,23 +53,17 @@ bisect on ``max_iter`` between the last miss and the first hit. Reported: the
     python benchmarks/training_throughput.py --time-to-accuracy \\
         --dynamics overdamped underdamped --seed 0 --device cpu
 
-Why bisecting on ``max_iter`` is sound, from :func:`nldseg._training.train`:
-with a fixed ``random_state`` the weights, the window order (numpy generator)
-and the training noise (torch generator) are drawn from seeds that do not
-depend on ``max_iter``; the KL warm-up weight depends on the global step
-count only; and the model kept at the end is that of the last epoch run
-(``best_state`` is only restored on Ctrl-C). So ``fit(max_iter=k)`` trains
-exactly the first ``k`` epochs of a longer fit, and the landscape/labels are
-built from that model with seeds that do not depend on ``max_iter`` either.
-Caveats: (1) ``n_iter_no_change`` may stop a fit before ``k`` epochs (only
-after the ``kl_warmup`` steps); then every larger ``k`` gives the same model,
-so the search stops there. (2) Bit-identity needs the same thread count and
-device; on CUDA, cuDNN's GRU backward is not guaranteed deterministic, so
-fits with different ``k`` agree only approximately. (3) Accuracy need not be
+What the search measures: each ``k`` is a complete fit with the library's
+defaults and a budget of ``k`` gradient steps, i.e. the fit a user gets with
+``max_iter=k``. It is not a prefix of a longer fit: the learning rate anneals
+over the last quarter of the budget (or from the held-out plateau on), and
+early stopping may end a fit before ``k`` steps; then every larger ``k`` gives
+the same model, so the search stops there. Caveats: (1) accuracy need not be
 monotone in ``k``: the ``k`` found is a first hit after a miss at ``k - 1``
 within the bracketing powers of two, not necessarily the smallest ``k`` with
-accuracy >= target. (4) The fit time includes the fixed cost of standardising
-the data and building the energy landscape after training.
+accuracy >= target. (2) The fit time includes the fixed cost of standardising
+the data, the held-out checks and building the energy landscape after
+training.
 """
 
 from __future__ import annotations
@@ -205,15 +199,15 @@ def throughput(args, device) -> None:
                   f"{ratio:>10s}")
 
 
-def search_epochs(run, target: float, max_epochs: int) -> int | None:
+def search_budget(run, target: float, max_steps: int) -> int | None:
     """Smallest-found ``k`` with ``run(k)["acc"] >= target``, or None.
 
     ``run(k)`` fits with ``max_iter=k`` and returns ``{"acc", "n_iter", ...}``.
-    Tries ``k = 1, 2, 4, ...`` (capped at ``max_epochs``) until a hit, then
+    Tries ``k = 1, 2, 4, ...`` (capped at ``max_steps``) until a hit, then
     bisects between the last miss and the first hit.
     """
     lo, hi, k = 0, None, 1
-    while k <= max_epochs:
+    while k <= max_steps:
         r = run(k)
         if r["acc"] >= target:
             hi = k
@@ -221,7 +215,7 @@ def search_epochs(run, target: float, max_epochs: int) -> int | None:
         lo = k
         if r["n_iter"] < k:  # Stopped early: a larger max_iter changes nothing.
             break
-        k = min(2 * k, max_epochs) if k < max_epochs else k + 1
+        k = min(2 * k, max_steps) if k < max_steps else k + 1
     if hi is not None:
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -243,7 +237,7 @@ def time_to_accuracy(args, device) -> None:
                                                  emission_random_state=seed)
     print(f"# time to online accuracy >= {args.target}: train {args.n_train} x 200, "
           f"test {args.n_test} x 500, seed {seed}, library defaults, max_iter "
-          f"searched in 1..{args.max_epochs}")
+          f"(gradient steps) searched in 1..{args.max_steps}")
     summary = []
     for dyn in args.dynamics:
         # A throw-away fit first, so that one-time costs (kernel loading, lazy
@@ -271,13 +265,13 @@ def time_to_accuracy(args, device) -> None:
                 tried[k] = {"acc": float(acc), "fit": t_fit, "predict": t_pred,
                             "n_iter": seg.n_iter_, "wells": seg.n_states_}
                 r = tried[k]
-                print(f"  {dyn:12s} max_iter {k:3d}: epochs run {r['n_iter']:3d}, "
+                print(f"  {dyn:12s} max_iter {k:4d}: steps run {r['n_iter']:4d}, "
                       f"wells {r['wells']}, accuracy {r['acc']:.4f}, fit "
                       f"{r['fit']:7.1f} s, predict {r['predict']:5.1f} s", flush=True)
             return tried[k]
 
-        summary.append((dyn, search_epochs(run, args.target, args.max_epochs), tried))
-    print(f"\n{'dynamics':12s} {'k (epochs)':>10s} {'fit time (s)':>13s}  "
+        summary.append((dyn, search_budget(run, args.target, args.max_steps), tried))
+    print(f"\n{'dynamics':12s} {'k (steps)':>10s} {'fit time (s)':>13s}  "
           "accuracy per max_iter tried")
     for dyn, hi, tried in summary:
         accs = ", ".join(f"{k}: {tried[k]['acc']:.4f}" for k in sorted(tried))
@@ -293,7 +287,7 @@ def main() -> None:
                    choices=["overdamped", "underdamped"])
     p.add_argument("--length", type=int, default=200, help="window length")
     p.add_argument("--batch", type=int, default=None,
-                   help="windows per step (default: the library's batch_size, 128)")
+                   help="windows per step (default: the library's batch_size)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per path")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
@@ -305,7 +299,7 @@ def main() -> None:
     p.add_argument("--time-to-accuracy", action="store_true",
                    help="measure the fit time to reach --target held-out accuracy")
     p.add_argument("--target", type=float, default=0.95)
-    p.add_argument("--max-epochs", type=int, default=None,
+    p.add_argument("--max-steps", type=int, default=None,
                    help="largest max_iter tried (default: the library's max_iter)")
     p.add_argument("--n-train", type=int, default=500)
     p.add_argument("--n-test", type=int, default=100)
@@ -313,8 +307,8 @@ def main() -> None:
     defaults = paper_params()
     if args.batch is None:
         args.batch = defaults["batch_size"]
-    if args.max_epochs is None:
-        args.max_epochs = defaults["max_iter"]
+    if args.max_steps is None:
+        args.max_steps = defaults["max_iter"]
     set_threads(args.threads)
     device = resolve_device(args.device)
     print(machine_line(device))

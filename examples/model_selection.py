@@ -82,12 +82,12 @@ print(f"train: {len(X_train)} sequences of {n_steps} steps, {n_features} feature
 # ``<step name>__<parameter>``.
 if args.quick:
     model = dict(hidden_size=16, context_size=8, window_length=40, batch_size=16,
-                 max_iter=12, learning_rate_init=1e-2, kl_warmup=40, n_paths=4)
+                 max_iter=80, learning_rate_init=1e-2, kl_warmup=40, n_paths=4)
     grid = {"langevinsegmenter__beta": [0.5, 2.0],
             "langevinsegmenter__gamma": [0.5, 2.0]}
 else:
     model = dict(hidden_size=32, context_size=16, window_length=40, batch_size=32,
-                 max_iter=25, learning_rate_init=1e-2, kl_warmup=60, n_paths=8)
+                 max_iter=150, learning_rate_init=1e-2, kl_warmup=60, n_paths=8)
     grid = {"langevinsegmenter__beta": [0.25, 0.5, 1.0, 2.0, 4.0],
             "langevinsegmenter__gamma": [0.5, 1.0, 2.0]}
 pipe = make_pipeline(SequenceStandardScaler(),

@@ -54,7 +54,7 @@ t0 = time.perf_counter()
 seg = LangevinSegmenter(dynamics=args.dynamics, random_state=args.seed, verbose=0)
 seg.fit(X_train)
 t_fit = time.perf_counter() - t0
-print(f"fit: {t_fit:.0f} s, {seg.n_iter_} epochs, converged={seg.converged_}")
+print(f"fit: {t_fit:.0f} s, {seg.n_iter_} gradient steps, converged={seg.converged_}")
 
 # %%
 # Online segmentation of the long test sequences, Hungarian-matched to the truth.

@@ -197,9 +197,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Seeds weight initialisation, training noise and Monte-Carlo inference.
         Pass an int for reproducible fits and deterministic inference.
     verbose : int, default=0
-        0 is silent. 1 prints one line per epoch (loss, KL per step, learning
-        rate, time) and, when stderr is a terminal, an in-place progress bar
-        during epochs longer than a second. 2 shows the bar on any stderr.
+        0 is silent. 1 prints one line per check of the held-out ELBO (every
+        ``min(100, max_iter // 20)`` steps, at least 10: mean training loss,
+        held-out ELBO, learning rate, time) and, when stderr is a terminal, an
+        in-place progress bar once the fit has run a second. 2 shows the bar on
+        any stderr.
 
     Attributes
     ----------
