@@ -31,7 +31,8 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--n-train", type=int, default=500,
                     help="training sequences of length 200 (default: 500)")
 parser.add_argument("--quick", action="store_true",
-                    help="smaller run (150 training, 100 test sequences)")
+                    help="smaller run (150 training, 100 test sequences, a budget of "
+                         "400 gradient steps instead of the default 3000)")
 parser.add_argument("--out", type=Path, default=Path(__file__).parent / "output")
 args, _ = parser.parse_known_args()
 n_train = 150 if args.quick else args.n_train
@@ -49,9 +50,11 @@ X_test, y_test = make_markov_chain_sequences(
 print(f"train {X_train.shape}, test {X_test.shape}")
 
 # %%
-# Fit with the library's defaults: the number of states is not given.
+# Fit with the library's defaults (``--quick``: a smaller budget): the number of
+# states is not given.
+budget = {"max_iter": 400} if args.quick else {}
 t0 = time.perf_counter()
-seg = LangevinSegmenter(dynamics=args.dynamics, random_state=args.seed, verbose=0)
+seg = LangevinSegmenter(dynamics=args.dynamics, random_state=args.seed, **budget)
 seg.fit(X_train)
 t_fit = time.perf_counter() - t0
 print(f"fit: {t_fit:.0f} s, {seg.n_iter_} gradient steps, converged={seg.converged_}")
