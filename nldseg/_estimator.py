@@ -40,7 +40,6 @@ from nldseg._version import __version__
 SOLVERS = frozenset({"euler", "torchsde"})
 DECODER_COVARIANCES = frozenset({"full", "diag"})
 INITIAL_PRIORS = frozenset({"stationary", "gaussian"})
-_LANDSCAPE_STEPS = 20000  # Training steps encoded to find the wells.
 
 #: Type and range of every parameter (``device`` and ``random_state`` are
 #: checked where they are used).
@@ -71,22 +70,6 @@ def _frozen(module: NeuralLangevinVAE) -> NeuralLangevinVAE:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
-
-
-def _landscape_subset(seqs: Sequences, data: np.ndarray, rng: np.random.Generator,
-                      budget: int = _LANDSCAPE_STEPS) -> Sequences:
-    """Whole training sequences, drawn at random until ``budget`` steps are taken."""
-    order = rng.permutation(len(seqs.lengths))
-    chosen = []
-    for i in order:
-        chosen.append(i)
-        budget -= int(seqs.lengths[i])
-        if budget <= 0:
-            break
-    chosen = sorted(chosen)
-    offs = seqs.offsets
-    return Sequences(np.concatenate([data[offs[i]:offs[i] + seqs.lengths[i]]
-                                     for i in chosen]), seqs.lengths[chosen], "list")
 
 
 class LangevinSegmenter(DensityMixin, BaseEstimator):
@@ -451,9 +434,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                        seeds) -> EnergyLandscape:
         """Encode part of the training data and find the wells in its latent codes."""
         rng = np.random.default_rng(int(seeds[0]))
-        sub = _landscape_subset(seqs, z_data, rng)
         sampler = PosteriorSampler(module, self.dt, 1, int(seeds[1]), self.solver)
-        codes = sampler.latent_paths(sub)[:, 0, :module.latent_dim].astype(np.float64)
+        codes = sampler.landscape_codes(Sequences(z_data, seqs.lengths, seqs.form), rng)
         return build_landscape(module.energy, float(module.langevin_params()[0]), codes,
                                min_state_fraction=self.min_state_fraction,
                                n_states=self.n_states, rng=rng)

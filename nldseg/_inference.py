@@ -120,6 +120,26 @@ class PosteriorSampler:
                     out[offs[i]:offs[i] + seqs.lengths[i]] = z[:seqs.lengths[i], j]
         return out
 
+    def landscape_codes(self, seqs: Sequences, rng: np.random.Generator,
+                        budget: int = 20000) -> np.ndarray:
+        """Latent positions of one path through training sequences, (n, latent_dim).
+
+        Whole sequences are drawn at random (from ``rng``) until ``budget`` time
+        steps are taken, so the wells are found from a bounded share of a large
+        training set.
+        """
+        order = rng.permutation(len(seqs.lengths))
+        chosen = []
+        for i in order:
+            chosen.append(i)
+            budget -= int(seqs.lengths[i])
+            if budget <= 0:
+                break
+        chosen, offs = sorted(chosen), seqs.offsets
+        sub = Sequences(np.concatenate([seqs.data[offs[i]:offs[i] + seqs.lengths[i]]
+                                        for i in chosen]), seqs.lengths[chosen], "list")
+        return self.latent_paths(sub)[:, 0, :self.module.latent_dim].astype(np.float64)
+
     def elbo_sum(self, seqs: Sequences) -> float:
         """Sum over sequences of the ELBO averaged over the paths (standardised units)."""
         module, s = self.module, self.n_paths
