@@ -113,3 +113,32 @@ def test_sampler_draws_the_same_numbers_for_every_sequence(tiny_fitted, tiny_dat
     alone = paths([seqs[0]])[0]
     np.testing.assert_array_equal(paths([seqs[0][:9]])[0], alone[:9])
     assert np.abs(paths([seqs[0]], seed=6)[0] - alone).max() > 0.1
+
+
+def test_landscape_codes_encode_whole_sequences_up_to_the_budget(tiny_fitted, tiny_data):
+    """The wells are found from whole training sequences, drawn until the budget."""
+    from nldseg._inference import PosteriorSampler
+    from nldseg._validation import Sequences
+
+    parts = [np.asarray(s, dtype=np.float32) for s in tiny_data[1][:6]]
+    parts[2] = parts[2][:11]
+    lengths = np.array([len(p) for p in parts])
+    seqs = Sequences(np.concatenate(parts), lengths, "list")
+    sampler = PosteriorSampler(tiny_fitted.module_, tiny_fitted.dt, 1, seed=3)
+    d = tiny_fitted.module_.latent_dim
+
+    everything = sampler.landscape_codes(seqs, np.random.default_rng(0), budget=10**9)
+    want = sampler.latent_paths(seqs)[:, 0, :d]
+    np.testing.assert_array_equal(everything, want)  # All, in their own order.
+
+    budget = int(lengths[0]) + 1  # More than one sequence, fewer than all.
+    rng = np.random.default_rng(1)
+    order = np.random.default_rng(1).permutation(len(parts))
+    some = sampler.landscape_codes(seqs, rng, budget=budget)
+    taken = np.cumsum(lengths[order])
+    n_taken = int(np.searchsorted(taken, budget)) + 1  # Stop once the budget is spent.
+    chosen = sorted(order[:n_taken])
+    assert some.shape == (lengths[chosen].sum(), d)
+    assert 1 < len(chosen) < len(parts)
+    sub = Sequences(np.concatenate([parts[i] for i in chosen]), lengths[chosen], "list")
+    np.testing.assert_array_equal(some, sampler.latent_paths(sub)[:, 0, :d])
