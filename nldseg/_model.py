@@ -507,9 +507,13 @@ class NeuralLangevinVAE(nn.Module):
                              - 0.5 * _LOG_2PI).sum(-1)
         return log_q - log_p
 
+    def decoder_log_std(self) -> torch.Tensor:
+        """Log of the decoder noise's per-feature scale (the diagonal of ``L``), bounded."""
+        return self.dec_log_std.clamp(-7.0, 5.0)
+
     def decoder_scale_tril(self) -> torch.Tensor:
         """``L`` (D, D) of the decoder noise ``Sigma = L L^T`` (diagonal for "diag")."""
-        std = torch.exp(self.dec_log_std.clamp(-7.0, 5.0))
+        std = torch.exp(self.decoder_log_std())
         if self.decoder_covariance != "full":
             return torch.diag(std)
         return torch.tril(self.dec_cov_lower, -1) + torch.diag(std)
@@ -525,7 +529,7 @@ class NeuralLangevinVAE(nn.Module):
         target = x.transpose(0, 1)
         if n_paths > 1:
             target = target.repeat_interleave(n_paths, dim=1)
-        log_std = self.dec_log_std.clamp(-7.0, 5.0)
+        log_std = self.decoder_log_std()
         if self.decoder_covariance == "full":
             scale = self.decoder_scale_tril()
             eye = torch.eye(scale.shape[0], dtype=scale.dtype, device=scale.device)
