@@ -697,8 +697,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
     def __setstate__(self, state):
         state = _persistence.rename_old_params(state)
-        if "module_" in state:  # Fitted by a version without these attributes.
-            state.setdefault("validation_scores_", [])
+        if "module_" in state:  # Fitted, possibly by a version with fewer attributes.
+            state = _persistence.add_missing_fitted(state)
         _persistence.warn_if_other_version(state.pop("_nldseg_version", None))
         super().__setstate__(state)
 

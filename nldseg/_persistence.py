@@ -34,6 +34,8 @@ _RENAMED_PARAMS = {"n_samples": "n_paths"}
 # Parameters added since: the value that reproduces what older versions did.
 _ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
                  "validation_fraction": 0.1}
+# Fitted attributes added since: a factory of the value an older fit stands for.
+_ADDED_FITTED = {"validation_scores_": list}
 
 
 class InconsistentVersionWarning(UserWarning):
@@ -61,6 +63,13 @@ def warn_if_other_version(original_version: str | None) -> None:
     if original_version is not None and original_version != __version__:
         warnings.warn(InconsistentVersionWarning(str(original_version), __version__),
                       stacklevel=3)
+
+
+def add_missing_fitted(fitted: dict) -> dict:
+    """``fitted`` attributes of an older fit, completed with those added since."""
+    for name, make in _ADDED_FITTED.items():
+        fitted.setdefault(name, make())
+    return fitted
 
 
 def rename_old_params(params: dict) -> dict:
@@ -169,8 +178,7 @@ def _rebuild(cls, payload: dict):
         "scalars": json.loads(payload["landscape_scalars"]),
         "arrays": {k: v.numpy() for k, v in payload["landscape_arrays"].items()},
         "occupancies": {k: v.numpy() for k, v in payload["occupancies"].items()}})
-    fitted.setdefault("validation_scores_", [])
-    for key, value in fitted.items():
+    for key, value in add_missing_fitted(fitted).items():
         if key == "feature_names_in_":
             value = np.asarray(value, dtype=object)
         setattr(estimator, key, value)

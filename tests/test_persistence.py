@@ -87,6 +87,44 @@ def test_saved_file_from_another_version_warns_with_both(tiny_fitted, tmp_path,
     assert (w.original_version, w.current_version) == ("9.9.9", nldseg.__version__)
 
 
+def _as_older_version(params: dict, fitted: dict) -> None:
+    """Rewrite a model's parameters and fitted attributes as an older nldseg wrote them."""
+    params["n_samples"] = params.pop("n_paths")  # Renamed since.
+    del params["early_stopping"], params["validation_fraction"]  # Added since.
+    del fitted["validation_scores_"]  # Added since.
+
+
+def _check_upgraded(seg, loaded, X) -> None:
+    _same_outputs(seg, loaded, X)
+    assert loaded.n_paths == seg.n_paths
+    assert loaded.early_stopping is False and loaded.validation_fraction == 0.1
+    assert loaded.validation_scores_ == []
+
+
+def test_pickle_from_an_older_version_gets_todays_names(tiny_fitted, tiny_data):
+    state = tiny_fitted.__getstate__()
+    _as_older_version(state, state)
+    state["_nldseg_version"] = "0.0.1"
+    loaded = LangevinSegmenter.__new__(LangevinSegmenter)
+    with pytest.warns(InconsistentVersionWarning):
+        loaded.__setstate__(state)
+    _check_upgraded(tiny_fitted, loaded, tiny_data[1])
+
+
+def test_saved_file_from_an_older_version_gets_todays_names(tiny_fitted, tiny_data,
+                                                            tmp_path):
+    import json
+
+    tiny_fitted.save(tmp_path / "m.nldseg")
+    payload = torch.load(tmp_path / "m.nldseg", weights_only=True)
+    params, fitted = json.loads(payload["params"]), json.loads(payload["fitted"])
+    _as_older_version(params, fitted)
+    payload["params"], payload["fitted"] = json.dumps(params), json.dumps(fitted)
+    torch.save(payload, tmp_path / "old.nldseg")
+    _check_upgraded(tiny_fitted, LangevinSegmenter.load(tmp_path / "old.nldseg"),
+                    tiny_data[1])
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))
