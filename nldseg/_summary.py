@@ -1,0 +1,47 @@
+"""A JSON-ready description of a fitted model, for ``nldseg info`` and ``GET /model``."""
+
+from __future__ import annotations
+
+import json
+import platform
+
+import numpy as np
+import sklearn
+import torch
+from sklearn.utils.validation import check_is_fitted
+
+from nldseg._version import __version__
+
+
+def _json_value(value):
+    """``value`` if JSON can hold it as it is, else its ``repr``."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value
+
+
+def versions() -> dict:
+    """Versions of nldseg and of the packages that decide its outputs."""
+    return {"nldseg": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "python": platform.python_version()}
+
+
+def model_summary(estimator) -> dict:
+    """Parameters, states, occupancy, training outcome and versions of a fitted model.
+
+    Every value is a JSON value (a parameter that is not, such as a
+    ``RandomState``, is given as its ``repr``).
+    """
+    check_is_fitted(estimator)
+    return {
+        "n_features": int(estimator.n_features_in_),
+        "n_states": int(estimator.n_states_),
+        "state_occupancy": [float(p) for p in estimator.state_occupancy_],
+        "n_iter": int(estimator.n_iter_),
+        "converged": bool(estimator.converged_),
+        "parameters": {name: _json_value(value)
+                       for name, value in sorted(estimator.get_params().items())},
+        "versions": versions(),
+    }
