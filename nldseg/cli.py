@@ -315,6 +315,7 @@ def _serve(args) -> None:
     from nldseg import serving
 
     serving.run(model, host=args.host, port=args.port, threads=args.threads,
+                reload=lambda: load_model(args.model, args.allow_pickle),
                 max_body_bytes=args.max_body_bytes,
                 max_message_bytes=args.max_message_bytes, max_streams=args.max_streams)
 
@@ -365,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve a fitted model over HTTP and WebSocket",
                        description="Serve MODEL: POST /predict, WebSocket /stream, "
-                                   "GET /health, GET /model (needs nldseg[serve]).")
+                                   "GET /health, GET /model (needs nldseg[serve]). "
+                                   "SIGHUP reads MODEL again and serves it to new "
+                                   "requests and streams; open streams keep theirs.")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -405,8 +408,14 @@ def main(argv: list | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def show_warning(message, category, *_args, **_kwargs):
+        print(f"nldseg {args.command}: {category.__name__}: {message}", file=sys.stderr)
+
     try:
-        args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            args.handler(args)
     except (CommandError, ValueError, TypeError, ImportError, OSError) as exc:
         print(f"nldseg {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -23,6 +23,13 @@ Endpoints
     Liveness with the number of open streams; the model's parameters, states,
     occupancy, feature count and versions.
 
+Replacing the model
+-------------------
+:func:`replace_model` (``kill -HUP`` on ``nldseg serve``) swaps the model in
+a running service: later requests and streams use the new one, streams open
+at that moment go on with the model they started with, so no stream is lost
+or changes its labelling midway.
+
 Errors
 ------
 Bad input is answered with the library's own error message, and never changes
@@ -43,6 +50,8 @@ so that long batches do not hold up the streams.
 # No "from __future__ import annotations": FastAPI reads the endpoints'
 # annotations (Request, WebSocket), which are imported inside create_app.
 import json
+import logging
+import signal
 
 import numpy as np
 import torch
@@ -151,6 +160,43 @@ def _stream_rows(payload, n_features: int) -> np.ndarray | None:
     return rows
 
 
+class _Served:
+    """The model in service: the estimator, its summary and feature count."""
+
+    def __init__(self, estimator) -> None:
+        from nldseg._estimator import LangevinSegmenter
+
+        if not isinstance(estimator, LangevinSegmenter):
+            raise TypeError(f"The service needs a fitted LangevinSegmenter, got "
+                            f"{type(estimator).__name__}.")
+        self.estimator = estimator
+        self.summary = model_summary(estimator)  # Also checks that it is fitted.
+        self.n_features = self.summary["n_features"]
+
+
+def replace_model(app, estimator) -> None:
+    """Serve ``estimator`` from now on in ``app`` (made by :func:`create_app`).
+
+    Requests and streams that start later use ``estimator``; streams already
+    open keep the model they started with until they close. The swap is one
+    assignment: no request sees half of each model.
+
+    Parameters
+    ----------
+    app : fastapi.FastAPI
+        A running or not yet started service.
+    estimator : LangevinSegmenter
+        A fitted model; it may have another number of states or features.
+
+    Raises
+    ------
+    TypeError, sklearn.exceptions.NotFittedError
+        If ``estimator`` is not a fitted :class:`~nldseg.LangevinSegmenter`;
+        the service keeps its model.
+    """
+    app.state.served = _Served(estimator)
+
+
 def create_app(estimator, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                max_streams: int = DEFAULT_MAX_STREAMS):
@@ -188,19 +234,14 @@ def create_app(estimator, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     from fastapi import HTTPException, Request, WebSocket, WebSocketDisconnect
     from starlette.concurrency import run_in_threadpool
 
-    from nldseg._estimator import LangevinSegmenter
-
-    if not isinstance(estimator, LangevinSegmenter):
-        raise TypeError(f"create_app needs a fitted LangevinSegmenter, got "
-                        f"{type(estimator).__name__}.")
-    summary = model_summary(estimator)  # Also checks that it is fitted.
-    n_features = summary["n_features"]
+    served = _Served(estimator)
     for name, value in [("max_body_bytes", max_body_bytes),
                         ("max_message_bytes", max_message_bytes),
                         ("max_streams", max_streams)]:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    app = fastapi.FastAPI(title="nldseg", version=summary["versions"]["nldseg"])
+    app = fastapi.FastAPI(title="nldseg", version=served.summary["versions"]["nldseg"])
+    app.state.served = served
     app.state.open_streams = 0
 
     @app.get("/health")
@@ -209,7 +250,7 @@ def create_app(estimator, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 
     @app.get("/model")
     def model() -> dict:
-        return summary
+        return app.state.served.summary
 
     @app.post("/predict")
     async def predict(request: Request) -> dict:
@@ -226,7 +267,8 @@ def create_app(estimator, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                     raise _BadInput(413, f"The body is larger than "
                                          f"max_body_bytes={max_body_bytes}.")
             sequences, with_proba = _batch_request(_parse_json(bytes(body)))
-            return await run_in_threadpool(_predict, estimator, sequences, with_proba)
+            return await run_in_threadpool(_predict, app.state.served.estimator,
+                                           sequences, with_proba)
         except _BadInput as exc:
             raise HTTPException(exc.status, detail=exc.message) from None
 
@@ -239,7 +281,8 @@ def create_app(estimator, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
             return
         await ws.accept()
         app.state.open_streams += 1
-        labeller = estimator.stream()
+        served = app.state.served  # This stream's model, even after a replacement.
+        labeller = served.estimator.stream()
         try:
             while True:
                 message = await ws.receive()
@@ -258,7 +301,7 @@ def create_app(estimator, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                                                      f"{max_message_bytes}")
                     break
                 try:
-                    rows = _stream_rows(_parse_json(text), n_features)
+                    rows = _stream_rows(_parse_json(text), served.n_features)
                     if rows is None:
                         labeller.reset()
                         await ws.send_text('{"reset": true, "t": 0}')
@@ -300,7 +343,7 @@ def make_server(estimator, *, host: str = "127.0.0.1", port: int = 8000,
 
 
 def run(estimator, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 1,
-        log_level: str = "info", **limits) -> None:
+        log_level: str = "info", reload=None, **limits) -> None:
     """Serve ``estimator`` until interrupted (what ``nldseg serve`` calls).
 
     Parameters
@@ -319,6 +362,10 @@ def run(estimator, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 
         on an otherwise idle machine.
     log_level : str, default="info"
         uvicorn's log level.
+    reload : callable, default=None
+        Returns a fitted model; called on ``SIGHUP`` (POSIX), and its model
+        replaces the served one (:func:`replace_model`). If it raises, the
+        error is logged and the service keeps its model.
     **limits
         ``max_body_bytes``, ``max_message_bytes``, ``max_streams`` of
         :func:`create_app`.
@@ -326,5 +373,17 @@ def run(estimator, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}.")
     server = make_server(estimator, host=host, port=port, log_level=log_level, **limits)
+    if reload is not None and hasattr(signal, "SIGHUP"):
+        log = logging.getLogger("uvicorn.error")
+
+        def on_hangup(*_):
+            try:
+                replace_model(server.config.app, reload())
+            except Exception as exc:  # A bad file must not stop the service.
+                log.error("Reload failed, still serving the previous model: %s", exc)
+                return
+            log.info("Reloaded the model; streams already open keep the previous one.")
+
+        signal.signal(signal.SIGHUP, on_hangup)
     torch.set_num_threads(threads)
     server.run()

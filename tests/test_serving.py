@@ -2,7 +2,10 @@
 
 import contextlib
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +19,7 @@ httpx = pytest.importorskip("httpx")
 ws_client = pytest.importorskip("websockets.sync.client")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-from nldseg.serving import create_app, make_server  # noqa: E402
+from nldseg.serving import create_app, make_server, replace_model  # noqa: E402
 
 MAX_BODY = 200_000
 MAX_MESSAGE = 20_000
@@ -24,7 +27,7 @@ MAX_MESSAGE = 20_000
 
 @contextlib.contextmanager
 def _running(model, **limits):
-    """A real server of ``model`` on a free loopback port; yields ``host:port``."""
+    """A real server of ``model`` on a free loopback port; yields ``(host:port, app)``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -37,7 +40,7 @@ def _running(model, **limits):
         assert time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", srv.config.app
     finally:
         srv.should_exit = True
         thread.join(10)
@@ -48,7 +51,7 @@ def _running(model, **limits):
 def server(tiny_fitted):
     """``host:port`` of a server of the 3-well ``tiny_fitted``."""
     with _running(tiny_fitted, max_body_bytes=MAX_BODY, max_message_bytes=MAX_MESSAGE,
-                  max_streams=40) as base:
+                  max_streams=40) as (base, _):
         yield base
 
 
@@ -219,7 +222,7 @@ def test_bad_message_is_not_consumed(server, tiny_fitted, tiny_data):
 
 
 def test_too_many_streams_refused(tiny_fitted):
-    with _running(tiny_fitted, max_streams=1) as base, \
+    with _running(tiny_fitted, max_streams=1) as (base, _), \
             ws_client.connect(f"ws://{base}/stream") as first:
         first.send(json.dumps({"reset": True}))
         first.recv()
@@ -238,3 +241,85 @@ def test_create_app_rejects(tiny_fitted):
         create_app(LangevinSegmenter())
     with pytest.raises(ValueError, match="max_streams"):
         create_app(tiny_fitted, max_streams=0)
+
+
+def _send_all(ws, seq):
+    answers = []
+    for x in seq:
+        ws.send(json.dumps({"x": x.tolist()}))
+        answers.append(json.loads(ws.recv()))
+    return answers
+
+
+def test_replace_model_keeps_open_streams(tiny_fitted, tiny_underdamped, tiny_data):
+    _, X_test, _ = tiny_data
+    seq = X_test[5]
+    old_local = _local_stream(tiny_fitted, seq)
+    new_local = _local_stream(tiny_underdamped, seq)
+    assert [lab for lab, _ in old_local] != [lab for lab, _ in new_local] or \
+        any(a.tolist() != b.tolist() for (_, a), (_, b) in zip(old_local, new_local))
+    with _running(tiny_fitted) as (base, app), \
+            ws_client.connect(f"ws://{base}/stream") as old:
+        answers = _send_all(old, seq[:20])
+        with pytest.raises(TypeError):
+            replace_model(app, "not a model")
+        replace_model(app, tiny_underdamped)
+        answers += _send_all(old, seq[20:])
+        _assert_same(answers, old_local)  # the open stream kept its model
+        with ws_client.connect(f"ws://{base}/stream") as new:
+            _assert_same(_send_all(new, seq), new_local)
+        model = httpx.get(f"http://{base}/model").json()
+        assert model["parameters"]["dynamics"] == "underdamped"
+        got = httpx.post(f"http://{base}/predict",
+                         json={"sequences": [seq.tolist()]}).json()["labels"]
+        assert got == [tiny_underdamped.predict(seq).tolist()]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="SIGHUP is POSIX")
+def test_nldseg_serve_reloads_on_sighup(tiny_fitted, tiny_underdamped, tiny_data,
+                                        tmp_path):
+    """The command's SIGHUP: a new model file is served; a damaged one is refused."""
+    _, X_test, _ = tiny_data
+    seq = X_test[5]
+    path = tmp_path / "model.nldseg"
+    tiny_fitted.save(path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "nldseg", "serve", str(path),
+                             "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    base = f"127.0.0.1:{port}"
+
+    def dynamics():
+        return httpx.get(f"http://{base}/model").json()["parameters"]["dynamics"]
+
+    def wait_for(predicate):
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if predicate():
+                    return
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+    try:
+        wait_for(lambda: dynamics() == "overdamped")
+        with ws_client.connect(f"ws://{base}/stream") as old:
+            answers = _send_all(old, seq[:10])
+            tiny_underdamped.save(path)
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: dynamics() == "underdamped")
+            answers += _send_all(old, seq[10:])
+        _assert_same(answers, _local_stream(tiny_fitted, seq))
+        path.write_bytes(b"damaged")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert dynamics() == "underdamped" and proc.poll() is None
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=20)[1]
+    assert "Reload failed, still serving the previous model" in err
