@@ -323,3 +323,18 @@ def test_nldseg_serve_reloads_on_sighup(tiny_fitted, tiny_underdamped, tiny_data
         proc.terminate()
         err = proc.communicate(timeout=20)[1]
     assert "Reload failed, still serving the previous model" in err
+
+
+@pytest.mark.slow
+def test_32_streams_of_1000(server, tiny_fitted):
+    """The issue's load: 32 concurrent streams of 1,000 observations, all equal."""
+    from nldseg.datasets import make_markov_chain_sequences
+
+    X, _ = make_markov_chain_sequences(32, 1000, n_states=3, n_features=8,
+                                       switch_prob=0.025, random_state=3,
+                                       emission_random_state=1)
+    with ThreadPoolExecutor(32) as pool:
+        futures = [pool.submit(_remote_stream, server, seq) for seq in X]
+        results = [f.result(timeout=600) for f in futures]
+    for seq, answers in zip(X, results):
+        _assert_same(answers, _local_stream(tiny_fitted, seq))
