@@ -22,6 +22,7 @@ from nldseg._fused import release_buffers
 from nldseg._inference import PosteriorSampler, SegmentationStream
 from nldseg._landscape import EnergyLandscape, build_landscape
 from nldseg._model import NeuralLangevinVAE, build_model
+from nldseg._threads import check_threads, torch_threads
 from nldseg._training import LEARNING_RATES, TrainingSettings, train
 from nldseg._validation import (
     BoolParam,
@@ -176,6 +177,17 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"`` trains on CUDA when available, else on CPU; or ``"cpu"``,
         ``"cuda"``, ``"cuda:N"``. The fitted ``module_`` is kept on CPU.
+    n_threads : int or None, default=None
+        torch's intra-op threads while ``fit``, ``predict``, ``predict_proba``,
+        ``transform``, ``score`` and stream updates run; the caller's setting
+        is restored afterwards. ``None`` uses 1: the training and inference
+        loops are hundreds of small operations per step, which a second
+        thread barely speeds up on an idle machine and slows down many times
+        over on one whose cores are busy. ``-1`` keeps torch's own setting
+        (``torch.set_num_threads``, ``OMP_NUM_THREADS``); a positive int
+        uses that many, e.g. for large ``predict`` batches on an idle
+        many-core machine. Results agree across thread counts to float
+        rounding.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, training noise and Monte-Carlo inference.
         Pass an int for reproducible fits and deterministic inference.
@@ -305,7 +317,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                  n_iter_no_change=5, early_stopping=True, validation_fraction=0.1,
                  decoder_covariance="full", n_paths=8,
                  min_state_fraction=0.02, initial_prior="stationary",
-                 solver="euler", device="auto",
+                 solver="euler", device="auto", n_threads=None,
                  random_state=None, verbose=0):
         self.n_states = n_states
         self.dynamics = dynamics
@@ -333,12 +345,14 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.initial_prior = initial_prior
         self.solver = solver
         self.device = device
+        self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
         check_params(self.get_params(deep=False), _PARAMETER_RULES)
+        check_threads(self.n_threads)
         n_sub = 1.0 / self.dt
         if self.dt > 1 or abs(n_sub - round(n_sub)) > 1e-6:
             raise ValueError(f"dt must be 1/n for a positive integer n (observations "
@@ -379,7 +393,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """
         # Any failure (bad input, divergence, Ctrl-C before the first step)
         # restores the estimator exactly as it was, fitted or not.
-        with unchanged_on_error(self):
+        with unchanged_on_error(self), torch_threads(self.n_threads):
             return self._fit(X, lengths)
 
     def _fit(self, X, lengths) -> LangevinSegmenter:
@@ -478,9 +492,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         return format_output(seqs, self._proba(seqs))
 
     def _proba(self, seqs: Sequences) -> np.ndarray:
-        z = self._sampler().latent_paths(seqs)
-        d = self.module_.latent_dim
-        return self.energy_.state_fractions(torch.as_tensor(z[..., :d]))
+        with torch_threads(self.n_threads):
+            z = self._sampler().latent_paths(seqs)
+            d = self.module_.latent_dim
+            return self.energy_.state_fractions(torch.as_tensor(z[..., :d]))
 
     def predict(self, X, *, lengths=None):
         """State label of every time step (online): the argmax of ``predict_proba``.
@@ -541,7 +556,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             ``q`` only.
         """
         seqs = self._prepare(X, lengths)
-        z = self._sampler().latent_paths(seqs)
+        with torch_threads(self.n_threads):
+            z = self._sampler().latent_paths(seqs)
         mean = z[..., : self.module_.latent_dim].mean(1).astype(np.float64)
         return format_output(seqs, mean)
 
@@ -594,7 +610,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             raise ValueError("LangevinSegmenter.score does not support "
                              "sample_weight.")
         seqs = self._prepare(X, lengths)
-        total = self._sampler().elbo_sum(seqs)
+        with torch_threads(self.n_threads):
+            total = self._sampler().elbo_sum(seqs)
         return float(total / seqs.data.shape[0] - np.log(self.scaler_scale_).sum())
 
     # ------------------------------------------------------- serving and I/O
@@ -625,7 +642,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """
         check_is_fitted(self)
         return SegmentationStream(self._sampler(), self.energy_, self.scaler_mean_,
-                                  self.scaler_scale_)
+                                  self.scaler_scale_, n_threads=self.n_threads)
 
     def save(self, path) -> None:
         """Write the fitted model to ``path`` in a safe, pickle-free format.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from nldseg._threads import check_threads, torch_threads
 from nldseg._validation import Sequences, check_observation, pad_windows
 
 _SCORE_PARTITION_DRAWS = 8192  # Importance draws of log Z for score().
@@ -174,6 +175,9 @@ class SegmentationStream:
         The fitted states.
     mean, scale : ndarray of shape (n_features,)
         The standardisation fitted on the training data.
+    n_threads : int or None, default=None
+        torch threads of each update (see ``LangevinSegmenter``'s
+        ``n_threads``).
 
     Attributes
     ----------
@@ -194,7 +198,9 @@ class SegmentationStream:
     """
 
     def __init__(self, sampler: PosteriorSampler, landscape, mean: np.ndarray,
-                 scale: np.ndarray) -> None:
+                 scale: np.ndarray, *, n_threads: int | None = None) -> None:
+        check_threads(n_threads)
+        self._n_threads = n_threads
         self._sampler = sampler
         self._landscape = landscape
         self._mean = np.asarray(mean, dtype=np.float64)
@@ -235,9 +241,10 @@ class SegmentationStream:
         x = torch.as_tensor(((row - self._mean) / self._scale).astype(np.float32))
         gen_state = self._gen.get_state()
         try:
-            hidden, z = self._step(x)
-            proba = self._landscape.state_fractions(
-                z[:, :self._sampler.module.latent_dim])
+            with torch_threads(self._n_threads):
+                hidden, z = self._step(x)
+                proba = self._landscape.state_fractions(
+                    z[:, :self._sampler.module.latent_dim])
         except BaseException:
             self._gen.set_state(gen_state)
             raise

@@ -33,7 +33,8 @@ _FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_")
 _RENAMED_PARAMS = {"n_samples": "n_paths"}
 # Parameters added since: the value that reproduces what older versions did.
 _ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
-                 "validation_fraction": 0.1}
+                 "validation_fraction": 0.1,
+                 "n_threads": None}  # Not part of the model: today's default.
 # Fitted attributes added since: a factory of the value an older fit stands for.
 _ADDED_FITTED = {"validation_scores_": list}
 

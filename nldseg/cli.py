@@ -311,11 +311,15 @@ def _info(args) -> None:
 
 
 def _serve(args) -> None:
-    model = load_model(args.model, args.allow_pickle)
+    def load():
+        model = load_model(args.model, args.allow_pickle)
+        if args.threads is not None:
+            model.set_params(n_threads=args.threads)
+        return model
+
     from nldseg import serving
 
-    serving.run(model, host=args.host, port=args.port, threads=args.threads,
-                reload=lambda: load_model(args.model, args.allow_pickle),
+    serving.run(load(), host=args.host, port=args.port, reload=load,
                 max_body_bytes=args.max_body_bytes,
                 max_message_bytes=args.max_message_bytes, max_streams=args.max_streams)
 
@@ -373,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default: 8000")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads in the server (default: 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per request or stream update, the model's "
+                        "n_threads (default: the saved model's, 1 unless set)")
     p.add_argument("--max-body-bytes", type=int,
                    default=serving.DEFAULT_MAX_BODY_BYTES, metavar="N")
     p.add_argument("--max-message-bytes", type=int,

@@ -44,7 +44,8 @@ refused with code 1013 (try again later).
 
 Concurrency: stream updates (about half a millisecond each) run on the event
 loop, one connection's messages in order; ``/predict`` runs in a worker thread
-so that long batches do not hold up the streams.
+so that long batches do not hold up the streams. Both run on the model's
+``n_threads`` torch threads (1 by default).
 """
 
 # No "from __future__ import annotations": FastAPI reads the endpoints'
@@ -54,7 +55,6 @@ import logging
 import signal
 
 import numpy as np
-import torch
 
 from nldseg._summary import model_summary
 from nldseg._validation import check_observation
@@ -342,7 +342,7 @@ def make_server(estimator, *, host: str = "127.0.0.1", port: int = 8000,
     return uvicorn.Server(config)
 
 
-def run(estimator, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 1,
+def run(estimator, *, host: str = "127.0.0.1", port: int = 8000,
         log_level: str = "info", reload=None, **limits) -> None:
     """Serve ``estimator`` until interrupted (what ``nldseg serve`` calls).
 
@@ -355,11 +355,6 @@ def run(estimator, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 
         only.
     port : int, default=8000
         Port to listen on.
-    threads : int, default=1
-        torch's intra-op threads in the server process. A stream update is a
-        few hundred small operations, which a second thread slows down on a
-        machine with other work; raise it only for large ``/predict`` batches
-        on an otherwise idle machine.
     log_level : str, default="info"
         uvicorn's log level.
     reload : callable, default=None
@@ -370,8 +365,6 @@ def run(estimator, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 
         ``max_body_bytes``, ``max_message_bytes``, ``max_streams`` of
         :func:`create_app`.
     """
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive int, got {threads!r}.")
     server = make_server(estimator, host=host, port=port, log_level=log_level, **limits)
     if reload is not None and hasattr(signal, "SIGHUP"):
         log = logging.getLogger("uvicorn.error")
@@ -385,5 +378,4 @@ def run(estimator, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 
             log.info("Reloaded the model; streams already open keep the previous one.")
 
         signal.signal(signal.SIGHUP, on_hangup)
-    torch.set_num_threads(threads)
     server.run()

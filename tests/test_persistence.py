@@ -91,6 +91,7 @@ def _as_older_version(params: dict, fitted: dict) -> None:
     """Rewrite a model's parameters and fitted attributes as an older nldseg wrote them."""
     params["n_samples"] = params.pop("n_paths")  # Renamed since.
     del params["early_stopping"], params["validation_fraction"]  # Added since.
+    del params["n_threads"]  # Added since.
     del fitted["validation_scores_"]  # Added since.
 
 
@@ -98,6 +99,7 @@ def _check_upgraded(seg, loaded, X) -> None:
     _same_outputs(seg, loaded, X)
     assert loaded.n_paths == seg.n_paths
     assert loaded.early_stopping is False and loaded.validation_fraction == 0.1
+    assert loaded.n_threads is None
     assert loaded.validation_scores_ == []
 
 
