@@ -322,7 +322,9 @@ def main(argv: list | None = None) -> None:
                    help="(case, seed) runs side by side in worker processes, each "
                         "with --threads torch threads (default 2 jobs x 1 thread: "
                         "the per-step loops gain little from a second thread)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads of each worker; nldseg itself runs on its "
+                        "n_threads (1 unless --nldseg sets it, e.g. -1 for these)")
     p.add_argument("--out", default="suite_results",
                    help="path stem of the CSV and JSON files written")
     a = p.parse_args(argv)
