@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from nldseg._estimator import LangevinSegmenter
-from nldseg._summary import model_summary
+from nldseg._frontend import label_sequences, model_summary
 
 PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".joblib"})
 DATA_SUFFIXES = frozenset({".npy", ".npz", ".csv"})
@@ -281,11 +281,7 @@ def _predict(args) -> None:
     model = load_model(args.model, args.allow_pickle)
     sequences, ids = read_sequences(args.data, args.sequence_column)
     try:
-        if args.proba:
-            proba = model.predict_proba(sequences)
-            labels = [p.argmax(1) for p in proba]  # predict's own rule
-        else:
-            proba, labels = None, model.predict(sequences)
+        labels, proba = label_sequences(model, sequences, args.proba)
     except (ValueError, TypeError) as exc:
         raise CommandError(f"{args.data}: {exc}") from exc
     _write_labels(out, ids, labels, proba)

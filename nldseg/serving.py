@@ -56,7 +56,7 @@ import signal
 
 import numpy as np
 
-from nldseg._summary import model_summary
+from nldseg._frontend import label_sequences, model_summary
 from nldseg._validation import check_observation
 
 DEFAULT_MAX_BODY_BYTES = 64 * 2**20
@@ -123,11 +123,7 @@ def _batch_request(payload) -> tuple[list, bool]:
 def _predict(estimator, sequences: list, with_proba: bool) -> dict:
     """The answer of ``/predict``: ``predict``/``predict_proba`` on ``sequences``."""
     try:
-        if with_proba:
-            proba = estimator.predict_proba(sequences)
-            labels = [p.argmax(1) for p in proba]  # predict's own rule
-        else:
-            proba, labels = None, estimator.predict(sequences)
+        labels, proba = label_sequences(estimator, sequences, with_proba)
     except (ValueError, TypeError) as exc:
         raise _BadInput(422, str(exc)) from exc
     answer = {"labels": [lab.tolist() for lab in labels],

@@ -1,4 +1,9 @@
-"""A JSON-ready description of a fitted model, for ``nldseg info`` and ``GET /model``."""
+"""What the command line and the service share: the model's description, labelling.
+
+:func:`model_summary` is what ``nldseg info`` prints and ``GET /model``
+answers; :func:`label_sequences` is what ``nldseg predict`` writes and
+``POST /predict`` answers.
+"""
 
 from __future__ import annotations
 
@@ -45,3 +50,15 @@ def model_summary(estimator) -> dict:
                        for name, value in sorted(estimator.get_params().items())},
         "versions": versions(),
     }
+
+
+def label_sequences(estimator, sequences: list, with_proba: bool) -> tuple:
+    """``(labels, proba)`` of a list of 2-D sequences; ``proba`` is None unless asked.
+
+    With probabilities, ``predict_proba`` runs once and the labels are its
+    argmax, which is what ``predict`` returns.
+    """
+    if not with_proba:
+        return estimator.predict(sequences), None
+    proba = estimator.predict_proba(sequences)
+    return [p.argmax(1) for p in proba], proba
