@@ -492,10 +492,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         return format_output(seqs, self._proba(seqs))
 
     def _proba(self, seqs: Sequences) -> np.ndarray:
+        d = self.module_.latent_dim
         with torch_threads(self.n_threads):
-            z = self._sampler().latent_paths(seqs)
-            d = self.module_.latent_dim
-            return self.energy_.state_fractions(torch.as_tensor(z[..., :d]))
+            return self._sampler().map_paths(
+                seqs, lambda z: self.energy_.state_fractions(z[..., :d]),
+                (self.n_states_,), np.float64)
 
     def predict(self, X, *, lengths=None):
         """State label of every time step (online): the argmax of ``predict_proba``.
@@ -556,9 +557,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             ``q`` only.
         """
         seqs = self._prepare(X, lengths)
+        d = self.module_.latent_dim
         with torch_threads(self.n_threads):
-            z = self._sampler().latent_paths(seqs)
-        mean = z[..., : self.module_.latent_dim].mean(1).astype(np.float64)
+            mean = self._sampler().map_paths(
+                seqs, lambda z: z[..., :d].numpy().mean(2), (d,), np.float64)
         return format_output(seqs, mean)
 
     def fit_transform(self, X, y=None, *, lengths=None):

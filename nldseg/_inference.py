@@ -21,6 +21,7 @@ from nldseg._threads import check_threads, torch_threads
 from nldseg._validation import Sequences, check_observation, pad_windows
 
 _SCORE_PARTITION_DRAWS = 8192  # Importance draws of log Z for score().
+BLOCK_STEPS = 2048  # Observations simulated at once (memory per chunk of sequences).
 
 
 def _stepwise_noise(gen: torch.Generator, t_max: int, n_sub: int, rows: int,
@@ -77,49 +78,110 @@ class PosteriorSampler:
         return torch.randn((self.n_sub, self.n_paths, self.module.latent_dim),
                            generator=gen)
 
-    def _noise(self, gen: torch.Generator, t_max: int) -> tuple:
-        """``eps0`` then the increments of ``t_max - 1`` steps, in the stream's order."""
-        eps0 = self.initial_noise(gen)
-        return eps0, _stepwise_noise(gen, t_max, self.n_sub, self.n_paths,
-                                     self.module.latent_dim)
+    def blocks(self, seqs: Sequences, *, with_kl: bool = False, probe_draws: int = 0,
+               chunk_rows: int = 4096, block_steps: int = BLOCK_STEPS):
+        """Posterior paths of ``seqs``, piece by piece: chunks of sequences, blocks of time.
 
-    def batches(self, seqs: Sequences, gen: torch.Generator,
-                chunk_rows: int = 4096):
-        """Yield ``(ids, x, mask, eps0, noise)`` for padded chunks of sequences.
+        Sequences are taken in chunks of about ``chunk_rows`` paths, and each
+        chunk is simulated ``block_steps`` observations at a time, every block
+        from the GRU and latent states the previous one ended with
+        (:meth:`NeuralLangevinVAE.continue_paths`), so that memory is bounded
+        whatever the length of a sequence, and the paths equal one
+        simulation of the whole sequence. Every chunk draws, from a fresh
+        generator: ``probe_draws`` standard normal rows (the ``log Z`` draws
+        of :meth:`elbo_sum`), ``eps0``, then the increments step by step; so
+        every sequence gets the same draws.
 
-        Rows are sequence-major (``row = sequence * n_paths + path``); every
-        sequence gets the same draws.
+        Yields
+        ------
+        ids : ndarray of int
+            The chunk's sequences.
+        k0 : int
+            Index of the block's first observation within its sequences.
+        x, mask : Tensor of shape (B, T, D) and (B, T)
+            The block's padded observations and which are real.
+        z : Tensor of shape (T, B * n_paths, state_dim)
+            Latent states (rows sequence-major: ``sequence * n_paths + path``).
+        kl : Tensor of shape (T, B * n_paths) or None
+            Path KL accrued on the interval ending at each observation (0 at
+            the first); with ``with_kl`` only.
+        kl0 : Tensor of shape (B * n_paths,) or None
+            The initial states' KL, in the first block only and with
+            ``with_kl`` only.
         """
+        module, s, d = self.module, self.n_paths, self.module.latent_dim
         data = torch.as_tensor(seqs.data)
-        offs, n_seq, s = seqs.offsets, len(seqs.lengths), self.n_paths
-        eps0_s, noise_s = self._noise(gen, int(seqs.lengths.max()))
+        offs, lens = seqs.offsets, seqs.lengths
+        if self.solver != "euler":  # torchsde's sdeint runs whole sequences.
+            block_steps = int(lens.max())
         per_chunk = max(1, chunk_rows // s)
-        for c0 in range(0, n_seq, per_chunk):
-            ids = np.arange(c0, min(n_seq, c0 + per_chunk))
-            windows = [(int(offs[i]), int(seqs.lengths[i])) for i in ids]
-            x, mask = pad_windows(data, windows, "cpu")
-            eps0 = eps0_s.repeat(len(ids), 1)
-            noise = noise_s[: x.shape[1] - 1].repeat(1, 1, len(ids), 1)
-            yield ids, x, mask, eps0, noise
+        for c0 in range(0, len(lens), per_chunk):
+            ids = np.arange(c0, min(len(lens), c0 + per_chunk))
+            gen = self.generator()
+            probe = torch.randn((probe_draws, d), generator=gen) if probe_draws else None
+            eps0 = self.initial_noise(gen).repeat(len(ids), 1)
+            t_max = int(lens[ids].max())
+            h = z = None
+            for k0 in range(0, t_max, block_steps):
+                k1 = min(t_max, k0 + block_steps)
+                # A sequence that has ended gets an empty window at its end
+                # (padding, masked out).
+                x, mask = pad_windows(data, [(int(offs[i] + min(k0, lens[i])),
+                                              max(0, int(min(lens[i], k1)) - k0))
+                                             for i in ids], "cpu")
+                n_new = x.shape[1] - (k0 == 0)
+                noise = _stepwise_noise(gen, n_new + 1, self.n_sub, s, d)
+                noise = noise.repeat(1, 1, len(ids), 1)
+                if self.solver != "euler":
+                    paths = module.simulate(x, noise, self.dt, s, eps0=eps0,
+                                            solver=self.solver, with_kl=with_kl,
+                                            partition_noise=probe)
+                    yield ids, k0, x, mask, paths.z, paths.kl_path, paths.kl0
+                    continue
+                kl0 = None
+                if k0 == 0:
+                    h = module.gru_step(x[:, 0])
+                    z, kl0 = module.initial_state(*module.initial_posterior(h), eps0, s,
+                                                  probe)
+                zs, h, kl = module.continue_paths(x[:, x.shape[1] - n_new:], h, z,
+                                                  noise, self.dt, with_kl)
+                if k0 == 0:
+                    zs = torch.cat([z[None], zs])
+                    if kl is not None:
+                        kl = torch.cat([kl.new_zeros((1, kl.shape[1])), kl])
+                z = zs[-1]
+                yield ids, k0, x, mask, zs, kl, kl0
 
-    def latent_paths(self, seqs: Sequences, chunk_rows: int = 4096) -> np.ndarray:
+    def map_paths(self, seqs: Sequences, fn, shape: tuple, dtype,
+                  chunk_rows: int = 4096, block_steps: int = BLOCK_STEPS) -> np.ndarray:
+        """``fn`` of the posterior paths at every observation, (n_total, *shape).
+
+        ``fn`` maps a block's latent states (T, B, n_paths, state_dim) to an
+        array (T, B, *shape); its values at the real observations are
+        written in place, so only the result is held for the whole input.
+        """
+        offs, lens, s = seqs.offsets, seqs.lengths, self.n_paths
+        out = np.empty((seqs.data.shape[0], *shape), dtype=dtype)
+        with torch.no_grad():
+            for ids, k0, _, _, z, _, _ in self.blocks(seqs, chunk_rows=chunk_rows,
+                                                      block_steps=block_steps):
+                values = fn(z.reshape(z.shape[0], len(ids), s, -1))
+                for j, i in enumerate(ids):
+                    n = int(min(lens[i], k0 + z.shape[0])) - k0
+                    if n > 0:
+                        out[offs[i] + k0:offs[i] + k0 + n] = values[:n, j]
+        return out
+
+    def latent_paths(self, seqs: Sequences, chunk_rows: int = 4096,
+                     block_steps: int = BLOCK_STEPS) -> np.ndarray:
         """Posterior latent states at every observation, (n_total, n_paths, state_dim).
 
-        Sequences are simulated in chunks of about ``chunk_rows`` paths; the
-        result does not depend on it.
+        The result does not depend on ``chunk_rows`` or ``block_steps``
+        (:meth:`blocks`).
         """
-        module, s = self.module, self.n_paths
-        out = np.empty((seqs.data.shape[0], s, module.state_dim), dtype=np.float32)
-        offs = seqs.offsets
-        with torch.no_grad():
-            for ids, x, _, eps0, noise in self.batches(seqs, self.generator(),
-                                                       chunk_rows):
-                paths = module.simulate(x, noise, self.dt, s, eps0=eps0,
-                                        solver=self.solver, with_kl=False)
-                z = paths.z.reshape(x.shape[1], len(ids), s, -1).numpy()
-                for j, i in enumerate(ids):
-                    out[offs[i]:offs[i] + seqs.lengths[i]] = z[:seqs.lengths[i], j]
-        return out
+        return self.map_paths(seqs, lambda z: z.numpy(),
+                              (self.n_paths, self.module.state_dim), np.float32,
+                              chunk_rows, block_steps)
 
     def landscape_codes(self, seqs: Sequences, rng: np.random.Generator,
                         budget: int = 20000) -> np.ndarray:
@@ -141,18 +203,23 @@ class PosteriorSampler:
                                         for i in chosen]), seqs.lengths[chosen], "list")
         return self.latent_paths(sub)[:, 0, :self.module.latent_dim].astype(np.float64)
 
-    def elbo_sum(self, seqs: Sequences) -> float:
-        """Sum over sequences of the ELBO averaged over the paths (standardised units)."""
+    def elbo_sum(self, seqs: Sequences, block_steps: int = BLOCK_STEPS) -> float:
+        """Sum over sequences of the ELBO averaged over the paths (standardised units).
+
+        Summed block by block (:meth:`blocks`): memory stays bounded whatever
+        the sequences' length.
+        """
         module, s = self.module, self.n_paths
-        gen = self.generator()
-        probe = torch.randn((_SCORE_PARTITION_DRAWS, module.latent_dim), generator=gen)
         total = 0.0
         with torch.no_grad():
-            for _, x, mask, eps0, noise in self.batches(seqs, gen):
-                log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt, s,
-                                                solver=self.solver,
-                                                partition_noise=probe)
-                total += float((log_lik - kl).sum()) / s
+            for _, _, x, mask, z, kl, kl0 in self.blocks(
+                    seqs, with_kl=True, probe_draws=_SCORE_PARTITION_DRAWS,
+                    block_steps=block_steps):
+                m = mask.transpose(0, 1).repeat_interleave(s, dim=1)
+                elbo = ((module.decode_log_prob(x, z, s) - kl) * m).sum()
+                if kl0 is not None:
+                    elbo = elbo - kl0.sum()
+                total += float(elbo) / s
         return total
 
 

@@ -355,31 +355,67 @@ class NeuralLangevinVAE(nn.Module):
 
     def _simulate_inference(self, x, h, h0, z0, noise, dt, kl0,
                             with_kl) -> LatentPaths:
-        """:meth:`simulate` without autograd, on :class:`InferenceStepper`.
+        """:meth:`simulate` without autograd: ``z0``, then :meth:`continue_paths`."""
+        zs, _, sq = self.continue_paths(x[:, 1:], h0, z0, noise, dt, with_kl,
+                                        None if h is None else h[:, 1:])
+        zs = torch.cat([z0[None], zs])
+        if sq is not None:
+            sq = torch.cat([sq.new_zeros((1, sq.shape[1])), sq])
+        return LatentPaths(zs, sq, kl0)
 
-        On CPU ``h`` is None and the encoder is stepped (:meth:`gru_step`)
-        inside the loop, from the first output ``h0``: it equals
-        ``torch.nn.GRU`` on the whole sequence, without its (B, T, 3 hidden)
-        input projections and (B, T, hidden) outputs, whose fresh memory
-        costs more than the arithmetic.
-        Elsewhere ``h`` holds the GRU outputs (cuDNN's fused kernel) and
-        ``h0`` is not used. Each
-        observation's first-layer bias is made from its GRU output in turn.
+    def continue_paths(self, x: torch.Tensor, h: torch.Tensor, z: torch.Tensor,
+                       noise: torch.Tensor, dt: float, with_kl: bool = False,
+                       h_seq: torch.Tensor | None = None) -> tuple:
+        """Carry posterior paths on over the next observations ``x``, without autograd.
+
+        The inference form of the posterior SDE, on
+        :class:`~nldseg._fused.InferenceStepper`. By default the encoder is
+        stepped (:meth:`gru_step`) inside the loop: it equals ``torch.nn.GRU``
+        on the whole sequence, without its (B, T, 3 hidden) input projections
+        and (B, T, hidden) outputs, whose fresh memory costs more than the
+        arithmetic. So a sequence may be simulated in pieces of time, each
+        from the GRU state and latent state that the last one ended with, with
+        the same result as in one piece.
+
+        Parameters
+        ----------
+        x : Tensor of shape (B, T, D)
+            The next ``T`` observations (``T`` may be 0).
+        h : Tensor of shape (B, hidden)
+            GRU output at the observation before ``x[:, 0]``.
+        z : Tensor of shape (B * n_paths, state_dim)
+            Latent states at that observation (rows sequence-major).
+        noise : Tensor of shape (T, n_sub, B * n_paths, latent_dim)
+            Standard normal increments of the ``T`` intervals.
+        dt : float
+            Euler step.
+        with_kl : bool, default=False
+            Whether to sum the squared controls of each interval.
+        h_seq : Tensor of shape (B, T, hidden) or None
+            GRU outputs computed beforehand (e.g. cuDNN's ``torch.nn.GRU``);
+            ``None`` steps the GRU here.
+
+        Returns
+        -------
+        zs : Tensor of shape (T, B * n_paths, state_dim)
+        h : Tensor of shape (B, hidden)
+            GRU output at the last observation (``h`` itself for ``T = 0``).
+        sq : Tensor of shape (T, B * n_paths) or None
+            Squared controls summed over each interval times ``kl_scale`` (the
+            path KL accrued on it); None unless ``with_kl``.
         """
         stepper = self.inference_stepper(dt)
-        n_obs, rows = x.shape[1], z0.shape[0]
+        n_obs, rows = x.shape[1], z.shape[0]
         drives = stepper.drive(noise).unbind(0)
-        zs = z0.new_empty((n_obs, rows, z0.shape[1]))
-        zs[0] = z0
-        sq = z0.new_zeros((n_obs, rows)) if with_kl else None
-        work = stepper.workspace(rows, z0)
-        bias = z0.new_empty((x.shape[0], 2 * stepper.hidden))
-        h_k = h0
-        for k in range(1, n_obs):
-            h_k = self.gru_step(x[:, k], h_k) if h is None else h[:, k]
-            stepper.advance(zs[k - 1], stepper.bias(h_k, out=bias), drives[k - 1], work,
-                            None if sq is None else sq[k], out=zs[k])
-        return LatentPaths(zs, None if sq is None else sq * stepper.kl_scale, kl0)
+        zs = z.new_empty((n_obs, rows, z.shape[1]))
+        sq = z.new_zeros((n_obs, rows)) if with_kl else None
+        work = stepper.workspace(rows, z)
+        bias = z.new_empty((x.shape[0], 2 * stepper.hidden))
+        for k in range(n_obs):
+            h = self.gru_step(x[:, k], h) if h_seq is None else h_seq[:, k]
+            z = stepper.advance(z, stepper.bias(h, out=bias), drives[k], work,
+                                None if sq is None else sq[k], out=zs[k])
+        return zs, h, None if sq is None else sq * stepper.kl_scale
 
     def step_coefficients(self, dt: float) -> dict:
         """Euler-Maruyama coefficients of the current Langevin parameters."""

@@ -115,6 +115,39 @@ def test_sampler_draws_the_same_numbers_for_every_sequence(tiny_fitted, tiny_dat
     assert np.abs(paths([seqs[0]], seed=6)[0] - alone).max() > 0.1
 
 
+def test_blocks_of_time_give_the_paths_of_one_piece(tiny_fitted, tiny_data):
+    """A long sequence is simulated in blocks of time, with the same result."""
+    from nldseg._inference import PosteriorSampler
+    from nldseg._validation import Sequences
+
+    X_test = tiny_data[1]
+    parts = [np.concatenate(list(X_test)), X_test[1, :1], X_test[2, :23]]
+    parts = [np.asarray(p, dtype=np.float32) for p in parts]
+    seqs = Sequences(np.concatenate(parts), np.array([len(p) for p in parts]), "list")
+    sampler = PosteriorSampler(tiny_fitted.module_, tiny_fitted.dt, 3, seed=5)
+    whole = sampler.latent_paths(seqs, block_steps=10**6)
+    for block_steps in [1, 7, 64]:
+        np.testing.assert_array_equal(
+            sampler.latent_paths(seqs, block_steps=block_steps), whole)
+        shapes = [x.shape[1] for _, _, x, *_ in sampler.blocks(seqs,
+                                                              block_steps=block_steps)]
+        assert max(shapes) <= block_steps  # memory bounded by the block
+        assert len(shapes) == -(-len(parts[0]) // block_steps)
+    one = sampler.elbo_sum(seqs, block_steps=10**6)
+    for block_steps in [1, 7]:
+        assert sampler.elbo_sum(seqs, block_steps=block_steps) == pytest.approx(one,
+                                                                                rel=1e-6)
+    # The estimator's probabilities of a 300-step sequence, in blocks of 7 steps.
+    long_seq = tiny_fitted._prepare(parts[0], None)  # standardised, as predict does
+    d = tiny_fitted.module_.latent_dim
+    proba = tiny_fitted._sampler().map_paths(
+        long_seq, lambda z: tiny_fitted.energy_.state_fractions(z[..., :d]), (3,),
+        np.float64, block_steps=7)
+    want = tiny_fitted.predict_proba(parts[0])
+    assert len(np.unique(want.argmax(1))) >= 2  # labels that can differ
+    np.testing.assert_array_equal(proba, want)
+
+
 def test_landscape_codes_encode_whole_sequences_up_to_the_budget(tiny_fitted, tiny_data):
     """The wells are found from whole training sequences, drawn until the budget."""
     from nldseg._inference import PosteriorSampler
