@@ -235,7 +235,8 @@ def _format_occupancy(occupancy) -> str:
 
 def _fit(args) -> None:
     sequences, _ = read_sequences(args.data, args.sequence_column)
-    settings = dict({"verbose": 0 if args.quiet else 1}, **parse_settings(args.set))
+    chosen = parse_settings(args.set)
+    settings = dict({"verbose": 0 if args.quiet else 1}, **chosen)
     out = Path(args.out)
     if out.suffix.lower() in PICKLE_SUFFIXES:
         raise CommandError(f"--out {out} has a pickle suffix, but the model is saved "
@@ -248,6 +249,8 @@ def _fit(args) -> None:
     start = time.perf_counter()
     model = LangevinSegmenter(**settings).fit(sequences)
     elapsed = time.perf_counter() - start
+    if "verbose" not in chosen:  # The progress lines were for this command only.
+        model.set_params(verbose=LangevinSegmenter().verbose)
     model.save(out)
     occupancy = _format_occupancy(model.state_occupancy_)
     print(f"Fitted in {elapsed:.1f} s ({model.n_iter_} gradient steps): "

@@ -60,12 +60,14 @@ def test_round_trip_from_the_installed_command(tiny_data, tmp_path):
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    fitted = run("fit", tmp_path / "train.npy", "--out", model, "--quiet", *settings)
+    fitted = run("fit", tmp_path / "train.npy", "--out", model, *settings)
     assert "3 states" in fitted and model.exists()
+    assert "Step 70/72" in fitted  # the progress lines
     run("predict", model, tmp_path / "test.npz", "--out", labels, "--proba")
     info = json.loads(run("info", model, "--json"))
     seg = LangevinSegmenter.load(model)
     assert info["n_states"] == seg.n_states_ == 3
+    assert seg.verbose == 0  # the command's progress setting is not saved
     saved = np.load(labels)
     assert saved["lengths"].tolist() == [50, 23]
     assert saved["sequence_ids"].tolist() == ["first", "second"]
