@@ -21,7 +21,7 @@ from nldseg._dynamics import DYNAMICS
 from nldseg._fused import release_buffers
 from nldseg._inference import PosteriorSampler, SegmentationStream
 from nldseg._landscape import EnergyLandscape, build_landscape
-from nldseg._model import NeuralLangevinVAE, build_model
+from nldseg._model import NeuralLangevinVAE, build_model, freeze
 from nldseg._threads import check_threads, torch_threads
 from nldseg._training import LEARNING_RATES, TrainingSettings, train
 from nldseg._validation import (
@@ -63,14 +63,6 @@ _PARAMETER_RULES = {
     "initial_prior": OptionParam(INITIAL_PRIORS), "solver": OptionParam(SOLVERS),
     "verbose": IntParam(0),
 }
-
-
-def _frozen(module: NeuralLangevinVAE) -> NeuralLangevinVAE:
-    """The trained module on CPU, in eval mode, with no parameter needing a gradient."""
-    module.cpu().eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
 
 
 class LangevinSegmenter(DensityMixin, BaseEstimator):
@@ -414,7 +406,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                            int(seeds[1]))
         finally:
             release_buffers()  # The training kernels' reused work space.
-        module = _frozen(module)
+        module = freeze(module)
         # Everything below only reads the trained module; assign at the end so a
         # failure leaves no half-fitted estimator.
         landscape = self._fit_landscape(module, z_data, seqs, seeds[2:])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from nldseg._fused import fold_energy, folded_energy_grad
+from nldseg._model import freeze
 
 OCCUPANCY_METHODS = frozenset({"sampled", "zeroth_order", "second_order"})
 
@@ -36,10 +37,7 @@ def energy_hessian(energy: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 def _frozen_copy(energy: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """A CPU copy of ``energy`` in ``dtype`` whose parameters need no gradient."""
-    out = copy.deepcopy(energy).to(dtype=dtype, device="cpu").eval()
-    for p in out.parameters():
-        p.requires_grad_(False)
-    return out
+    return freeze(copy.deepcopy(energy).to(dtype=dtype))
 
 
 def gradient_function(energy: torch.nn.Module):

@@ -625,6 +625,17 @@ def _gaussian_kl(mean_q: torch.Tensor, log_std_q: torch.Tensor,
     return 0.5 * (var_ratio + diff * diff - 1.0 - 2.0 * (log_std_q - log_std_p)).sum(-1)
 
 
+def freeze(module: nn.Module) -> nn.Module:
+    """``module`` on CPU, in eval mode, with no parameter needing a gradient.
+
+    What a fitted model is kept as: after ``fit``, and when loaded.
+    """
+    module.cpu().eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
 def build_model(n_features: int, params: dict) -> NeuralLangevinVAE:
     """A freshly initialised VAE (on CPU) for an estimator's parameters.
 

@@ -20,7 +20,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from nldseg._landscape import EnergyLandscape
-from nldseg._model import build_model
+from nldseg._model import build_model, freeze
 from nldseg._version import __version__
 
 FORMAT = "nldseg-model"
@@ -172,9 +172,7 @@ def _rebuild(cls, payload: dict):
     fitted = json.loads(payload["fitted"])
     module = build_model(int(fitted["n_features_in_"]), estimator.get_params())
     module.load_state_dict(payload["module_state"], strict=True)
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
+    freeze(module)
     landscape = EnergyLandscape.from_state_dict(module.energy, {
         "scalars": json.loads(payload["landscape_scalars"]),
         "arrays": {k: v.numpy() for k, v in payload["landscape_arrays"].items()},
