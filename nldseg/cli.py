@@ -131,6 +131,17 @@ def read_sequences(path: str, sequence_column: str = "sequence") -> tuple[list, 
     CommandError
         If the file is missing, of an unknown kind, or holds arrays that are
         not sequences.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from nldseg.cli import read_sequences
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.csv")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write("sequence,a,b\\nrun1,0.1,0.2\\nrun2,0.3,0.4\\nrun1,0.5,0.6\\n")
+    >>> sequences, ids = read_sequences(path)
+    >>> ids, [s.shape for s in sequences]
+    (['run1', 'run2'], [(2, 2), (1, 2)])
     """
     p = _existing(path, "DATA")
     suffix = _suffix(p, DATA_SUFFIXES, "DATA")
@@ -179,6 +190,21 @@ def load_model(path: str, allow_pickle: bool = False) -> LangevinSegmenter:
     Returns
     -------
     estimator : LangevinSegmenter
+
+    Raises
+    ------
+    CommandError
+        If the file is missing or damaged, or is a pickle and
+        ``allow_pickle`` is False.
+
+    Examples
+    --------
+    >>> from nldseg.cli import CommandError, load_model
+    >>> try:
+    ...     load_model("model.pkl")
+    ... except CommandError as exc:
+    ...     print(exc)
+    MODEL file not found: model.pkl
     """
     p = _existing(path, "MODEL")
     if p.suffix.lower() in PICKLE_SUFFIXES:
@@ -214,7 +240,17 @@ def _parse_value(text: str):
 
 
 def parse_settings(pairs: list) -> dict:
-    """``name=value`` strings to a dict of :class:`LangevinSegmenter` parameters."""
+    """``name=value`` strings to a dict of :class:`LangevinSegmenter` parameters.
+
+    Values are read as JSON (``3``, ``0.5``, ``null``, ``false``, ``"x"``),
+    Python's ``None``/``True``/``False`` too, and else kept as text.
+
+    Examples
+    --------
+    >>> from nldseg.cli import parse_settings
+    >>> parse_settings(["max_iter=500", "dynamics=underdamped", "n_states=None"])
+    {'max_iter': 500, 'dynamics': 'underdamped', 'n_states': None}
+    """
     valid = LangevinSegmenter().get_params()
     settings = {}
     for pair in pairs:

@@ -189,6 +189,19 @@ def replace_model(app, estimator) -> None:
     TypeError, sklearn.exceptions.NotFittedError
         If ``estimator`` is not a fitted :class:`~nldseg.LangevinSegmenter`;
         the service keeps its model.
+
+    Examples
+    --------
+    >>> from nldseg import LangevinSegmenter
+    >>> from nldseg.datasets import make_markov_chain_sequences
+    >>> from nldseg.serving import create_app, replace_model
+    >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+    >>> old = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+    >>> new = LangevinSegmenter(hidden_size=16, max_iter=3, random_state=1).fit(X)
+    >>> app = create_app(old)
+    >>> replace_model(app, new)
+    >>> app.state.served.estimator is new
+    True
     """
     app.state.served = _Served(estimator)
 
