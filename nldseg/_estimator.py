@@ -154,9 +154,12 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         :meth:`predict`, :meth:`transform`, :meth:`score` and :meth:`stream`.
     min_state_fraction : float, default=0.005
         Wells into which less than this fraction of the encoded training data
-        flows are merged into a neighbour. The default keeps a state that
-        holds 1% of the time (measured in ``benchmarks/RESULTS.md``: 0.02 lost
-        it, and 0.005 kept no spurious well on the other cases of the suite).
+        flows are merged into a neighbour. The wells are found from at most
+        20,000 encoded training steps: whole sequences drawn at random, and
+        pieces of 2,000 steps spread over any recording longer than that.
+        The default keeps a state that holds 1% of the time (measured in
+        ``benchmarks/RESULTS.md``: 0.02 lost it, and 0.005 kept no spurious
+        well on the other cases of the suite).
     initial_prior : {"stationary", "gaussian"}, default="stationary"
         Prior of the initial latent state. ``"stationary"``: the prior SDE's
         own stationary law ``exp(-beta E) / Z`` (``log Z`` by importance

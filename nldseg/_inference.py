@@ -39,6 +39,10 @@ def _stepwise_noise(gen: torch.Generator, t_max: int, n_sub: int, rows: int,
                         for _ in range(t_max - 1)])
 
 
+LANDSCAPE_BUDGET = 20000  # Time steps encoded to find the wells.
+LANDSCAPE_PIECE = 2000  # Length of the pieces of a sequence longer than the budget.
+
+
 class PosteriorSampler:
     """Posterior latent paths of a fitted model, with common random numbers.
 
@@ -184,23 +188,36 @@ class PosteriorSampler:
                               chunk_rows, block_steps)
 
     def landscape_codes(self, seqs: Sequences, rng: np.random.Generator,
-                        budget: int = 20000) -> np.ndarray:
+                        budget: int = LANDSCAPE_BUDGET,
+                        piece: int = LANDSCAPE_PIECE) -> np.ndarray:
         """Latent positions of one path through training sequences, (n, latent_dim).
 
-        Whole sequences are drawn at random (from ``rng``) until ``budget`` time
-        steps are taken, so the wells are found from a bounded share of a large
-        training set.
+        The budget counts time steps. Sequences are drawn at random (from
+        ``rng``) and taken whole while they fit the budget left (or are no
+        longer than ``piece``), until ``budget`` steps are taken. A longer
+        sequence contributes pieces of ``piece`` steps spread evenly over its
+        length, as many as the budget left holds (at least one), each encoded
+        from its own start: the wells of one long recording are found from
+        its whole span, not from its beginning, at a bounded cost.
         """
         order = rng.permutation(len(seqs.lengths))
-        chosen = []
+        offs, pieces = seqs.offsets, []
         for i in order:
-            chosen.append(i)
-            budget -= int(seqs.lengths[i])
+            n = int(seqs.lengths[i])
+            if n <= max(budget, piece):
+                pieces.append((int(offs[i]), n))
+                budget -= n
+            else:
+                k = max(1, -(-budget // piece))  # ceil
+                centres = (np.arange(k) + 0.5) * n / k
+                starts = np.clip(np.round(centres - piece / 2), 0, n - piece)
+                pieces.extend((int(offs[i]) + int(a), piece) for a in starts)
+                budget -= k * piece
             if budget <= 0:
                 break
-        chosen, offs = sorted(chosen), seqs.offsets
-        sub = Sequences(np.concatenate([seqs.data[offs[i]:offs[i] + seqs.lengths[i]]
-                                        for i in chosen]), seqs.lengths[chosen], "list")
+        pieces.sort()
+        sub = Sequences(np.concatenate([seqs.data[a:a + n] for a, n in pieces]),
+                        np.array([n for _, n in pieces]), "list")
         return self.latent_paths(sub)[:, 0, :self.module.latent_dim].astype(np.float64)
 
     def elbo_sum(self, seqs: Sequences, block_steps: int = BLOCK_STEPS) -> float:

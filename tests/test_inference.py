@@ -175,3 +175,30 @@ def test_landscape_codes_encode_whole_sequences_up_to_the_budget(tiny_fitted, ti
     assert 1 < len(chosen) < len(parts)
     sub = Sequences(np.concatenate([parts[i] for i in chosen]), lengths[chosen], "list")
     np.testing.assert_array_equal(some, sampler.latent_paths(sub)[:, 0, :d])
+
+
+def test_landscape_codes_take_pieces_spread_over_a_recording_longer_than_the_budget(
+        tiny_fitted):
+    """One long recording: the budget counts steps, taken from its whole span."""
+    from nldseg._inference import PosteriorSampler
+    from nldseg._validation import Sequences
+
+    rng = np.random.default_rng(0)
+    long = rng.normal(size=(5000, tiny_fitted.n_features_in_)).astype(np.float32)
+    short = rng.normal(size=(30, tiny_fitted.n_features_in_)).astype(np.float32)
+    sampler = PosteriorSampler(tiny_fitted.module_, tiny_fitted.dt, 1, seed=3)
+    d = tiny_fitted.module_.latent_dim
+    seqs = Sequences(long, np.array([5000]), "list")
+    codes = sampler.landscape_codes(seqs, np.random.default_rng(0), budget=1000,
+                                    piece=300)
+    # ceil(1000 / 300) = 4 pieces of 300 steps, centred at 1/8, 3/8, 5/8, 7/8.
+    starts = [475, 1725, 2975, 4225]
+    pieces = Sequences(np.concatenate([long[a:a + 300] for a in starts]),
+                       np.full(4, 300), "list")
+    np.testing.assert_array_equal(codes, sampler.latent_paths(pieces)[:, 0, :d])
+    # A sequence that fits the budget left is still taken whole.
+    both = Sequences(np.concatenate([short, long]), np.array([30, 5000]), "list")
+    rng_order = np.random.default_rng(5)
+    first = np.random.default_rng(5).permutation(2)[0]
+    codes = sampler.landscape_codes(both, rng_order, budget=1000, piece=300)
+    assert codes.shape == ((30 if first == 0 else 0) + 1200, d)
