@@ -208,7 +208,7 @@ class PosteriorSampler:
                 pieces.append((int(offs[i]), n))
                 budget -= n
             else:
-                k = max(1, -(-budget // piece))  # ceil
+                k = -(-budget // piece)  # ceil; budget > 0 here
                 centres = (np.arange(k) + 0.5) * n / k
                 starts = np.clip(np.round(centres - piece / 2), 0, n - piece)
                 pieces.extend((int(offs[i]) + int(a), piece) for a in starts)
