@@ -29,10 +29,18 @@ def _as_tensor(z, dtype=torch.float64) -> torch.Tensor:
 
 
 def energy_hessian(energy: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """Hessians of ``energy`` at the rows of ``z`` (n, d) -> (n, d, d)."""
+    """Hessians of ``energy`` at the rows of ``z`` (n, d) -> (n, d, d).
+
+    Reverse over reverse mode (``jacrev(jacrev)``), not ``torch.func.hessian``'s
+    forward over reverse: forward-mode AD levels are shared by the whole
+    process, so two threads computing Hessians at once (a grid search on
+    joblib's threading or an in-process dask backend) break each other's
+    (``RuntimeError: Trying to access a forward AD level with an invalid
+    index``).
+    """
     if z.shape[0] == 0:
         return z.new_zeros((0, z.shape[1], z.shape[1]))
-    return torch.func.vmap(torch.func.hessian(energy))(z)
+    return torch.func.vmap(torch.func.jacrev(torch.func.jacrev(energy)))(z)
 
 
 def _frozen_copy(energy: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

@@ -232,3 +232,20 @@ def test_lookup_tables_are_derived_not_pickled(tiny_fitted):
     assert len(miss) > 0
     torch.testing.assert_close(clone._flow_minimum(miss, tables=tables, known_misses=True),
                                clone._flow_minimum(miss, tables=tables), rtol=0, atol=0)
+
+
+def test_hessians_in_concurrent_threads():
+    """Threads computing Hessians at once (a threaded grid search) agree with one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nldseg._landscape import energy_hessian
+    from nldseg._model import EnergyMLP
+
+    torch.manual_seed(0)
+    energy = EnergyMLP(3, 16).double()
+    z = torch.randn(64, 3, dtype=torch.float64)
+    expected = energy_hessian(energy, z)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: energy_hessian(energy, z), range(32)))
+    for h in results:
+        torch.testing.assert_close(h, expected)
