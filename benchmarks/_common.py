@@ -30,6 +30,7 @@ from nldseg._dynamics import PosteriorLangevinSDE
 from nldseg._model import NeuralLangevinVAE, _GridBrownian, build_model
 from nldseg._training import (
     CLIP_NORM,
+    BatchShare,
     TrainingSettings,
     draw_step_noise,
     gradient_step,
@@ -124,7 +125,7 @@ def make_batch(batch: int, length: int, device: torch.device,
 def draw_noise(module: NeuralLangevinVAE, x: torch.Tensor, dt: float,
                gen: torch.Generator) -> tuple:
     """``(noise, eps0, probe)`` drawn as the library's training step draws them."""
-    return draw_step_noise(module, x, int(round(1.0 / dt)), gen)
+    return draw_step_noise(module, x.shape[:2], int(round(1.0 / dt)), gen, x.device)
 
 
 def grid_brownian(module: NeuralLangevinVAE, noise: torch.Tensor,
@@ -197,8 +198,8 @@ def train_step(path: str, module: NeuralLangevinVAE, opt: torch.optim.Optimizer,
     if path == "fused":
         settings = TrainingSettings.from_params(dict(
             LangevinSegmenter().get_params(), dt=dt, solver="euler"))
-        loss, _, finite = gradient_step(module, params, opt, x, mask, gen, settings,
-                                        weight)
+        loss, finite = gradient_step(module, params, opt, BatchShare.whole(x, mask), gen,
+                                     settings, weight)
     else:
         noise, eps0, probe = draw_noise(module, x, dt, gen)
         loss, _ = training_loss(path, module, x, mask, noise, eps0, probe, dt, weight)

@@ -17,6 +17,7 @@ from sklearn.utils import TransformerTags, check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from nldseg import _persistence
+from nldseg._distributed import SINGLE, Replicas, fit_fingerprint
 from nldseg._dynamics import DYNAMICS
 from nldseg._fused import release_buffers
 from nldseg._inference import PosteriorSampler, SegmentationStream
@@ -61,7 +62,7 @@ _PARAMETER_RULES = {
     "n_iter_no_change": IntParam(1), "n_paths": IntParam(1),
     "min_state_fraction": RealParam(0.0, 1.0, low_closed=True),
     "initial_prior": OptionParam(INITIAL_PRIORS), "solver": OptionParam(SOLVERS),
-    "verbose": IntParam(0),
+    "distributed": BoolParam(), "verbose": IntParam(0),
 }
 
 
@@ -185,6 +186,20 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         uses that many, e.g. for large ``predict`` batches on an idle
         many-core machine. Results agree across thread counts to float
         rounding.
+    distributed : bool, default=False
+        Train data-parallel over ``torch.distributed``'s default process
+        group, which the caller initialises (a script launched by
+        ``torchrun`` calls ``torch.distributed.init_process_group()``, backend
+        ``"gloo"`` on CPUs, ``"nccl"`` on GPUs with ``device=f"cuda:{rank}"``).
+        Every process calls ``fit`` with the same data and parameters; each
+        trains on its share of every batch of ``batch_size`` windows, losses
+        and gradients are summed across processes, and every process ends with
+        the same fitted model, equal to a one-process fit to float rounding.
+        The seeds are rank 0's (so ``random_state=None`` works too). Only
+        training is shared: finding the wells after it runs on every process.
+        ``ValueError`` when no process group is initialised, or when the data
+        or parameters differ between processes. See the README's "Several
+        processes" section.
     random_state : int, RandomState instance or None, default=None
         Seeds weight initialisation, training noise and Monte-Carlo inference.
         Pass an int for reproducible fits and deterministic inference.
@@ -315,7 +330,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                  decoder_covariance="full", n_paths=8,
                  min_state_fraction=0.005, initial_prior="stationary",
                  solver="euler", device="auto", n_threads=None,
-                 random_state=None, verbose=0):
+                 distributed=False, random_state=None, verbose=0):
         self.n_states = n_states
         self.dynamics = dynamics
         self.latent_dim = latent_dim
@@ -343,6 +358,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.solver = solver
         self.device = device
         self.n_threads = n_threads
+        self.distributed = distributed
         self.random_state = random_state
         self.verbose = verbose
 
@@ -399,6 +415,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seqs = check_sequences(self, X, lengths=lengths, reset=True, min_length=2)
         seeds = check_random_state(self.random_state).randint(0, 2**31 - 1, size=4)
         data = seqs.data.astype(np.float64)
+        replicas = Replicas.from_default_group() if self.distributed else SINGLE
+        replicas.check_same("data and parameters",
+                            fit_fingerprint(data, seqs.lengths, self.get_params()))
+        seeds = replicas.broadcast_seeds(seeds)
         mean = data.mean(0)
         scale = scale_from_variance(data.var(0), mean, data.shape[0])
         z_data = ((data - mean) / scale).astype(np.float32)
@@ -406,7 +426,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         try:
             result = train(module, torch.as_tensor(z_data, device=device), seqs.lengths,
                            TrainingSettings.from_params(self.get_params()), device,
-                           int(seeds[1]))
+                           int(seeds[1]), replicas)
         finally:
             release_buffers()  # The training kernels' reused work space.
         module = freeze(module)

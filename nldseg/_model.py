@@ -258,10 +258,15 @@ class NeuralLangevinVAE(nn.Module):
         mean, log_std = self.q0(h0).chunk(2, dim=-1)
         return mean, log_std.clamp(-8.0, 4.0)
 
+    def initial_codes(self, x0: torch.Tensor):
+        """:meth:`initial_posterior` of first frames ``x0`` (rows, D), read alone."""
+        return self.initial_posterior(self.gru_step(x0))
+
     def simulate(self, x: torch.Tensor, noise: torch.Tensor, dt: float,
                  n_paths: int = 1, *, eps0: torch.Tensor | None = None,
                  solver: str = "euler",
                  partition_noise: torch.Tensor | None = None,
+                 proposal: tuple | None = None,
                  with_kl: bool = True) -> LatentPaths:
         """Sample posterior latent paths for padded sequences ``x`` (B, T, D).
 
@@ -285,6 +290,11 @@ class NeuralLangevinVAE(nn.Module):
             :meth:`log_partition` (proposal centred on the batch's encoded
             initial states); without them a stationary initial prior leaves
             ``kl0`` as None.
+        proposal : tuple of two Tensors of shape (N0, state_dim), or None
+            Means and log stds of ``q(z_0 | x_0)`` on which the ``log Z``
+            proposal is centred instead of this batch's (data-parallel
+            training passes the whole batch's, so that every share of it
+            gets the same estimate).
         with_kl : bool
             Whether the path KL is needed; without autograd ``False`` skips it
             and leaves ``kl_path`` as None.
@@ -301,7 +311,8 @@ class NeuralLangevinVAE(nn.Module):
             mean, log_std = self.initial_posterior(h0)
         else:
             (h, mean, log_std), h0 = self._encode_hidden(x), None
-        z, kl0 = self.initial_state(mean, log_std, eps0, n_paths, partition_noise)
+        z, kl0 = self.initial_state(mean, log_std, eps0, n_paths, partition_noise,
+                                     proposal)
         if inference:
             return self._simulate_inference(x, h, h0, z, noise, dt, kl0, with_kl)
         projected = self.project_context(h)
@@ -316,18 +327,21 @@ class NeuralLangevinVAE(nn.Module):
 
     def initial_state(self, mean: torch.Tensor, log_std: torch.Tensor,
                       eps0: torch.Tensor | None, n_paths: int = 1,
-                      partition_noise: torch.Tensor | None = None) -> tuple:
+                      partition_noise: torch.Tensor | None = None,
+                      proposal: tuple | None = None) -> tuple:
         """``z_0`` drawn from ``q(z_0 | x_0)`` and ``KL(q(z_0 | x_0) || p(z_0))``.
 
         ``mean`` and ``log_std`` (B, state_dim) come from
         :meth:`initial_posterior`; each row is repeated ``n_paths`` times
         before ``eps0`` (B * n_paths, state_dim) is added (``None``: the mean).
         A stationary initial prior needs ``partition_noise`` for ``log Z``;
-        without it the KL is None (latent paths alone).
+        without it the KL is None (latent paths alone). ``proposal``: see
+        :meth:`simulate`.
         """
         log_z = None
         if self.initial_prior == "stationary" and partition_noise is not None:
-            log_z = self._log_z_from_codes(mean, log_std, partition_noise)
+            log_z = self._log_z_from_codes(*(proposal or (mean, log_std)),
+                                           partition_noise)
         if n_paths > 1:
             mean = mean.repeat_interleave(n_paths, dim=0)
             log_std = log_std.repeat_interleave(n_paths, dim=0)
@@ -577,17 +591,19 @@ class NeuralLangevinVAE(nn.Module):
 
     def elbo_terms(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
                    eps0: torch.Tensor, dt: float, n_paths: int = 1,
-                   solver: str = "euler", partition_noise: torch.Tensor | None = None):
+                   solver: str = "euler", partition_noise: torch.Tensor | None = None,
+                   proposal: tuple | None = None):
         """Per-path log-likelihood and KL sums over the observed steps.
 
         Returns ``(log_lik, kl)``, each of shape (B * n_paths,); the ELBO of a
         path is ``log_lik - kl``. ``mask`` (B, T) marks real (unpadded) steps.
         ``partition_noise`` (N, latent_dim) standard normal draws feed
         :meth:`log_partition` when ``initial_prior="stationary"``; the proposal
-        is centred on the batch's encoded initial states.
+        is centred on the batch's encoded initial states (or on ``proposal``,
+        see :meth:`simulate`).
         """
         paths = self.simulate(x, noise, dt, n_paths, eps0=eps0, solver=solver,
-                              partition_noise=partition_noise)
+                              partition_noise=partition_noise, proposal=proposal)
         m = mask.transpose(0, 1)
         if n_paths > 1:
             m = m.repeat_interleave(n_paths, dim=1)

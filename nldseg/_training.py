@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
+from nldseg._distributed import SINGLE, Replicas
 from nldseg._validation import pad_windows
 
 LEARNING_RATES = frozenset({"cosine", "constant"})
@@ -169,15 +170,16 @@ def kl_weight(step: int, kl_warmup: int) -> float:
     return min(1.0, (step + 1) / kl_warmup) if kl_warmup else 1.0
 
 
-def draw_step_noise(module, x: torch.Tensor, n_sub: int, gen: torch.Generator) -> tuple:
-    """``(noise, eps0, probe)`` for one batch ``x`` (B, T, D), in the order drawn.
+def draw_step_noise(module, shape: tuple, n_sub: int, gen: torch.Generator,
+                    device) -> tuple:
+    """``(noise, eps0, probe)`` for a batch of ``shape = (B, T)``, in the order drawn.
 
     The Brownian increments (T - 1, n_sub, B, latent_dim), the initial states'
     draws (B, state_dim) and the ``log Z`` importance draws
     (:data:`N_PARTITION_DRAWS`, latent_dim).
     """
-    n_rows, t_max = x.shape[0], x.shape[1]
-    d, device = module.latent_dim, x.device
+    n_rows, t_max = shape
+    d = module.latent_dim
     noise = torch.randn((max(t_max - 1, 0), n_sub, n_rows, d), generator=gen,
                         device=device)
     eps0 = torch.randn((n_rows, module.state_dim), generator=gen, device=device)
@@ -187,32 +189,115 @@ def draw_step_noise(module, x: torch.Tensor, n_sub: int, gen: torch.Generator) -
 
 def training_loss(module, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
                   eps0: torch.Tensor, probe: torch.Tensor, dt: float, weight: float,
-                  solver: str = "euler") -> tuple:
+                  solver: str = "euler", n_observed: torch.Tensor | None = None,
+                  proposal: tuple | None = None) -> tuple:
     """``(loss, kl)``: the negative ELBO per observed step, KL weighted by ``weight``.
 
-    ``loss = -(sum log p(x | z) - weight * sum KL) / n_observed``; ``kl`` is
-    the per-path KL (B,).
+    ``loss = -(sum log p(x | z) - weight * sum KL) / n_observed``, with
+    ``n_observed`` the observed steps of the whole batch (default: of ``x``,
+    ``mask.sum()``); ``kl`` is the per-path KL (B,). ``proposal``: see
+    :meth:`nldseg._model.NeuralLangevinVAE.simulate`.
     """
     log_lik, kl = module.elbo_terms(x, mask, noise, eps0, dt, solver=solver,
-                                    partition_noise=probe)
-    return -(log_lik.sum() - weight * kl.sum()) / mask.sum(), kl
+                                    partition_noise=probe, proposal=proposal)
+    if n_observed is None:
+        n_observed = mask.sum()
+    return -(log_lik.sum() - weight * kl.sum()) / n_observed, kl
 
 
-def gradient_step(module, params: list, opt: torch.optim.Optimizer, x: torch.Tensor,
-                  mask: torch.Tensor, gen: torch.Generator, settings: TrainingSettings,
-                  weight: float) -> tuple:
-    """Noise, loss, backward and clipping of one batch; returns ``(loss, kl, finite)``.
+@dataclass
+class BatchShare:
+    """One process's rows of a batch of windows, and what the whole batch fixes.
 
-    The caller decides what to do with a non-finite step and takes the
-    optimiser step (``opt.step()``) itself.
+    ``x``, ``mask``: this process's rows, padded (``None`` when it has none);
+    ``rows``: their place among the batch's ``n_rows``; ``t_max``: the
+    batch's longest window; ``n_observed``: its observed steps;
+    ``first_frames``: the first frames of all its windows, on which the
+    ``log Z`` proposal is centred when several processes share the batch
+    (``None``: on those of ``x``, as with one process).
     """
-    noise, eps0, probe = draw_step_noise(module, x, settings.n_sub, gen)
-    loss, kl = training_loss(module, x, mask, noise, eps0, probe, settings.dt, weight,
-                             settings.solver)
+
+    x: torch.Tensor | None
+    mask: torch.Tensor | None
+    rows: slice
+    n_rows: int
+    t_max: int
+    n_observed: torch.Tensor
+    first_frames: torch.Tensor | None = None
+
+    @classmethod
+    def whole(cls, x: torch.Tensor, mask: torch.Tensor) -> BatchShare:
+        """A batch ``(x, mask)`` trained by one process."""
+        return cls(x, mask, slice(0, x.shape[0]), x.shape[0], x.shape[1], mask.sum())
+
+    @classmethod
+    def of(cls, data: torch.Tensor, windows: list,
+           replicas: Replicas = SINGLE) -> BatchShare:
+        """This process's share of the batch ``windows`` of the rows of ``data``."""
+        if not replicas.distributed:
+            return cls.whole(*pad_windows(data, windows, data.device))
+        rows = replicas.rows(len(windows))
+        mine = windows[rows]
+        x, mask = pad_windows(data, mine, data.device) if mine else (None, None)
+        n_observed = torch.tensor(float(sum(n for _, n in windows)), dtype=data.dtype,
+                                  device=data.device)
+        return cls(x, mask, rows, len(windows), max(n for _, n in windows), n_observed,
+                   data[[a for a, _ in windows]])
+
+
+def gradient_step(module, params: list, opt: torch.optim.Optimizer, share: BatchShare,
+                  gen: torch.Generator, settings: TrainingSettings, weight: float,
+                  replicas: Replicas = SINGLE) -> tuple:
+    """Noise, loss, backward and clipping of one batch; returns ``(loss, finite)``.
+
+    Noise is drawn for the whole batch and sliced to this process's rows.
+    With several processes every one centres the ``log Z`` proposal on the
+    whole batch's first frames (:meth:`initial_codes
+    <nldseg._model.NeuralLangevinVAE.initial_codes>`, no gradient), so that
+    each share's loss is a term of the one-process loss; the losses and
+    gradients are summed over the processes before clipping, so every one
+    holds the whole batch's. The caller
+    decides what to do with a non-finite step and takes the optimiser step
+    (``opt.step()``) itself.
+    """
+    device = share.n_observed.device
+    noise, eps0, probe = draw_step_noise(module, (share.n_rows, share.t_max),
+                                         settings.n_sub, gen, device)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    proposal = None
+    if share.first_frames is not None:
+        with torch.no_grad():
+            proposal = module.initial_codes(share.first_frames)
+    if share.x is None:
+        loss = share.n_observed.new_zeros(())
+    else:
+        mine = noise[:share.x.shape[1] - 1, :, share.rows].contiguous()
+        loss, _ = training_loss(module, share.x, share.mask, mine, eps0[share.rows], probe,
+                                settings.dt, weight, settings.solver, share.n_observed,
+                                proposal)
+        loss.backward()
+    loss = loss.detach()
+    if replicas.distributed:
+        _sum_gradients(params, loss, replicas)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
-    return loss, kl, bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
+    return loss, bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
+
+
+def _sum_gradients(params: list, loss: torch.Tensor, replicas: Replicas) -> None:
+    """Sum ``loss`` and the gradients over the processes, in place, in one all-reduce.
+
+    A parameter left without a gradient on every process (unused by the
+    loss) keeps none, as with one process.
+    """
+    used = [torch.ones(1, device=loss.device) if p.grad is not None
+            else torch.zeros(1, device=loss.device) for p in params]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    replicas.sum_([p.grad for p in params] + [loss.reshape(1)] + used)  # A view.
+    for p, flag in zip(params, used):
+        if not flag.item():
+            p.grad = None
 
 
 class RollbackSnapshot:
@@ -269,24 +354,30 @@ class _HeldOut:
         self.batches = []
         for b in range(0, len(windows), settings.batch_size):
             x, mask = pad_windows(data, windows[b:b + settings.batch_size], device)
-            self.batches.append((x, mask, *draw_step_noise(module, x, settings.n_sub,
-                                                           gen)))
+            self.batches.append((x, mask, *draw_step_noise(module, x.shape[:2],
+                                                           settings.n_sub, gen, device)))
         self.dt, self.solver = settings.dt, settings.solver
 
     def __bool__(self) -> bool:
         return bool(self.batches)
 
-    def elbo(self, module) -> float:
-        """Held-out ELBO per observed step (full KL weight)."""
-        total, n_obs = 0.0, 0.0
+    def elbo(self, module, replicas: Replicas = SINGLE) -> float:
+        """Held-out ELBO per observed step (full KL weight).
+
+        With several processes each takes every ``world_size``-th batch and
+        the sums are added up over them.
+        """
+        sums = torch.zeros(2, dtype=torch.float64)
         with torch.no_grad():
-            for x, mask, noise, eps0, probe in self.batches:
+            for i, (x, mask, noise, eps0, probe) in enumerate(self.batches):
+                if i % replicas.world_size != replicas.rank:
+                    continue
                 log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt,
                                                 solver=self.solver,
                                                 partition_noise=probe)
-                total += float((log_lik - kl).sum())
-                n_obs += float(mask.sum())
-        return total / n_obs
+                sums += torch.stack([(log_lik - kl).sum(), mask.sum()]).double().cpu()
+        replicas.sum_([sums])
+        return float(sums[0] / sums[1])
 
 
 class _ProgressBar:
@@ -327,7 +418,8 @@ def _load_parameters(module, tensors: list) -> None:
 
 
 def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSettings,
-          device: torch.device, seed: int) -> TrainingResult:
+          device: torch.device, seed: int,
+          replicas: Replicas = SINGLE) -> TrainingResult:
     """Adam on the negative ELBO for at most ``max_iter`` steps (module docstring).
 
     ``data`` (n_total, n_features) holds the standardised training sequences
@@ -338,6 +430,12 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
     (else the last good step) and warns. Warns when ``max_iter`` ends before
     the KL warm-up, and when the held-out ELBO was still improving when the
     budget ran out.
+
+    ``replicas``: the processes training this model together
+    (:mod:`nldseg._distributed`); each must call with the same arguments. Each
+    takes its share of every batch; losses, gradients and held-out ELBOs are
+    summed over them, so all take the same steps as one process would (to
+    float tolerance). Only the first prints progress.
     """
     s = settings
     rng = np.random.default_rng(int(seed))
@@ -365,7 +463,8 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
     best, bad_checks, converged, best_state = -np.inf, 0, False, None
     bad_in_a_row, step = 0, 0
     snapshot = RollbackSnapshot(module, opt)
-    bar = _ProgressBar(s.verbose)
+    verbose = s.verbose if replicas.rank == 0 else 0
+    bar = _ProgressBar(verbose)
     windows: list = []
     t_start = t_check = time.perf_counter()
     try:
@@ -376,13 +475,13 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
                     raise ValueError("No training window of 2 steps or more is "
                                      "left after holding out validation data.")
             batch, windows = windows[:s.batch_size], windows[s.batch_size:]
-            x, mask = pad_windows(data, batch, device)
+            share = BatchShare.of(data, batch, replicas)
             while True:  # A non-finite step is rolled back and retried.
                 lr = lr_init * lr_scale * lr_multiplier(step, anneal_begin, anneal_steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                loss, kl, finite = gradient_step(module, params, opt, x, mask, gen, s,
-                                                 kl_weight(step, s.kl_warmup))
+                loss, finite = gradient_step(module, params, opt, share, gen, s,
+                                             kl_weight(step, s.kl_warmup), replicas)
                 if finite:
                     break
                 bad_in_a_row += 1
@@ -409,7 +508,7 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
             recent = float(np.mean(loss_curve[-interval:]))
             checking = held_out and step < anneal_begin
             if checking:
-                scores.append(held_out.elbo(module))
+                scores.append(held_out.elbo(module, replicas))
                 if step >= s.kl_warmup:
                     if scores[-1] > best + s.tol:
                         best, bad_checks = scores[-1], 0
@@ -418,7 +517,7 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
                         bad_checks += 1
                     if bad_checks >= s.n_iter_no_change:  # The plateau: anneal now.
                         converged, anneal_begin = True, step
-            if s.verbose:
+            if verbose:
                 bar.clear()
                 held = f", held-out ELBO {scores[-1]:.4f}" if checking else ""
                 print(f"Step {step}/{s.max_iter}: loss {recent:.4f}{held}, lr {lr:.1e}, "

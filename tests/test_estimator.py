@@ -411,9 +411,9 @@ def test_ctrl_c_with_early_stopping_keeps_the_best_held_out_model(chain, monkeyp
 
     original = _HeldOut.elbo
 
-    def elbo(self, module):
+    def elbo(self, module, *args):
         calls.append([p.detach().clone() for p in module.parameters()])
-        score = original(self, module)
+        score = original(self, module, *args)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return score

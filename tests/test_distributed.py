@@ -1,0 +1,158 @@
+"""Data-parallel training: shares of a batch, and two processes under torchrun."""
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nldseg import LangevinSegmenter
+from nldseg._distributed import Replicas, fit_fingerprint
+from nldseg._model import build_model
+from nldseg._training import BatchShare, TrainingSettings, gradient_step
+from nldseg.datasets import make_markov_chain_sequences
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from distributed_worker import PARAMS, data  # noqa: E402
+
+
+def _replica(rank: int, world: int) -> Replicas:
+    """A replica that takes its share but does not communicate (sum_ is left
+    to the test)."""
+    r = Replicas()
+    r.rank, r.world_size, r.distributed = rank, world, True
+    r.sum_ = lambda tensors: None
+    return r
+
+
+@pytest.mark.parametrize("n, world", [(7, 2), (2, 3), (64, 4), (0, 2), (5, 1)])
+def test_rows_split_a_batch_exactly(n, world):
+    taken = []
+    for rank in range(world):
+        r = Replicas()
+        r.rank, r.world_size = rank, world
+        rows = r.rows(n)
+        taken.extend(range(n)[rows])
+        assert rows.stop - rows.start in (n // world, n // world + 1)
+    assert taken == list(range(n))
+
+
+def test_shares_add_up_to_the_whole_batch(monkeypatch):
+    """Two shares' losses and gradients sum to the one-process step's."""
+    monkeypatch.setattr("nldseg._training.CLIP_NORM", float("inf"))
+    X, _ = make_markov_chain_sequences(6, 40, n_features=3, random_state=0)
+    data = torch.as_tensor(X.reshape(-1, 3), dtype=torch.float32)
+    windows = [(0, 40), (45, 20), (90, 33), (130, 40), (170, 7), (200, 18), (230, 2)]
+    settings = TrainingSettings.from_params(LangevinSegmenter().get_params())
+    module = build_model(3, dict(LangevinSegmenter(hidden_size=8).get_params()))
+    params = list(module.parameters())
+    opt = torch.optim.Adam(params)
+
+    def step(share, replicas):
+        gen = torch.Generator().manual_seed(3)
+        loss, finite = gradient_step(module, params, opt, share, gen, settings, 0.5,
+                                     replicas)
+        assert finite
+        return loss, [None if p.grad is None else p.grad.clone() for p in params]
+
+    loss, grads = step(BatchShare.of(data, windows), Replicas())
+    total, summed = 0.0, None
+    for rank in range(2):
+        r = _replica(rank, 2)
+        part, g = step(BatchShare.of(data, windows, r), r)
+        total = total + part
+        summed = g if summed is None else [a if a is None else a + b
+                                           for a, b in zip(summed, g)]
+    torch.testing.assert_close(total, loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, summed):
+        if a is None:  # Unused by the loss: no gradient in either.
+            assert b is None or not b.any()
+        else:
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_fit_needs_a_process_group():
+    X = data()
+    seg = LangevinSegmenter(distributed=True, **PARAMS)
+    with pytest.raises(ValueError, match="process group"):
+        seg.fit(X)
+    assert not hasattr(seg, "module_")
+
+
+def test_fingerprint_sees_data_and_shared_parameters_only():
+    X = data().reshape(-1, 4)
+    lengths = np.full(24, 60)
+    params = LangevinSegmenter().get_params()
+    base = fit_fingerprint(X, lengths, params)
+    assert np.array_equal(base, fit_fingerprint(X.copy(), lengths, dict(params)))
+    assert np.array_equal(base, fit_fingerprint(X, lengths, {**params, "verbose": 2,
+                                                             "device": "cuda:1"}))
+    assert not np.array_equal(base, fit_fingerprint(X, lengths, {**params, "beta": 2.0}))
+    assert not np.array_equal(base, fit_fingerprint(X[::-1], lengths, params))
+    assert not np.array_equal(base, fit_fingerprint(X, np.r_[lengths[:-2], 70, 50],
+                                                    params))
+
+
+def _torchrun(*args, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node=2", *map(str, args)]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(HERE.parent)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=HERE.parent)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    _torchrun(HERE / "distributed_worker.py", out)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_every_rank_ends_with_the_same_model(two_ranks):
+    a, b = two_ranks
+    for key in a["params"]:
+        assert torch.equal(a["params"][key], b["params"][key]), key
+        assert torch.equal(a["unseeded"][key], b["unseeded"][key]), key
+    assert a["loss"] == b["loss"]
+    assert np.array_equal(a["labels"], b["labels"])
+    assert a["n_states"] == b["n_states"]
+    # random_state=None: rank 0's seeds, so a different model from seed 0's.
+    assert not torch.equal(a["unseeded"]["gru.weight_ih_l0"],
+                           a["params"]["gru.weight_ih_l0"])
+
+
+def test_two_processes_train_as_one(two_ranks):
+    """Parameters after the steps equal a one-process fit of the same global batch."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = LangevinSegmenter(random_state=0, **PARAMS).fit(data())
+    ranked = two_ranks[0]
+    assert len(ranked["loss"]) == one.n_iter_ == PARAMS["max_iter"]
+    np.testing.assert_allclose(ranked["loss"], one.loss_curve_, rtol=1e-5)
+    for key, value in one.module_.state_dict().items():
+        if key == "energy.out.bias":
+            # A constant added to E: log Z cancels its gradient exactly, so Adam
+            # steps on rounding noise; it changes no energy difference.
+            continue
+        torch.testing.assert_close(ranked["params"][key], value, rtol=1e-4, atol=1e-5,
+                                   msg=key)
+
+
+def test_mismatched_data_raises_on_every_rank(two_ranks):
+    for saved in two_ranks:
+        assert "every process must fit the same data" in saved["mismatch"]
+
+
+def test_example_runs_under_torchrun(tmp_path):
+    out = _torchrun(HERE.parent / "examples" / "distributed_fit.py", "--max-iter", 6,
+                    "--out", tmp_path)
+    assert "2 processes: fit" in out and "states found" in out
+    loaded = LangevinSegmenter.load(tmp_path / "distributed_model.pt")
+    assert loaded.distributed and loaded.n_iter_ == 6
