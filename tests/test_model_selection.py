@@ -108,3 +108,25 @@ def test_grid_search_through_a_pipeline_with_metadata_routing(data):
         search = GridSearchCV(pipe, grid, cv=2, scoring=segmentation_scorer,
                               error_score="raise").fit(seqs, labels)
     _check_result(search, grid)
+
+
+def test_grid_search_on_a_dask_cluster_equals_one_process(data):
+    """GridSearchCV over beta/gamma on joblib's dask backend (2 workers)."""
+    pytest.importorskip("distributed")
+    import joblib
+    from distributed import Client, LocalCluster
+
+    seqs, _ = data["list"]
+    grid = {"beta": [0.5, 2.0], "gamma": [1.0, 2.0]}
+    local = GridSearchCV(LangevinSegmenter(**TINY), grid, cv=2).fit(seqs)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        with joblib.parallel_backend("dask"):
+            search = GridSearchCV(LangevinSegmenter(**TINY), grid, cv=2, n_jobs=-1,
+                                  error_score="raise").fit(seqs)
+        ran_on = {w for w in client.run(lambda: 1)}  # Both workers answered.
+    assert len(ran_on) == 2
+    _check_result(search, grid)
+    assert search.best_params_ == local.best_params_
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"],
+                               local.cv_results_["mean_test_score"], rtol=1e-4)
