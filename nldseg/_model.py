@@ -171,10 +171,13 @@ class NeuralLangevinVAE(nn.Module):
     initial_prior : {"stationary", "gaussian"}
         ``p(z_0)``: the prior's stationary law ``exp(-beta E) / Z`` (times
         ``N(p; 0, M / beta)`` underdamped), or a learned diagonal Gaussian.
-    decoder_covariance : {"full", "diag"}
+    decoder_covariance : {"full", "diag", "latent"}
         Noise of ``p(x_t | z_t) = N(decoder(z_t), Sigma)``: a learned full
         covariance ``Sigma = L L^T`` (``L`` lower triangular with a positive
-        diagonal), or a learned diagonal.
+        diagonal), a learned diagonal, or a full covariance that depends on
+        ``z_t``: ``L(z_t)``'s entries are the shared ones plus a linear map of
+        the decoder's hidden layer (zero at the start, so that training
+        starts from ``"full"``), its diagonal ``exp`` of a bounded log.
     """
 
     def __init__(self, n_features: int, latent_dim: int, dynamics: str,
@@ -202,8 +205,13 @@ class NeuralLangevinVAE(nn.Module):
             nn.Linear(hidden_size, n_features),
         )
         self.dec_log_std = nn.Parameter(torch.full((n_features,), math.log(0.5)))
-        if decoder_covariance == "full":  # Below the diagonal of L; starts diagonal.
+        if decoder_covariance in ("full", "latent"):  # Below L's diagonal; starts diagonal.
             self.dec_cov_lower = nn.Parameter(torch.zeros((n_features, n_features)))
+        if decoder_covariance == "latent":
+            # L's entries moved by the decoder's hidden layer; starts at "full".
+            self.dec_noise = nn.Linear(hidden_size, n_features * (n_features + 1) // 2)
+            nn.init.zeros_(self.dec_noise.weight)
+            nn.init.zeros_(self.dec_noise.bias)
         learn = bool(learn_langevin_params)
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta)), requires_grad=learn)
         self.log_gamma = nn.Parameter(torch.tensor(math.log(gamma)),
@@ -568,6 +576,19 @@ class NeuralLangevinVAE(nn.Module):
             return torch.diag(std)
         return torch.tril(self.dec_cov_lower, -1) + torch.diag(std)
 
+    def _latent_scale_tril(self, hidden: torch.Tensor) -> tuple:
+        """``L(z)`` (..., D, D) and its log diagonal from the decoder's hidden layer."""
+        d = self.dec_log_std.shape[0]
+        moved = self.dec_noise(hidden)
+        rows, cols = torch.tril_indices(d, d, device=hidden.device)
+        tri = hidden.new_zeros((*hidden.shape[:-1], d, d))
+        tri[..., rows, cols] = moved
+        log_diag = self.dec_log_std + torch.diagonal(tri, dim1=-2, dim2=-1)
+        log_diag = log_diag.clamp(-7.0, 5.0)
+        scale = (torch.tril(self.dec_cov_lower + tri, -1)
+                 + torch.diag_embed(torch.exp(log_diag)))
+        return scale, log_diag
+
     def decode_log_prob(self, x: torch.Tensor, z: torch.Tensor,
                         n_paths: int = 1) -> torch.Tensor:
         """``log p(x_t | z_t)`` for every observation, shape (T, B * n_paths).
@@ -575,10 +596,18 @@ class NeuralLangevinVAE(nn.Module):
         With a full covariance, the residuals are whitened by ``L^-1`` (one
         triangular inverse per call, then one matrix product).
         """
-        mean = self.decoder(z[..., : self.latent_dim])
         target = x.transpose(0, 1)
         if n_paths > 1:
             target = target.repeat_interleave(n_paths, dim=1)
+        if self.decoder_covariance == "latent":
+            hidden = self.decoder[1](self.decoder[0](z[..., : self.latent_dim]))
+            scale, log_diag = self._latent_scale_tril(hidden)
+            resid = torch.linalg.solve_triangular(
+                scale, (target - self.decoder[2](hidden)).unsqueeze(-1),
+                upper=False).squeeze(-1)
+            return (-0.5 * (resid * resid).sum(-1) - log_diag.sum(-1)
+                    - 0.5 * x.shape[-1] * _LOG_2PI)
+        mean = self.decoder(z[..., : self.latent_dim])
         log_std = self.decoder_log_std()
         if self.decoder_covariance == "full":
             scale = self.decoder_scale_tril()

@@ -82,6 +82,12 @@ def tiny_fitted(tiny_data):
 
 
 @pytest.fixture(scope="session")
+def tiny_latent_noise(tiny_data):
+    """A segmenter whose decoder noise depends on the latent state, 3 wells."""
+    return _fit_three_wells(tiny_data[0], decoder_covariance="latent")
+
+
+@pytest.fixture(scope="session")
 def tiny_underdamped(tiny_data):
     """An underdamped segmenter with 3 wells; tests must not modify it."""
     return _fit_three_wells(tiny_data[0], dynamics="underdamped")

@@ -216,3 +216,43 @@ def test_mixture_log_pdfs_equal_the_direct_sum():
     want = _normal_log_pdf(x.double()[:, None], loc.double(), scale.double()) + log_w
     assert got.dtype == torch.float32 and got.shape == (500, 64)
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-4)
+
+
+def _decoders(hidden=8, n_features=5):
+    from nldseg import LangevinSegmenter
+    from nldseg._model import build_model
+    torch.manual_seed(0)
+    latent = build_model(n_features, LangevinSegmenter(
+        decoder_covariance="latent", hidden_size=hidden).get_params())
+    full = build_model(n_features, LangevinSegmenter(
+        decoder_covariance="full", hidden_size=hidden).get_params())
+    return latent, full
+
+
+def test_latent_decoder_noise_starts_as_the_shared_full_covariance():
+    latent, full = _decoders()
+    with torch.no_grad():
+        latent.dec_cov_lower.normal_(0, 0.3)
+    full.load_state_dict({k: v for k, v in latent.state_dict().items()
+                          if not k.startswith("dec_noise")})
+    x, z = torch.randn(4, 9, 5), torch.randn(9, 4, 3)
+    torch.testing.assert_close(latent.decode_log_prob(x, z), full.decode_log_prob(x, z))
+
+
+def test_latent_decoder_noise_is_the_gaussian_of_its_own_covariance():
+    """log p(x | z) is N(g(z), L(z) L(z)^T) with L depending on z."""
+    latent, _ = _decoders()
+    with torch.no_grad():
+        for p in latent.dec_noise.parameters():
+            p.normal_(0, 0.3)
+        latent.dec_cov_lower.normal_(0, 0.3)
+    x, z = torch.randn(2, 6, 5), torch.randn(6, 2, 3)
+    got = latent.decode_log_prob(x, z)
+    hidden = latent.decoder[1](latent.decoder[0](z))
+    scale, _ = latent._latent_scale_tril(hidden)
+    assert not torch.allclose(scale[0, 0], scale[1, 1])  # It depends on z.
+    want = torch.distributions.MultivariateNormal(
+        latent.decoder(z), scale_tril=scale).log_prob(x.transpose(0, 1))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    got.sum().backward()
+    assert latent.dec_noise.weight.grad.abs().sum() > 0

@@ -26,7 +26,8 @@ def _same_outputs(a, b, X):
     assert a.score(X) == b.score(X)
 
 
-@pytest.mark.parametrize("model", ["tiny_fitted", "tiny_underdamped"])
+@pytest.mark.parametrize("model", ["tiny_fitted", "tiny_underdamped",
+                                   "tiny_latent_noise"])
 def test_safe_save_load_round_trip(model, tiny_data, tmp_path, request):
     seg = request.getfixturevalue(model)
     path = tmp_path / "model.nldseg"
