@@ -24,6 +24,7 @@ from nldseg._kinetics import (
     decode_observations,
     kramers_rate_matrix,
     landscape_saddles,
+    mean_visit_lengths,
     prior_state_paths,
     row_stochastic,
     transition_counts,
@@ -731,8 +732,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         :meth:`transition_matrix`. A visit is a run of one label; the first
         and the last visit of every path are cut by the path's ends
         (censored), so they are dropped and only complete visits are
-        returned. Long visits are thereby slightly under-represented when
-        ``n_steps`` is not much longer than them.
+        returned. Visits are thereby biased short: a visit is complete less
+        often the longer it is, noticeably once the mean visit is more than
+        a few percent of ``n_steps`` (use :meth:`mean_dwell_times` for the
+        mean, which has no such bias).
 
         Parameters
         ----------
@@ -760,8 +763,13 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                          core_fraction: float = 0.5, random_state=None) -> np.ndarray:
         """Mean length of a visit to each state, in observation steps, by the prior.
 
-        The mean of :meth:`dwell_times` (complete visits only). For a Markov
-        chain it equals ``1 / (1 - P_ii)``.
+        From the paths and core-set labels of :meth:`transition_matrix`: the
+        time spent in a state divided by the number of exits from it. Visits
+        cut by the ends of a path (censored) add their time but no exit, the
+        maximum-likelihood estimate for geometric visit lengths; the plain
+        mean of the complete visits of :meth:`dwell_times` would be biased
+        short. It equals ``1 / (1 - P_ii)`` of ``transition_matrix(1)`` with
+        the same arguments.
 
         Parameters
         ----------
@@ -777,12 +785,12 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Returns
         -------
         mean_dwell_times : ndarray of shape (n_states_,)
-            NaN for a state with no complete visit (e.g. a single state).
+            NaN for a state never left (e.g. a single state).
         """
-        visits = self.dwell_times(n_trajectories=n_trajectories, n_steps=n_steps,
-                                  core_fraction=core_fraction,
-                                  random_state=random_state)
-        return np.array([v.mean() if len(v) else np.nan for v in visits])
+        _check_kinetics(n_trajectories=n_trajectories, n_steps=n_steps)
+        _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
+                                      random_state)
+        return mean_visit_lengths(labels, self.n_states_)
 
     def sample(self, n_sequences: int, n_timesteps: int, *, core_fraction: float = 0.5,
                random_state=None) -> tuple[np.ndarray, np.ndarray]:

@@ -9,8 +9,9 @@ What the landscape says about time, beyond occupancy:
 * :func:`core_set_labels` turns such paths into state sequences by
   milestoning, so that recrossings of a barrier top are not counted as visits
   (see its docstring for the rule).
-* :func:`transition_counts`, :func:`row_stochastic` and :func:`visit_lengths`
-  read transition matrices and dwell times off labelled paths.
+* :func:`transition_counts`, :func:`row_stochastic`, :func:`visit_lengths`
+  and :func:`mean_visit_lengths` read transition matrices and dwell times off
+  labelled paths.
 * :func:`minimum_energy_path` (a simplified string method),
   :func:`refine_saddle` and :func:`state_saddles` find the saddle between two
   wells, and :func:`eyring_kramers_rate` turns it into a rate.
@@ -215,6 +216,27 @@ def row_stochastic(counts: np.ndarray) -> np.ndarray:
     return out
 
 
+def mean_visit_lengths(labels: np.ndarray, n_states: int) -> np.ndarray:
+    """Mean visit length per state: time spent in it over the exits from it.
+
+    Every step ``t -> t + 1`` of a path counts as one unit of time in the state
+    at ``t``, and as an exit when the label changes. Visits cut by the ends of
+    a path contribute their time but no exit, which is the maximum-likelihood
+    estimate for geometric (Markov) visit lengths under this censoring: no
+    bias towards short visits, unlike the mean of the complete visits
+    (:func:`visit_lengths`). Equal to ``1 / (1 - P_ii)`` of the lag-1
+    :func:`transition_counts`. NaN for a state never left.
+
+    Returns
+    -------
+    mean_lengths : ndarray of shape (n_states,)
+    """
+    counts = transition_counts(labels, n_states, 1)
+    time = counts.sum(1).astype(float)
+    exits = time - np.diag(counts)
+    return np.divide(time, exits, out=np.full(n_states, np.nan), where=exits > 0)
+
+
 def visit_lengths(labels: np.ndarray, n_states: int) -> list[np.ndarray]:
     """Lengths (in steps) of the complete visits to each state.
 
@@ -340,23 +362,31 @@ def path_saddle(energy, gradient, hessian, path: np.ndarray) -> tuple[np.ndarray
     return (z, True) if ok else (path[top].copy(), False)
 
 
-def state_saddles(energy, gradient, hessian, basin, minima: np.ndarray, *,
+def has_interior_minimum(profile: np.ndarray) -> bool:
+    """Whether an energy profile along a path dips between its ends.
+
+    True when some interior image is lower than both its neighbours: a
+    minimum energy path that passes through a third well.
+    """
+    e = np.asarray(profile, dtype=float)
+    return bool(((e[1:-1] < e[:-2]) & (e[1:-1] < e[2:])).any())
+
+
+def state_saddles(energy, gradient, hessian, minima: np.ndarray, *,
                   n_images: int = 33) -> dict:
     """Saddles between every pair of neighbouring states.
 
     For each pair ``i < j`` a minimum energy path joins the states' minima
     (:func:`minimum_energy_path`) and its top is refined
-    (:func:`path_saddle`). The states are neighbours when every image of the
-    path lies in the basin of ``i`` or of ``j`` (``basin`` labels points); a
-    path through a third basin means that the way from ``i`` to ``j`` passes
-    another state, which is then counted as two transitions.
+    (:func:`path_saddle`). The states are neighbours unless the path's energy
+    profile has an interior local minimum (:func:`has_interior_minimum`): a
+    minimum energy path that dips passes through another well, so the way
+    from ``i`` to ``j`` is two transitions, not one.
 
     Parameters
     ----------
     energy, gradient, hessian : callable
         ``E``, ``grad E`` and the Hessian of points (n, d), as ndarrays.
-    basin : callable
-        State of points (n, d) -> (n,) ints.
     minima : ndarray of shape (n_states, d)
     n_images : int, default=33
 
@@ -381,7 +411,7 @@ def state_saddles(energy, gradient, hessian, basin, minima: np.ndarray, *,
             path = minimum_energy_path(gradient, hessian, minima[i], minima[j],
                                        n_images=n_images)
             paths[i, j] = path
-            if not set(np.unique(basin(path)).tolist()) <= {i, j}:
+            if has_interior_minimum(energy(path)):
                 continue
             z, ok = path_saddle(energy, gradient, hessian, path)
             e_s = float(energy(z[None])[0])
@@ -458,7 +488,7 @@ def landscape_saddles(landscape) -> dict:
     The paths join the deepest minimum of each state (``landscape.minima``).
     """
     return state_saddles(landscape, landscape.gradient, landscape.hessian,
-                         landscape.predict, landscape.minima)
+                         landscape.minima)
 
 
 def kramers_rate_matrix(landscape, saddles: dict, *, beta: float, gamma: float,
@@ -531,7 +561,10 @@ def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: in
                            latent_dim=d, dt=dt, n_steps=n_steps, generator=generator)
     flat = paths.reshape(-1, d)
     basins = landscape.predict(flat.numpy()).reshape(paths.shape[:2])
-    energies = landscape(flat.double().numpy()).reshape(paths.shape[:2])
+    with torch.no_grad():  # float32 (the simulation's precision), in blocks.
+        energies = torch.cat([module.energy(flat[i:i + 65536])
+                              for i in range(0, flat.shape[0], 65536)])
+    energies = energies.double().numpy().reshape(paths.shape[:2])
     thresholds = core_thresholds(landscape.minima_energies,
                                  landscape_saddles(landscape)["barriers"], core_fraction)
     return paths.numpy(), core_set_labels(basins, energies, thresholds)
