@@ -18,6 +18,7 @@ continuous SDE), the barriers, and the dwell times and transition matrix of the
 
     python benchmarks/kinetics.py --seeds 0 [--dynamics overdamped underdamped]
     python benchmarks/kinetics.py --load-dir models/   # reuse saved fits
+    python benchmarks/kinetics.py --learn-langevin-params  # beta, gamma, mass learned
 """
 
 import argparse
@@ -43,12 +44,14 @@ DWELL_BAR = 0.15
 MATRIX_BAR = 0.02
 
 
-def _fitted(dynamics: str, seed: int, X, load_dir, save_dir):
-    path = os.path.join(load_dir or save_dir or "", f"{dynamics}_seed{seed}.nldseg")
+def _fitted(dynamics: str, seed: int, X, load_dir, save_dir, learn: bool):
+    name = f"{dynamics}{'_learned' if learn else ''}_seed{seed}.nldseg"
+    path = os.path.join(load_dir or save_dir or "", name)
     if load_dir:
         return LangevinSegmenter.load(path), float("nan")
     t0 = time.perf_counter()
-    seg = LangevinSegmenter(dynamics=dynamics, random_state=seed).fit(X)
+    seg = LangevinSegmenter(dynamics=dynamics, learn_langevin_params=learn,
+                            random_state=seed).fit(X)
     t_fit = time.perf_counter() - t0
     if save_dir:
         os.makedirs(save_dir, exist_ok=True)
@@ -68,7 +71,8 @@ def _in_true_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
     return values[np.ix_(order, order)] if values.ndim == 2 else values[order]
 
 
-def run(dynamics: str, seed: int, n_train: int, n_test: int, load_dir, save_dir) -> dict:
+def run(dynamics: str, seed: int, n_train: int, n_test: int, load_dir, save_dir,
+        learn: bool = False) -> dict:
     X, _ = make_markov_chain_sequences(n_train, 200, n_features=15, switch_prob=0.025,
                                        random_state=1000 + seed,
                                        emission_random_state=seed)
@@ -76,10 +80,11 @@ def run(dynamics: str, seed: int, n_train: int, n_test: int, load_dir, save_dir)
         n_test, 500, n_features=15, switch_prob=0.025, random_state=2000 + seed,
         emission_random_state=seed, return_params=True)
     P_true = params["transition_matrix"]
-    seg, t_fit = _fitted(dynamics, seed, X, load_dir, save_dir)
+    seg, t_fit = _fitted(dynamics, seed, X, load_dir, save_dir, learn)
     y_pred = seg.predict(X_test)
     out = {"dynamics": dynamics, "seed": seed, "n_states": seg.n_states_,
-           "t_fit": t_fit, "beta": seg.beta_, "acc": segmentation_accuracy(y_test, y_pred),
+           "t_fit": t_fit, "beta": seg.beta_, "gamma": seg.gamma_, "mass": seg.mass_,
+           "acc": segmentation_accuracy(y_test, y_pred),
            "P_true": P_true, "dwell_true": 1 / (1 - np.diag(P_true))}
     P, out["t_matrix"] = _timed(lambda: seg.transition_matrix(1))
     dwell, out["t_dwell"] = _timed(seg.mean_dwell_times)
@@ -109,7 +114,8 @@ def _fmt(v) -> str:
 
 
 def report(r: dict) -> None:
-    print(f"\n## {r['dynamics']}, seed {r['seed']}: {r['n_states']} states, "
+    print(f"\n## {r['dynamics']}, seed {r['seed']}: beta {r['beta']:.3g}, gamma "
+          f"{r['gamma']:.3g}, mass {r['mass']:.3g}; {r['n_states']} states, "
           f"test accuracy {r['acc']:.4f}, fit {r['t_fit']:.0f} s; kinetics: "
           f"transition_matrix {r['t_matrix']:.1f} s, mean_dwell_times "
           f"{r['t_dwell']:.1f} s, kramers_rates {r['t_kramers']:.1f} s")
@@ -150,11 +156,14 @@ def main() -> None:
     p.add_argument("--load-dir", default=None,
                    help="read {dynamics}_seed{seed}.nldseg from here instead of fitting")
     p.add_argument("--save-dir", default=None, help="write each fitted model here")
+    p.add_argument("--learn-langevin-params", action="store_true",
+                   help="fit with learn_langevin_params=True (beta, gamma, mass learned)")
     a = p.parse_args()
     print(machine_line(torch.device("cpu")))
     for dyn in a.dynamics:
         for seed in a.seeds:
-            report(run(dyn, seed, a.n_train, a.n_test, a.load_dir, a.save_dir))
+            report(run(dyn, seed, a.n_train, a.n_test, a.load_dir, a.save_dir,
+                       a.learn_langevin_params))
 
 
 if __name__ == "__main__":

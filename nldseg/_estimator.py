@@ -753,6 +753,16 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         dwell_times : list of n_states_ ndarrays of int
             Visit lengths in observation steps, one array per state (empty
             for a state with no complete visit).
+
+        Examples
+        --------
+        >>> from nldseg import LangevinSegmenter
+        >>> from nldseg.datasets import make_markov_chain_sequences
+        >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+        >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+        >>> visits = seg.dwell_times(n_trajectories=16, n_steps=50)
+        >>> len(visits) == seg.n_states_
+        True
         """
         _check_kinetics(n_trajectories=n_trajectories, n_steps=n_steps)
         _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
@@ -786,6 +796,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         -------
         mean_dwell_times : ndarray of shape (n_states_,)
             NaN for a state never left (e.g. a single state).
+
+        Examples
+        --------
+        >>> from nldseg import LangevinSegmenter
+        >>> from nldseg.datasets import make_markov_chain_sequences
+        >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+        >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+        >>> seg.mean_dwell_times(n_trajectories=16, n_steps=50).shape == (seg.n_states_,)
+        True
         """
         _check_kinetics(n_trajectories=n_trajectories, n_steps=n_steps)
         _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
@@ -866,6 +885,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         See Also
         --------
         transition_matrix : Transition probabilities from simulated paths.
+
+        Examples
+        --------
+        >>> from nldseg import LangevinSegmenter
+        >>> from nldseg.datasets import make_markov_chain_sequences
+        >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+        >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+        >>> seg.kramers_rates().shape == (seg.n_states_, seg.n_states_)
+        True
         """
         check_is_fitted(self)
         beta, gamma, mass = (t.detach().double() for t in self.module_.langevin_params())

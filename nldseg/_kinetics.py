@@ -184,6 +184,14 @@ def core_set_labels(basins: np.ndarray, energies: np.ndarray,
     Returns
     -------
     labels : ndarray of shape (n_paths, n_steps), int64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> basins = np.array([[0, 0, 1, 0, 1, 1]])
+    >>> energies = np.array([[0.0, 0.2, 2.0, 0.3, 0.4, 0.1]])
+    >>> core_set_labels(basins, energies, np.array([1.0, 1.0])).tolist()
+    [[0, 0, 0, 0, 1, 1]]
     """
     basins = np.asarray(basins, dtype=np.int64)
     in_core = np.asarray(energies) < np.asarray(thresholds)[basins]
@@ -230,6 +238,12 @@ def mean_visit_lengths(labels: np.ndarray, n_states: int) -> np.ndarray:
     Returns
     -------
     mean_lengths : ndarray of shape (n_states,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mean_visit_lengths(np.array([[0, 0, 0, 1, 1, 0]]), 2).tolist()
+    [3.0, 2.0]
     """
     counts = transition_counts(labels, n_states, 1)
     time = counts.sum(1).astype(float)
@@ -473,6 +487,15 @@ def eyring_kramers_rate(barrier: float, h_min: np.ndarray, h_saddle: np.ndarray,
     Returns
     -------
     rate : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> # E = (x^2 - 1)^2 in 1-D: H(m) = 8, H(s) = -4, barrier 1.
+    >>> k = eyring_kramers_rate(1.0, np.array([[8.0]]), np.array([[-4.0]]),
+    ...                         beta=3.0, gamma=1.0)
+    >>> bool(np.isclose(k, 4 / (2 * np.pi) * np.sqrt(2) * np.exp(-3)))
+    True
     """
     _, logdet_m = np.linalg.slogdet(np.asarray(h_min, dtype=float))
     _, logdet_s = np.linalg.slogdet(np.asarray(h_saddle, dtype=float))
