@@ -82,7 +82,6 @@ _KINETICS_RULES = {"n_trajectories": IntParam(1), "n_steps": IntParam(1),
 _MAX_PRIOR_POINTS = 20_000_000
 
 
-
 def _check_kinetics(**values) -> None:
     """Check the named arguments of a prior simulation against their rules."""
     check_params(values, {name: _KINETICS_RULES[name] for name in values})
@@ -643,8 +642,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seed = int(check_random_state(rs).randint(0, 2**31 - 1))
         return torch.Generator().manual_seed(seed)
 
-    def _prior_paths(self, n_trajectories, n_steps, core_fraction, random_state,
-                     start="stationary"):
+    def _prior_paths(self, n_trajectories, n_steps, core_fraction, random_state):
         """Check the simulation's arguments, then simulate and label prior paths."""
         check_is_fitted(self)
         _check_kinetics(core_fraction=core_fraction)
@@ -657,8 +655,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             return prior_state_paths(self.module_, self.energy_, dt=self.dt,
                                      n_paths=n_trajectories, n_steps=n_steps,
                                      core_fraction=core_fraction,
-                                     generator=self._prior_generator(random_state),
-                                     start=start)
+                                     generator=self._prior_generator(random_state))
 
     def transition_matrix(self, lag: int = 1, *, n_trajectories: int = 256,
                           n_steps: int = 2000, core_fraction: float = 0.5,
