@@ -21,6 +21,16 @@ from nldseg._distributed import SINGLE, Replicas, fit_fingerprint
 from nldseg._dynamics import DYNAMICS
 from nldseg._fused import release_buffers
 from nldseg._inference import PosteriorSampler, SegmentationStream
+from nldseg._kinetics import (
+    decode_observations,
+    kramers_rate_matrix,
+    landscape_saddles,
+    mean_visit_lengths,
+    prior_state_paths,
+    row_stochastic,
+    transition_counts,
+    visit_lengths,
+)
 from nldseg._landscape import EnergyLandscape, build_landscape
 from nldseg._model import NeuralLangevinVAE, build_model, freeze
 from nldseg._threads import check_threads, torch_threads
@@ -64,6 +74,18 @@ _PARAMETER_RULES = {
     "initial_prior": OptionParam(INITIAL_PRIORS), "solver": OptionParam(SOLVERS),
     "distributed": BoolParam(), "verbose": IntParam(0),
 }
+
+#: Arguments of the prior simulations (:meth:`LangevinSegmenter.transition_matrix`).
+_KINETICS_RULES = {"n_trajectories": IntParam(1), "n_steps": IntParam(1),
+                   "lag": IntParam(1), "n_sequences": IntParam(1),
+                   "n_timesteps": IntParam(1), "core_fraction": RealParam(0.0, 1.0)}
+#: Most latent points one prior simulation may record (memory bound).
+_MAX_PRIOR_POINTS = 20_000_000
+
+
+def _check_kinetics(**values) -> None:
+    """Check the named arguments of a prior simulation against their rules."""
+    check_params(values, {name: _KINETICS_RULES[name] for name in values})
 
 
 class LangevinSegmenter(DensityMixin, BaseEstimator):
@@ -637,6 +659,270 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         with torch_threads(self.n_threads):
             total = self._sampler().elbo_sum(seqs)
         return float(total / seqs.data.shape[0] - np.log(self.scaler_scale_).sum())
+
+    # ------------------------------------------------ kinetics of the prior
+    def _prior_generator(self, random_state) -> torch.Generator:
+        """A torch generator seeded from ``random_state`` (else the estimator's)."""
+        rs = self.random_state if random_state is None else random_state
+        seed = int(check_random_state(rs).randint(0, 2**31 - 1))
+        return torch.Generator().manual_seed(seed)
+
+    def _prior_paths(self, n_trajectories, n_steps, core_fraction, random_state):
+        """Check the simulation's arguments, then simulate and label prior paths."""
+        check_is_fitted(self)
+        _check_kinetics(core_fraction=core_fraction)
+        if n_trajectories * (n_steps + 1) > _MAX_PRIOR_POINTS:
+            raise ValueError(
+                f"A prior simulation records at most {_MAX_PRIOR_POINTS:.0e} latent "
+                f"points (memory); {n_trajectories} paths of {n_steps + 1} points "
+                "ask for more.")
+        with torch_threads(self.n_threads):
+            return prior_state_paths(self.module_, self.energy_, dt=self.dt,
+                                     n_paths=n_trajectories, n_steps=n_steps,
+                                     core_fraction=core_fraction,
+                                     generator=self._prior_generator(random_state))
+
+    def transition_matrix(self, lag: int = 1, *, n_trajectories: int = 256,
+                          n_steps: int = 2000, core_fraction: float = 0.5,
+                          random_state=None) -> np.ndarray:
+        """Transition probabilities between states after ``lag`` steps, by the prior.
+
+        ``n_trajectories`` paths of the learned *prior* SDE (no data, no
+        encoder) are simulated for ``n_steps`` observation steps (one time
+        unit each, ``round(1 / dt)`` Euler-Maruyama steps per unit), starting
+        from the stationary law (each state's Laplace Gaussian, weighted by
+        ``state_occupancy_``). They are labelled by core sets (milestoning): a
+        point enters state ``i`` only when it lies in the basin of ``i`` and
+        its energy is below ``E(m_i) + core_fraction * B_i``, ``B_i`` the
+        lowest barrier out of ``i`` (saddles by the string method); between
+        cores the label is the last core visited. Then every pair
+        ``(label[t], label[t + lag])`` is counted and the rows normalised.
+
+        Parameters
+        ----------
+        lag : int, default=1
+            Observation steps between the two labels; at most ``n_steps``.
+        n_trajectories : int, default=256
+            Simulated paths.
+        n_steps : int, default=2000
+            Observation steps per path. Cost: ``n_trajectories * n_steps /
+            dt`` energy gradients, about 1 s for the defaults (``dt=0.5``,
+            ``hidden_size=64``) on one CPU thread.
+        core_fraction : float, default=0.5
+            Height of the cores as a fraction of the lowest barrier, in (0, 1).
+        random_state : int, RandomState instance or None, default=None
+            Seeds the simulation; ``None`` uses the estimator's
+            ``random_state`` (so an integer one makes the result
+            deterministic).
+
+        Returns
+        -------
+        transition_matrix : ndarray of shape (n_states_, n_states_)
+            Row-stochastic; ``[i, j]`` is the probability of being in state
+            ``j`` ``lag`` steps after being in state ``i``. A state never
+            visited gets the row ``e_i``.
+
+        See Also
+        --------
+        mean_dwell_times : Mean visit length per state, from the same paths.
+        kramers_rates : Transition rates from the landscape's saddles.
+
+        Examples
+        --------
+        >>> from nldseg import LangevinSegmenter
+        >>> from nldseg.datasets import make_markov_chain_sequences
+        >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+        >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+        >>> P = seg.transition_matrix(n_trajectories=16, n_steps=50)
+        >>> P.shape == (seg.n_states_, seg.n_states_)
+        True
+        >>> bool(abs(P.sum(1) - 1).max() < 1e-12)
+        True
+        """
+        _check_kinetics(lag=lag, n_trajectories=n_trajectories, n_steps=n_steps)
+        if lag > n_steps:
+            raise ValueError(f"lag must be at most n_steps={n_steps}, got {lag}.")
+        _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
+                                      random_state)
+        return row_stochastic(transition_counts(labels, self.n_states_, lag))
+
+    def dwell_times(self, *, n_trajectories: int = 256, n_steps: int = 2000,
+                    core_fraction: float = 0.5, random_state=None) -> list[np.ndarray]:
+        """Lengths of the visits to each state in paths of the learned prior.
+
+        The paths and their core-set labels are those of
+        :meth:`transition_matrix`. A visit is a run of one label; the first
+        and the last visit of every path are cut by the path's ends
+        (censored), so they are dropped and only complete visits are
+        returned. Visits are thereby biased short: a visit is complete less
+        often the longer it is, noticeably once the mean visit is more than
+        a few percent of ``n_steps`` (use :meth:`mean_dwell_times` for the
+        mean, which has no such bias).
+
+        Parameters
+        ----------
+        n_trajectories : int, default=256
+            Simulated paths.
+        n_steps : int, default=2000
+            Observation steps per path.
+        core_fraction : float, default=0.5
+            Height of the cores as a fraction of the lowest barrier, in (0, 1).
+        random_state : int, RandomState instance or None, default=None
+            Seeds the simulation; ``None`` uses the estimator's.
+
+        Returns
+        -------
+        dwell_times : list of n_states_ ndarrays of int
+            Visit lengths in observation steps, one array per state (empty
+            for a state with no complete visit).
+
+        Examples
+        --------
+        >>> from nldseg import LangevinSegmenter
+        >>> from nldseg.datasets import make_markov_chain_sequences
+        >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+        >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+        >>> visits = seg.dwell_times(n_trajectories=16, n_steps=50)
+        >>> len(visits) == seg.n_states_
+        True
+        """
+        _check_kinetics(n_trajectories=n_trajectories, n_steps=n_steps)
+        _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
+                                      random_state)
+        return visit_lengths(labels, self.n_states_)
+
+    def mean_dwell_times(self, *, n_trajectories: int = 256, n_steps: int = 2000,
+                         core_fraction: float = 0.5, random_state=None) -> np.ndarray:
+        """Mean length of a visit to each state, in observation steps, by the prior.
+
+        From the paths and core-set labels of :meth:`transition_matrix`: the
+        time spent in a state divided by the number of exits from it. Visits
+        cut by the ends of a path (censored) add their time but no exit, the
+        maximum-likelihood estimate for geometric visit lengths; the plain
+        mean of the complete visits of :meth:`dwell_times` would be biased
+        short. It equals ``1 / (1 - P_ii)`` of ``transition_matrix(1)`` with
+        the same arguments.
+
+        Parameters
+        ----------
+        n_trajectories : int, default=256
+            Simulated paths.
+        n_steps : int, default=2000
+            Observation steps per path.
+        core_fraction : float, default=0.5
+            Height of the cores as a fraction of the lowest barrier, in (0, 1).
+        random_state : int, RandomState instance or None, default=None
+            Seeds the simulation; ``None`` uses the estimator's.
+
+        Returns
+        -------
+        mean_dwell_times : ndarray of shape (n_states_,)
+            NaN for a state never left (e.g. a single state).
+
+        Examples
+        --------
+        >>> from nldseg import LangevinSegmenter
+        >>> from nldseg.datasets import make_markov_chain_sequences
+        >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+        >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+        >>> seg.mean_dwell_times(n_trajectories=16, n_steps=50).shape == (seg.n_states_,)
+        True
+        """
+        _check_kinetics(n_trajectories=n_trajectories, n_steps=n_steps)
+        _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
+                                      random_state)
+        return mean_visit_lengths(labels, self.n_states_)
+
+    def sample(self, n_sequences: int, n_timesteps: int, *, core_fraction: float = 0.5,
+               random_state=None) -> tuple[np.ndarray, np.ndarray]:
+        """Generate sequences from the learned model: prior paths, decoded.
+
+        Latent paths of the prior SDE start from its stationary law (as in
+        :meth:`transition_matrix`) and are decoded at every step with the
+        decoder's mean plus its Gaussian noise, then mapped back to the units
+        of the training data (``scaler_mean_``, ``scaler_scale_``). The labels
+        are the paths' core-set labels (see :meth:`transition_matrix`).
+
+        Parameters
+        ----------
+        n_sequences : int
+            Sequences to generate.
+        n_timesteps : int
+            Steps per sequence.
+        core_fraction : float, default=0.5
+            Height of the cores as a fraction of the lowest barrier, in (0, 1).
+        random_state : int, RandomState instance or None, default=None
+            Seeds the paths and the decoder noise; ``None`` uses the
+            estimator's.
+
+        Returns
+        -------
+        X : ndarray of shape (n_sequences, n_timesteps, n_features_in_)
+            Generated observations.
+        y : ndarray of shape (n_sequences, n_timesteps)
+            State of every step, in ``0..n_states_-1``.
+
+        Examples
+        --------
+        >>> from nldseg import LangevinSegmenter
+        >>> from nldseg.datasets import make_markov_chain_sequences
+        >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+        >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+        >>> X_new, y_new = seg.sample(3, 40, random_state=0)
+        >>> X_new.shape, y_new.shape
+        ((3, 40, 5), (3, 40))
+        """
+        check_is_fitted(self)
+        _check_kinetics(n_sequences=n_sequences, n_timesteps=n_timesteps)
+        generator = self._prior_generator(random_state)
+        # One seed for the paths, one for the decoder noise.
+        seeds = torch.randint(0, 2**31 - 1, (2,), generator=generator).tolist()
+        paths, labels = self._prior_paths(n_sequences, n_timesteps - 1, core_fraction,
+                                          int(seeds[0]))
+        with torch_threads(self.n_threads):
+            noise = torch.Generator().manual_seed(int(seeds[1]))
+            X = decode_observations(self.module_, torch.as_tensor(paths), noise)
+        return X * self.scaler_scale_ + self.scaler_mean_, labels
+
+    def kramers_rates(self) -> np.ndarray:
+        """Eyring-Kramers transition rates between neighbouring states.
+
+        For each pair of states, a minimum energy path joins their deepest
+        minima (simplified string method) and its highest point is refined by
+        Newton's method to the saddle ``s``. The rate from state ``i`` over
+        ``s`` is ``lambda_+ / (2 pi) sqrt(det H(m_i) / |det H(s)|)
+        exp(-beta (E(s) - E(m_i)))``: overdamped, ``lambda_+ = |lambda_-(H(s))|
+        / gamma`` (the Eyring-Kramers formula); underdamped, ``lambda_+`` is
+        the unstable growth rate of the linearised Langevin dynamics at ``s``
+        with friction ``gamma`` and mass ``M`` (Kramers-Langer). Accurate for
+        barriers of several ``1 / beta``; time unit: one observation step.
+
+        Returns
+        -------
+        rates : ndarray of shape (n_states_, n_states_)
+            ``[i, j]``: rate from ``i`` to ``j`` per observation step; 0 on
+            the diagonal and between states whose path passes through a third
+            state's basin; NaN where no index-1 saddle was found on the path.
+
+        See Also
+        --------
+        transition_matrix : Transition probabilities from simulated paths.
+
+        Examples
+        --------
+        >>> from nldseg import LangevinSegmenter
+        >>> from nldseg.datasets import make_markov_chain_sequences
+        >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+        >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+        >>> seg.kramers_rates().shape == (seg.n_states_, seg.n_states_)
+        True
+        """
+        check_is_fitted(self)
+        beta, gamma, mass = (t.detach().double() for t in self.module_.langevin_params())
+        saddles = landscape_saddles(self.energy_)
+        return kramers_rate_matrix(
+            self.energy_, saddles, beta=float(beta), gamma=float(gamma),
+            mass=mass.numpy() if self.module_.dynamics == "underdamped" else None)
 
     # ------------------------------------------------------- serving and I/O
     def stream(self) -> SegmentationStream:

@@ -135,3 +135,54 @@ def plot_segmentation(y_pred, y_true=None, *, ax=None, title: str | None = None)
     if title:
         ax.set_title(title)
     return ax
+
+
+def plot_dwell_times(estimator, *, ax=None, n_trajectories: int = 256,
+                     n_steps: int = 2000, random_state=None):
+    """Distribution of the visit lengths of each state under the learned prior.
+
+    For each state, the fraction of complete visits (from
+    :meth:`~nldseg.LangevinSegmenter.dwell_times`) longer than ``t`` steps,
+    on a log scale, beside the geometric law with the same mean
+    (:meth:`~nldseg.LangevinSegmenter.mean_dwell_times`, dashed), which is
+    what a Markov chain between the states would give: a straight line.
+    Complete visits are biased short when visits are not much shorter than
+    ``n_steps`` (the long ones are more often cut by a path's end), so the
+    solid curves then fall below the dashed ones at long ``t``.
+
+    Parameters
+    ----------
+    estimator : LangevinSegmenter
+        A fitted estimator.
+    ax : matplotlib Axes, default=None
+    n_trajectories : int, default=256
+        Simulated prior paths.
+    n_steps : int, default=2000
+        Observation steps per path.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the simulation; ``None`` uses the estimator's.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+    """
+    kwargs = dict(n_trajectories=n_trajectories, n_steps=n_steps,
+                  random_state=random_state)
+    visits = estimator.dwell_times(**kwargs)
+    means = estimator.mean_dwell_times(**kwargs)
+    ax = _axes(ax)
+    for k, (v, mean) in enumerate(zip(visits, means)):
+        if len(v) == 0:
+            continue
+        t = np.arange(1, v.max() + 1)
+        survival = (v[None, :] > t[:, None]).mean(1)
+        (line,) = ax.step(t, survival, where="post",
+                          label=f"state {k} (mean {mean:.1f})")
+        if np.isfinite(mean) and mean > 1:
+            ax.plot(t, (1 - 1 / mean) ** t, "--", color=line.get_color(), lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("visit length t (observation steps)")
+    ax.set_ylabel("fraction of visits longer than t")
+    ax.set_title("Dwell times of the learned prior (dashed: geometric)")
+    ax.legend(loc="upper right")
+    return ax

@@ -1,0 +1,619 @@
+r"""Kinetics of the learned prior: simulated paths, core-set labels, rates.
+
+What the landscape says about time, beyond occupancy:
+
+* :func:`simulate_prior` integrates the *prior* SDE (no encoder, no posterior
+  drift) for a batch of independent paths with the Euler-Maruyama step of
+  :mod:`nldseg._dynamics`, recording the latent position at every
+  observation (one time unit apart, ``round(1 / dt)`` Euler steps each).
+* :func:`core_set_labels` turns such paths into state sequences by
+  milestoning, so that recrossings of a barrier top are not counted as visits
+  (see its docstring for the rule).
+* :func:`transition_counts`, :func:`row_stochastic`, :func:`visit_lengths`
+  and :func:`mean_visit_lengths` read transition matrices and dwell times off
+  labelled paths.
+* :func:`minimum_energy_path` (a simplified string method),
+  :func:`refine_saddle` and :func:`state_saddles` find the saddle between two
+  wells, and :func:`eyring_kramers_rate` turns it into a rate.
+
+Every function here takes tensors, arrays or callables; the estimator's
+methods (:meth:`nldseg.LangevinSegmenter.transition_matrix` and friends)
+only validate their arguments and chain these calls.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from nldseg._dynamics import euler_step
+from nldseg._landscape import gradient_function
+
+START_RULES = frozenset({"stationary", "minima"})
+
+
+# ----------------------------------------------------------------- simulation
+def initial_states(minima: np.ndarray, hessians: np.ndarray, weights: np.ndarray,
+                   beta: float, n_paths: int, generator: torch.Generator, *,
+                   start: str = "stationary",
+                   mass: np.ndarray | None = None) -> torch.Tensor:
+    r"""Starting states of ``n_paths`` prior paths (float32).
+
+    ``start="stationary"`` approximates the stationary law
+    ``exp(-beta E)``: a state is drawn with probability ``weights`` (the
+    states' occupancies), then a position from the Laplace Gaussian of its
+    minimum, ``N(m_i, (beta H_i)^{-1})``. ``start="minima"`` puts path ``k``
+    exactly at the minimum of state ``k mod n_states``. With ``mass`` given
+    (underdamped dynamics) the momentum is appended, drawn from its
+    stationary law ``N(0, M / beta)`` (kinetic energy ``p^2 / (2M)``).
+
+    Parameters
+    ----------
+    minima : ndarray of shape (n_states, d)
+    hessians : ndarray of shape (n_states, d, d)
+        Positive-definite Hessians of ``E`` at ``minima``.
+    weights : ndarray of shape (n_states,)
+        Probability of starting in each state (``"stationary"`` only).
+    beta : float
+    n_paths : int
+    generator : torch.Generator
+    start : {"stationary", "minima"}, default="stationary"
+    mass : ndarray of shape (d,) or None, default=None
+
+    Returns
+    -------
+    state : Tensor of shape (n_paths, d) or (n_paths, 2 d)
+    """
+    minima_t = torch.as_tensor(minima, dtype=torch.float64)
+    n_states, d = minima_t.shape
+    if start == "minima":
+        z = minima_t[torch.arange(n_paths) % n_states]
+    else:
+        w = torch.as_tensor(np.asarray(weights, dtype=float))
+        which = torch.multinomial(w / w.sum(), n_paths, replacement=True,
+                                  generator=generator)
+        cov = np.linalg.inv(beta * np.asarray(hessians, dtype=float))
+        chol = torch.as_tensor(np.linalg.cholesky(0.5 * (cov + cov.transpose(0, 2, 1))))
+        eps = torch.randn((n_paths, d), generator=generator, dtype=torch.float64)
+        z = minima_t[which] + torch.einsum("nij,nj->ni", chol[which], eps)
+    if mass is not None:
+        std = torch.sqrt(torch.as_tensor(np.asarray(mass, dtype=float)) / beta)
+        p = torch.randn((n_paths, d), generator=generator, dtype=torch.float64) * std
+        z = torch.cat([z, p], dim=1)
+    return z.float()
+
+
+def simulate_prior(grad, state: torch.Tensor, coef: dict, *, latent_dim: int,
+                   dt: float, n_steps: int, generator: torch.Generator) -> torch.Tensor:
+    """Euler-Maruyama paths of the prior SDE, positions at every observation.
+
+    Each of the ``n_steps`` observation intervals (one time unit) takes
+    ``round(1 / dt)`` steps of :func:`nldseg._dynamics.euler_step` with no
+    posterior control: overdamped ``z += -grad E(z) dt / gamma + sigma dW``,
+    underdamped ``q += M^-1 p dt``, ``p += (-grad E(q) - gamma M^-1 p) dt +
+    sigma dW``. Noise comes from ``generator`` only (the global RNG is left
+    alone). Cost: ``n_steps * round(1/dt)`` gradient evaluations on the batch.
+
+    Parameters
+    ----------
+    grad : callable
+        Maps positions (n, latent_dim) to ``grad E`` (same shape).
+    state : Tensor of shape (n_paths, state_dim)
+        Starting states (``z``, or ``concat(q, p)`` underdamped).
+    coef : dict
+        Step constants from :func:`nldseg._dynamics.step_coefficients`.
+    latent_dim : int
+        Dimension of the positions.
+    dt : float
+        Euler step; ``1 / dt`` is rounded to the number of steps per observation.
+    n_steps : int
+        Observation intervals to simulate.
+    generator : torch.Generator
+        Source of the Brownian increments.
+
+    Returns
+    -------
+    positions : Tensor of shape (n_paths, n_steps + 1, latent_dim)
+        The latent position at observations ``0..n_steps`` (row 0 is the start).
+    """
+    d = latent_dim
+    n_sub = max(1, round(1.0 / dt))
+    n = state.shape[0]
+    out = state.new_empty((n_steps + 1, n, d))
+    out[0] = state[:, :d]
+    no_control = state.new_zeros((n, d))
+    with torch.no_grad():
+        for k in range(n_steps):
+            for _ in range(n_sub):
+                noise = torch.randn((n, d), generator=generator, dtype=state.dtype)
+                state = euler_step(state, no_control, grad(state[:, :d]),
+                                   noise * coef["noise_scale"], dt, coef)
+            out[k + 1] = state[:, :d]
+    return out.transpose(0, 1)
+
+
+# -------------------------------------------------------------------- labels
+def core_thresholds(minima_energies: np.ndarray, barriers: np.ndarray,
+                    fraction: float) -> np.ndarray:
+    """Energy level below which a point of basin ``i`` is in core ``i``.
+
+    ``E(m_i) + fraction * B_i``, where ``B_i`` is the lowest barrier out of
+    state ``i`` (``min_j barriers[i, j]``). A state with no finite barrier
+    (a single well) gets ``inf``: its whole basin is its core.
+
+    Parameters
+    ----------
+    minima_energies : ndarray of shape (n_states,)
+    barriers : ndarray of shape (n_states, n_states)
+        ``E(saddle_ij) - E(m_i)``; ``inf`` where ``i`` and ``j`` are not
+        neighbours (and on the diagonal).
+    fraction : float
+        In ``(0, 1]``.
+
+    Returns
+    -------
+    thresholds : ndarray of shape (n_states,)
+    """
+    lowest = np.min(np.where(np.eye(len(barriers), dtype=bool), np.inf, barriers),
+                    axis=1, initial=np.inf)
+    return np.asarray(minima_energies, dtype=float) + fraction * lowest
+
+
+def core_set_labels(basins: np.ndarray, energies: np.ndarray,
+                    thresholds: np.ndarray) -> np.ndarray:
+    """Milestoning (core-set) labels of paths.
+
+    A point is *in core i* when it lies in the basin of attraction of state
+    ``i`` **and** its energy is below ``thresholds[i]`` (see
+    :func:`core_thresholds`: ``E(m_i)`` plus a fraction of the lowest barrier
+    out of ``i``). The label at a step is the core visited last; the first
+    step of a path is labelled by its basin (in a core or not). A path that
+    crosses a ridge and falls back before reaching the other side's core
+    therefore keeps its label: recrossings at a barrier top are not visits.
+
+    Parameters
+    ----------
+    basins : ndarray of shape (n_paths, n_steps)
+        Basin (state) of every point.
+    energies : ndarray of shape (n_paths, n_steps)
+        ``E`` of every point.
+    thresholds : ndarray of shape (n_states,)
+
+    Returns
+    -------
+    labels : ndarray of shape (n_paths, n_steps), int64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> basins = np.array([[0, 0, 1, 0, 1, 1]])
+    >>> energies = np.array([[0.0, 0.2, 2.0, 0.3, 0.4, 0.1]])
+    >>> core_set_labels(basins, energies, np.array([1.0, 1.0])).tolist()
+    [[0, 0, 0, 0, 1, 1]]
+    """
+    basins = np.asarray(basins, dtype=np.int64)
+    in_core = np.asarray(energies) < np.asarray(thresholds)[basins]
+    steps = np.arange(basins.shape[1])
+    last = np.where(in_core, steps, 0)
+    last[:, 0] = 0
+    np.maximum.accumulate(last, axis=1, out=last)
+    return np.take_along_axis(basins, last, axis=1)
+
+
+def transition_counts(labels: np.ndarray, n_states: int, lag: int) -> np.ndarray:
+    """Count pairs ``(labels[:, t], labels[:, t + lag])`` over all paths and ``t``.
+
+    Returns an (n_states, n_states) integer matrix; paths shorter than
+    ``lag + 1`` contribute nothing.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    a, b = labels[:, :-lag].ravel(), labels[:, lag:].ravel()
+    return np.bincount(a * n_states + b, minlength=n_states * n_states).reshape(
+        n_states, n_states)
+
+
+def row_stochastic(counts: np.ndarray) -> np.ndarray:
+    """Normalise each row of ``counts`` to sum 1; a row with no count becomes ``e_i``."""
+    counts = np.asarray(counts, dtype=float)
+    total = counts.sum(1, keepdims=True)
+    out = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+    empty = total[:, 0] == 0
+    out[empty, np.flatnonzero(empty)] = 1.0
+    return out
+
+
+def mean_visit_lengths(labels: np.ndarray, n_states: int) -> np.ndarray:
+    """Mean visit length per state: time spent in it over the exits from it.
+
+    Every step ``t -> t + 1`` of a path counts as one unit of time in the state
+    at ``t``, and as an exit when the label changes. Visits cut by the ends of
+    a path contribute their time but no exit, which is the maximum-likelihood
+    estimate for geometric (Markov) visit lengths under this censoring: no
+    bias towards short visits, unlike the mean of the complete visits
+    (:func:`visit_lengths`). Equal to ``1 / (1 - P_ii)`` of the lag-1
+    :func:`transition_counts`. NaN for a state never left.
+
+    Returns
+    -------
+    mean_lengths : ndarray of shape (n_states,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mean_visit_lengths(np.array([[0, 0, 0, 1, 1, 0]]), 2).tolist()
+    [3.0, 2.0]
+    """
+    counts = transition_counts(labels, n_states, 1)
+    time = counts.sum(1).astype(float)
+    exits = time - np.diag(counts)
+    return np.divide(time, exits, out=np.full(n_states, np.nan), where=exits > 0)
+
+
+def visit_lengths(labels: np.ndarray, n_states: int) -> list[np.ndarray]:
+    """Lengths (in steps) of the complete visits to each state.
+
+    A visit is a run of equal labels. The first and the last run of every
+    path are cut by the path's ends (censored), so they are dropped: only
+    visits that both start and end inside a path are returned.
+
+    Returns
+    -------
+    lengths : list of n_states int64 ndarrays
+    """
+    per_state: list[list[np.ndarray]] = [[] for _ in range(n_states)]
+    for row in np.asarray(labels, dtype=np.int64):
+        change = np.flatnonzero(row[1:] != row[:-1]) + 1
+        if len(change) < 2:
+            continue  # At most two (censored) runs.
+        starts, ends = change[:-1], change[1:]
+        states = row[starts]
+        for s in range(n_states):
+            per_state[s].append(ends[states == s] - starts[states == s])
+    return [np.concatenate(v) if v else np.zeros(0, dtype=np.int64)
+            for v in per_state]
+
+
+# ----------------------------------------------------------- saddles and rates
+def _reparametrise(path: np.ndarray) -> np.ndarray:
+    """Images redistributed at equal arc length along the polyline ``path``."""
+    seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    if s[-1] == 0:
+        return path.copy()
+    target = np.linspace(0.0, s[-1], len(path))
+    return np.stack([np.interp(target, s, path[:, k]) for k in range(path.shape[1])],
+                    axis=1)
+
+
+def minimum_energy_path(gradient, hessian, a: np.ndarray, b: np.ndarray, *,
+                        n_images: int = 33, n_iter: int = 2000,
+                        tol: float = 1e-8) -> np.ndarray:
+    """A minimum energy path from minimum ``a`` to minimum ``b`` (string method).
+
+    The simplified string method (E, Ren and Vanden-Eijnden, 2007): images
+    start evenly spaced on the segment ``a -> b``; each iteration moves every
+    interior image one gradient-descent step ``-h grad E`` and then
+    redistributes the images at equal arc length along the polyline
+    (linear interpolation). The end points stay put. It stops when no image
+    moved more than ``tol`` times ``|b - a|`` in an iteration. The step ``h``
+    is ``0.5 / lambda_max``, the largest absolute Hessian eigenvalue on the
+    initial segment, and a step moves an image at most ``|b - a| / n_images``.
+
+    Parameters
+    ----------
+    gradient : callable
+        ``grad E`` of points (n, d) as an ndarray (n, d).
+    hessian : callable
+        Hessian of ``E`` at points (n, d) as an ndarray (n, d, d).
+    a, b : ndarray of shape (d,)
+    n_images : int, default=33
+    n_iter : int, default=2000
+    tol : float, default=1e-8
+
+    Returns
+    -------
+    path : ndarray of shape (n_images, d)
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    s = np.linspace(0.0, 1.0, n_images)[:, None]
+    path = a * (1 - s) + b * s
+    length = float(np.linalg.norm(b - a)) or 1.0
+    curvature = float(np.abs(np.linalg.eigvalsh(hessian(path))).max())
+    h = 0.5 / max(curvature, 1e-12)
+    max_step = length / n_images
+    for _ in range(n_iter):
+        step = h * gradient(path[1:-1])
+        norm = np.linalg.norm(step, axis=1, keepdims=True)
+        step *= np.minimum(1.0, max_step / np.maximum(norm, 1e-300))
+        moved = path.copy()
+        moved[1:-1] -= step
+        new = _reparametrise(moved)
+        delta = float(np.abs(new - path).max())
+        path = new
+        if delta < tol * length:
+            break
+    return path
+
+
+def refine_saddle(gradient, hessian, z: np.ndarray, *, n_iter: int = 50,
+                  gtol: float = 1e-6) -> tuple[np.ndarray, bool]:
+    """Newton's method for the stationary point near ``z``; check it is a saddle.
+
+    Returns the point and whether it is an index-1 saddle: gradient norm
+    below ``gtol`` and exactly one negative Hessian eigenvalue.
+    """
+    z = np.asarray(z, dtype=float).copy()
+    for _ in range(n_iter):
+        g = gradient(z[None])[0]
+        try:
+            step = np.linalg.solve(hessian(z[None])[0], g)
+        except np.linalg.LinAlgError:
+            break
+        z -= step
+        if not np.isfinite(z).all():
+            return z, False
+        if np.abs(step).max() < 1e-12:
+            break
+    eig = np.linalg.eigvalsh(hessian(z[None])[0])
+    ok = (np.linalg.norm(gradient(z[None])[0]) < gtol and int((eig < 0).sum()) == 1)
+    return z, bool(ok)
+
+
+def path_saddle(energy, gradient, hessian, path: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The saddle on a minimum energy path: its highest image, refined.
+
+    The highest image is refined by :func:`refine_saddle`; the refined point
+    is kept if it is an index-1 saddle no further than two image spacings
+    from the highest image, else the highest image itself is returned (and
+    the flag is False).
+    """
+    top = int(np.argmax(energy(path)))
+    spacing = float(np.linalg.norm(path[1] - path[0]))
+    z, ok = refine_saddle(gradient, hessian, path[top])
+    ok = ok and float(np.linalg.norm(z - path[top])) <= 2.0 * spacing
+    return (z, True) if ok else (path[top].copy(), False)
+
+
+def has_interior_minimum(profile: np.ndarray) -> bool:
+    """Whether an energy profile along a path dips between its ends.
+
+    True when some interior image is lower than both its neighbours: a
+    minimum energy path that passes through a third well.
+    """
+    e = np.asarray(profile, dtype=float)
+    return bool(((e[1:-1] < e[:-2]) & (e[1:-1] < e[2:])).any())
+
+
+def state_saddles(energy, gradient, hessian, minima: np.ndarray, *,
+                  n_images: int = 33) -> dict:
+    """Saddles between every pair of neighbouring states.
+
+    For each pair ``i < j`` a minimum energy path joins the states' minima
+    (:func:`minimum_energy_path`) and its top is refined
+    (:func:`path_saddle`). The states are neighbours unless the path's energy
+    profile has an interior local minimum (:func:`has_interior_minimum`): a
+    minimum energy path that dips passes through another well, so the way
+    from ``i`` to ``j`` is two transitions, not one.
+
+    Parameters
+    ----------
+    energy, gradient, hessian : callable
+        ``E``, ``grad E`` and the Hessian of points (n, d), as ndarrays.
+    minima : ndarray of shape (n_states, d)
+    n_images : int, default=33
+
+    Returns
+    -------
+    saddles : dict
+        ``"barriers"`` (n_states, n_states): ``E(s_ij) - E(m_i)``, ``inf``
+        for non-neighbours and on the diagonal; ``"points"`` (n_states,
+        n_states, d), NaN where there is none; ``"is_saddle"`` (n_states,
+        n_states) bool: whether the refinement found an index-1 saddle;
+        ``"paths"``: dict ``(i, j) -> ndarray (n_images, d)``.
+    """
+    minima = np.asarray(minima, dtype=float)
+    k, d = minima.shape
+    barriers = np.full((k, k), np.inf)
+    points = np.full((k, k, d), np.nan)
+    is_saddle = np.zeros((k, k), dtype=bool)
+    paths = {}
+    e_min = energy(minima)
+    for i in range(k):
+        for j in range(i + 1, k):
+            path = minimum_energy_path(gradient, hessian, minima[i], minima[j],
+                                       n_images=n_images)
+            paths[i, j] = path
+            if has_interior_minimum(energy(path)):
+                continue
+            z, ok = path_saddle(energy, gradient, hessian, path)
+            e_s = float(energy(z[None])[0])
+            points[i, j] = points[j, i] = z
+            is_saddle[i, j] = is_saddle[j, i] = ok
+            barriers[i, j], barriers[j, i] = e_s - e_min[i], e_s - e_min[j]
+    return {"barriers": barriers, "points": points, "is_saddle": is_saddle,
+            "paths": paths}
+
+
+def escape_eigenvalue(h_saddle: np.ndarray, gamma: float,
+                      mass: np.ndarray | None = None) -> float:
+    r"""Growth rate ``lambda_+`` of the unstable mode at a saddle.
+
+    Overdamped (``mass=None``): the positive eigenvalue of the linearised
+    drift ``-H_s / gamma``, i.e. ``|lambda_-(H_s)| / gamma``. Underdamped: the
+    largest real eigenvalue of ``[[0, M^{-1}], [-H_s, -gamma M^{-1}]]``, the
+    linearisation of ``dq = M^{-1} p dt, dp = (-grad E - gamma M^{-1} p) dt``;
+    in one dimension ``sqrt(g^2/4 + w_b^2) - g/2`` with ``g = gamma / M`` and
+    ``w_b^2 = |H_s| / M`` (Kramers' friction factor).
+    """
+    h_saddle = np.asarray(h_saddle, dtype=float)
+    if mass is None:
+        return float(-np.linalg.eigvalsh(h_saddle).min() / gamma)
+    d = h_saddle.shape[0]
+    inv_m = np.diag(1.0 / np.broadcast_to(np.asarray(mass, dtype=float), (d,)))
+    a = np.block([[np.zeros((d, d)), inv_m], [-h_saddle, -gamma * inv_m]])
+    return float(np.linalg.eigvals(a).real.max())
+
+
+def eyring_kramers_rate(barrier: float, h_min: np.ndarray, h_saddle: np.ndarray,
+                        beta: float, gamma: float,
+                        mass: np.ndarray | None = None) -> float:
+    r"""Eyring-Kramers rate of escape from a minimum over a saddle.
+
+    .. math::
+
+        k = \frac{\lambda_+}{2\pi}
+            \sqrt{\frac{\det H(m)}{|\det H(s)|}}\, e^{-\beta (E(s) - E(m))}
+
+    with ``lambda_+`` from :func:`escape_eigenvalue`. Overdamped, for
+    ``dz = -gamma^{-1} grad E dt + sqrt(2 / (beta gamma)) dW``, this is
+    ``|lambda_-(H_s)| / (2 pi gamma) sqrt(det H_m / |det H_s|) exp(-beta dE)``
+    (time rescaled by ``gamma`` from the standard form). Underdamped it is the
+    multidimensional Kramers (Langer) rate at any friction above the
+    energy-diffusion regime. Valid for barriers of several ``1 / beta``;
+    rates are per unit time (one observation step).
+
+    Parameters
+    ----------
+    barrier : float
+        ``E(s) - E(m)``.
+    h_min, h_saddle : ndarray of shape (d, d)
+        Hessians at the minimum and at the saddle.
+    beta, gamma : float
+    mass : ndarray of shape (d,) or None, default=None
+        ``None`` for overdamped dynamics.
+
+    Returns
+    -------
+    rate : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> # E = (x^2 - 1)^2 in 1-D: H(m) = 8, H(s) = -4, barrier 1.
+    >>> k = eyring_kramers_rate(1.0, np.array([[8.0]]), np.array([[-4.0]]),
+    ...                         beta=3.0, gamma=1.0)
+    >>> bool(np.isclose(k, 4 / (2 * np.pi) * np.sqrt(2) * np.exp(-3)))
+    True
+    """
+    _, logdet_m = np.linalg.slogdet(np.asarray(h_min, dtype=float))
+    _, logdet_s = np.linalg.slogdet(np.asarray(h_saddle, dtype=float))
+    lam = escape_eigenvalue(h_saddle, gamma, mass)
+    return float(lam / (2 * math.pi) * math.exp(0.5 * (logdet_m - logdet_s)
+                                                - beta * barrier))
+
+
+# ------------------------------------------------- on a fitted model's landscape
+def landscape_saddles(landscape) -> dict:
+    """:func:`state_saddles` between the states of an :class:`EnergyLandscape`.
+
+    The paths join the deepest minimum of each state (``landscape.minima``).
+    """
+    return state_saddles(landscape, landscape.gradient, landscape.hessian,
+                         landscape.minima)
+
+
+def kramers_rate_matrix(landscape, saddles: dict, *, beta: float, gamma: float,
+                        mass: np.ndarray | None = None) -> np.ndarray:
+    """Eyring-Kramers rates between the states of a landscape.
+
+    ``rates[i, j]`` is :func:`eyring_kramers_rate` from the deepest minimum of
+    state ``i`` over the saddle between ``i`` and ``j`` (see
+    :func:`state_saddles`); 0 for states that are not neighbours and on the
+    diagonal; NaN where the top of the path was not refined to an index-1
+    saddle.
+    """
+    k = landscape.n_states
+    rates = np.zeros((k, k))
+    for i in range(k):
+        for j in range(k):
+            if i == j or not np.isfinite(saddles["barriers"][i, j]):
+                continue
+            if not saddles["is_saddle"][i, j]:
+                rates[i, j] = np.nan
+                continue
+            h_s = landscape.hessian(saddles["points"][i, j][None])[0]
+            rates[i, j] = eyring_kramers_rate(saddles["barriers"][i, j],
+                                              landscape.hessians[i], h_s,
+                                              beta, gamma, mass)
+    return rates
+
+
+def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: int,
+                      core_fraction: float, generator: torch.Generator,
+                      start: str = "stationary") -> tuple[np.ndarray, np.ndarray]:
+    """Simulate the fitted prior and label its paths by core sets.
+
+    Starts are drawn by :func:`initial_states` (the states weighted by the
+    landscape's sampled occupancy), paths by :func:`simulate_prior` with the
+    module's fitted beta, gamma and mass, labels by :func:`core_set_labels`
+    with the thresholds of :func:`core_thresholds` (barriers from
+    :func:`landscape_saddles`).
+
+    Parameters
+    ----------
+    module : NeuralLangevinVAE
+        The fitted (frozen) model: energy, dynamics and Langevin parameters.
+    landscape : EnergyLandscape
+        Its wells: basins, minima, Hessians, occupancy.
+    dt : float
+        Euler step.
+    n_paths, n_steps : int
+        Paths, and observation steps after the start.
+    core_fraction : float
+        Fraction of the lowest barrier out of a state that bounds its core.
+    generator : torch.Generator
+    start : {"stationary", "minima"}, default="stationary"
+
+    Returns
+    -------
+    positions : ndarray of shape (n_paths, n_steps + 1, latent_dim), float32
+    labels : ndarray of shape (n_paths, n_steps + 1), int64
+    """
+    beta, gamma, mass = (t.detach() for t in module.langevin_params())
+    d = module.latent_dim
+    underdamped = module.dynamics == "underdamped"
+    state = initial_states(landscape.minima, landscape.hessians,
+                           landscape.occupancy("sampled"), float(beta), n_paths,
+                           generator, start=start,
+                           mass=mass.double().numpy() if underdamped else None)
+    with torch.no_grad():
+        coef = module.step_coefficients(dt)
+    paths = simulate_prior(gradient_function(module.energy), state, coef,
+                           latent_dim=d, dt=dt, n_steps=n_steps, generator=generator)
+    flat = paths.reshape(-1, d)
+    basins = landscape.predict(flat.numpy()).reshape(paths.shape[:2])
+    with torch.no_grad():  # float32 (the simulation's precision), in blocks.
+        energies = torch.cat([module.energy(flat[i:i + 65536])
+                              for i in range(0, flat.shape[0], 65536)])
+    energies = energies.double().numpy().reshape(paths.shape[:2])
+    thresholds = core_thresholds(landscape.minima_energies,
+                                 landscape_saddles(landscape)["barriers"], core_fraction)
+    return paths.numpy(), core_set_labels(basins, energies, thresholds)
+
+
+def decode_observations(module, positions: torch.Tensor,
+                        generator: torch.Generator) -> np.ndarray:
+    """Observations drawn from the decoder ``p(x | z)`` at latent positions.
+
+    The decoder's mean plus its Gaussian noise ``L eps`` (``L`` from
+    ``module.decoder_scale_tril()``, full or diagonal), in the standardised
+    units the model was trained in.
+
+    Parameters
+    ----------
+    module : NeuralLangevinVAE
+    positions : Tensor of shape (..., latent_dim)
+    generator : torch.Generator
+        Source of ``eps``.
+
+    Returns
+    -------
+    X : ndarray of shape (..., n_features), float64
+    """
+    with torch.no_grad():
+        mean = module.decoder(positions.float())
+        scale = module.decoder_scale_tril()
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        return (mean + eps @ scale.T).double().numpy()

@@ -1,0 +1,402 @@
+"""Tests of nldseg._kinetics and the estimator's kinetics methods.
+
+The pure functions are checked on analytic energies (no training): a 2-D
+double well whose Eyring-Kramers rate is known in closed form, a curved valley
+whose saddle is off the straight line between the minima, and a triple well
+whose outer wells are not neighbours. The estimator's methods run on the
+shared fitted fixtures (3 wells).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+
+from nldseg import LangevinSegmenter
+from nldseg._dynamics import step_coefficients
+from nldseg._kinetics import (
+    core_set_labels,
+    core_thresholds,
+    eyring_kramers_rate,
+    has_interior_minimum,
+    initial_states,
+    mean_visit_lengths,
+    minimum_energy_path,
+    row_stochastic,
+    simulate_prior,
+    state_saddles,
+    transition_counts,
+    visit_lengths,
+)
+
+# ------------------------------------------------------------ analytic wells
+# E(x, y) = A (x^2 - 1)^2 + B y^2: minima (+-1, 0), saddle (0, 0), barrier A.
+A, B = 2.0, 1.0
+MINIMA = np.array([[-1.0, 0.0], [1.0, 0.0]])
+
+
+def _energy(z):
+    return A * (z[:, 0] ** 2 - 1) ** 2 + B * z[:, 1] ** 2
+
+
+def _gradient(z):
+    return np.stack([4 * A * z[:, 0] * (z[:, 0] ** 2 - 1), 2 * B * z[:, 1]], 1)
+
+
+def _torch_gradient(z):
+    return torch.stack([4 * A * z[:, 0] * (z[:, 0] ** 2 - 1), 2 * B * z[:, 1]], 1)
+
+
+def _hessian(z):
+    h = np.zeros((len(z), 2, 2))
+    h[:, 0, 0] = A * (12 * z[:, 0] ** 2 - 4)
+    h[:, 1, 1] = 2 * B
+    return h
+
+
+def _basin(z):
+    return (z[:, 0] > 0).astype(np.int64)
+
+
+def _simulated_rate(dynamics, beta, gamma, mass, dt, n_paths=500, n_steps=100):
+    """Core-set transitions per unit time in simulated double-well paths."""
+    gen = torch.Generator().manual_seed(0)
+    coef = step_coefficients(dynamics, torch.tensor(beta), torch.tensor(gamma),
+                             torch.full((2,), float(mass or 1.0)), dt)
+    start = initial_states(MINIMA, _hessian(MINIMA), np.ones(2), beta, n_paths, gen,
+                           mass=None if mass is None else np.full(2, mass))
+    paths = simulate_prior(_torch_gradient, start, coef, latent_dim=2, dt=dt,
+                           n_steps=n_steps, generator=gen)
+    assert paths.shape == (n_paths, n_steps + 1, 2)
+    flat = paths.double().numpy().reshape(-1, 2)
+    saddles = state_saddles(_energy, _gradient, _hessian, MINIMA)
+    thresholds = core_thresholds(_energy(MINIMA), saddles["barriers"], 0.5)
+    labels = core_set_labels(_basin(flat).reshape(n_paths, -1),
+                             _energy(flat).reshape(n_paths, -1), thresholds)
+    return (labels[:, 1:] != labels[:, :-1]).sum() / (n_paths * n_steps)
+
+
+def _kramers(beta, gamma, mass=None):
+    h_s = _hessian(np.zeros((1, 2)))[0]
+    return eyring_kramers_rate(A, _hessian(MINIMA)[0], h_s, beta, gamma,
+                               None if mass is None else np.full(2, mass))
+
+
+def test_eyring_kramers_closed_form():
+    # |lambda_-| = 4A, det H_m / |det H_s| = 8A 2B / (4A 2B) = 2.
+    expected = 4 * A / (2 * math.pi * 2.0) * math.sqrt(2.0) * math.exp(-1.5 * A)
+    assert _kramers(1.5, 2.0) == pytest.approx(expected, rel=1e-12)
+    # Underdamped, 1-D unstable mode: sqrt(g^2/4 + w_b^2) - g/2, g = gamma/M.
+    g, wb2 = 2.0 / 2.0, 4 * A / 2.0
+    lam = math.sqrt(g * g / 4 + wb2) - g / 2
+    assert _kramers(1.5, 2.0, mass=2.0) == pytest.approx(
+        lam / (2 * math.pi) * math.sqrt(2.0) * math.exp(-1.5 * A), rel=1e-10)
+
+
+def test_overdamped_simulated_rate_matches_eyring_kramers():
+    # Barrier 3 kT, friction 2 (a rate that ignored gamma would be 2x off).
+    simulated = _simulated_rate("overdamped", beta=1.5, gamma=2.0, mass=None,
+                                dt=0.02)
+    ratio = simulated / _kramers(1.5, 2.0)
+    assert 1 / 1.5 < ratio < 1.5, ratio
+
+
+def test_underdamped_simulated_rate_matches_kramers_langer():
+    # Mass 2, friction 2: the overdamped formula would be 2.2x too fast.
+    simulated = _simulated_rate("underdamped", beta=1.5, gamma=2.0, mass=2.0,
+                                dt=0.01)
+    ratio = simulated / _kramers(1.5, 2.0, mass=2.0)
+    assert 1 / 1.5 < ratio < 1.5, ratio
+    assert simulated < _kramers(1.5, 2.0) / 1.5
+
+
+def test_initial_states_momentum_variance():
+    gen = torch.Generator().manual_seed(0)
+    z = initial_states(MINIMA, _hessian(MINIMA), np.array([0.25, 0.75]), 2.0, 20000,
+                       gen, mass=np.array([0.5, 3.0])).double()
+    assert z.shape == (20000, 4)
+    # Momentum ~ N(0, M / beta); positions ~ N(m_i, (beta H_i)^-1) by weight.
+    np.testing.assert_allclose(z[:, 2:].var(0).numpy(), [0.25, 1.5], rtol=0.05)
+    assert float((z[:, 0] > 0).double().mean()) == pytest.approx(0.75, abs=0.02)
+    right = z[z[:, 0] > 0, :2].numpy()
+    np.testing.assert_allclose(right.var(0), [1 / (2 * 8 * A), 1 / (2 * 2 * B)],
+                               rtol=0.1)
+    at_minima = initial_states(MINIMA, _hessian(MINIMA), np.ones(2), 1.0, 5, gen,
+                               start="minima")
+    np.testing.assert_array_equal(at_minima.numpy(), MINIMA[[0, 1, 0, 1, 0]])
+
+
+def test_simulate_prior_is_deterministic_and_leaves_global_rng_alone():
+    coef = step_coefficients("overdamped", torch.tensor(1.0), torch.tensor(1.0),
+                             torch.ones(2), 0.05)
+    start = torch.zeros((4, 2))
+    state = torch.random.get_rng_state()
+    runs = [simulate_prior(_torch_gradient, start, coef, latent_dim=2, dt=0.05,
+                           n_steps=5, generator=torch.Generator().manual_seed(3))
+            for _ in range(2)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.isfinite(runs[0]).all()
+    assert torch.equal(runs[0], runs[1])
+    assert torch.equal(runs[0][:, 0], start)
+    assert not torch.equal(runs[0][:, 1], runs[0][:, 2])
+
+
+# ------------------------------------------------------------ saddles (MEP)
+# Curved valley: E = A (x^2 - 1)^2 + B (y - C (1 - x^2))^2. Minima (+-1, 0);
+# saddle (0, C) at E = A; the straight line's top, (0, 0), is at A + B C^2.
+C = 1.0
+
+
+def _curved_energy(z):
+    u = z[:, 1] - C * (1 - z[:, 0] ** 2)
+    return A * (z[:, 0] ** 2 - 1) ** 2 + B * u * u
+
+
+def _curved_gradient(z):
+    u = z[:, 1] - C * (1 - z[:, 0] ** 2)
+    gx = 4 * A * z[:, 0] * (z[:, 0] ** 2 - 1) + 2 * B * u * 2 * C * z[:, 0]
+    return np.stack([gx, 2 * B * u], 1)
+
+
+def _curved_hessian(z):
+    x, y = z[:, 0], z[:, 1]
+    u = y - C * (1 - x * x)
+    h = np.empty((len(z), 2, 2))
+    h[:, 0, 0] = A * (12 * x * x - 4) + 2 * B * (2 * C * x) ** 2 + 4 * B * C * u
+    h[:, 0, 1] = h[:, 1, 0] = 4 * B * C * x
+    h[:, 1, 1] = 2 * B
+    return h
+
+
+def test_minimum_energy_path_finds_the_curved_saddle():
+    saddles = state_saddles(_curved_energy, _curved_gradient, _curved_hessian, MINIMA)
+    np.testing.assert_allclose(saddles["points"][0, 1], [0.0, C], atol=1e-6)
+    assert saddles["is_saddle"][0, 1]
+    np.testing.assert_allclose(saddles["barriers"], [[np.inf, A], [A, np.inf]],
+                               rtol=1e-8)
+    # The path itself bends into the valley: its middle image is near (0, C).
+    path = saddles["paths"][0, 1]
+    assert np.linalg.norm(path[len(path) // 2] - [0.0, C]) < 0.05
+    np.testing.assert_array_equal(path[[0, -1]], MINIMA)
+    # The analytic Hessian agrees with finite differences of the gradient.
+    z, eps = np.array([[0.3, 0.4]]), 1e-6
+    fd = np.stack([(_curved_gradient(z + eps * e) - _curved_gradient(z - eps * e))[0]
+                   / (2 * eps) for e in np.eye(2)])
+    np.testing.assert_allclose(_curved_hessian(z)[0], fd, atol=1e-6)
+
+
+def test_straight_line_start_is_not_the_answer():
+    # Without iterations the string is the straight line, whose top is too high.
+    path = minimum_energy_path(_curved_gradient, _curved_hessian, MINIMA[0], MINIMA[1],
+                               n_iter=0)
+    assert _curved_energy(path).max() == pytest.approx(A + B * C * C)
+
+
+def test_outer_wells_of_a_triple_well_are_not_neighbours():
+    # E = x^2 (x^2 - 4)^2 / 16 + y^2: minima at x = -2, 0, 2, saddles at +-2/sqrt(3).
+    def energy(z):
+        return z[:, 0] ** 2 * (z[:, 0] ** 2 - 4) ** 2 / 16 + z[:, 1] ** 2
+
+    def gradient(z):
+        x = z[:, 0]
+        return np.stack([x * (x * x - 4) * (3 * x * x - 4) / 8, 2 * z[:, 1]], 1)
+
+    def hessian(z):
+        x = z[:, 0]
+        h = np.zeros((len(z), 2, 2))
+        h[:, 0, 0] = (15 * x ** 4 - 48 * x * x + 16) / 8
+        h[:, 1, 1] = 2.0
+        return h
+
+    minima = np.array([[-2.0, 0.0], [0.0, 0.0], [2.0, 0.0]])
+    saddles = state_saddles(energy, gradient, hessian, minima)
+    barrier = (4 / 3) * (4 / 3 - 4) ** 2 / 16
+    assert np.isinf(saddles["barriers"][0, 2]) and np.isinf(saddles["barriers"][2, 0])
+    assert has_interior_minimum(energy(saddles["paths"][0, 2]))
+    assert not has_interior_minimum(energy(saddles["paths"][0, 1]))
+    np.testing.assert_allclose(saddles["barriers"][[0, 1, 1, 2], [1, 0, 2, 1]],
+                               barrier, rtol=1e-8)
+    np.testing.assert_allclose(saddles["points"][0, 1], [-2 / math.sqrt(3), 0],
+                               atol=1e-8)
+    np.testing.assert_allclose(core_thresholds(energy(minima), saddles["barriers"],
+                                               0.5), 0.5 * barrier)
+
+
+# ------------------------------------------------------------ labels, counts
+def test_core_set_labels_ignore_recrossings():
+    basins = np.array([[1, 0, 1, 0, 1, 1, 0]])
+    energies = np.array([[5.0, 0.5, 2.0, 2.0, 0.5, 2.0, 2.0]])
+    labels = core_set_labels(basins, energies, np.array([1.0, 1.0]))
+    # Step 0 takes its basin; step 2 is in basin 1 but above its core: still 0.
+    np.testing.assert_array_equal(labels, [[1, 0, 0, 0, 1, 1, 1]])
+
+
+def test_transition_counts_and_rows():
+    labels = np.array([[0, 0, 1, 1, 0], [1, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(transition_counts(labels, 3, 1),
+                                  [[1, 1, 0], [1, 5, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(transition_counts(labels, 3, 3),
+                                  [[1, 1, 0], [0, 2, 0], [0, 0, 0]])
+    np.testing.assert_allclose(row_stochastic(transition_counts(labels, 3, 1)),
+                               [[0.5, 0.5, 0], [1 / 6, 5 / 6, 0], [0, 0, 1]])
+
+
+def test_visit_lengths_drop_censored_visits():
+    labels = np.array([[0, 0, 1, 1, 1, 0, 0, 2],
+                       [2, 2, 2, 2, 2, 2, 2, 2],
+                       [1, 2, 2, 0, 0, 0, 0, 1]])
+    visits = visit_lengths(labels, 3)
+    np.testing.assert_array_equal(visits[0], [2, 4])
+    np.testing.assert_array_equal(visits[1], [3])
+    np.testing.assert_array_equal(visits[2], [2])
+
+
+# ------------------------------------------------------------ the estimator
+KW = dict(n_trajectories=64, n_steps=400)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tiny_fitted):
+    """The overdamped fixture's transition matrix and dwell times (one seed)."""
+    return (tiny_fitted.transition_matrix(**KW, random_state=0),
+            tiny_fitted.mean_dwell_times(**KW, random_state=0))
+
+
+def test_transition_matrix_is_row_stochastic_and_persistent(tiny_fitted, tiny_prior):
+    P, dwell = tiny_prior
+    assert P.shape == (3, 3)
+    np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-12)
+    assert (P >= 0).all()
+    # The wells hold: the data switch with probability 0.05 per step.
+    assert (np.diag(P) > 0.8).all(), P
+    # Same paths: time in a state over its exits is 1 / (1 - P_ii).
+    np.testing.assert_allclose(dwell, 1 / (1 - np.diag(P)), rtol=1e-12)
+    P2 = tiny_fitted.transition_matrix(2, **KW, random_state=0)
+    np.testing.assert_allclose(P2.sum(1), 1.0, atol=1e-12)
+    assert (np.diag(P2) < np.diag(P)).all()
+
+
+def test_transition_matrix_is_deterministic(tiny_fitted, tiny_prior):
+    np.testing.assert_array_equal(tiny_fitted.transition_matrix(**KW, random_state=0),
+                                  tiny_prior[0])
+    other = tiny_fitted.transition_matrix(**KW, random_state=1)
+    assert not np.array_equal(other, tiny_prior[0])
+    # random_state=None falls back on the estimator's (an int in the fixture).
+    np.testing.assert_array_equal(tiny_fitted.transition_matrix(**KW),
+                                  tiny_fitted.transition_matrix(**KW))
+
+
+def test_dwell_times(tiny_fitted, tiny_prior):
+    visits = tiny_fitted.dwell_times(**KW, random_state=0)
+    assert len(visits) == 3
+    assert all(v.dtype.kind == "i" and len(v) > 0 and (v >= 1).all() for v in visits)
+    # Complete visits only: their mean is biased short, but not by much here
+    # (visits of about 40 steps in paths of 400).
+    means = np.array([v.mean() for v in visits])
+    assert (means < tiny_prior[1]).all() and (means > 0.6 * tiny_prior[1]).all()
+
+
+def test_mean_visit_lengths_count_censored_time():
+    labels = np.array([[0, 0, 1, 1, 1, 0, 0, 2],
+                       [2, 2, 2, 2, 2, 2, 2, 2]])
+    # State 0: 4 steps of time (0->0, 0->1, 0->0, 0->2), 2 exits; state 1:
+    # 3 steps, 1 exit; state 2: 7 steps (the last point of a path starts
+    # none), never left.
+    np.testing.assert_allclose(mean_visit_lengths(labels, 3), [2.0, 3.0, np.nan])
+
+
+def test_mean_visit_lengths_unbiased_on_long_visits():
+    # A chain that stays with probability 0.99 in paths of 100 steps: the
+    # complete visits average far below 100, the estimate does not.
+    rng = np.random.default_rng(0)
+    switch = rng.random((2000, 99)) < 0.01
+    labels = np.concatenate([np.zeros((2000, 1), int),
+                             np.cumsum(switch, axis=1) % 2], axis=1)
+    estimate = mean_visit_lengths(labels, 2)
+    np.testing.assert_allclose(estimate, 100.0, rtol=0.08)
+    assert max(v.mean() for v in visit_lengths(labels, 2)) < 60
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lag=0), "lag must be a positive integer"),
+    (dict(lag=401), "lag must be at most n_steps=400"),
+    (dict(n_trajectories=0), "n_trajectories must be a positive integer"),
+    (dict(n_steps=0), "n_steps must be a positive integer"),
+    (dict(core_fraction=1.0), r"core_fraction must be in \(0, 1\)"),
+    (dict(core_fraction=0.0), r"core_fraction must be in \(0, 1\)"),
+    (dict(n_trajectories=10**5, n_steps=10**4), "at most 2e\\+07 latent points"),
+])
+def test_transition_matrix_bad_arguments(tiny_fitted, kwargs, message):
+    args = dict(KW, **kwargs)
+    lag = args.pop("lag", 1)
+    with pytest.raises(ValueError, match=message):
+        tiny_fitted.transition_matrix(lag, **args)
+
+
+def test_other_methods_bad_arguments(tiny_fitted):
+    with pytest.raises(ValueError, match="n_steps must be a positive integer"):
+        tiny_fitted.dwell_times(n_steps=0)
+    with pytest.raises(ValueError, match="n_trajectories must be a positive integer"):
+        tiny_fitted.mean_dwell_times(n_trajectories=-1)
+    with pytest.raises(ValueError, match="n_sequences must be a positive integer"):
+        tiny_fitted.sample(0, 10)
+    with pytest.raises(ValueError, match="n_timesteps must be a positive integer"):
+        tiny_fitted.sample(2, 0)
+    with pytest.raises(TypeError, match="lag must be a positive integer"):
+        tiny_fitted.transition_matrix(1.5)
+
+
+@pytest.mark.parametrize("method, args", [
+    ("transition_matrix", ()), ("dwell_times", ()), ("mean_dwell_times", ()),
+    ("sample", (2, 5)), ("kramers_rates", ()),
+])
+def test_kinetics_need_a_fitted_model(method, args):
+    with pytest.raises(NotFittedError):
+        getattr(LangevinSegmenter(), method)(*args)
+
+
+def test_sample_decodes_to_the_data_and_its_labels(tiny_fitted, tiny_data):
+    X, y = tiny_fitted.sample(8, 100, random_state=0)
+    assert X.shape == (8, 100, 8) and y.shape == (8, 100)
+    assert y.dtype.kind == "i" and set(np.unique(y)) <= {0, 1, 2}
+    assert len(np.unique(y)) >= 2
+    X2, y2 = tiny_fitted.sample(8, 100, random_state=0)
+    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(y, y2)
+    assert not np.array_equal(X, tiny_fitted.sample(8, 100, random_state=1)[0])
+    # In the data's units: per-feature means and spreads as in the training data.
+    data = tiny_data[0].reshape(-1, 8)
+    flat = X.reshape(-1, 8)
+    assert np.abs(flat.mean(0) - data.mean(0)).max() < 0.5 * data.std(0).max()
+    np.testing.assert_allclose(flat.std(0), data.std(0), rtol=0.35)
+    # The model reads its own samples back: labels agree with the paths' states
+    # (chance: 1/3). Not near 1: this tiny model's barriers are about 1 kT, so
+    # the paths often leave a basin without reaching the next core.
+    agreement = (tiny_fitted.predict(X) == y).mean()
+    assert agreement > 0.7, agreement
+
+
+def test_sample_underdamped(tiny_underdamped):
+    X, y = tiny_underdamped.sample(4, 60, random_state=0)
+    assert X.shape == (4, 60, 8) and y.shape == (4, 60)
+    assert (tiny_underdamped.predict(X) == y).mean() > 0.8
+    P = tiny_underdamped.transition_matrix(**KW, random_state=0)
+    np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-12)
+    assert (np.diag(P) > 0.8).all(), P
+
+
+def test_sample_one_step(tiny_fitted):
+    X, y = tiny_fitted.sample(3, 1, random_state=0)
+    assert X.shape == (3, 1, 8) and y.shape == (3, 1)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_fitted", "tiny_underdamped"])
+def test_kramers_rates(fixture, request):
+    seg = request.getfixturevalue(fixture)
+    rates = seg.kramers_rates()
+    assert rates.shape == (3, 3)
+    np.testing.assert_array_equal(np.diag(rates), 0.0)
+    finite = rates[np.isfinite(rates)]
+    assert (finite >= 0).all() and (finite > 0).any()
