@@ -597,9 +597,10 @@ def decode_observations(module, positions: torch.Tensor,
                         generator: torch.Generator) -> np.ndarray:
     """Observations drawn from the decoder ``p(x | z)`` at latent positions.
 
-    The decoder's mean plus its Gaussian noise ``L eps`` (``L`` from
-    ``module.decoder_scale_tril()``, full or diagonal), in the standardised
-    units the model was trained in.
+    The decoder's mean plus its Gaussian noise ``L eps`` (both from
+    ``module.decoder_mean_and_scale``; ``L`` shared, full or diagonal, or
+    depending on the position), in the standardised units the model was
+    trained in.
 
     Parameters
     ----------
@@ -613,7 +614,8 @@ def decode_observations(module, positions: torch.Tensor,
     X : ndarray of shape (..., n_features), float64
     """
     with torch.no_grad():
-        mean = module.decoder(positions.float())
-        scale = module.decoder_scale_tril()
+        mean, scale = module.decoder_mean_and_scale(positions.float())
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-        return (mean + eps @ scale.T).double().numpy()
+        if scale.dim() == 2:
+            return (mean + eps @ scale.T).double().numpy()
+        return (mean + (scale @ eps.unsqueeze(-1)).squeeze(-1)).double().numpy()

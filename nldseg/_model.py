@@ -589,6 +589,17 @@ class NeuralLangevinVAE(nn.Module):
                  + torch.diag_embed(torch.exp(log_diag)))
         return scale, log_diag
 
+    def decoder_mean_and_scale(self, z: torch.Tensor) -> tuple:
+        """``g(z)`` (..., D) and the noise's ``L``: (..., D, D), or (D, D) when shared.
+
+        Observations drawn from the decoder are ``g(z) + L eps``.
+        """
+        q = z[..., : self.latent_dim]
+        if self.decoder_covariance == "latent":
+            hidden = self.decoder[1](self.decoder[0](q))
+            return self.decoder[2](hidden), self._latent_scale_tril(hidden)[0]
+        return self.decoder(q), self.decoder_scale_tril()
+
     def decode_log_prob(self, x: torch.Tensor, z: torch.Tensor,
                         n_paths: int = 1) -> torch.Tensor:
         """``log p(x_t | z_t)`` for every observation, shape (T, B * n_paths).

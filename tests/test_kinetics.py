@@ -400,3 +400,23 @@ def test_kramers_rates(fixture, request):
     np.testing.assert_array_equal(np.diag(rates), 0.0)
     finite = rates[np.isfinite(rates)]
     assert (finite >= 0).all() and (finite > 0).any()
+
+
+def test_sample_with_latent_noise_draws_from_its_own_covariance(tiny_latent_noise):
+    """decode_observations uses L(z) at each position, not a shared L."""
+    import torch
+
+    from nldseg._kinetics import decode_observations
+
+    module = tiny_latent_noise.module_
+    z = torch.as_tensor(tiny_latent_noise.energy_.minima[:2], dtype=torch.float32)
+    positions = z.repeat_interleave(20000, dim=0)
+    gen = torch.Generator().manual_seed(0)
+    X = decode_observations(module, positions, gen)
+    for k in range(2):
+        mean, scale = module.decoder_mean_and_scale(z[k])
+        cov = (scale @ scale.T).double().numpy()
+        got = np.cov(X[k * 20000:(k + 1) * 20000].T)
+        np.testing.assert_allclose(got, cov, atol=0.05 * np.abs(cov).max())
+    X2, y2 = tiny_latent_noise.sample(4, 50, random_state=0)
+    assert X2.shape == (4, 50, 8) and np.isfinite(X2).all()
