@@ -8,6 +8,7 @@ goes through the posterior sampler (:mod:`nldseg._inference`).
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -52,6 +53,8 @@ from nldseg._version import __version__
 SOLVERS = frozenset({"euler", "torchsde"})
 DECODER_COVARIANCES = frozenset({"full", "diag", "latent"})
 INITIAL_PRIORS = frozenset({"stationary", "gaussian"})
+
+_SEEDING_LOCK = threading.Lock()  # See LangevinSegmenter._new_module.
 
 #: Type and range of every parameter (``device`` and ``random_state`` are
 #: checked where they are used).
@@ -166,17 +169,18 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     validation_fraction : float, default=0.1
         Share held out for ``early_stopping``: whole sequences when there are
         10 or more, else the last part of each sequence.
-    decoder_covariance : {"full", "diag", "latent"}, default="full"
-        Noise of the decoder ``p(x_t | z_t) = N(g(z_t), Sigma)``. ``"full"``
-        learns a full covariance shared by all states, so that correlated
-        fluctuations of the features within a state are noise, not signal, and
-        the latent path is left to carry the states; ``"diag"`` learns
-        per-feature variances only (the paper's decoder); ``"latent"`` lets
-        the full covariance depend on the latent state, ``Sigma(z_t) = L(z_t)
-        L(z_t)^T``, so that states which differ in how their features vary
-        together (not only in their means) can be told apart; it costs a
-        batched triangular solve per step (about 25% more per gradient step
-        with 8 features). See Notes.
+    decoder_covariance : {"latent", "full", "diag"}, default="latent"
+        Noise of the decoder ``p(x_t | z_t) = N(g(z_t), Sigma)``.
+        ``"latent"``: a full covariance that depends on the latent state,
+        ``Sigma(z_t)``, so that states which differ in how their features vary
+        and co-vary (not only in their means) are told apart; its inverse
+        Cholesky factor moves with 8 features of the decoder's hidden layer.
+        ``"full"``: one full covariance shared by all states, so that
+        correlated fluctuations within a state are noise, not signal;
+        ``"diag"``: per-feature variances only (the paper's decoder). On the
+        suite's overlapping cases ``"latent"`` found the states that
+        ``"full"`` merged (see ``benchmarks/RESULTS.md``); it costs about 40%
+        more per gradient step with 45 features, nothing measurable with 8.
     n_paths : int, default=8
         Monte-Carlo posterior paths per sequence used by :meth:`predict_proba`,
         :meth:`predict`, :meth:`transform`, :meth:`score` and :meth:`stream`.
@@ -354,7 +358,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                  batch_size=64, max_iter=3000, learning_rate="cosine",
                  learning_rate_init=3e-3, kl_warmup=200, tol=1e-3,
                  n_iter_no_change=5, early_stopping=True, validation_fraction=0.1,
-                 decoder_covariance="full", n_paths=8,
+                 decoder_covariance="latent", n_paths=8,
                  min_state_fraction=0.005, initial_prior="stationary",
                  solver="euler", device="auto", n_threads=None,
                  distributed=False, random_state=None, verbose=0):
@@ -483,7 +487,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     def _new_module(self, n_features: int, seed: int, device) -> NeuralLangevinVAE:
         """A freshly initialised VAE, its weights drawn from ``seed`` (RNG left alone)."""
         fork = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork):
+        # torch's default generator is the process's: two fits seeding it at once
+        # from two threads (a threaded grid search) would draw each other's
+        # weights, and restore each other's state into the caller's generator.
+        with _SEEDING_LOCK, torch.random.fork_rng(devices=fork):
             torch.manual_seed(seed)
             module = build_model(n_features, self.get_params())
         return module.to(device)

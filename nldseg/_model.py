@@ -27,6 +27,10 @@ from nldseg._fused import (
 )
 
 _LOG_2PI = math.log(2.0 * math.pi)
+#: Features of the latent state that move the decoder noise with
+#: ``decoder_covariance="latent"``: up to NOISE_RANK + 1 wells can have any
+#: noise covariances of their own.
+NOISE_RANK = 8
 
 
 def _normal_log_pdf(x: torch.Tensor, loc: torch.Tensor,
@@ -175,9 +179,8 @@ class NeuralLangevinVAE(nn.Module):
         Noise of ``p(x_t | z_t) = N(decoder(z_t), Sigma)``: a learned full
         covariance ``Sigma = L L^T`` (``L`` lower triangular with a positive
         diagonal), a learned diagonal, or a full covariance that depends on
-        ``z_t``: ``L(z_t)``'s entries are the shared ones plus a linear map of
-        the decoder's hidden layer (zero at the start, so that training
-        starts from ``"full"``), its diagonal ``exp`` of a bounded log.
+        ``z_t`` through :data:`NOISE_RANK` features of the decoder's hidden
+        layer (:meth:`_latent_precision`).
     """
 
     def __init__(self, n_features: int, latent_dim: int, dynamics: str,
@@ -205,13 +208,17 @@ class NeuralLangevinVAE(nn.Module):
             nn.Linear(hidden_size, n_features),
         )
         self.dec_log_std = nn.Parameter(torch.full((n_features,), math.log(0.5)))
-        if decoder_covariance in ("full", "latent"):  # Below L's diagonal; starts diagonal.
+        if decoder_covariance == "full":  # Below the diagonal of L; starts diagonal.
             self.dec_cov_lower = nn.Parameter(torch.zeros((n_features, n_features)))
         if decoder_covariance == "latent":
-            # L's entries moved by the decoder's hidden layer; starts at "full".
-            self.dec_noise = nn.Linear(hidden_size, n_features * (n_features + 1) // 2)
-            nn.init.zeros_(self.dec_noise.weight)
-            nn.init.zeros_(self.dec_noise.bias)
+            # L(z)^-1 from the decoder's hidden layer (_latent_precision); the
+            # parts that move it start at zero, so training starts as "full".
+            self.dec_noise_in = nn.Linear(hidden_size, NOISE_RANK)
+            self.dec_noise_diag = nn.Linear(NOISE_RANK, n_features)
+            nn.init.zeros_(self.dec_noise_diag.weight)
+            nn.init.zeros_(self.dec_noise_diag.bias)
+            self.dec_noise_lower = nn.Parameter(
+                torch.zeros((NOISE_RANK + 1, n_features, n_features)))
         learn = bool(learn_langevin_params)
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta)), requires_grad=learn)
         self.log_gamma = nn.Parameter(torch.tensor(math.log(gamma)),
@@ -576,18 +583,42 @@ class NeuralLangevinVAE(nn.Module):
             return torch.diag(std)
         return torch.tril(self.dec_cov_lower, -1) + torch.diag(std)
 
-    def _latent_scale_tril(self, hidden: torch.Tensor) -> tuple:
-        """``L(z)`` (..., D, D) and its log diagonal from the decoder's hidden layer."""
-        d = self.dec_log_std.shape[0]
-        moved = self.dec_noise(hidden)
-        rows, cols = torch.tril_indices(d, d, device=hidden.device)
-        tri = hidden.new_zeros((*hidden.shape[:-1], d, d))
-        tri[..., rows, cols] = moved
-        log_diag = self.dec_log_std + torch.diagonal(tri, dim1=-2, dim2=-1)
-        log_diag = log_diag.clamp(-7.0, 5.0)
-        scale = (torch.tril(self.dec_cov_lower + tri, -1)
-                 + torch.diag_embed(torch.exp(log_diag)))
-        return scale, log_diag
+    def _latent_precision(self, hidden: torch.Tensor) -> tuple:
+        """``log diag P(z)`` (..., D) and the features ``u(z)`` (..., R) of ``P(z)``.
+
+        ``P(z) = L(z)^-1 = diag(exp(a(z))) + S_0 + sum_k u_k(z) S_k``: ``u`` a
+        linear map of the decoder's hidden layer, ``a = -dec_log_std`` plus a
+        linear map of ``u`` (bounded as the other decoders' log stds are), and
+        ``S_0..S_R`` strictly lower triangular (``dec_noise_lower``). Zero at the
+        start, so that training starts as ``"full"`` does. Linear in ``u``, so
+        ``P r`` is one matrix product (:meth:`_precision_times`), with no
+        ``D x D`` matrix per step and no triangular solve.
+        """
+        u = self.dec_noise_in(hidden)
+        log_diag = (self.dec_noise_diag(u) - self.dec_log_std).clamp(-5.0, 7.0)
+        return log_diag, u
+
+    def _noise_lower(self) -> torch.Tensor:
+        """``S_0..S_R`` (R + 1, D, D), strictly lower triangular."""
+        return torch.tril(self.dec_noise_lower, -1)
+
+    def _precision_times(self, resid: torch.Tensor, log_diag: torch.Tensor,
+                         u: torch.Tensor) -> torch.Tensor:
+        """``P(z) r`` for residuals ``r`` (..., D), from :meth:`_latent_precision`."""
+        lower = self._noise_lower()
+        n_feat, rank = resid.shape[-1], u.shape[-1]
+        moved = (resid @ lower[1:].permute(2, 0, 1).reshape(n_feat, rank * n_feat))
+        moved = (moved.unflatten(-1, (rank, n_feat)) * u.unsqueeze(-1)).sum(-2)
+        return torch.exp(log_diag) * resid + resid @ lower[0].T + moved
+
+    def _latent_scale_tril(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``L(z) = P(z)^-1`` (..., D, D) of :meth:`_latent_precision`."""
+        log_diag, u = self._latent_precision(hidden)
+        lower = self._noise_lower()
+        prec = (torch.diag_embed(torch.exp(log_diag)) + lower[0]
+                + torch.einsum("...k,kij->...ij", u, lower[1:]))
+        eye = torch.eye(prec.shape[-1], dtype=prec.dtype, device=prec.device)
+        return torch.linalg.solve_triangular(prec, eye.expand_as(prec), upper=False)
 
     def decoder_mean_and_scale(self, z: torch.Tensor) -> tuple:
         """``g(z)`` (..., D) and the noise's ``L``: (..., D, D), or (D, D) when shared.
@@ -597,7 +628,7 @@ class NeuralLangevinVAE(nn.Module):
         q = z[..., : self.latent_dim]
         if self.decoder_covariance == "latent":
             hidden = self.decoder[1](self.decoder[0](q))
-            return self.decoder[2](hidden), self._latent_scale_tril(hidden)[0]
+            return self.decoder[2](hidden), self._latent_scale_tril(hidden)
         return self.decoder(q), self.decoder_scale_tril()
 
     def decode_log_prob(self, x: torch.Tensor, z: torch.Tensor,
@@ -612,11 +643,9 @@ class NeuralLangevinVAE(nn.Module):
             target = target.repeat_interleave(n_paths, dim=1)
         if self.decoder_covariance == "latent":
             hidden = self.decoder[1](self.decoder[0](z[..., : self.latent_dim]))
-            scale, log_diag = self._latent_scale_tril(hidden)
-            resid = torch.linalg.solve_triangular(
-                scale, (target - self.decoder[2](hidden)).unsqueeze(-1),
-                upper=False).squeeze(-1)
-            return (-0.5 * (resid * resid).sum(-1) - log_diag.sum(-1)
+            log_diag, u = self._latent_precision(hidden)
+            white = self._precision_times(target - self.decoder[2](hidden), log_diag, u)
+            return (-0.5 * (white * white).sum(-1) + log_diag.sum(-1)
                     - 0.5 * x.shape[-1] * _LOG_2PI)
         mean = self.decoder(z[..., : self.latent_dim])
         log_std = self.decoder_log_std()

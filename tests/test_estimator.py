@@ -540,3 +540,25 @@ def test_rollback_halves_the_scheduled_rate(chain, monkeypatch):
     np.testing.assert_allclose(rates, [sched[0]] + [r / 2 for r in sched[1:]],
                                rtol=1e-12)
     assert len(est.loss_curve_) == 8 and np.all(np.isfinite(est.loss_curve_))
+
+
+def test_fits_in_concurrent_threads_equal_fits_one_after_another(chain):
+    """Two fits at once in threads (a threaded grid search) draw their own weights.
+
+    torch's default generator is the process's; seeding it from two threads
+    at once mixed the two fits' initial weights.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    X = chain[0][:16, :30]
+    kw = dict(FAST, max_iter=3, early_stopping=False)
+
+    def fit(beta):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return LangevinSegmenter(**dict(kw, beta=beta)).fit(X).loss_curve_
+
+    serial = [fit(b) for b in (0.5, 2.0)]
+    for _ in range(3):
+        with ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(fit, (0.5, 2.0))) == serial
