@@ -931,6 +931,39 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             self.energy_, saddles, beta=float(beta), gamma=float(gamma),
             mass=mass.numpy() if self.module_.dynamics == "underdamped" else None)
 
+    def minimum_energy_paths(self) -> dict:
+        """Minimum energy paths and saddles between the states' minima.
+
+        The paths of :meth:`kramers_rates` (simplified string method between
+        the deepest minima of each pair of states, the top refined to the
+        saddle by Newton's method).
+
+        Returns
+        -------
+        paths : dict
+            ``"paths"``: dict ``(i, j) -> ndarray (n_images, latent_dim)``
+            for ``i < j``, from state ``i``'s minimum to ``j``'s;
+            ``"saddles"`` (n_states_, n_states_, latent_dim), NaN between
+            states whose path passes through a third state's well (they are
+            not neighbours); ``"barriers"`` (n_states_, n_states_):
+            ``E(saddle) - E(minimum of the row's state)``, ``inf`` where
+            there is no saddle; ``"is_saddle"`` (n_states_, n_states_):
+            whether the refined point is an index-1 saddle.
+
+        Examples
+        --------
+        >>> from nldseg import LangevinSegmenter
+        >>> from nldseg.datasets import make_markov_chain_sequences
+        >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+        >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+        >>> seg.minimum_energy_paths()["barriers"].shape == (seg.n_states_,) * 2
+        True
+        """
+        check_is_fitted(self)
+        found = landscape_saddles(self.energy_)
+        return {"paths": found["paths"], "saddles": found["points"],
+                "barriers": found["barriers"], "is_saddle": found["is_saddle"]}
+
     # ------------------------------------------------------- serving and I/O
     def stream(self) -> SegmentationStream:
         """Open a stateful online labeller for one new sequence.

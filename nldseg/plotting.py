@@ -51,7 +51,8 @@ def minima_plane(landscape, points=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_energy_landscape(estimator, X=None, *, ax=None, resolution: int = 120,
-                          margin: float = 0.5, levels: int = 30):
+                          margin: float = 0.5, levels: int = 30,
+                          paths: bool = False):
     """Contours of the learned energy on the plane through the minima (paper Fig. 2f).
 
     Parameters
@@ -67,6 +68,13 @@ def plot_energy_landscape(estimator, X=None, *, ax=None, resolution: int = 120,
         Extra extent around the minima (and data), as a fraction of the span.
     levels : int, default=30
         Number of contour levels.
+    paths : bool, default=False
+        Also draw the minimum energy paths between neighbouring states
+        (:meth:`~nldseg.LangevinSegmenter.minimum_energy_paths`), projected
+        on the plane, and mark their saddles (white crosses). The energy is
+        drawn on the plane, so a path that leaves it crosses contours that
+        are not its own; :func:`plot_energy_profiles` shows the energy along
+        each path.
 
     Returns
     -------
@@ -98,6 +106,15 @@ def plot_energy_landscape(estimator, X=None, *, ax=None, resolution: int = 120,
     if pts is not None:
         p = (pts - origin) @ basis.T
         ax.plot(p[:, 0], p[:, 1], ".", color="w", ms=1.5, alpha=0.3)
+    if paths:
+        mep = estimator.minimum_energy_paths()
+        for (i, j), path in mep["paths"].items():
+            if not np.isfinite(mep["barriers"][i, j]):
+                continue  # Not neighbours: the path runs through a third well.
+            p = (path - origin) @ basis.T
+            ax.plot(p[:, 0], p[:, 1], "-", color="w", lw=1.5)
+            s = (mep["saddles"][i, j] - origin) @ basis.T
+            ax.plot(s[0], s[1], "wx", ms=9, mew=2)
     for k, (a, b) in enumerate(coords):
         ax.plot(a, b, "r*", ms=12)
         ax.annotate(f"state {k}", (a, b), textcoords="offset points", xytext=(6, 6),
@@ -137,7 +154,7 @@ def plot_segmentation(y_pred, y_true=None, *, ax=None, title: str | None = None)
     return ax
 
 
-def plot_dwell_times(estimator, *, ax=None, n_trajectories: int = 256,
+def plot_dwell_times(estimator, y=None, *, ax=None, n_trajectories: int = 256,
                      n_steps: int = 2000, random_state=None):
     """Distribution of the visit lengths of each state under the learned prior.
 
@@ -154,6 +171,12 @@ def plot_dwell_times(estimator, *, ax=None, n_trajectories: int = 256,
     ----------
     estimator : LangevinSegmenter
         A fitted estimator.
+    y : array-like of shape (n_timesteps,) or (n_sequences, n_timesteps), \
+            or list of such arrays, default=None
+        Labelled data in the model's states (``predict``'s labels, or true
+        labels mapped onto them): the same curves of its complete visits
+        (each sequence's first and last visit dropped as cut) are drawn
+        dotted, in the state's colour.
     ax : matplotlib Axes, default=None
     n_trajectories : int, default=256
         Simulated prior paths.
@@ -170,6 +193,14 @@ def plot_dwell_times(estimator, *, ax=None, n_trajectories: int = 256,
                   random_state=random_state)
     visits = estimator.dwell_times(**kwargs)
     means = estimator.mean_dwell_times(**kwargs)
+    data = None
+    if y is not None:
+        from nldseg._kinetics import visit_lengths
+
+        rows = [np.asarray(r) for r in (y if isinstance(y, list) else
+                                         np.atleast_2d(np.asarray(y)))]
+        found = [visit_lengths(r[None, :], len(means)) for r in rows]
+        data = [np.concatenate([f[k] for f in found]) for k in range(len(means))]
     ax = _axes(ax)
     for k, (v, mean) in enumerate(zip(visits, means)):
         if len(v) == 0:
@@ -180,9 +211,107 @@ def plot_dwell_times(estimator, *, ax=None, n_trajectories: int = 256,
                           label=f"state {k} (mean {mean:.1f})")
         if np.isfinite(mean) and mean > 1:
             ax.plot(t, (1 - 1 / mean) ** t, "--", color=line.get_color(), lw=1)
+        if data is not None and len(data[k]):
+            t = np.arange(1, data[k].max() + 1)
+            ax.step(t, (data[k][None, :] > t[:, None]).mean(1), ":", where="post",
+                    color=line.get_color(), lw=1.5,
+                    label=f"state {k}, data (mean {data[k].mean():.1f})")
     ax.set_yscale("log")
     ax.set_xlabel("visit length t (observation steps)")
     ax.set_ylabel("fraction of visits longer than t")
-    ax.set_title("Dwell times of the learned prior (dashed: geometric)")
+    ax.set_title("Dwell times of the learned prior (dashed: geometric"
+                 + (", dotted: data)" if data is not None else ")"))
     ax.legend(loc="upper right")
+    return ax
+
+
+def plot_energy_profiles(estimator, *, ax=None):
+    """Energy along the minimum energy path between each pair of neighbouring states.
+
+    Parameters
+    ----------
+    estimator : LangevinSegmenter
+        A fitted estimator.
+    ax : matplotlib Axes, default=None
+
+    Returns
+    -------
+    ax : matplotlib Axes
+        One line per pair ``i -> j``, against the path's arc length from
+        ``i``'s minimum, in units of ``1 / beta`` above ``i``'s minimum.
+    """
+    ax = _axes(ax)
+    land = estimator.energy_
+    mep = estimator.minimum_energy_paths()
+    for (i, j), path in mep["paths"].items():
+        if not np.isfinite(mep["barriers"][i, j]):
+            continue
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0),
+                                                               axis=1))])
+        e = land.beta * (land(path) - land.minima_energies[i])
+        ax.plot(arc, e, label=f"{i} -> {j}")
+    ax.set_xlabel("arc length along the path (latent units)")
+    ax.set_ylabel("beta (E - E(minimum of the first state))")
+    ax.set_title("Energy along the minimum energy paths")
+    if ax.get_lines():
+        ax.legend(loc="best")
+    return ax
+
+
+def plot_kinetic_network(estimator, *, ax=None, lag: int = 1, n_trajectories: int = 256,
+                         n_steps: int = 2000, random_state=None):
+    """States as nodes sized by occupancy, arrows weighted by transition probability.
+
+    Nodes sit at the minima projected on the plane through them
+    (:func:`minima_plane`); an arrow ``i -> j`` has a width proportional to
+    the probability of moving from ``i`` to ``j`` within ``lag`` steps
+    (:meth:`~nldseg.LangevinSegmenter.transition_matrix`, learned prior), and
+    is labelled with it.
+
+    Parameters
+    ----------
+    estimator : LangevinSegmenter
+        A fitted estimator.
+    ax : matplotlib Axes, default=None
+    lag, n_trajectories, n_steps, random_state
+        Passed to :meth:`~nldseg.LangevinSegmenter.transition_matrix`.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+    """
+    ax = _axes(ax)
+    land = estimator.energy_
+    P = estimator.transition_matrix(lag, n_trajectories=n_trajectories,
+                                    n_steps=n_steps, random_state=random_state)
+    occupancy = estimator.state_occupancy_
+    origin, basis = minima_plane(land)
+    xy = (land.minima - origin) @ basis.T
+    if len(xy) == 1 or np.ptp(xy, axis=0).max() == 0:
+        xy = np.array([[np.cos(a), np.sin(a)] for a in
+                       2 * np.pi * np.arange(len(xy)) / max(len(xy), 1)])
+    off = P[~np.eye(len(P), dtype=bool)]
+    top = off.max() if off.size and off.max() > 0 else 1.0
+    for i in range(len(P)):
+        for j in range(len(P)):
+            if i == j or P[i, j] <= 0:
+                continue
+            a, b = xy[i], xy[j]
+            normal = np.array([b[1] - a[1], a[0] - b[0]]) * 0.06  # i->j beside j->i
+            ax.annotate("", xy=b + normal, xytext=a + normal,
+                        arrowprops=dict(arrowstyle="-|>", lw=0.5 + 4 * P[i, j] / top,
+                                        color="0.3", shrinkA=18, shrinkB=18))
+            mid = 0.5 * (a + b) + 2 * normal
+            ax.annotate(f"{P[i, j]:.3f}", mid, fontsize=8, ha="center", color="0.2")
+    ax.scatter(xy[:, 0], xy[:, 1], s=3000 * np.asarray(occupancy) + 50,
+               c=np.arange(len(xy)), cmap="tab10", vmin=0, vmax=9, alpha=0.8, zorder=3)
+    for k, (a, b) in enumerate(xy):
+        ax.annotate(f"{k}\n{occupancy[k]:.2f}", (a, b), ha="center", va="center",
+                    fontsize=9, zorder=4)
+    span = np.ptp(xy, axis=0).max() if len(xy) > 1 else 1.0
+    ax.set_xlim(xy[:, 0].min() - 0.3 * span, xy[:, 0].max() + 0.3 * span)
+    ax.set_ylim(xy[:, 1].min() - 0.3 * span, xy[:, 1].max() + 0.3 * span)
+    ax.set_xlabel("PC 1 of minima")
+    ax.set_ylabel("PC 2 of minima")
+    ax.set_title(f"Kinetic network: occupancy, and P(i -> j) within {lag} step(s)")
     return ax

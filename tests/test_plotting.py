@@ -31,3 +31,64 @@ def test_plot_dwell_times(tiny_fitted):
             assert y[0] <= 1 and (np.diff(y) <= 0).all()
     finally:
         plt.close(fig)
+
+
+def test_energy_landscape_with_paths_and_profiles(tiny_fitted):
+    from nldseg.plotting import plot_energy_landscape, plot_energy_profiles
+
+    mep = tiny_fitted.minimum_energy_paths()
+    neighbours = [(i, j) for (i, j) in mep["paths"] if np.isfinite(mep["barriers"][i, j])]
+    assert neighbours  # A 3-well model has at least one pair of neighbours.
+    fig, (a1, a2) = plt.subplots(1, 2)
+    try:
+        before = len(a1.get_lines())
+        assert plot_energy_landscape(tiny_fitted, ax=a1, resolution=20, paths=True) is a1
+        # 3 minima, and a path plus a saddle per neighbouring pair.
+        assert len(a1.get_lines()) - before == 3 + 2 * len(neighbours)
+        assert plot_energy_profiles(tiny_fitted, ax=a2) is a2
+        lines = a2.get_lines()
+        assert len(lines) == len(neighbours)
+        for line, (i, j) in zip(lines, neighbours):
+            y = line.get_ydata()
+            assert abs(y[0]) < 1e-6  # Starts at i's minimum.
+            beta = tiny_fitted.energy_.beta
+            assert np.isclose(y.max(), beta * mep["barriers"][i, j], rtol=0.1, atol=0.05)
+    finally:
+        plt.close(fig)
+
+
+def test_kinetic_network(tiny_fitted):
+    from nldseg.plotting import plot_kinetic_network
+
+    fig, ax = plt.subplots()
+    try:
+        out = plot_kinetic_network(tiny_fitted, ax=ax, n_trajectories=32, n_steps=300,
+                                   random_state=0)
+        assert out is ax
+        P = tiny_fitted.transition_matrix(1, n_trajectories=32, n_steps=300,
+                                          random_state=0)
+        arrows = [t for t in ax.texts if t.arrow_patch is not None]
+        assert len(arrows) == int((P[~np.eye(3, dtype=bool)] > 0).sum())
+        labels = {t.get_text() for t in ax.texts if t.arrow_patch is None}
+        for i in range(3):
+            assert f"{i}\n{tiny_fitted.state_occupancy_[i]:.2f}" in labels
+    finally:
+        plt.close(fig)
+
+
+def test_plot_dwell_times_of_labelled_data(tiny_fitted):
+    y = np.array([[0, 0, 1, 1, 1, 2, 2, 0, 0, 0, 0, 1],
+                  [2, 2, 2, 0, 0, 1, 1, 1, 1, 2, 0, 0]])
+    fig, ax = plt.subplots()
+    try:
+        plot_dwell_times(tiny_fitted, y, ax=ax, n_trajectories=16, n_steps=200,
+                         random_state=0)
+        dotted = {line.get_label(): line for line in ax.get_lines()
+                  if line.get_linestyle() == ":"}
+        # Complete visits: state 0 -> [4, 2], state 1 -> [3, 4], state 2 -> [2, 1].
+        assert set(dotted) == {"state 0, data (mean 3.0)", "state 1, data (mean 3.5)",
+                               "state 2, data (mean 1.5)"}
+        np.testing.assert_allclose(dotted["state 0, data (mean 3.0)"].get_ydata(),
+                                   [1.0, 0.5, 0.5, 0.0])
+    finally:
+        plt.close(fig)
