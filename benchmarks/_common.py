@@ -198,8 +198,8 @@ def train_step(path: str, module: NeuralLangevinVAE, opt: torch.optim.Optimizer,
     if path == "fused":
         settings = TrainingSettings.from_params(dict(
             LangevinSegmenter().get_params(), dt=dt, solver="euler"))
-        loss, finite = gradient_step(module, params, opt, BatchShare.whole(x, mask), gen,
-                                     settings, weight)
+        loss, _, finite = gradient_step(module, params, opt, BatchShare.whole(x, mask),
+                                        gen, settings, weight)
     else:
         noise, eps0, probe = draw_noise(module, x, dt, gen)
         loss, _ = training_loss(path, module, x, mask, noise, eps0, probe, dt, weight)

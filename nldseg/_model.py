@@ -217,8 +217,9 @@ class NeuralLangevinVAE(nn.Module):
             self.dec_noise_diag = nn.Linear(NOISE_RANK, n_features)
             nn.init.zeros_(self.dec_noise_diag.weight)
             nn.init.zeros_(self.dec_noise_diag.bias)
+            self.dec_prec_lower = nn.Parameter(torch.zeros((n_features, n_features)))
             self.dec_noise_lower = nn.Parameter(
-                torch.zeros((NOISE_RANK + 1, n_features, n_features)))
+                torch.zeros((NOISE_RANK, n_features, n_features)))
         learn = bool(learn_langevin_params)
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta)), requires_grad=learn)
         self.log_gamma = nn.Parameter(torch.tensor(math.log(gamma)),
@@ -583,14 +584,28 @@ class NeuralLangevinVAE(nn.Module):
             return torch.diag(std)
         return torch.tril(self.dec_cov_lower, -1) + torch.diag(std)
 
+    def latent_noise_parameters(self) -> list:
+        """The parameters through which the decoder noise follows the latent state.
+
+        Empty unless ``decoder_covariance="latent"``; all zero at the start
+        but ``dec_noise_in``, so that while they are held there the noise is
+        one full covariance shared by all states (parametrised by its inverse
+        factor, ``dec_log_std`` and ``dec_prec_lower``).
+        """
+        if self.decoder_covariance != "latent":
+            return []
+        return [*self.dec_noise_in.parameters(), *self.dec_noise_diag.parameters(),
+                self.dec_noise_lower]
+
     def _latent_precision(self, hidden: torch.Tensor) -> tuple:
         """``log diag P(z)`` (..., D) and the features ``u(z)`` (..., R) of ``P(z)``.
 
         ``P(z) = L(z)^-1 = diag(exp(a(z))) + S_0 + sum_k u_k(z) S_k``: ``u`` a
         linear map of the decoder's hidden layer, ``a = -dec_log_std`` plus a
         linear map of ``u`` (bounded as the other decoders' log stds are), and
-        ``S_0..S_R`` strictly lower triangular (``dec_noise_lower``). Zero at the
-        start, so that training starts as ``"full"`` does. Linear in ``u``, so
+        ``S_0`` (``dec_prec_lower``), ``S_1..S_R`` (``dec_noise_lower``)
+        strictly lower triangular. All but ``u`` zero at the start, so that
+        training starts from the same diagonal noise as ``"full"``. Linear in ``u``, so
         ``P r`` is one matrix product (:meth:`_precision_times`), with no
         ``D x D`` matrix per step and no triangular solve.
         """
@@ -600,7 +615,8 @@ class NeuralLangevinVAE(nn.Module):
 
     def _noise_lower(self) -> torch.Tensor:
         """``S_0..S_R`` (R + 1, D, D), strictly lower triangular."""
-        return torch.tril(self.dec_noise_lower, -1)
+        return torch.tril(torch.cat([self.dec_prec_lower[None], self.dec_noise_lower]),
+                          -1)
 
     def _precision_times(self, resid: torch.Tensor, log_diag: torch.Tensor,
                          u: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,11 @@ N_PARTITION_DRAWS = 4096  # Importance draws of log Z per training step.
 CLIP_NORM = 10.0  # Gradient norm clipping of every training step.
 MAX_BAD_STEPS = 8  # Non-finite steps in a row before training gives up.
 MAX_VALIDATION_WINDOWS = 256  # Held-out windows whose ELBO is checked.
+#: Training KL per observed step below which the latent path carries nothing
+#: (posterior collapse). Collapsed fits measured about 1e-4, fits with states
+#: 0.2-0.3. Until the KL has risen above it, a decoder noise that follows the
+#: latent state is held at its start (see :func:`train`).
+KL_COLLAPSED = 0.01
 
 
 @dataclass(frozen=True)
@@ -247,8 +252,11 @@ class BatchShare:
 
 def gradient_step(module, params: list, opt: torch.optim.Optimizer, share: BatchShare,
                   gen: torch.Generator, settings: TrainingSettings, weight: float,
-                  replicas: Replicas = SINGLE) -> tuple:
-    """Noise, loss, backward and clipping of one batch; returns ``(loss, finite)``.
+                  replicas: Replicas = SINGLE, held: tuple = ()) -> tuple:
+    """Noise, loss, backward and clipping of one batch; ``(loss, kl_per_step, finite)``.
+
+    ``kl_per_step``: the batch's unweighted KL per observed step. The
+    parameters in ``held`` get no gradient (the optimiser leaves them).
 
     Noise is drawn for the whole batch and sliced to this process's rows.
     With several processes every one centres the ``log Z`` proposal on the
@@ -268,33 +276,42 @@ def gradient_step(module, params: list, opt: torch.optim.Optimizer, share: Batch
     if share.first_frames is not None:
         with torch.no_grad():
             proposal = module.initial_codes(share.first_frames)
+    kl_sum = share.n_observed.new_zeros(())
     if share.x is None:
         loss = share.n_observed.new_zeros(())
     else:
         mine = noise[:share.x.shape[1] - 1, :, share.rows].contiguous()
-        loss, _ = training_loss(module, share.x, share.mask, mine, eps0[share.rows], probe,
-                                settings.dt, weight, settings.solver, share.n_observed,
-                                proposal)
+        loss, kl = training_loss(module, share.x, share.mask, mine, eps0[share.rows],
+                                 probe, settings.dt, weight, settings.solver,
+                                 share.n_observed, proposal)
         loss.backward()
+        kl_sum = kl.detach().sum()
     loss = loss.detach()
     if replicas.distributed:
-        _sum_gradients(params, loss, replicas)
+        _sum_gradients(params, [loss, kl_sum], replicas)
+    for p in held:
+        p.grad = None
     grad_norm = torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
-    return loss, bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
+    return (loss, float(kl_sum / share.n_observed),
+            bool(torch.isfinite(loss) and torch.isfinite(grad_norm)))
 
 
-def _sum_gradients(params: list, loss: torch.Tensor, replicas: Replicas) -> None:
-    """Sum ``loss`` and the gradients over the processes, in place, in one all-reduce.
+def _sum_gradients(params: list, scalars: list, replicas: Replicas) -> None:
+    """Sum the 0-d ``scalars`` and the gradients over the processes, in place.
+
+    One all-reduce carries them all.
 
     A parameter left without a gradient on every process (unused by the
     loss) keeps none, as with one process.
     """
-    used = [torch.ones(1, device=loss.device) if p.grad is not None
-            else torch.zeros(1, device=loss.device) for p in params]
+    device = scalars[0].device
+    used = [torch.ones(1, device=device) if p.grad is not None
+            else torch.zeros(1, device=device) for p in params]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    replicas.sum_([p.grad for p in params] + [loss.reshape(1)] + used)  # A view.
+    replicas.sum_([p.grad for p in params] + [s.reshape(1) for s in scalars]  # Views.
+                  + used)
     for p, flag in zip(params, used):
         if not flag.item():
             p.grad = None
@@ -459,6 +476,11 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
     anneal_begin = s.max_iter - anneal_steps
     interval = s.validation_interval
     loss_curve: list[float] = []
+    kl_curve: list[float] = []
+    # A noise that follows the latent state is held at its start (shared, as
+    # with decoder_covariance="full") while the posterior is collapsed: free
+    # from the start, it could settle that plateau for good (one well).
+    held = tuple(module.latent_noise_parameters())
     scores: list[float] = []
     best, bad_checks, converged, best_state = -np.inf, 0, False, None
     bad_in_a_row, step = 0, 0
@@ -480,8 +502,9 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
                 lr = lr_init * lr_scale * lr_multiplier(step, anneal_begin, anneal_steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                loss, finite = gradient_step(module, params, opt, share, gen, s,
-                                             kl_weight(step, s.kl_warmup), replicas)
+                loss, kl_step, finite = gradient_step(
+                    module, params, opt, share, gen, s, kl_weight(step, s.kl_warmup),
+                    replicas, held)
                 if finite:
                     break
                 bad_in_a_row += 1
@@ -502,10 +525,13 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
             opt.step()
             step += 1
             loss_curve.append(float(loss.detach()))
+            kl_curve.append(kl_step)
             bar.show(step, s.max_iter, loss_curve[-1], time.perf_counter() - t_start)
             if step % interval:
                 continue
             recent = float(np.mean(loss_curve[-interval:]))
+            if held and np.mean(kl_curve[-interval:]) > KL_COLLAPSED:
+                held = ()  # The latent path is in use: the noise may follow it.
             checking = held_out and step < anneal_begin
             if checking:
                 scores.append(held_out.elbo(module, replicas))

@@ -54,8 +54,8 @@ def test_shares_add_up_to_the_whole_batch(monkeypatch):
 
     def step(share, replicas):
         gen = torch.Generator().manual_seed(3)
-        loss, finite = gradient_step(module, params, opt, share, gen, settings, 0.5,
-                                     replicas)
+        loss, _, finite = gradient_step(module, params, opt, share, gen, settings,
+                                        0.5, replicas)
         assert finite
         return loss, [None if p.grad is None else p.grad.clone() for p in params]
 

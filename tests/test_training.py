@@ -123,3 +123,25 @@ def test_progress_bar(capsys):
     assert capsys.readouterr().err.startswith("\r ")
     # verbose=1 draws the bar only on a terminal (pytest's stderr is not one).
     assert not _ProgressBar(1).enabled and not _ProgressBar(0).enabled
+
+
+@pytest.mark.parametrize("threshold, moves", [(float("inf"), False), (-1.0, True)])
+def test_latent_noise_is_held_while_the_posterior_is_collapsed(monkeypatch, threshold,
+                                                               moves):
+    """Held, the noise's dependence on the latent state stays at its start."""
+    import warnings
+
+    from nldseg import LangevinSegmenter
+    from nldseg.datasets import make_markov_chain_sequences
+
+    monkeypatch.setattr("nldseg._training.KL_COLLAPSED", threshold)
+    X, _ = make_markov_chain_sequences(20, 30, n_features=3, random_state=0)
+    kw = dict(hidden_size=8, context_size=4, max_iter=30, kl_warmup=5,
+              early_stopping=False, random_state=0, decoder_covariance="latent")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = LangevinSegmenter(**kw).fit(X)
+    m = seg.module_
+    assert m.dec_prec_lower.abs().sum() > 0  # The shared part always trains.
+    held = [m.dec_noise_lower, m.dec_noise_diag.weight, m.dec_noise_diag.bias]
+    assert all(bool((p != 0).any()) is moves for p in held)
