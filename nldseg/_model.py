@@ -605,9 +605,9 @@ class NeuralLangevinVAE(nn.Module):
         linear map of ``u`` (bounded as the other decoders' log stds are), and
         ``S_0`` (``dec_prec_lower``), ``S_1..S_R`` (``dec_noise_lower``)
         strictly lower triangular. All but ``u`` zero at the start, so that
-        training starts from the same diagonal noise as ``"full"``. Linear in ``u``, so
-        ``P r`` is one matrix product (:meth:`_precision_times`), with no
-        ``D x D`` matrix per step and no triangular solve.
+        training starts from the same diagonal noise as ``"full"``. Linear in
+        ``u``, so ``P r`` is one matrix product (:meth:`_precision_times`),
+        with no ``D x D`` matrix per step and no triangular solve.
         """
         u = self.dec_noise_in(hidden)
         log_diag = (self.dec_noise_diag(u) - self.dec_log_std).clamp(-5.0, 7.0)
@@ -641,11 +641,14 @@ class NeuralLangevinVAE(nn.Module):
 
         Observations drawn from the decoder are ``g(z) + L eps``.
         """
-        q = z[..., : self.latent_dim]
         if self.decoder_covariance == "latent":
-            hidden = self.decoder[1](self.decoder[0](q))
+            hidden = self._decoder_hidden(z)
             return self.decoder[2](hidden), self._latent_scale_tril(hidden)
-        return self.decoder(q), self.decoder_scale_tril()
+        return self.decoder(z[..., : self.latent_dim]), self.decoder_scale_tril()
+
+    def _decoder_hidden(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's hidden layer at the positions of ``z``; ``g`` is its last layer."""
+        return self.decoder[1](self.decoder[0](z[..., : self.latent_dim]))
 
     def decode_log_prob(self, x: torch.Tensor, z: torch.Tensor,
                         n_paths: int = 1) -> torch.Tensor:
@@ -658,7 +661,7 @@ class NeuralLangevinVAE(nn.Module):
         if n_paths > 1:
             target = target.repeat_interleave(n_paths, dim=1)
         if self.decoder_covariance == "latent":
-            hidden = self.decoder[1](self.decoder[0](z[..., : self.latent_dim]))
+            hidden = self._decoder_hidden(z)
             log_diag, u = self._latent_precision(hidden)
             white = self._precision_times(target - self.decoder[2](hidden), log_diag, u)
             return (-0.5 * (white * white).sum(-1) + log_diag.sum(-1)

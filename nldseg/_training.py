@@ -264,9 +264,8 @@ def gradient_step(module, params: list, opt: torch.optim.Optimizer, share: Batch
     <nldseg._model.NeuralLangevinVAE.initial_codes>`, no gradient), so that
     each share's loss is a term of the one-process loss; the losses and
     gradients are summed over the processes before clipping, so every one
-    holds the whole batch's. The caller
-    decides what to do with a non-finite step and takes the optimiser step
-    (``opt.step()``) itself.
+    holds the whole batch's. The caller decides what to do with a non-finite
+    step and takes the optimiser step (``opt.step()``) itself.
     """
     device = share.n_observed.device
     noise, eps0, probe = draw_step_noise(module, (share.n_rows, share.t_max),
