@@ -19,9 +19,31 @@ continuous SDE), the barriers, and the dwell times and transition matrix of the
     python benchmarks/kinetics.py --seeds 0 [--dynamics overdamped underdamped]
     python benchmarks/kinetics.py --load-dir models/   # reuse saved fits
     python benchmarks/kinetics.py --learn-langevin-params  # beta, gamma, mass learned
+
+``--cases unequal langevin`` runs the same comparison on the suite's cases
+(``benchmarks/suite.py``: same data, same sizes, the library defaults):
+
+* ``unequal`` (a Markov chain, 4 states, shares 0.47 / 0.30 / 0.20 / 0.04):
+  against the true chain, as above;
+* ``langevin`` (4-well diffusion seen through a nonlinear map): against the
+  generator itself, run long (64 paths of 5,000 observation steps, another
+  seed), whose nearest-well labels are read two ways: raw, and by core sets
+  (a point enters a well's core when it is nearer than half the way to the
+  cell's border, the same milestoning rule as the library's); bar: the
+  prior's lag-1 matrix within 0.02 of the generator's, and the Eyring-Kramers
+  escape rate of every state within a factor 2 of the simulated one.
+
+``--round-trip`` also refits the defaults on ``sample``'s output (as many
+sequences, as long, as the training set) and compares: the number of states,
+and the occupancy (``state_occupancy_``) of the refit against the first
+model's, states matched by the refit's labels of the samples (bar: same
+number of states, l1 <= 0.05).
+
+    python benchmarks/kinetics.py --cases unequal langevin --round-trip
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -31,6 +53,7 @@ from _common import machine_line
 
 from nldseg import LangevinSegmenter
 from nldseg._kinetics import (
+    core_set_labels,
     landscape_saddles,
     mean_visit_lengths,
     prior_state_paths,
@@ -42,6 +65,8 @@ from nldseg.metrics import label_mapping, segmentation_accuracy
 
 DWELL_BAR = 0.15
 MATRIX_BAR = 0.02
+KRAMERS_BAR = 2.0
+ROUND_TRIP_BAR = 0.05
 
 
 def _fitted(dynamics: str, seed: int, X, load_dir, save_dir, learn: bool):
@@ -63,6 +88,12 @@ def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
+
+
+def _learned_order(y_true, y_pred, k: int) -> np.ndarray:
+    """Learned state of each true state (Hungarian map of the labels)."""
+    mapping = label_mapping(y_true, y_pred)
+    return np.array([s for t in range(k) for s, tt in mapping.items() if tt == t])
 
 
 def _in_true_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -100,8 +131,7 @@ def run(dynamics: str, seed: int, n_train: int, n_test: int, load_dir, save_dir,
                P_pred=row_stochastic(transition_counts(y_pred, k, 1)),
                dwell_pred=mean_visit_lengths(y_pred, k))
     if k == len(P_true):
-        mapping = label_mapping(y_test, y_pred)
-        order = np.array([s for t in range(k) for s, tt in mapping.items() if tt == t])
+        order = _learned_order(y_test, y_pred, k)
         for key in ("P_prior", "P_pred", "barriers"):
             out[key] = _in_true_order(out[key], order)
         for key in ("dwell_prior", "dwell_kramers", "dwell_fine", "dwell_pred"):
@@ -147,6 +177,158 @@ def report(r: dict) -> None:
           f"labels {np.abs(r['P_pred'] - r['P_true']).max():.4f})")
 
 
+def _generator_run(case, seed: int, n_paths: int = 64, n_steps: int = 5000) -> dict:
+    """Lag-1 matrix and dwell times of the Langevin generator itself, run long.
+
+    Labels: the generator's nearest-well labels, raw and by core sets (a
+    point enters the core of its well when nearer to the center than a
+    quarter of the distance between adjacent centers, i.e. half the way to
+    the cell's border; between cores the last core visited).
+    """
+    _, y, params = case.generator(n_paths, n_steps, random_state=30_000 + seed,
+                                  emission_random_state=seed, return_params=True,
+                                  **case.kwargs)
+    centers, z = params["well_centers"], params["latents"]
+    dist = np.linalg.norm(z[..., None, :] - centers, axis=-1)
+    spacing = np.min(np.linalg.norm(centers[1] - centers[0]))
+    k = len(centers)
+    own = np.take_along_axis(dist, y[..., None], -1)[..., 0]
+    cores = core_set_labels(y, own, np.full(k, spacing / 4))
+    return {"P_raw": row_stochastic(transition_counts(y, k, 1)),
+            "P_core": row_stochastic(transition_counts(cores, k, 1)),
+            "dwell_raw": mean_visit_lengths(y, k),
+            "dwell_core": mean_visit_lengths(cores, k)}
+
+
+def _round_trip(seg, case, seed: int, params: dict) -> dict:
+    """Refit the defaults on ``seg.sample``'s output and compare the occupancy."""
+    X_s, y_s = seg.sample(case.n_train, case.train_length, random_state=seed)
+    t0 = time.perf_counter()
+    refit = LangevinSegmenter(random_state=seed, **params).fit(list(X_s))
+    t_fit = time.perf_counter() - t0
+    labels = refit.predict(list(X_s))
+    k = seg.n_states_
+    mapping = label_mapping(list(y_s), labels)  # refit state -> sampled state
+    matched = np.zeros(k)
+    unmatched = 0.0
+    for j, share in enumerate(refit.state_occupancy_):
+        if j in mapping:
+            matched[mapping[j]] += share
+        else:
+            unmatched += share
+    return {"K_refit": refit.n_states_, "t_refit": t_fit,
+            "occ_first": np.asarray(seg.state_occupancy_),
+            "occ_refit": matched,
+            "l1": float(np.abs(matched - seg.state_occupancy_).sum() + unmatched),
+            "sample_shares": np.bincount(y_s.ravel(), minlength=k) / y_s.size,
+            "acc_refit": segmentation_accuracy(list(y_s), labels)}
+
+
+def run_case(name: str, seed: int, load_dir, save_dir, round_trip: bool,
+             params: dict) -> dict:
+    """The kinetics bars on one of the suite's cases (``params``: non-defaults)."""
+    from suite import CASES
+
+    case = CASES[name]
+    train, test, y_test, truth = case.draw(seed)
+    fname = f"{name}_seed{seed}.nldseg"
+    if load_dir:
+        seg, t_fit = LangevinSegmenter.load(os.path.join(load_dir, fname)), float("nan")
+    else:
+        seg, t_fit = _timed(lambda: LangevinSegmenter(random_state=seed,
+                                                      **params).fit(train))
+        if save_dir:
+            os.makedirs(save_dir, exist_ok=True)
+            seg.save(os.path.join(save_dir, fname))
+    y_pred = seg.predict(test)
+    k = seg.n_states_
+    out = {"case": name, "seed": seed, "n_states": k, "K_true": len(
+        truth["stationary_distribution"]), "t_fit": t_fit,
+        "acc": segmentation_accuracy(y_test, y_pred), "beta": seg.beta_}
+    if "transition_matrix" in truth:
+        P_true = np.asarray(truth["transition_matrix"])
+        out.update(truth="the true chain", P_true=P_true,
+                   dwell_true=1 / (1 - np.diag(P_true)))
+    else:
+        gen = _generator_run(case, seed)
+        out.update(truth="the generator run long, core-set labels",
+                   P_true=gen["P_core"], dwell_true=gen["dwell_core"],
+                   P_raw=gen["P_raw"], dwell_raw=gen["dwell_raw"])
+    P, out["t_matrix"] = _timed(lambda: seg.transition_matrix(1))
+    dwell = seg.mean_dwell_times()
+    rates, out["t_kramers"] = _timed(seg.kramers_rates)
+    fine = prior_state_paths(seg.module_, seg.energy_, dt=seg.dt / 10, n_paths=256,
+                             n_steps=1000, core_fraction=0.5,
+                             generator=torch.Generator().manual_seed(seed))[1]
+    pred = np.stack(y_pred)  # The test sequences are of equal length.
+    out.update(P_prior=P, dwell_prior=dwell, dwell_fine=mean_visit_lengths(fine, k),
+               dwell_kramers=1 / rates.sum(1),
+               barriers=landscape_saddles(seg.energy_)["barriers"],
+               P_pred=row_stochastic(transition_counts(pred, k, 1)),
+               dwell_pred=mean_visit_lengths(pred, k))
+    if k == out["K_true"]:
+        order = _learned_order(y_test, y_pred, k)
+        for key in ("P_prior", "P_pred", "barriers", "dwell_prior", "dwell_fine",
+                    "dwell_kramers", "dwell_pred"):
+            out[key] = _in_true_order(out[key], order)
+    if round_trip:
+        out["round_trip"] = _round_trip(seg, case, seed, params)
+    return out
+
+
+def report_case(r: dict) -> None:
+    print(f"\n## {r['case']}, seed {r['seed']}: {r['n_states']} states "
+          f"(true {r['K_true']}), test accuracy {r['acc']:.4f}, fit {r['t_fit']:.0f} s, "
+          f"beta {r['beta']:.3g}; truth: {r['truth']}")
+    if r["n_states"] == r["K_true"]:
+        k = r["K_true"]
+        print("| quantity (true state order) | " + " | ".join(
+            f"state {i}" for i in range(k)) + " |")
+        print("|---|" + "---|" * k)
+        rows = [("true dwell", r["dwell_true"])]
+        if "dwell_raw" in r:
+            rows.append(("generator dwell, raw nearest-well labels", r["dwell_raw"]))
+        rows += [("prior mean_dwell_times (fitted dt)", r["dwell_prior"]),
+                 ("prior, Euler dt/10", r["dwell_fine"]),
+                 ("Eyring-Kramers 1/sum_j k_ij", r["dwell_kramers"]),
+                 ("predicted labels of the test data", r["dwell_pred"])]
+        for name, v in rows:
+            print(f"| {name} | " + " | ".join(f"{x:.1f}" for x in v) + " |")
+        rel = np.abs(r["dwell_prior"] - r["dwell_true"]) / r["dwell_true"]
+        diff = np.abs(r["P_prior"] - r["P_true"]).max()
+        ratio = r["dwell_fine"] / r["dwell_kramers"]  # = Kramers rate / simulated
+        print(f"lowest barrier out of each state, in kT: "
+              f"{_fmt(r['beta'] * np.min(r['barriers'], axis=1))}")
+        print("true P (lag 1):\n", np.round(r["P_true"], 4))
+        print("prior P (lag 1):\n", np.round(r["P_prior"], 4))
+        print("predicted-label P (lag 1):\n", np.round(r["P_pred"], 4))
+        kramers_met = np.all(np.abs(np.log(ratio)) <= np.log(KRAMERS_BAR))
+        print(f"BAR dwell within {DWELL_BAR:.0%}: "
+              f"{'met' if (rel <= DWELL_BAR).all() else 'NOT met'} (worst "
+              f"{rel.max():.2f}); BAR max|P - P_true| <= {MATRIX_BAR}: "
+              f"{'met' if diff <= MATRIX_BAR else 'NOT met'} ({diff:.4f}; predicted "
+              f"labels {np.abs(r['P_pred'] - r['P_true']).max():.4f}); BAR Kramers "
+              f"escape rate within {KRAMERS_BAR:g}x of the simulated (dt/10): "
+              f"{'met' if kramers_met else 'NOT met'} (ratios {_fmt2(ratio)})")
+    else:
+        print("states found differ from the truth: no per-state comparison")
+        print("prior P:\n", np.round(r["P_prior"], 4))
+    if "round_trip" in r:
+        t = r["round_trip"]
+        met = t["K_refit"] == r["n_states"] > 1 and t["l1"] <= ROUND_TRIP_BAR
+        print(f"round trip: refit on sample's output finds {t['K_refit']} states "
+              f"(first model {r['n_states']}), fit {t['t_refit']:.0f} s, accuracy on the "
+              f"samples {t['acc_refit']:.4f}; occupancy first {_fmt2(t['occ_first'])}, "
+              f"refit {_fmt2(t['occ_refit'])}, sample label shares "
+              f"{_fmt2(t['sample_shares'])}; l1 {t['l1']:.3f}; BAR "
+              f"{'met' if met else 'NOT met'}"
+              f"{' (one state: nothing to compare)' if r['n_states'] == 1 else ''}")
+
+
+def _fmt2(v) -> str:
+    return "[" + ", ".join(f"{x:.3f}" for x in np.ravel(v)) + "]"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -158,8 +340,20 @@ def main() -> None:
     p.add_argument("--save-dir", default=None, help="write each fitted model here")
     p.add_argument("--learn-langevin-params", action="store_true",
                    help="fit with learn_langevin_params=True (beta, gamma, mass learned)")
+    p.add_argument("--cases", nargs="+", default=None, choices=["unequal", "langevin"],
+                   help="the suite's cases instead of the paper setting")
+    p.add_argument("--round-trip", action="store_true",
+                   help="with --cases: also refit on sample's output")
+    p.add_argument("--nldseg", default="{}",
+                   help="with --cases: JSON of non-default LangevinSegmenter parameters")
     a = p.parse_args()
     print(machine_line(torch.device("cpu")))
+    if a.cases:
+        for name in a.cases:
+            for seed in a.seeds:
+                report_case(run_case(name, seed, a.load_dir, a.save_dir, a.round_trip,
+                                     json.loads(a.nldseg)))
+        return
     for dyn in a.dynamics:
         for seed in a.seeds:
             report(run(dyn, seed, a.n_train, a.n_test, a.load_dir, a.save_dir,
