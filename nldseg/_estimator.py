@@ -44,6 +44,7 @@ from nldseg._validation import (
     Sequences,
     check_params,
     check_sequences,
+    delay_embed,
     format_output,
     scale_from_variance,
     unchanged_on_error,
@@ -65,7 +66,7 @@ _PARAMETER_RULES = {
     "beta": RealParam(), "gamma": RealParam(), "mass": RealParam(),
     "learn_langevin_params": BoolParam(),
     "dt": RealParam(),
-    "hidden_size": IntParam(1), "context_size": IntParam(1),
+    "hidden_size": IntParam(1), "context_size": IntParam(1), "n_lags": IntParam(0),
     "window_length": IntParam(1, none_ok=True),
     "batch_size": IntParam(1), "max_iter": IntParam(1),
     "early_stopping": BoolParam(), "validation_fraction": RealParam(0.0, 1.0, True),
@@ -131,6 +132,18 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         decoder.
     context_size : int, default=32
         Size of the encoder context ``c_t`` fed to the posterior drift.
+    n_lags : int, default=0
+        Previous observations read beside each one (delay embedding): the
+        model sees the frame ``[x_t, x_{t-1}, ..., x_{t-n_lags}]`` at step
+        ``t`` (the first observation of a sequence stands in for the steps
+        before it), so a state can be told by how an observation follows the
+        previous one, not only by the observations' law. ``1`` finds states
+        that differ only in their dynamics (e.g. regimes of a
+        vector autoregression with the same stationary law), on which
+        ``0`` finds a single well; see ``benchmarks/RESULTS.md``. Labels stay
+        online (step ``t`` reads ``x[:t+1]``). Each observation is then read
+        ``n_lags + 1`` times, so :meth:`score` is the ELBO of the embedded
+        frames: compare scores between models of the same ``n_lags`` only.
     window_length : int or None, default=50
         Training reads random windows of this many consecutive steps from the
         training sequences (each window starts its own posterior); ``None``
@@ -354,7 +367,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
     def __init__(self, n_states=None, *, dynamics="overdamped", latent_dim=3,
                  beta=1.0, gamma=1.0, mass=1.0, learn_langevin_params=False,
-                 dt=0.5, hidden_size=64, context_size=32, window_length=50,
+                 dt=0.5, hidden_size=64, context_size=32, n_lags=0, window_length=50,
                  batch_size=64, max_iter=3000, learning_rate="cosine",
                  learning_rate_init=3e-3, kl_warmup=200, tol=1e-3,
                  n_iter_no_change=5, early_stopping=True, validation_fraction=0.1,
@@ -372,6 +385,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.dt = dt
         self.hidden_size = hidden_size
         self.context_size = context_size
+        self.n_lags = n_lags
         self.window_length = window_length
         self.batch_size = batch_size
         self.max_iter = max_iter
@@ -452,7 +466,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seeds = replicas.broadcast_seeds(seeds)
         mean = data.mean(0)
         scale = scale_from_variance(data.var(0), mean, data.shape[0])
-        z_data = ((data - mean) / scale).astype(np.float32)
+        z_data = delay_embed(((data - mean) / scale).astype(np.float32), seqs.lengths,
+                             self.n_lags)
         module = self._new_module(data.shape[1], int(seeds[0]), device)
         try:
             result = train(module, torch.as_tensor(z_data, device=device), seqs.lengths,
@@ -474,14 +489,16 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.converged_ = result.converged
         self.validation_scores_ = result.validation_scores
         if self.n_states_ == 1 and self.n_states is None:
+            dynamics_hint = (
+                "; if the states may differ in how an observation follows the "
+                "previous one rather than in the observations' law, set n_lags=1"
+                if self.n_lags == 0 else "")
             warnings.warn(
                 "The learned energy has a single well, so every step gets the same "
                 "label. If the data should hold several states: give training more "
                 f"gradient steps (max_iter, now {self.max_iter}; it stopped after "
-                f"{self.n_iter_}), or a sharper prior (beta, now {self.beta}), or "
-                "check that the states differ in the frames' mean or covariance "
-                "(states that differ only in their dynamics are not modelled).",
-                UserWarning, stacklevel=3)
+                f"{self.n_iter_}), or a sharper prior (beta, now {self.beta})"
+                f"{dynamics_hint}.", UserWarning, stacklevel=3)
         return self
 
     def _new_module(self, n_features: int, seed: int, device) -> NeuralLangevinVAE:
@@ -510,7 +527,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         check_is_fitted(self)
         seqs = check_sequences(self, X, lengths=lengths, reset=False)
         data = (seqs.data.astype(np.float64) - self.scaler_mean_) / self.scaler_scale_
-        return Sequences(np.array(data, dtype=np.float32), seqs.lengths, seqs.form)
+        data = delay_embed(data.astype(np.float32), seqs.lengths, self.n_lags)
+        return Sequences(data, seqs.lengths, seqs.form)
 
     def _sampler(self) -> PosteriorSampler:
         """The fitted model's posterior sampler, seeded from ``random_state``."""
@@ -665,7 +683,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seqs = self._prepare(X, lengths)
         with torch_threads(self.n_threads):
             total = self._sampler().elbo_sum(seqs)
-        return float(total / seqs.data.shape[0] - np.log(self.scaler_scale_).sum())
+        log_jacobian = (self.n_lags + 1) * np.log(self.scaler_scale_).sum()
+        return float(total / seqs.data.shape[0] - log_jacobian)
 
     # ------------------------------------------------ kinetics of the prior
     def _prior_generator(self, random_state) -> torch.Generator:
@@ -889,6 +908,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         with torch_threads(self.n_threads):
             noise = torch.Generator().manual_seed(int(seeds[1]))
             X = decode_observations(self.module_, torch.as_tensor(paths), noise)
+        # With n_lags, the decoder's frame ends with the previous observations.
+        X = X[..., :self.n_features_in_]
         return X * self.scaler_scale_ + self.scaler_mean_, labels
 
     def kramers_rates(self) -> np.ndarray:
@@ -992,7 +1013,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """
         check_is_fitted(self)
         return SegmentationStream(self._sampler(), self.energy_, self.scaler_mean_,
-                                  self.scaler_scale_, n_threads=self.n_threads)
+                                  self.scaler_scale_, n_lags=self.n_lags,
+                                  n_threads=self.n_threads)
 
     def save(self, path) -> None:
         """Write the fitted model to ``path`` in a safe, pickle-free format.

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from nldseg._threads import check_threads, torch_threads
-from nldseg._validation import Sequences, check_observation, pad_windows
+from nldseg._validation import Sequences, check_observation, delay_embed, pad_windows
 
 _SCORE_PARTITION_DRAWS = 8192  # Importance draws of log Z for score().
 BLOCK_STEPS = 2048  # Observations simulated at once (memory per chunk of sequences).
@@ -259,6 +259,9 @@ class SegmentationStream:
         The fitted states.
     mean, scale : ndarray of shape (n_features,)
         The standardisation fitted on the training data.
+    n_lags : int, default=0
+        Previous observations appended to each one (the segmenter's
+        ``n_lags``); the stream keeps the last ``n_lags`` observations.
     n_threads : int or None, default=None
         torch threads of each update (see ``LangevinSegmenter``'s
         ``n_threads``).
@@ -282,8 +285,10 @@ class SegmentationStream:
     """
 
     def __init__(self, sampler: PosteriorSampler, landscape, mean: np.ndarray,
-                 scale: np.ndarray, *, n_threads: int | None = None) -> None:
+                 scale: np.ndarray, *, n_lags: int = 0,
+                 n_threads: int | None = None) -> None:
         check_threads(n_threads)
+        self._n_lags = n_lags
         self._n_threads = n_threads
         self._sampler = sampler
         self._landscape = landscape
@@ -303,6 +308,7 @@ class SegmentationStream:
         self._gen = self._sampler.generator()
         self._hidden = None
         self._z = None
+        self._recent = np.zeros((0, len(self._mean)), dtype=np.float32)
         self.n_steps_ = 0
         return self
 
@@ -322,7 +328,11 @@ class SegmentationStream:
             Probability of each state at the newest step.
         """
         row = check_observation(x_t, len(self._mean))
-        x = torch.as_tensor(((row - self._mean) / self._scale).astype(np.float32))
+        recent = np.vstack([self._recent, ((row - self._mean) / self._scale).reshape(
+            1, -1).astype(np.float32)])[-(self._n_lags + 1):]
+        # The newest row's delay embedding, by the same rule as predict's.
+        x = torch.as_tensor(delay_embed(recent, np.array([len(recent)]),
+                                        self._n_lags)[-1])
         gen_state = self._gen.get_state()
         try:
             with torch_threads(self._n_threads):
@@ -333,7 +343,7 @@ class SegmentationStream:
             self._gen.set_state(gen_state)
             raise
         # Commit the new state only once everything above has succeeded.
-        self._hidden, self._z = hidden, z
+        self._hidden, self._z, self._recent = hidden, z, recent
         self.n_steps_ += 1
         return int(proba.argmax()), proba
 

@@ -745,10 +745,12 @@ def build_model(n_features: int, params: dict) -> NeuralLangevinVAE:
 
     ``params`` is :meth:`LangevinSegmenter.get_params`'s dict; the one
     builder shared by fitting and loading, so that a saved model is rebuilt
-    with exactly the modules it was trained with.
+    with exactly the modules it was trained with. ``n_features`` is the
+    data's; the model reads and decodes frames delay-embedded with
+    ``params["n_lags"]`` previous frames, ``n_features * (n_lags + 1)``.
     """
     return NeuralLangevinVAE(
-        n_features=n_features, latent_dim=params["latent_dim"],
+        n_features=n_features * (params["n_lags"] + 1), latent_dim=params["latent_dim"],
         dynamics=params["dynamics"], hidden_size=params["hidden_size"],
         context_size=params["context_size"], beta=float(params["beta"]),
         gamma=float(params["gamma"]), mass=float(params["mass"]),

@@ -251,6 +251,44 @@ def format_output(seqs: Sequences, per_row: np.ndarray):
     return seqs.split(per_row)
 
 
+def delay_embed(data: np.ndarray, lengths: np.ndarray, n_lags: int) -> np.ndarray:
+    """Each row followed by the ``n_lags`` rows before it in its own sequence.
+
+    Row ``t`` of a sequence becomes ``[x_t, x_{t-1}, ..., x_{t-n_lags}]``;
+    before a sequence's first row the first row is repeated (``x_{-1} =
+    x_0``), so no row reads another sequence and row ``t`` reads
+    ``x[:t+1]`` only (causal). ``n_lags=0`` returns ``data`` itself.
+
+    Parameters
+    ----------
+    data : ndarray of shape (n_total, n_features)
+        Rows of the sequences, concatenated.
+    lengths : ndarray of shape (n_sequences,)
+        Rows per sequence.
+    n_lags : int
+        Previous rows appended to each row.
+
+    Returns
+    -------
+    embedded : ndarray of shape (n_total, n_features * (n_lags + 1))
+        Same dtype as ``data``; column block ``l`` holds ``x_{t-l}``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> delay_embed(np.arange(5.0)[:, None], np.array([3, 2]), 1).tolist()
+    [[0.0, 0.0], [1.0, 0.0], [2.0, 1.0], [3.0, 3.0], [4.0, 3.0]]
+    """
+    if n_lags == 0:
+        return data
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rows = np.arange(data.shape[0])
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.concatenate(
+        [data] + [data[np.maximum(rows - lag, starts)] for lag in range(1, n_lags + 1)],
+        axis=1)
+
+
 def pad_windows(data: torch.Tensor, windows: list, device) -> tuple:
     """Pad windows ``(start, length)`` of the rows of ``data`` into a batch.
 

@@ -6,7 +6,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from nldseg import LangevinSegmenter
-from nldseg.datasets import make_markov_chain_sequences
+from nldseg.datasets import make_markov_chain_sequences, make_switching_ar_sequences
 
 # Finds the 3 states of tiny_data (overdamped and underdamped) in a fixed
 # budget of 72 steps at a constant rate (no held-out data, no annealing).
@@ -95,3 +95,26 @@ def tiny_latent_noise(tiny_data):
 def tiny_underdamped(tiny_data):
     """An underdamped segmenter with 3 wells; tests must not modify it."""
     return _fit_three_wells(tiny_data[0], dynamics="underdamped")
+
+
+@pytest.fixture(scope="session")
+def lagged_regimes():
+    """3 regimes of a vector autoregression, same N(0, I) frames in each.
+
+    Returns ``(X, X_test, y_test)``: 120 training and 6 test sequences, 4
+    features. Only how a frame follows the previous one tells the regimes.
+    """
+    X, _ = make_switching_ar_sequences(120, 100, n_states=3, n_features=4,
+                                       switch_prob=0.025, random_state=0,
+                                       emission_random_state=1)
+    X_test, y_test = make_switching_ar_sequences(6, 60, n_states=3, n_features=4,
+                                                 switch_prob=0.025, random_state=1,
+                                                 emission_random_state=1)
+    return X, X_test, y_test
+
+
+@pytest.fixture(scope="session")
+def tiny_lagged(lagged_regimes):
+    """A segmenter with ``n_lags=1`` that found the 3 regimes, 3 wells."""
+    return _fit_three_wells(lagged_regimes[0], decoder_covariance="latent", n_lags=1,
+                            max_iter=200)

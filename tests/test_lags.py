@@ -1,0 +1,65 @@
+"""Delay embedding (``n_lags``): states told apart by their dynamics."""
+import numpy as np
+import pytest
+
+from nldseg import LangevinSegmenter
+from nldseg._validation import delay_embed
+from nldseg.metrics import segmentation_accuracy
+
+
+def test_delay_embed_reads_own_sequence_and_past_only():
+    data = np.arange(14.0).reshape(7, 2)
+    out = delay_embed(data, np.array([4, 3]), 2)
+    assert out.shape == (7, 6)
+    # Row 5 (second row of the second sequence): x_5, x_4, then x_4 again
+    # (the sequence's first row stands in for the rows before it).
+    np.testing.assert_array_equal(out[5], [10, 11, 8, 9, 8, 9])
+    np.testing.assert_array_equal(out[2], [4, 5, 2, 3, 0, 1])
+    np.testing.assert_array_equal(out[0], [0, 1, 0, 1, 0, 1])
+    # Causal: changing a later row changes no earlier embedded row.
+    later = data.copy()
+    later[2] += 100
+    np.testing.assert_array_equal(delay_embed(later, np.array([4, 3]), 2)[:2], out[:2])
+    assert delay_embed(data, np.array([7]), 0) is data
+
+
+def test_lags_find_regimes_that_differ_in_dynamics_only(tiny_lagged, lagged_regimes):
+    _, X_test, y_test = lagged_regimes
+    # Frames are N(0, I) in every regime: only the lagged view separates them.
+    assert tiny_lagged.module_.gru.input_size == 2 * X_test.shape[2]
+    assert segmentation_accuracy(y_test, tiny_lagged.predict(X_test)) > 0.85
+
+
+def test_lagged_stream_and_prefixes_equal_predict(tiny_lagged, lagged_regimes):
+    _, X_test, _ = lagged_regimes
+    x = X_test[0]
+    labels, proba = tiny_lagged.predict(x), tiny_lagged.predict_proba(x)
+    assert len(set(labels)) >= 2  # The comparison below can fail.
+    stream = tiny_lagged.stream()
+    out = [stream.update(x_t) for x_t in x]
+    np.testing.assert_array_equal([lab for lab, _ in out], labels)
+    np.testing.assert_allclose(np.stack([p for _, p in out]), proba, atol=1e-6)
+    # Online: the labels of a prefix are those of the whole sequence.
+    np.testing.assert_array_equal(tiny_lagged.predict(x[:25]), labels[:25])
+    # Sequences do not read each other: stacked with lengths = one by one.
+    stacked = tiny_lagged.predict(np.vstack(X_test[:3]), lengths=[60] * 3)
+    np.testing.assert_array_equal(stacked, np.concatenate(tiny_lagged.predict(X_test[:3])))
+
+
+def test_lagged_save_load_sample_score(tiny_lagged, lagged_regimes, tmp_path):
+    _, X_test, _ = lagged_regimes
+    path = tmp_path / "lagged.nldseg"
+    tiny_lagged.save(path)
+    loaded = LangevinSegmenter.load(path)
+    assert loaded.n_lags == 1
+    np.testing.assert_array_equal(loaded.predict(X_test), tiny_lagged.predict(X_test))
+    assert loaded.score(X_test) == pytest.approx(tiny_lagged.score(X_test))
+    X_new, y_new = tiny_lagged.sample(3, 20, random_state=0)
+    assert X_new.shape == (3, 20, X_test.shape[2]) and y_new.shape == (3, 20)
+    assert np.isfinite(tiny_lagged.score(X_test))
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1"])
+def test_bad_n_lags_is_rejected(bad, lagged_regimes):
+    with pytest.raises((ValueError, TypeError), match="n_lags"):
+        LangevinSegmenter(n_lags=bad).fit(lagged_regimes[0][:4])
