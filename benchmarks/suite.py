@@ -63,6 +63,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 from _baselines import frame_baselines, hmm_baseline, oracle_labels  # noqa: E402
 
 from nldseg import LangevinSegmenter  # noqa: E402
+from nldseg._validation import delay_embed  # noqa: E402
 from nldseg.datasets import (  # noqa: E402
     make_langevin_sequences,
     make_markov_chain_sequences,
@@ -197,8 +198,19 @@ def run_nldseg(train: list, test: list, seed: int, overrides: dict) -> dict:
             "steps": seg.n_iter_}
 
 
-def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool) -> list:
-    """Every method on one seed of ``case``; one row per method."""
+def _embedded(seqs: list, n_lags: int) -> list:
+    """Each sequence delay-embedded as nldseg's ``n_lags`` does."""
+    return [delay_embed(x, np.array([len(x)]), n_lags) for x in seqs]
+
+
+def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
+             baseline_lags: int = 0) -> list:
+    """Every method on one seed of ``case``; one row per method.
+
+    ``baseline_lags``: the frame-wise baselines and the HMM read each frame
+    delay-embedded with that many previous frames (the oracle reads the raw
+    frames).
+    """
     train, test, y_test, params = case.draw(seed)
     k_true = len(params["stationary_distribution"])
     true_occ = params["stationary_distribution"]
@@ -225,10 +237,11 @@ def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool) -> list:
         nld["n_states"])
     rows[-1]["warnings"] = "; ".join(nld["warnings"])
     rows[-1]["steps"] = nld["steps"]
-    for name, res in frame_baselines(train, test, k_true, seed).items():
+    train_b, test_b = _embedded(train, baseline_lags), _embedded(test, baseline_lags)
+    for name, res in frame_baselines(train_b, test_b, k_true, seed).items():
         add(name, res, {"model": res["occupancy"]}, k_true)
     if with_hmm:
-        for name, res in hmm_baseline(train, test, k_true, seed).items():
+        for name, res in hmm_baseline(train_b, test_b, k_true, seed).items():
             add(name, res, {"model": res["occupancy"]}, k_true)
     if case.oracle is not None:
         t0 = time.perf_counter()
@@ -320,11 +333,11 @@ def commit() -> str:
 
 
 def _run_task(case_name: str, seed: int, overrides: dict, with_hmm: bool,
-              threads: int) -> tuple:
+              threads: int, baseline_lags: int) -> tuple:
     """One (case, seed) in a worker process: its rows and wall time."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    rows = run_case(CASES[case_name], seed, overrides, with_hmm)
+    rows = run_case(CASES[case_name], seed, overrides, with_hmm, baseline_lags)
     return rows, time.perf_counter() - t0
 
 
@@ -336,6 +349,9 @@ def main(argv: list | None = None) -> None:
                    help="JSON dict of LangevinSegmenter parameters (default: none, "
                         "library defaults)")
     p.add_argument("--no-hmm", action="store_true", help="skip hmmlearn's HMM")
+    p.add_argument("--baseline-lags", type=int, default=0,
+                   help="the baselines read each frame with this many previous "
+                        "frames (as nldseg's n_lags), instead of single frames")
     p.add_argument("--jobs", type=int, default=2,
                    help="(case, seed) runs side by side in worker processes, each "
                         "with --threads torch threads (default 2 jobs x 1 thread: "
@@ -357,6 +373,9 @@ def main(argv: list | None = None) -> None:
     print(f"# machine: {machine()}; commit {commit()}")
     print("# nldseg parameters: library defaults"
           + (f" with {overrides}" if overrides else ""))
+    if a.baseline_lags:
+        print(f"# baselines (KMeans, GMM, HMM) read each frame with its "
+              f"{a.baseline_lags} previous frame(s) (delay embedding)")
     for name in a.cases:
         c = CASES[name]
         print(f"# {name}: {c.note}; train {c.n_train} x {c.train_length}, "
@@ -366,7 +385,8 @@ def main(argv: list | None = None) -> None:
     t_start = time.perf_counter()
     tasks = [(name, seed) for name in a.cases for seed in a.seeds]
     results = Parallel(n_jobs=a.jobs, return_as="generator")(
-        delayed(_run_task)(name, seed, overrides, with_hmm, a.threads)
+        delayed(_run_task)(name, seed, overrides, with_hmm, a.threads,
+                           a.baseline_lags)
         for name, seed in tasks)
     rows = []
     for (name, seed), (new, took) in zip(tasks, results):
@@ -388,6 +408,7 @@ def main(argv: list | None = None) -> None:
         writer.writerows(rows)
     with open(a.out + ".json", "w") as fh:
         json.dump({"machine": machine(), "commit": commit(), "nldseg": overrides,
+                   "baseline_lags": a.baseline_lags,
                    "seeds": a.seeds, "rows": rows, "summary": summary}, fh, indent=1,
                   default=float)
     print(f"# wrote {a.out}.csv and {a.out}.json")
