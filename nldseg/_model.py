@@ -749,10 +749,13 @@ def build_model(n_features: int, params: dict) -> NeuralLangevinVAE:
     data's; the model reads and decodes frames delay-embedded with
     ``params["n_lags"]`` previous frames, ``n_features * (n_lags + 1)``.
     """
+    # int(): numpy integers (e.g. from a grid built with np.arange) pass the
+    # parameter checks, but torch's layers take Python ints only.
     return NeuralLangevinVAE(
-        n_features=n_features * (params["n_lags"] + 1), latent_dim=params["latent_dim"],
-        dynamics=params["dynamics"], hidden_size=params["hidden_size"],
-        context_size=params["context_size"], beta=float(params["beta"]),
+        n_features=int(n_features) * (int(params["n_lags"]) + 1),
+        latent_dim=int(params["latent_dim"]),
+        dynamics=params["dynamics"], hidden_size=int(params["hidden_size"]),
+        context_size=int(params["context_size"]), beta=float(params["beta"]),
         gamma=float(params["gamma"]), mass=float(params["mass"]),
         learn_langevin_params=params["learn_langevin_params"],
         initial_prior=params["initial_prior"],

@@ -562,3 +562,15 @@ def test_fits_in_concurrent_threads_equal_fits_one_after_another(chain):
     for _ in range(3):
         with ThreadPoolExecutor(2) as pool:
             assert list(pool.map(fit, (0.5, 2.0))) == serial
+
+
+def test_numpy_integer_parameters_fit(quiet_convergence):
+    # A grid built with np.arange hands numpy integers; torch's layers take
+    # Python ints only, so the model builder must convert them.
+    X = np.random.RandomState(0).randn(4, 20, 3)
+    i = np.int64
+    seg = LangevinSegmenter(hidden_size=i(8), context_size=i(4), latent_dim=i(2),
+                            n_lags=i(1), window_length=i(10), batch_size=i(4),
+                            max_iter=i(3), n_paths=i(2), random_state=0).fit(X)
+    assert seg.predict(X).shape == (4, 20)
+    assert seg.module_.gru.input_size == 6
