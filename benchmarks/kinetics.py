@@ -69,14 +69,13 @@ KRAMERS_BAR = 2.0
 ROUND_TRIP_BAR = 0.05
 
 
-def _fitted(dynamics: str, seed: int, X, load_dir, save_dir, learn: bool):
-    name = f"{dynamics}{'_learned' if learn else ''}_seed{seed}.nldseg"
+def _fitted(name: str, X, load_dir, save_dir, **params):
+    """``(segmenter, fit seconds)``: read ``name`` from ``load_dir``, else fit ``X``."""
     path = os.path.join(load_dir or save_dir or "", name)
     if load_dir:
         return LangevinSegmenter.load(path), float("nan")
     t0 = time.perf_counter()
-    seg = LangevinSegmenter(dynamics=dynamics, learn_langevin_params=learn,
-                            random_state=seed).fit(X)
+    seg = LangevinSegmenter(**params).fit(X)
     t_fit = time.perf_counter() - t0
     if save_dir:
         os.makedirs(save_dir, exist_ok=True)
@@ -111,30 +110,44 @@ def run(dynamics: str, seed: int, n_train: int, n_test: int, load_dir, save_dir,
         n_test, 500, n_features=15, switch_prob=0.025, random_state=2000 + seed,
         emission_random_state=seed, return_params=True)
     P_true = params["transition_matrix"]
-    seg, t_fit = _fitted(dynamics, seed, X, load_dir, save_dir, learn)
+    seg, t_fit = _fitted(f"{dynamics}{'_learned' if learn else ''}_seed{seed}.nldseg",
+                         X, load_dir, save_dir, dynamics=dynamics,
+                         learn_langevin_params=learn, random_state=seed)
     y_pred = seg.predict(X_test)
     out = {"dynamics": dynamics, "seed": seed, "n_states": seg.n_states_,
            "t_fit": t_fit, "beta": seg.beta_, "gamma": seg.gamma_, "mass": seg.mass_,
            "acc": segmentation_accuracy(y_test, y_pred),
            "P_true": P_true, "dwell_true": 1 / (1 - np.diag(P_true))}
+    out.update(_kinetics(seg, y_test, y_pred, len(P_true), seed))
+    return out
+
+
+def _kinetics(seg, y_test, y_pred, k_true: int, seed: int) -> dict:
+    """The prior's kinetics beside the predicted labels', in true state order.
+
+    Prior ``transition_matrix(1)`` and ``mean_dwell_times()``, the
+    Eyring-Kramers dwell, the prior with a 10x finer Euler step, the barriers,
+    and the lag-1 matrix and dwell of the test labels (sequences of equal
+    length); reordered by the Hungarian map when ``k_true`` states were found.
+    """
+    out = {}
     P, out["t_matrix"] = _timed(lambda: seg.transition_matrix(1))
     dwell, out["t_dwell"] = _timed(seg.mean_dwell_times)
     rates, out["t_kramers"] = _timed(seg.kramers_rates)
-    saddles = landscape_saddles(seg.energy_)
     fine = prior_state_paths(seg.module_, seg.energy_, dt=seg.dt / 10, n_paths=256,
                              n_steps=1000, core_fraction=0.5,
                              generator=torch.Generator().manual_seed(seed))[1]
     k = seg.n_states_
+    pred = np.stack(y_pred)
     out.update(P_prior=P, dwell_prior=dwell, dwell_kramers=1 / rates.sum(1),
-               barriers=saddles["barriers"],
+               barriers=landscape_saddles(seg.energy_)["barriers"],
                dwell_fine=mean_visit_lengths(fine, k),
-               P_pred=row_stochastic(transition_counts(y_pred, k, 1)),
-               dwell_pred=mean_visit_lengths(y_pred, k))
-    if k == len(P_true):
+               P_pred=row_stochastic(transition_counts(pred, k, 1)),
+               dwell_pred=mean_visit_lengths(pred, k))
+    if k == k_true:
         order = _learned_order(y_test, y_pred, k)
-        for key in ("P_prior", "P_pred", "barriers"):
-            out[key] = _in_true_order(out[key], order)
-        for key in ("dwell_prior", "dwell_kramers", "dwell_fine", "dwell_pred"):
+        for key in ("P_prior", "P_pred", "barriers", "dwell_prior", "dwell_fine",
+                    "dwell_kramers", "dwell_pred"):
             out[key] = _in_true_order(out[key], order)
     return out
 
@@ -202,24 +215,21 @@ def _generator_run(case, seed: int, n_paths: int = 64, n_steps: int = 5000) -> d
 
 def _round_trip(seg, case, seed: int, params: dict) -> dict:
     """Refit the defaults on ``seg.sample``'s output and compare the occupancy."""
+    from suite import matched_occupancy, occupancy_l1
+
     X_s, y_s = seg.sample(case.n_train, case.train_length, random_state=seed)
     t0 = time.perf_counter()
     refit = LangevinSegmenter(random_state=seed, **params).fit(list(X_s))
     t_fit = time.perf_counter() - t0
     labels = refit.predict(list(X_s))
     k = seg.n_states_
-    mapping = label_mapping(list(y_s), labels)  # refit state -> sampled state
-    matched = np.zeros(k)
-    unmatched = 0.0
-    for j, share in enumerate(refit.state_occupancy_):
-        if j in mapping:
-            matched[mapping[j]] += share
-        else:
-            unmatched += share
+    # The refit's shares in the first model's state order (the samples' labels).
+    matched, _ = matched_occupancy(list(y_s), labels, refit.state_occupancy_, k)
     return {"K_refit": refit.n_states_, "t_refit": t_fit,
             "occ_first": np.asarray(seg.state_occupancy_),
             "occ_refit": matched,
-            "l1": float(np.abs(matched - seg.state_occupancy_).sum() + unmatched),
+            "l1": occupancy_l1(list(y_s), labels, refit.state_occupancy_,
+                               seg.state_occupancy_),
             "sample_shares": np.bincount(y_s.ravel(), minlength=k) / y_s.size,
             "acc_refit": segmentation_accuracy(list(y_s), labels)}
 
@@ -231,15 +241,8 @@ def run_case(name: str, seed: int, load_dir, save_dir, round_trip: bool,
 
     case = CASES[name]
     train, test, y_test, truth = case.draw(seed)
-    fname = f"{name}_seed{seed}.nldseg"
-    if load_dir:
-        seg, t_fit = LangevinSegmenter.load(os.path.join(load_dir, fname)), float("nan")
-    else:
-        seg, t_fit = _timed(lambda: LangevinSegmenter(random_state=seed,
-                                                      **params).fit(train))
-        if save_dir:
-            os.makedirs(save_dir, exist_ok=True)
-            seg.save(os.path.join(save_dir, fname))
+    seg, t_fit = _fitted(f"{name}_seed{seed}.nldseg", train, load_dir, save_dir,
+                         random_state=seed, **params)
     y_pred = seg.predict(test)
     k = seg.n_states_
     out = {"case": name, "seed": seed, "n_states": k, "K_true": len(
@@ -254,23 +257,7 @@ def run_case(name: str, seed: int, load_dir, save_dir, round_trip: bool,
         out.update(truth="the generator run long, core-set labels",
                    P_true=gen["P_core"], dwell_true=gen["dwell_core"],
                    P_raw=gen["P_raw"], dwell_raw=gen["dwell_raw"])
-    P, out["t_matrix"] = _timed(lambda: seg.transition_matrix(1))
-    dwell = seg.mean_dwell_times()
-    rates, out["t_kramers"] = _timed(seg.kramers_rates)
-    fine = prior_state_paths(seg.module_, seg.energy_, dt=seg.dt / 10, n_paths=256,
-                             n_steps=1000, core_fraction=0.5,
-                             generator=torch.Generator().manual_seed(seed))[1]
-    pred = np.stack(y_pred)  # The test sequences are of equal length.
-    out.update(P_prior=P, dwell_prior=dwell, dwell_fine=mean_visit_lengths(fine, k),
-               dwell_kramers=1 / rates.sum(1),
-               barriers=landscape_saddles(seg.energy_)["barriers"],
-               P_pred=row_stochastic(transition_counts(pred, k, 1)),
-               dwell_pred=mean_visit_lengths(pred, k))
-    if k == out["K_true"]:
-        order = _learned_order(y_test, y_pred, k)
-        for key in ("P_prior", "P_pred", "barriers", "dwell_prior", "dwell_fine",
-                    "dwell_kramers", "dwell_pred"):
-            out[key] = _in_true_order(out[key], order)
+    out.update(_kinetics(seg, y_test, y_pred, out["K_true"], seed))
     if round_trip:
         out["round_trip"] = _round_trip(seg, case, seed, params)
     return out

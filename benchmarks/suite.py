@@ -148,24 +148,35 @@ CASES = {case.name: case for case in [
 ]}
 
 
+def matched_occupancy(y_test: list, labels: list, occupancy: np.ndarray,
+                      n_true: int) -> tuple:
+    """Estimated shares in true state order, and the share left unmatched.
+
+    Estimated state ``j`` is matched to a true state by the Hungarian matching
+    of the test labels; returns ``(matched (n_true,), unmatched share)``.
+    """
+    mapping = label_mapping(y_test, labels)
+    matched = np.zeros(n_true)
+    unmatched = 0.0
+    for j, share in enumerate(np.asarray(occupancy, dtype=float)):
+        k = mapping.get(j, -1)
+        if k < 0:
+            unmatched += share
+        else:
+            matched[k] += share
+    return matched, unmatched
+
+
 def occupancy_l1(y_test: list, labels: list, occupancy: np.ndarray,
                  true_occupancy: np.ndarray) -> float:
     """l1 between the true shares and the estimated shares matched one to one.
 
-    Estimated state ``j`` is matched to a true state by the Hungarian matching
-    of the test labels; an estimated state left unmatched adds its whole
-    share, a true state left unmatched its whole share.
+    An estimated state left unmatched (:func:`matched_occupancy`) adds its
+    whole share, a true state left unmatched its whole share.
     """
-    mapping = label_mapping(y_test, labels)
-    matched = np.zeros(len(true_occupancy))
-    err = 0.0
-    for j, share in enumerate(np.asarray(occupancy, dtype=float)):
-        k = mapping.get(j, -1)
-        if k < 0:
-            err += share
-        else:
-            matched[k] += share
-    return float(err + np.abs(matched - true_occupancy).sum())
+    matched, unmatched = matched_occupancy(y_test, labels, occupancy,
+                                           len(true_occupancy))
+    return float(unmatched + np.abs(matched - true_occupancy).sum())
 
 
 def score_labels(y_test: list, labels: list) -> dict:
