@@ -468,8 +468,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seeds = replicas.broadcast_seeds(seeds)
         mean = data.mean(0)
         scale = scale_from_variance(data.var(0), mean, data.shape[0])
-        z_data = delay_embed(((data - mean) / scale).astype(np.float32), seqs.lengths,
-                             self.n_lags)
+        z_data = self._model_frames(data, seqs.lengths, mean, scale)
         module = self._new_module(data.shape[1], int(seeds[0]), device)
         try:
             result = train(module, torch.as_tensor(z_data, device=device), seqs.lengths,
@@ -528,9 +527,14 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     def _prepare(self, X, lengths) -> Sequences:
         check_is_fitted(self)
         seqs = check_sequences(self, X, lengths=lengths, reset=False)
-        data = (seqs.data.astype(np.float64) - self.scaler_mean_) / self.scaler_scale_
-        data = delay_embed(data.astype(np.float32), seqs.lengths, self.n_lags)
-        return Sequences(data, seqs.lengths, seqs.form)
+        return Sequences(self._model_frames(seqs.data, seqs.lengths, self.scaler_mean_,
+                                            self.scaler_scale_), seqs.lengths, seqs.form)
+
+    def _model_frames(self, data: np.ndarray, lengths: np.ndarray, mean: np.ndarray,
+                      scale: np.ndarray) -> np.ndarray:
+        """Rows as the model reads them: standardised, float32, delay-embedded."""
+        z = ((data.astype(np.float64, copy=False) - mean) / scale).astype(np.float32)
+        return delay_embed(z, lengths, self.n_lags)
 
     def _sampler(self) -> PosteriorSampler:
         """The fitted model's posterior sampler, seeded from ``random_state``."""
