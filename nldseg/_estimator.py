@@ -54,6 +54,7 @@ from nldseg._version import __version__
 SOLVERS = frozenset({"euler", "torchsde"})
 DECODER_COVARIANCES = frozenset({"full", "diag", "latent"})
 INITIAL_PRIORS = frozenset({"stationary", "gaussian"})
+ENCODER_INPUTS = frozenset({"linear", "quadratic"})
 
 _SEEDING_LOCK = threading.Lock()  # See LangevinSegmenter._new_module.
 
@@ -71,6 +72,7 @@ _PARAMETER_RULES = {
     "batch_size": IntParam(1), "max_iter": IntParam(1),
     "early_stopping": BoolParam(), "validation_fraction": RealParam(0.0, 1.0, True),
     "decoder_covariance": OptionParam(DECODER_COVARIANCES),
+    "encoder_input": OptionParam(ENCODER_INPUTS),
     "learning_rate": OptionParam(LEARNING_RATES), "learning_rate_init": RealParam(),
     "kl_warmup": IntParam(0), "tol": RealParam(low_closed=True),
     "n_iter_no_change": IntParam(1), "n_paths": IntParam(1),
@@ -146,6 +148,14 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         online (step ``t`` reads ``x[:t+1]``). Each observation is then read
         ``n_lags + 1`` times, so :meth:`score` is the ELBO of the embedded
         frames: compare scores between models of the same ``n_lags`` only.
+    encoder_input : {"quadratic", "linear"}, default="quadratic"
+        What the causal encoder (a GRU) reads at each step: ``"linear"``, the
+        frame itself; ``"quadratic"``, the frame beside 32 learned squared
+        projections ``(W x_t + b)^2``. States whose frames differ more in
+        their covariance than in their mean (overlapping emissions) are then
+        told apart from a running sum of squares, which a GRU reading raw
+        frames has to build from its gates. The decoder is the same either
+        way.
     window_length : int or None, default=50
         Training reads random windows of this many consecutive steps from the
         training sequences (each window starts its own posterior); ``None``
@@ -369,7 +379,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
     def __init__(self, n_states=None, *, dynamics="overdamped", latent_dim=3,
                  beta=1.0, gamma=1.0, mass=1.0, learn_langevin_params=False,
-                 dt=0.5, hidden_size=64, context_size=32, n_lags=0, window_length=50,
+                 dt=0.5, hidden_size=64, context_size=32, n_lags=0,
+                 encoder_input="quadratic", window_length=50,
                  batch_size=64, max_iter=3000, learning_rate="cosine",
                  learning_rate_init=3e-3, kl_warmup=200, tol=1e-3,
                  n_iter_no_change=5, early_stopping=True, validation_fraction=0.1,
@@ -388,6 +399,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.hidden_size = hidden_size
         self.context_size = context_size
         self.n_lags = n_lags
+        self.encoder_input = encoder_input
         self.window_length = window_length
         self.batch_size = batch_size
         self.max_iter = max_iter

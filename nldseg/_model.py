@@ -31,6 +31,8 @@ _LOG_2PI = math.log(2.0 * math.pi)
 #: ``decoder_covariance="latent"``: up to NOISE_RANK + 1 wells can have any
 #: noise covariances of their own.
 NOISE_RANK = 8
+#: Squared projections the ``"quadratic"`` encoder adds to each frame.
+QUADRATIC_FEATURES = 32
 
 
 def _normal_log_pdf(x: torch.Tensor, loc: torch.Tensor,
@@ -181,20 +183,31 @@ class NeuralLangevinVAE(nn.Module):
         diagonal), a learned diagonal, or a full covariance that depends on
         ``z_t`` through :data:`NOISE_RANK` features of the decoder's hidden
         layer (:meth:`_latent_precision`).
+    encoder_input : {"linear", "quadratic"}
+        What the GRU reads at each step: the frame ``x_t``, or ``x_t`` beside
+        :data:`QUADRATIC_FEATURES` learned squared projections
+        ``(W x_t + b)^2`` (:meth:`encoder_frames`), so that a change of the
+        frames' covariance is as plain to the gates as a change of their mean.
     """
 
     def __init__(self, n_features: int, latent_dim: int, dynamics: str,
                  hidden_size: int, context_size: int, beta: float, gamma: float,
                  mass: float, learn_langevin_params: bool,
                  initial_prior: str = "stationary",
-                 decoder_covariance: str = "diag") -> None:
+                 decoder_covariance: str = "diag",
+                 encoder_input: str = "linear") -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.dynamics = dynamics
         self.initial_prior = initial_prior
         self.decoder_covariance = decoder_covariance
         self.state_dim = latent_dim if dynamics == "overdamped" else 2 * latent_dim
-        self.gru = nn.GRU(n_features, hidden_size, batch_first=True)
+        self.encoder_input = encoder_input
+        gru_in = n_features
+        if encoder_input == "quadratic":
+            self.enc_quad = nn.Linear(n_features, QUADRATIC_FEATURES)
+            gru_in += QUADRATIC_FEATURES
+        self.gru = nn.GRU(gru_in, hidden_size, batch_first=True)
         self.context = nn.Linear(hidden_size, context_size)
         self.q0 = nn.Linear(hidden_size, 2 * self.state_dim)
         if initial_prior == "gaussian":
@@ -229,6 +242,7 @@ class NeuralLangevinVAE(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("decoder_covariance", "diag")  # Pickled by an older version.
+        state.setdefault("encoder_input", "linear")
         super().__setstate__(state)
 
     def langevin_params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -256,8 +270,15 @@ class NeuralLangevinVAE(nn.Module):
                                 LinearWeights(self.context.weight, self.context.bias),
                                 self.step_coefficients(dt), dt)
 
+    def encoder_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """What the GRU reads for frames ``x`` (..., D): ``x``, or ``[x, (W x + b)^2]``."""
+        if self.encoder_input == "linear":
+            return x
+        return torch.cat([x, self.enc_quad(x).square()], -1)
+
     def _encode_hidden(self, x: torch.Tensor):
         """GRU outputs (B, T, hidden) and ``q(z_0 | x_0)``'s mean and log std."""
+        x = self.encoder_frames(x)
         if torch.is_grad_enabled() and x.device.type == "cpu":
             h, h0 = gru_sequence(self.gru_weights(), x)  # Hand-written backward.
         else:  # Inference, or CUDA, where torch's GRU is cuDNN's fused kernel.
@@ -380,8 +401,8 @@ class NeuralLangevinVAE(nn.Module):
         gru = self.gru
         if h is None:
             h = x_t.new_zeros((x_t.shape[0], gru.hidden_size))
-        return torch.gru_cell(x_t, h, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0,
-                              gru.bias_hh_l0)
+        return torch.gru_cell(self.encoder_frames(x_t), h, gru.weight_ih_l0,
+                              gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
 
     def _simulate_inference(self, x, h, h0, z0, noise, dt, kl0,
                             with_kl) -> LatentPaths:
@@ -759,4 +780,5 @@ def build_model(n_features: int, params: dict) -> NeuralLangevinVAE:
         gamma=float(params["gamma"]), mass=float(params["mass"]),
         learn_langevin_params=params["learn_langevin_params"],
         initial_prior=params["initial_prior"],
-        decoder_covariance=params["decoder_covariance"])
+        decoder_covariance=params["decoder_covariance"],
+        encoder_input=params["encoder_input"])

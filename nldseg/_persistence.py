@@ -35,7 +35,8 @@ _RENAMED_PARAMS = {"n_samples": "n_paths"}
 _ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
                  "validation_fraction": 0.1,
                  "n_threads": None,  # Not part of the model: today's default.
-                 "distributed": False, "n_lags": 0}
+                 "distributed": False, "n_lags": 0,
+                 "encoder_input": "linear"}
 # Fitted attributes added since: a factory of the value an older fit stands for.
 _ADDED_FITTED = {"validation_scores_": list}
 
