@@ -573,4 +573,4 @@ def test_numpy_integer_parameters_fit(quiet_convergence):
                             n_lags=i(1), window_length=i(10), batch_size=i(4),
                             max_iter=i(3), n_paths=i(2), random_state=0).fit(X)
     assert seg.predict(X).shape == (4, 20)
-    assert seg.module_.gru.input_size == 6
+    assert seg.module_.decoder[-1].out_features == 6  # Frames of 3 x (n_lags + 1).

@@ -10,9 +10,11 @@ from nldseg._model import NeuralLangevinVAE
 DTYPE = torch.float64
 
 
-def _model(dynamics: str, learn: bool = False, latent_dim: int = 3) -> NeuralLangevinVAE:
+def _model(dynamics: str, learn: bool = False, latent_dim: int = 3,
+           encoder_input: str = "linear") -> NeuralLangevinVAE:
     torch.manual_seed(0)
-    m = NeuralLangevinVAE(4, latent_dim, dynamics, 16, 8, 1.3, 0.7, 1.2, learn).to(DTYPE)
+    m = NeuralLangevinVAE(4, latent_dim, dynamics, 16, 8, 1.3, 0.7, 1.2, learn,
+                          encoder_input=encoder_input).to(DTYPE)
     with torch.no_grad():  # A control large enough to matter.
         m.drift_net.out.weight.normal_(std=0.3)
     return m
@@ -246,20 +248,57 @@ def test_simulate_without_autograd_can_skip_the_kl():
 
 
 @pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
-def test_inference_steps_the_encoder_as_torch_gru_does(dynamics):
+@pytest.mark.parametrize("encoder_input", ["linear", "quadratic"])
+def test_inference_steps_the_encoder_as_torch_gru_does(dynamics, encoder_input):
     """On CPU the GRU is stepped inside the loop (gru_cell); on CUDA it runs first."""
-    m = _model(dynamics).float()
+    m = _model(dynamics, encoder_input=encoder_input).float()
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(3, 9, 4, generator=gen)
     noise = torch.randn(8, 2, 6, 3, generator=gen)
     z0 = torch.randn(6, m.state_dim, generator=gen)
     with torch.no_grad():
-        h = m.gru(x)[0]
+        h = m.gru(m.encoder_frames(x))[0]
         stepped = m._simulate_inference(x, None, h[:, 0], z0, noise, 0.5, None, True)
         whole = m._simulate_inference(x, h, None, z0, noise, 0.5, None, True)
     # Equal to float32 rounding (often bit for bit; the GEMMs' blocking differs).
     torch.testing.assert_close(stepped.z, whole.z, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(stepped.kl_path, whole.kl_path, rtol=1e-5, atol=1e-6)
+
+
+def test_quadratic_encoder_reads_squared_projections():
+    m = _model("overdamped", encoder_input="quadratic")
+    x = torch.randn(2, 5, 4, dtype=DTYPE)
+    frames = m.encoder_frames(x)
+    assert frames.shape == (2, 5, 4 + m.enc_quad.out_features)
+    torch.testing.assert_close(frames[..., :4], x)
+    w, b = m.enc_quad.weight, m.enc_quad.bias
+    torch.testing.assert_close(frames[..., 4:], (x @ w.T + b) ** 2)
+    assert _model("overdamped").encoder_frames(x) is x  # "linear": the frames.
+
+
+def test_quadratic_encoder_trains_through_the_gru_kernel():
+    """Training (hand-written GRU backward) and autograd on torch's GRU agree."""
+    m = _model("overdamped", encoder_input="quadratic")
+    x = torch.randn(3, 6, 4, dtype=DTYPE)
+    w = torch.randn(3, 6, 16, dtype=DTYPE)
+    w0 = torch.randn(3, 2 * m.state_dim, dtype=DTYPE)
+
+    def trained():  # _encode_hidden with autograd on CPU: the fused kernel.
+        h, mean, log_std = m._encode_hidden(x)
+        return h, torch.cat([mean, log_std], -1)
+
+    def reference():
+        h = m.gru(m.encoder_frames(x))[0]
+        return h, torch.cat(m.initial_posterior(h[:, 0]), -1)
+
+    want_h, want = _grads(reference, m, [], (w, w0))
+    got_h, got = _grads(trained, m, [], (w, w0))
+    for g, w_ in zip(got_h, want_h):
+        torch.testing.assert_close(g, w_, rtol=1e-12, atol=1e-12)
+    assert {"enc_quad.weight", "enc_quad.bias"} <= set(got) == set(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12,
+                                   msg=lambda msg, name=name: f"{name}: {msg}")
 
 
 @pytest.mark.cuda

@@ -379,9 +379,11 @@ def test_sample_decodes_to_the_data_and_its_labels(tiny_fitted, tiny_data):
 
 
 def test_sample_underdamped(tiny_underdamped):
-    X, y = tiny_underdamped.sample(4, 60, random_state=0)
-    assert X.shape == (4, 60, 8) and y.shape == (4, 60)
-    assert (tiny_underdamped.predict(X) == y).mean() > 0.8
+    X, y = tiny_underdamped.sample(20, 60, random_state=0)
+    assert X.shape == (20, 60, 8) and y.shape == (20, 60)
+    # Chance is 1/3; low barriers, as in test_sample_decodes_to_the_data_and_its_labels.
+    agreement = (tiny_underdamped.predict(X) == y).mean()
+    assert agreement > 0.6, agreement
     P = tiny_underdamped.transition_matrix(**KW, random_state=0)
     np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-12)
     assert (np.diag(P) > 0.8).all(), P

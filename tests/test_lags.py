@@ -26,7 +26,7 @@ def test_delay_embed_reads_own_sequence_and_past_only():
 def test_lags_find_regimes_that_differ_in_dynamics_only(tiny_lagged, lagged_regimes):
     _, X_test, y_test = lagged_regimes
     # Frames are N(0, I) in every regime: only the lagged view separates them.
-    assert tiny_lagged.module_.gru.input_size == 2 * X_test.shape[2]
+    assert tiny_lagged.module_.decoder[-1].out_features == 2 * X_test.shape[2]
     assert segmentation_accuracy(y_test, tiny_lagged.predict(X_test)) > 0.85
 
 

@@ -1,5 +1,6 @@
 """Persistence: pickle/joblib, the safe save/load format, version warnings."""
 
+import json
 import os
 import pickle
 import subprocess
@@ -11,6 +12,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
+from conftest import fit_three_wells
 from sklearn.exceptions import NotFittedError
 
 import nldseg
@@ -126,6 +128,26 @@ def test_saved_file_from_an_older_version_gets_todays_names(tiny_fitted, tiny_da
     torch.save(payload, tmp_path / "old.nldseg")
     _check_upgraded(tiny_fitted, LangevinSegmenter.load(tmp_path / "old.nldseg"),
                     tiny_data[1])
+
+
+def test_model_file_from_before_the_quadratic_encoder_loads_as_linear(tiny_data,
+                                                                       tmp_path):
+    X, X_test, _ = tiny_data
+    seg = fit_three_wells(X, encoder_input="linear")
+    seg.save(tmp_path / "m.nldseg")
+    payload = torch.load(tmp_path / "m.nldseg", weights_only=True)
+    params = json.loads(payload["params"])
+    del params["encoder_input"]  # Added since.
+    payload["params"] = json.dumps(params)
+    torch.save(payload, tmp_path / "old.nldseg")
+    loaded = LangevinSegmenter.load(tmp_path / "old.nldseg")
+    assert loaded.encoder_input == "linear"
+    _same_outputs(seg, loaded, X_test)
+    with pytest.raises(ValueError, match="damaged or incompatible"):
+        params["encoder_input"] = "quadratic"  # The weights of another encoder.
+        payload["params"] = json.dumps(params)
+        torch.save(payload, tmp_path / "bad.nldseg")
+        LangevinSegmenter.load(tmp_path / "bad.nldseg")
 
 
 class _Exploit:
