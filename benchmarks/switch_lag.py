@@ -39,7 +39,7 @@ from suite import CASES  # noqa: E402
 
 from nldseg import LangevinSegmenter  # noqa: E402
 from nldseg._validation import delay_embed  # noqa: E402
-from nldseg.metrics import label_mapping, segmentation_accuracy  # noqa: E402
+from nldseg.metrics import match_labels, segmentation_accuracy  # noqa: E402
 
 MAX_SINCE = 10  # Steps since a switch are pooled from here on.
 EMA_DECAYS = (0.0, 0.5, 0.75, 0.9)
@@ -56,11 +56,10 @@ def steps_since_switch(y: np.ndarray) -> np.ndarray:
 
 def errors_by_since(y_true: list, y_pred: list, matched: bool = True) -> np.ndarray:
     """Error rate at 0..MAX_SINCE steps since a switch (labels matched one to one)."""
-    mapping = label_mapping(y_true, y_pred) if matched else None
+    if matched:
+        y_pred = match_labels(y_true, y_pred)
     wrong, total = np.zeros(MAX_SINCE + 1), np.zeros(MAX_SINCE + 1)
     for y, lab in zip(y_true, y_pred):
-        if mapping is not None:
-            lab = np.array([mapping.get(int(v), -1) for v in lab])
         since = steps_since_switch(y)
         np.add.at(wrong, since, lab != y)
         np.add.at(total, since, 1)
@@ -86,12 +85,11 @@ def _moving_averages(features: np.ndarray) -> np.ndarray:
 
 def probe(features: np.ndarray, Y: np.ndarray) -> tuple:
     """Logistic regression trained on the first half of the sequences, read on the rest."""
-    half = len(Y) // 2
-    flat = features.reshape(len(Y), Y.shape[1], -1)
-    scaler = StandardScaler().fit(flat[:half].reshape(-1, flat.shape[-1]))
-    clf = LogisticRegression(max_iter=3000).fit(
-        scaler.transform(flat[:half].reshape(-1, flat.shape[-1])), Y[:half].ravel())
-    pred = clf.predict(scaler.transform(flat[half:].reshape(-1, flat.shape[-1])))
+    half, n_feat = len(Y) // 2, features.shape[-1]
+    train, rest = features[:half].reshape(-1, n_feat), features[half:].reshape(-1, n_feat)
+    scaler = StandardScaler().fit(train)
+    clf = LogisticRegression(max_iter=3000).fit(scaler.transform(train), Y[:half].ravel())
+    pred = clf.predict(scaler.transform(rest))
     pred = pred.reshape(len(Y) - half, Y.shape[1])
     return (pred == Y[half:]).mean(), errors_by_since(list(Y[half:]), list(pred), False)
 
