@@ -116,38 +116,35 @@ def test_pickle_from_an_older_version_gets_todays_names(tiny_fitted, tiny_data):
     _check_upgraded(tiny_fitted, loaded, tiny_data[1])
 
 
-def test_saved_file_from_an_older_version_gets_todays_names(tiny_fitted, tiny_data,
-                                                            tmp_path):
-    import json
-
-    tiny_fitted.save(tmp_path / "m.nldseg")
+def _resaved(seg, tmp_path, name: str, edit) -> LangevinSegmenter:
+    """``seg`` saved, its parameters and fitted attributes rewritten by ``edit``, loaded."""
+    seg.save(tmp_path / "m.nldseg")
     payload = torch.load(tmp_path / "m.nldseg", weights_only=True)
     params, fitted = json.loads(payload["params"]), json.loads(payload["fitted"])
-    _as_older_version(params, fitted)
+    edit(params, fitted)
     payload["params"], payload["fitted"] = json.dumps(params), json.dumps(fitted)
-    torch.save(payload, tmp_path / "old.nldseg")
-    _check_upgraded(tiny_fitted, LangevinSegmenter.load(tmp_path / "old.nldseg"),
-                    tiny_data[1])
+    torch.save(payload, tmp_path / name)
+    return LangevinSegmenter.load(tmp_path / name)
+
+
+def test_saved_file_from_an_older_version_gets_todays_names(tiny_fitted, tiny_data,
+                                                            tmp_path):
+    loaded = _resaved(tiny_fitted, tmp_path, "old.nldseg", _as_older_version)
+    _check_upgraded(tiny_fitted, loaded, tiny_data[1])
 
 
 def test_model_file_from_before_the_quadratic_encoder_loads_as_linear(tiny_data,
                                                                        tmp_path):
     X, X_test, _ = tiny_data
     seg = fit_three_wells(X, encoder_input="linear")
-    seg.save(tmp_path / "m.nldseg")
-    payload = torch.load(tmp_path / "m.nldseg", weights_only=True)
-    params = json.loads(payload["params"])
-    del params["encoder_input"]  # Added since.
-    payload["params"] = json.dumps(params)
-    torch.save(payload, tmp_path / "old.nldseg")
-    loaded = LangevinSegmenter.load(tmp_path / "old.nldseg")
+    loaded = _resaved(seg, tmp_path, "old.nldseg",
+                      lambda params, _: params.pop("encoder_input"))  # Added since.
     assert loaded.encoder_input == "linear"
     _same_outputs(seg, loaded, X_test)
     with pytest.raises(ValueError, match="damaged or incompatible"):
-        params["encoder_input"] = "quadratic"  # The weights of another encoder.
-        payload["params"] = json.dumps(params)
-        torch.save(payload, tmp_path / "bad.nldseg")
-        LangevinSegmenter.load(tmp_path / "bad.nldseg")
+        # The weights of another encoder.
+        _resaved(seg, tmp_path, "bad.nldseg",
+                 lambda params, _: params.update(encoder_input="quadratic"))
 
 
 class _Exploit:
