@@ -544,8 +544,8 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
                         converged, anneal_begin = True, step
             if verbose:
                 bar.clear()
-                held = f", held-out ELBO {scores[-1]:.4f}" if checking else ""
-                print(f"Step {step}/{s.max_iter}: loss {recent:.4f}{held}, lr {lr:.1e}, "
+                shown = f", held-out ELBO {scores[-1]:.4f}" if checking else ""
+                print(f"Step {step}/{s.max_iter}: loss {recent:.4f}{shown}, lr {lr:.1e}, "
                       f"{time.perf_counter() - t_check:.1f}s", flush=True)
                 t_check = time.perf_counter()
     except KeyboardInterrupt:

@@ -444,10 +444,15 @@ def test_verbose_prints_one_line_per_check_and_is_silent_by_default(chain, capsy
         out = capsys.readouterr()
         assert out.out == "" and out.err == ""
         LangevinSegmenter(**dict(FAST, max_iter=20, verbose=1)).fit(X)
+        # With the held-out ELBO watched (the default), and past the first check
+        # (a regression once crashed there).
+        LangevinSegmenter(**dict(FAST, max_iter=40, verbose=1, early_stopping=True,
+                                 kl_warmup=0)).fit(X)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2  # a check every 10 steps
+    assert len(lines) == 2 + 4  # a check every 10 steps
     assert lines[1].startswith("Step 20/20: loss ")
     assert "lr " in lines[1] and lines[1].endswith("s")
+    assert lines[2].startswith("Step 10/40: loss ") and "held-out ELBO -" in lines[2]
 
 
 def _record_learning_rates(monkeypatch) -> list:
