@@ -279,10 +279,11 @@ def fold_step(drift: DriftWeights, energy: EnergyWeights, coef: dict,
 
 
 class _GRUSequence(torch.autograd.Function):
-    """A one-layer ``torch.nn.GRU`` (batch first, zero initial state), hand-differentiated.
+    """A one-layer batch-first ``torch.nn.GRU``, hand-differentiated.
 
-    ``forward(x, w_ih, w_hh, b_ih, b_hh)`` returns the hidden states (B, T, H)
-    of ``x`` (B, T, D) with torch's gate order ``(r, z, n)``::
+    ``forward(x, h_init, w_ih, w_hh, b_ih, b_hh)`` returns the hidden states
+    (B, T, H) of ``x`` (B, T, D) from the initial state ``h_init`` (B, H), or
+    from zeros if it is None, with torch's gate order ``(r, z, n)``::
 
         r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
         z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
@@ -294,7 +295,7 @@ class _GRUSequence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, x, h_init, w_ih, w_hh, b_ih, b_hh):
         rows, n_obs, _ = x.shape
         hidden = w_hh.shape[1]
         gi_buf = _take((n_obs * rows, 3 * hidden), x)
@@ -314,7 +315,10 @@ class _GRUSequence(torch.autograd.Function):
         gh_rz = _steps(bufs["gh"], 0, 2 * hidden)
         gh_n = _steps(bufs["gh"], 2 * hidden, 3 * hidden)
         r_b, z_b = _steps(bufs["rz"], 0, hidden), _steps(bufs["rz"], hidden, 2 * hidden)
-        h_b[0].zero_()
+        if h_init is None:
+            h_b[0].zero_()
+        else:
+            h_b[0].copy_(h_init)
         neg_one = x.new_full((), -1.0)
         w_hh_t = w_hh.t()
         for t in range(n_obs):
@@ -390,19 +394,22 @@ class _GRUSequence(torch.autograd.Function):
             d_x = torch.addmm(dan_flat @ w_ih[2 * hidden:], dgh_rz, w_ih[:2 * hidden])
             d_x = d_x.view(n_obs, rows, -1).transpose(0, 1)
         _give(*bufs.values(), *back.values())
-        return d_x, d_w_ih, d_w_hh, d_b_ih, d_b_hh
+        # After the loop, dh is the adjoint of the state before step 0.
+        d_h_init = dh if ctx.needs_input_grad[1] else None
+        return d_x, d_h_init, d_w_ih, d_w_hh, d_b_ih, d_b_hh
 
 
-def gru_sequence(gru: GRUWeights, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gru_sequence(gru: GRUWeights, x: torch.Tensor,
+                 h_init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states of a one-layer batch-first GRU over ``x`` (B, T, D).
 
     Returns ``(h, h0)``: ``h`` (B, T, H) equals ``torch.nn.GRU``'s output
-    from a zero initial state, and ``h0`` (B, H) is a copy of ``h[:, 0]``, its
-    own output so that reading the first step does not cost autograd a
-    (B, T, H) zero tensor and a sum in the backward pass of
-    :class:`_GRUSequence`.
+    from the initial state ``h_init`` (B, H) (``None``: zeros), and ``h0``
+    (B, H) is a copy of ``h[:, 0]``, its own output so that reading the first
+    step does not cost autograd a (B, T, H) zero tensor and a sum in the
+    backward pass of :class:`_GRUSequence`.
     """
-    return _GRUSequence.apply(x, *gru)
+    return _GRUSequence.apply(x, h_init, *gru)
 
 
 _EULER_INPUTS = ("z0", "projected", "noise", "w_state", "w_out", "b_out", "w1", "b1",

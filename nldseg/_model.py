@@ -276,15 +276,33 @@ class NeuralLangevinVAE(nn.Module):
             return x
         return torch.cat([x, self.enc_quad(x).square()], -1)
 
-    def _encode_hidden(self, x: torch.Tensor):
-        """GRU outputs (B, T, hidden) and ``q(z_0 | x_0)``'s mean and log std."""
+    def _encode_hidden(self, x: torch.Tensor, h_init: torch.Tensor | None = None):
+        """GRU outputs (B, T, hidden) and ``q(z_0 | x_0)``'s mean and log std.
+
+        ``h_init`` (B, hidden): the GRU state before ``x[:, 0]`` (see
+        :meth:`encoder_state`); ``None``, the zero state of a sequence start.
+        """
         x = self.encoder_frames(x)
         if torch.is_grad_enabled() and x.device.type == "cpu":
-            h, h0 = gru_sequence(self.gru_weights(), x)  # Hand-written backward.
+            h, h0 = gru_sequence(self.gru_weights(), x, h_init)  # Hand-written backward.
         else:  # Inference, or CUDA, where torch's GRU is cuDNN's fused kernel.
-            h, _ = self.gru(x)
+            h, _ = self.gru(x, None if h_init is None else h_init[None])
             h0 = h[:, 0]
         return (h, *self.initial_posterior(h0))
+
+    @torch.no_grad()
+    def encoder_state(self, frames: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """GRU state after reading ``frames`` (B, L, D), without autograd.
+
+        ``present`` (B, L) marks each row's real frames, which end at the last
+        column (a row with fewer keeps the zero state over its first
+        columns). Training reads the observations before a window with it, so
+        that the window's ``q(z_0)`` starts from what the encoder knew there.
+        """
+        h = frames.new_zeros((frames.shape[0], self.gru.hidden_size))
+        for t in range(frames.shape[1]):
+            h = torch.where(present[:, t, None], self.gru_step(frames[:, t], h), h)
+        return h
 
     def project_context(self, h: torch.Tensor) -> torch.Tensor:
         """Projected drift context from GRU outputs ``h`` (..., hidden)."""
@@ -295,16 +313,21 @@ class NeuralLangevinVAE(nn.Module):
         mean, log_std = self.q0(h0).chunk(2, dim=-1)
         return mean, log_std.clamp(-8.0, 4.0)
 
-    def initial_codes(self, x0: torch.Tensor):
-        """:meth:`initial_posterior` of first frames ``x0`` (rows, D), read alone."""
-        return self.initial_posterior(self.gru_step(x0))
+    def initial_codes(self, x0: torch.Tensor, h: torch.Tensor | None = None):
+        """:meth:`initial_posterior` of first frames ``x0`` (rows, D).
+
+        Read from the GRU state ``h`` (rows, hidden) before them, or alone
+        (``None``).
+        """
+        return self.initial_posterior(self.gru_step(x0, h))
 
     def simulate(self, x: torch.Tensor, noise: torch.Tensor, dt: float,
                  n_paths: int = 1, *, eps0: torch.Tensor | None = None,
                  solver: str = "euler",
                  partition_noise: torch.Tensor | None = None,
                  proposal: tuple | None = None,
-                 with_kl: bool = True) -> LatentPaths:
+                 with_kl: bool = True,
+                 h_init: torch.Tensor | None = None) -> LatentPaths:
         """Sample posterior latent paths for padded sequences ``x`` (B, T, D).
 
         Parameters
@@ -335,6 +358,10 @@ class NeuralLangevinVAE(nn.Module):
         with_kl : bool
             Whether the path KL is needed; without autograd ``False`` skips it
             and leaves ``kl_path`` as None.
+        h_init : Tensor of shape (B, hidden) or None
+            The encoder's state before ``x[:, 0]`` (:meth:`encoder_state` of
+            the observations before a training window); ``None``: the zero
+            state of a sequence start.
 
         Without autograd (inference) the fused loop runs on
         :class:`nldseg._fused.InferenceStepper`; with autograd (training) on
@@ -344,10 +371,10 @@ class NeuralLangevinVAE(nn.Module):
         if inference and x.device.type == "cpu":
             # The GRU runs step by step inside the Euler loop (see
             # _simulate_inference); here only its first step, for q(z_0 | x_0).
-            h, h0 = None, self.gru_step(x[:, 0])
+            h, h0 = None, self.gru_step(x[:, 0], h_init)
             mean, log_std = self.initial_posterior(h0)
         else:
-            (h, mean, log_std), h0 = self._encode_hidden(x), None
+            (h, mean, log_std), h0 = self._encode_hidden(x, h_init), None
         z, kl0 = self.initial_state(mean, log_std, eps0, n_paths, partition_noise,
                                      proposal)
         if inference:
@@ -701,7 +728,7 @@ class NeuralLangevinVAE(nn.Module):
     def elbo_terms(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
                    eps0: torch.Tensor, dt: float, n_paths: int = 1,
                    solver: str = "euler", partition_noise: torch.Tensor | None = None,
-                   proposal: tuple | None = None):
+                   proposal: tuple | None = None, h_init: torch.Tensor | None = None):
         """Per-path log-likelihood and KL sums over the observed steps.
 
         Returns ``(log_lik, kl)``, each of shape (B * n_paths,); the ELBO of a
@@ -709,10 +736,12 @@ class NeuralLangevinVAE(nn.Module):
         ``partition_noise`` (N, latent_dim) standard normal draws feed
         :meth:`log_partition` when ``initial_prior="stationary"``; the proposal
         is centred on the batch's encoded initial states (or on ``proposal``,
-        see :meth:`simulate`).
+        see :meth:`simulate`). ``h_init``: the encoder's state before ``x``
+        (see :meth:`simulate`).
         """
         paths = self.simulate(x, noise, dt, n_paths, eps0=eps0, solver=solver,
-                              partition_noise=partition_noise, proposal=proposal)
+                              partition_noise=partition_noise, proposal=proposal,
+                              h_init=h_init)
         m = mask.transpose(0, 1)
         if n_paths > 1:
             m = m.repeat_interleave(n_paths, dim=1)

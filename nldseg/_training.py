@@ -5,7 +5,11 @@ negative ELBO per observed step, for a budget of ``max_iter`` gradient steps
 (not epochs: one 5,000-step recording and 500 sequences of 200 steps are
 trained for the same number of updates). Each step takes a batch of random
 windows of the training sequences (:func:`sample_windows`), cut afresh at every
-pass over them. The KL term is warmed up (:func:`kl_weight`), gradients are
+pass over them. Before each window the encoder reads up to ``window_length``
+earlier observations of its sequence (:func:`pad_leads`, no gradient), so that
+``q(z_0)`` at a window start knows what the observations before it said, as at
+any later step of :meth:`predict`; a window at a sequence start reads none.
+The KL term is warmed up (:func:`kl_weight`), gradients are
 clipped, and a non-finite loss or gradient rolls back the last update, halves
 the learning rate and retries the batch.
 
@@ -80,6 +84,11 @@ class TrainingSettings:
     def validation_interval(self) -> int:
         """Gradient steps between two checks of the held-out ELBO."""
         return int(min(100, max(10, self.max_iter // 20)))
+
+    @property
+    def lead(self) -> int:
+        """Observations the encoder reads before a window (:func:`pad_leads`)."""
+        return self.window_length or 0
 
     @property
     def anneal_steps(self) -> int:
@@ -157,6 +166,37 @@ def sample_windows(segments: list, window_length: int | None,
     return [out[i] for i in rng.permutation(len(out))]
 
 
+def segment_first_rows(n_rows: int, segments: list) -> np.ndarray:
+    """For each row of the data, the first row of its segment ``(start, length)``."""
+    first = np.arange(n_rows)
+    for a, n in segments:
+        first[a:a + n] = a
+    return first
+
+
+def pad_leads(data: torch.Tensor, windows: list, first_rows: np.ndarray | None,
+              lead: int, device) -> tuple | None:
+    """The up to ``lead`` rows before each window, within its segment.
+
+    Returns ``(frames, present)`` of shape (B, L, D) and (B, L), each row's
+    frames ending at the last column (``present`` marks them), with ``L`` the
+    longest; ``None`` when no window has any (``lead=0``, or all at a segment
+    start). ``first_rows``: :func:`segment_first_rows`.
+    """
+    if not lead or first_rows is None or not windows:
+        return None
+    starts = np.array([a for a, _ in windows], dtype=np.int64)
+    before = np.minimum(lead, starts - first_rows[starts])
+    width = int(before.max())
+    if width == 0:
+        return None
+    offs = np.arange(-width, 0)
+    present = offs[None, :] >= -before[:, None]
+    idx = np.where(present, starts[:, None] + offs[None, :], starts[:, None])
+    return (data[torch.as_tensor(idx, device=data.device)],
+            torch.as_tensor(present, device=device))
+
+
 def lr_multiplier(step: int, anneal_begin: int, anneal_steps: int) -> float:
     """Learning-rate multiplier at gradient step ``step``.
 
@@ -195,16 +235,18 @@ def draw_step_noise(module, shape: tuple, n_sub: int, gen: torch.Generator,
 def training_loss(module, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
                   eps0: torch.Tensor, probe: torch.Tensor, dt: float, weight: float,
                   solver: str = "euler", n_observed: torch.Tensor | None = None,
-                  proposal: tuple | None = None) -> tuple:
+                  proposal: tuple | None = None,
+                  h_init: torch.Tensor | None = None) -> tuple:
     """``(loss, kl)``: the negative ELBO per observed step, KL weighted by ``weight``.
 
     ``loss = -(sum log p(x | z) - weight * sum KL) / n_observed``, with
     ``n_observed`` the observed steps of the whole batch (default: of ``x``,
-    ``mask.sum()``); ``kl`` is the per-path KL (B,). ``proposal``: see
-    :meth:`nldseg._model.NeuralLangevinVAE.simulate`.
+    ``mask.sum()``); ``kl`` is the per-path KL (B,). ``proposal`` and
+    ``h_init``: see :meth:`nldseg._model.NeuralLangevinVAE.simulate`.
     """
     log_lik, kl = module.elbo_terms(x, mask, noise, eps0, dt, solver=solver,
-                                    partition_noise=probe, proposal=proposal)
+                                    partition_noise=probe, proposal=proposal,
+                                    h_init=h_init)
     if n_observed is None:
         n_observed = mask.sum()
     return -(log_lik.sum() - weight * kl.sum()) / n_observed, kl
@@ -217,9 +259,11 @@ class BatchShare:
     ``x``, ``mask``: this process's rows, padded (``None`` when it has none);
     ``rows``: their place among the batch's ``n_rows``; ``t_max``: the
     batch's longest window; ``n_observed``: its observed steps;
-    ``first_frames``: the first frames of all its windows, on which the
-    ``log Z`` proposal is centred when several processes share the batch
-    (``None``: on those of ``x``, as with one process).
+    ``lead``: the observations before this process's windows
+    (:func:`pad_leads`, ``None``: none); ``first_frames``, ``first_lead``:
+    the first frames of all its windows and the observations before them, on
+    which the ``log Z`` proposal is centred when several processes share the
+    batch (``None``: on the codes of ``x``, as with one process).
     """
 
     x: torch.Tensor | None
@@ -228,26 +272,38 @@ class BatchShare:
     n_rows: int
     t_max: int
     n_observed: torch.Tensor
+    lead: tuple | None = None
     first_frames: torch.Tensor | None = None
+    first_lead: tuple | None = None
 
     @classmethod
-    def whole(cls, x: torch.Tensor, mask: torch.Tensor) -> BatchShare:
+    def whole(cls, x: torch.Tensor, mask: torch.Tensor,
+              lead: tuple | None = None) -> BatchShare:
         """A batch ``(x, mask)`` trained by one process."""
-        return cls(x, mask, slice(0, x.shape[0]), x.shape[0], x.shape[1], mask.sum())
+        return cls(x, mask, slice(0, x.shape[0]), x.shape[0], x.shape[1], mask.sum(),
+                   lead)
 
     @classmethod
-    def of(cls, data: torch.Tensor, windows: list,
-           replicas: Replicas = SINGLE) -> BatchShare:
-        """This process's share of the batch ``windows`` of the rows of ``data``."""
+    def of(cls, data: torch.Tensor, windows: list, replicas: Replicas = SINGLE,
+           first_rows: np.ndarray | None = None, lead: int = 0) -> BatchShare:
+        """This process's share of the batch ``windows`` of the rows of ``data``.
+
+        ``first_rows`` and ``lead``: the observations read before each window
+        (:func:`pad_leads`).
+        """
+        device = data.device
         if not replicas.distributed:
-            return cls.whole(*pad_windows(data, windows, data.device))
+            return cls.whole(*pad_windows(data, windows, device),
+                             pad_leads(data, windows, first_rows, lead, device))
         rows = replicas.rows(len(windows))
         mine = windows[rows]
-        x, mask = pad_windows(data, mine, data.device) if mine else (None, None)
+        x, mask = pad_windows(data, mine, device) if mine else (None, None)
         n_observed = torch.tensor(float(sum(n for _, n in windows)), dtype=data.dtype,
-                                  device=data.device)
+                                  device=device)
         return cls(x, mask, rows, len(windows), max(n for _, n in windows), n_observed,
-                   data[[a for a, _ in windows]])
+                   pad_leads(data, mine, first_rows, lead, device),
+                   data[[a for a, _ in windows]],
+                   pad_leads(data, windows, first_rows, lead, device))
 
 
 def gradient_step(module, params: list, opt: torch.optim.Optimizer, share: BatchShare,
@@ -274,15 +330,18 @@ def gradient_step(module, params: list, opt: torch.optim.Optimizer, share: Batch
     proposal = None
     if share.first_frames is not None:
         with torch.no_grad():
-            proposal = module.initial_codes(share.first_frames)
+            before = (None if share.first_lead is None
+                      else module.encoder_state(*share.first_lead))
+            proposal = module.initial_codes(share.first_frames, before)
     kl_sum = share.n_observed.new_zeros(())
     if share.x is None:
         loss = share.n_observed.new_zeros(())
     else:
         mine = noise[:share.x.shape[1] - 1, :, share.rows].contiguous()
+        h_init = None if share.lead is None else module.encoder_state(*share.lead)
         loss, kl = training_loss(module, share.x, share.mask, mine, eps0[share.rows],
                                  probe, settings.dt, weight, settings.solver,
-                                 share.n_observed, proposal)
+                                 share.n_observed, proposal, h_init)
         loss.backward()
         kl_sum = kl.detach().sum()
     loss = loss.detach()
@@ -361,7 +420,8 @@ class _HeldOut:
     """Held-out windows whose ELBO per step is measured with the same draws each time."""
 
     def __init__(self, module, data: torch.Tensor, segments: list,
-                 settings: TrainingSettings, device, seed: int) -> None:
+                 settings: TrainingSettings, device, seed: int,
+                 first_rows: np.ndarray | None = None) -> None:
         rng = np.random.default_rng(seed)
         windows = sample_windows(segments, settings.window_length, rng)
         windows = windows[:MAX_VALIDATION_WINDOWS]
@@ -369,9 +429,12 @@ class _HeldOut:
         gen.manual_seed(seed)
         self.batches = []
         for b in range(0, len(windows), settings.batch_size):
-            x, mask = pad_windows(data, windows[b:b + settings.batch_size], device)
-            self.batches.append((x, mask, *draw_step_noise(module, x.shape[:2],
-                                                           settings.n_sub, gen, device)))
+            batch = windows[b:b + settings.batch_size]
+            x, mask = pad_windows(data, batch, device)
+            lead = pad_leads(data, batch, first_rows, settings.lead, device)
+            self.batches.append((x, mask, lead,
+                                 *draw_step_noise(module, x.shape[:2], settings.n_sub,
+                                                  gen, device)))
         self.dt, self.solver = settings.dt, settings.solver
 
     def __bool__(self) -> bool:
@@ -385,12 +448,13 @@ class _HeldOut:
         """
         sums = torch.zeros(2, dtype=torch.float64)
         with torch.no_grad():
-            for i, (x, mask, noise, eps0, probe) in enumerate(self.batches):
+            for i, (x, mask, lead, noise, eps0, probe) in enumerate(self.batches):
                 if i % replicas.world_size != replicas.rank:
                     continue
+                h_init = None if lead is None else module.encoder_state(*lead)
                 log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt,
                                                 solver=self.solver,
-                                                partition_noise=probe)
+                                                partition_noise=probe, h_init=h_init)
                 sums += torch.stack([(log_lik - kl).sum(), mask.sum()]).double().cpu()
         replicas.sum_([sums])
         return float(sums[0] / sums[1])
@@ -465,7 +529,9 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
             UserWarning, stacklevel=4)
     fraction = s.validation_fraction if s.early_stopping else 0.0
     train_segments, val_segments = split_validation(lengths, fraction, rng)
-    held_out = _HeldOut(module, data, val_segments, s, device, int(seed) + 1)
+    first_rows = segment_first_rows(data.shape[0], train_segments + val_segments)
+    held_out = _HeldOut(module, data, val_segments, s, device, int(seed) + 1,
+                        first_rows)
     params = [p for p in module.parameters() if p.requires_grad]
     lr_init = float(s.learning_rate_init)
     lr_scale = 1.0  # Halved by every rollback.
@@ -496,7 +562,7 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
                     raise ValueError("No training window of 2 steps or more is "
                                      "left after holding out validation data.")
             batch, windows = windows[:s.batch_size], windows[s.batch_size:]
-            share = BatchShare.of(data, batch, replicas)
+            share = BatchShare.of(data, batch, replicas, first_rows, s.lead)
             while True:  # A non-finite step is rolled back and retried.
                 lr = lr_init * lr_scale * lr_multiplier(step, anneal_begin, anneal_steps)
                 for group in opt.param_groups:

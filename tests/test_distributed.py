@@ -12,7 +12,12 @@ import torch
 from nldseg import LangevinSegmenter
 from nldseg._distributed import Replicas, fit_fingerprint
 from nldseg._model import build_model
-from nldseg._training import BatchShare, TrainingSettings, gradient_step
+from nldseg._training import (
+    BatchShare,
+    TrainingSettings,
+    gradient_step,
+    segment_first_rows,
+)
 from nldseg.datasets import make_markov_chain_sequences
 
 HERE = Path(__file__).parent
@@ -41,12 +46,18 @@ def test_rows_split_a_batch_exactly(n, world):
     assert taken == list(range(n))
 
 
-def test_shares_add_up_to_the_whole_batch(monkeypatch):
-    """Two shares' losses and gradients sum to the one-process step's."""
+@pytest.mark.parametrize("lead", [0, 10])
+def test_shares_add_up_to_the_whole_batch(monkeypatch, lead):
+    """Two shares' losses and gradients sum to the one-process step's.
+
+    With ``lead``, windows not at a sequence start read up to that many
+    earlier observations first (none for (0, 40), 5 for (45, 20)).
+    """
     monkeypatch.setattr("nldseg._training.CLIP_NORM", float("inf"))
     X, _ = make_markov_chain_sequences(6, 40, n_features=3, random_state=0)
     data = torch.as_tensor(X.reshape(-1, 3), dtype=torch.float32)
     windows = [(0, 40), (45, 20), (90, 33), (130, 40), (170, 7), (200, 18), (230, 2)]
+    first_rows = segment_first_rows(len(data), [(40 * i, 40) for i in range(6)])
     settings = TrainingSettings.from_params(LangevinSegmenter().get_params())
     module = build_model(3, dict(LangevinSegmenter(hidden_size=8).get_params()))
     params = list(module.parameters())
@@ -59,11 +70,13 @@ def test_shares_add_up_to_the_whole_batch(monkeypatch):
         assert finite
         return loss, [None if p.grad is None else p.grad.clone() for p in params]
 
-    loss, grads = step(BatchShare.of(data, windows), Replicas())
+    whole = BatchShare.of(data, windows, Replicas(), first_rows, lead)
+    assert (whole.lead is None) == (lead == 0)
+    loss, grads = step(whole, Replicas())
     total, summed = 0.0, None
     for rank in range(2):
         r = _replica(rank, 2)
-        part, g = step(BatchShare.of(data, windows, r), r)
+        part, g = step(BatchShare.of(data, windows, r, first_rows, lead), r)
         total = total + part
         summed = g if summed is None else [a if a is None else a + b
                                            for a, b in zip(summed, g)]

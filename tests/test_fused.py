@@ -139,25 +139,31 @@ def test_single_observation_takes_no_step():
 
 @pytest.mark.parametrize("n_obs", [9, 1])
 @pytest.mark.parametrize("outputs", ["both", "sequence only", "first only"])
-def test_gru_sequence_equals_torch_gru(n_obs, outputs):
+@pytest.mark.parametrize("start", ["zeros", "given"])
+def test_gru_sequence_equals_torch_gru(n_obs, outputs, start):
     torch.manual_seed(0)
     gru = torch.nn.GRU(4, 16, batch_first=True).to(DTYPE)
     x = torch.randn(5, n_obs, 4, dtype=DTYPE, requires_grad=True)
+    h_init = (torch.randn(5, 16, dtype=DTYPE).tanh().requires_grad_()
+              if start == "given" else None)
+    inputs = [x] if h_init is None else [x, h_init]
     w = torch.randn(5, n_obs, 16, dtype=DTYPE)
     w0 = torch.randn(5, 16, dtype=DTYPE)
     weights = {"both": (w, w0), "sequence only": (w, None),
                "first only": (None, w0)}[outputs]
 
     def torch_gru():
-        h = gru(x)[0]
+        h = gru(x, None if h_init is None else h_init[None])[0]
         return h, h[:, 0]
 
-    want_h, want = _grads(torch_gru, gru, [x], weights)
-    got_h, got = _grads(lambda: gru_sequence(_gru_weights(gru), x), gru, [x], weights)
+    want_h, want = _grads(torch_gru, gru, inputs, weights)
+    got_h, got = _grads(lambda: gru_sequence(_gru_weights(gru), x, h_init), gru,
+                        inputs, weights)
     for g, w_ in zip(got_h, want_h):
         torch.testing.assert_close(g, w_, rtol=1e-12, atol=1e-12)
     assert set(got) == set(want) == {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
-                                     "bias_hh_l0", "input0"}
+                                     "bias_hh_l0"} | {f"input{i}"
+                                                      for i in range(len(inputs))}
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12)
 
