@@ -291,17 +291,21 @@ class NeuralLangevinVAE(nn.Module):
         return (h, *self.initial_posterior(h0))
 
     @torch.no_grad()
-    def encoder_state(self, frames: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def encoder_state(self, frames: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """GRU state after reading ``frames`` (B, L, D), without autograd.
 
-        ``present`` (B, L) marks each row's real frames, which end at the last
-        column (a row with fewer keeps the zero state over its first
-        columns). Training reads the observations before a window with it, so
-        that the window's ``q(z_0)`` starts from what the encoder knew there.
+        Row ``b`` reads its first ``lengths[b]`` frames from the zero state (a
+        row of none keeps it). Training reads the observations before a
+        window with it, so that the window's ``q(z_0)`` starts from what the
+        encoder knew there.
         """
         h = frames.new_zeros((frames.shape[0], self.gru.hidden_size))
-        for t in range(frames.shape[1]):
-            h = torch.where(present[:, t, None], self.gru_step(frames[:, t], h), h)
+        rows = torch.nonzero(lengths > 0).flatten()
+        if len(rows):
+            packed = torch.nn.utils.rnn.pack_padded_sequence(
+                self.encoder_frames(frames[rows]), lengths[rows].cpu(),
+                batch_first=True, enforce_sorted=False)
+            h[rows] = self.gru(packed)[1][0]
         return h
 
     def project_context(self, h: torch.Tensor) -> torch.Tensor:

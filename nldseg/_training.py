@@ -178,8 +178,8 @@ def pad_leads(data: torch.Tensor, windows: list, first_rows: np.ndarray | None,
               lead: int, device) -> tuple | None:
     """The up to ``lead`` rows before each window, within its segment.
 
-    Returns ``(frames, present)`` of shape (B, L, D) and (B, L), each row's
-    frames ending at the last column (``present`` marks them), with ``L`` the
+    Returns ``(frames, lengths)``: frames (B, L, D), each row's from the first
+    column on (``lengths`` (B,) of them, the rest padding), with ``L`` the
     longest; ``None`` when no window has any (``lead=0``, or all at a segment
     start). ``first_rows``: :func:`segment_first_rows`.
     """
@@ -190,11 +190,11 @@ def pad_leads(data: torch.Tensor, windows: list, first_rows: np.ndarray | None,
     width = int(before.max())
     if width == 0:
         return None
-    offs = np.arange(-width, 0)
-    present = offs[None, :] >= -before[:, None]
-    idx = np.where(present, starts[:, None] + offs[None, :], starts[:, None])
+    offs = np.arange(width)
+    idx = np.where(offs[None, :] < before[:, None],
+                   (starts - before)[:, None] + offs[None, :], starts[:, None])
     return (data[torch.as_tensor(idx, device=data.device)],
-            torch.as_tensor(present, device=device))
+            torch.as_tensor(before, device=device))
 
 
 def lr_multiplier(step: int, anneal_begin: int, anneal_steps: int) -> float:
@@ -259,8 +259,8 @@ class BatchShare:
     ``x``, ``mask``: this process's rows, padded (``None`` when it has none);
     ``rows``: their place among the batch's ``n_rows``; ``t_max``: the
     batch's longest window; ``n_observed``: its observed steps;
-    ``lead``: the observations before this process's windows
-    (:func:`pad_leads`, ``None``: none); ``first_frames``, ``first_lead``:
+    ``lead``: the observations before this process's windows and their
+    counts (:func:`pad_leads`, ``None``: none); ``first_frames``, ``first_lead``:
     the first frames of all its windows and the observations before them, on
     which the ``log Z`` proposal is centred when several processes share the
     batch (``None``: on the codes of ``x``, as with one process).

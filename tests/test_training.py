@@ -29,15 +29,14 @@ def test_leads_are_the_rows_before_each_window_within_its_segment():
     first = segment_first_rows(40, segments)
     assert first.tolist() == [0] * 10 + [10] * 25 + [35] * 5
     windows = [(13, 6), (0, 10), (30, 5), (35, 3)]
-    frames, present = pad_leads(data, windows, first, 8, "cpu")
-    assert frames.shape == (4, 8, 2) and present.shape == (4, 8)
-    # Right-aligned: each window's earlier rows end at the last column.
-    assert present.sum(1).tolist() == [3, 0, 8, 0]
-    assert frames[0, present[0], 0].tolist() == [10, 11, 12]
+    frames, lengths = pad_leads(data, windows, first, 8, "cpu")
+    assert frames.shape == (4, 8, 2) and lengths.tolist() == [3, 0, 8, 0]
+    # Each window's earlier rows, in order, from the first column.
+    assert frames[0, :3, 0].tolist() == [10, 11, 12]
     assert frames[2, :, 0].tolist() == list(range(22, 30))
     # Never a row of another segment, never more than ``lead``.
-    frames, present = pad_leads(data, windows, first, 2, "cpu")
-    assert present.sum(1).tolist() == [2, 0, 2, 0]
+    frames, lengths = pad_leads(data, windows, first, 2, "cpu")
+    assert lengths.tolist() == [2, 0, 2, 0] and frames[0, :, 0].tolist() == [11, 12]
     assert pad_leads(data, [(0, 10), (35, 3)], first, 8, "cpu") is None
     assert pad_leads(data, windows, first, 0, "cpu") is None
 
@@ -47,17 +46,20 @@ def test_a_window_read_after_its_lead_continues_the_whole_sequence(grad):
     """The encoder's state before a window is the one a whole-sequence pass has."""
     m = NeuralLangevinVAE(3, 3, "overdamped", 16, 8, 1.0, 1.0, 1.0, False,
                           encoder_input="quadratic")
-    x = torch.randn(2, 30, 3, generator=torch.Generator().manual_seed(0))
-    present = torch.ones(2, 10, dtype=torch.bool)
-    present[1, :4] = False  # The second row's sequence starts 6 steps before.
+    x = torch.randn(3, 30, 3, generator=torch.Generator().manual_seed(0))
+    # Row 0 reads 10 steps before its window; row 1's sequence starts 6 steps
+    # before (its frames x[1, 4:10], then padding); row 2's at the window.
+    lead = torch.stack([x[0, :10], torch.cat([x[1, 4:10], x[1, :4]]), x[2, :10]])
     with torch.set_grad_enabled(grad):
-        h_init = m.encoder_state(x[:, :10], present)
+        h_init = m.encoder_state(lead, torch.tensor([10, 6, 0]))
         h, mean, _ = m._encode_hidden(x[:, 10:], h_init)
         whole, _, _ = m._encode_hidden(x[:1])
-        late, _, _ = m._encode_hidden(x[1:, 4:])
-    assert not h_init.requires_grad
+        late, _, _ = m._encode_hidden(x[1:2, 4:])
+        fresh, _, _ = m._encode_hidden(x[2:, 10:])
+    assert not h_init.requires_grad and not h_init[2].any()
     torch.testing.assert_close(h[0], whole[0, 10:], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h[1], late[0, 6:], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h[2], fresh[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(mean, m.initial_codes(x[:, 10], h_init)[0],
                                rtol=1e-5, atol=1e-6)
 
