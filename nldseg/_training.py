@@ -197,6 +197,11 @@ def pad_leads(data: torch.Tensor, windows: list, first_rows: np.ndarray | None,
             torch.as_tensor(before, device=device))
 
 
+def _state_before(module, lead: tuple | None) -> torch.Tensor | None:
+    """The encoder's state after a batch's leads (:func:`pad_leads`); None for none."""
+    return None if lead is None else module.encoder_state(*lead)
+
+
 def lr_multiplier(step: int, anneal_begin: int, anneal_steps: int) -> float:
     """Learning-rate multiplier at gradient step ``step``.
 
@@ -259,11 +264,13 @@ class BatchShare:
     ``x``, ``mask``: this process's rows, padded (``None`` when it has none);
     ``rows``: their place among the batch's ``n_rows``; ``t_max``: the
     batch's longest window; ``n_observed``: its observed steps;
-    ``lead``: the observations before this process's windows and their
-    counts (:func:`pad_leads`, ``None``: none); ``first_frames``, ``first_lead``:
-    the first frames of all its windows and the observations before them, on
-    which the ``log Z`` proposal is centred when several processes share the
-    batch (``None``: on the codes of ``x``, as with one process).
+    ``lead``: the observations before the windows of ``x`` and their counts
+    (:func:`pad_leads`, ``None``: none), with one process; ``first_frames``,
+    ``first_lead``: the first frames of all the batch's windows and the
+    observations before them, when several processes share the batch: the
+    ``log Z`` proposal is centred on their codes, and each process takes the
+    encoder states of its rows from the same pass (``None``: one process,
+    which reads ``lead`` and centres on the codes of ``x``).
     """
 
     x: torch.Tensor | None
@@ -301,8 +308,7 @@ class BatchShare:
         n_observed = torch.tensor(float(sum(n for _, n in windows)), dtype=data.dtype,
                                   device=device)
         return cls(x, mask, rows, len(windows), max(n for _, n in windows), n_observed,
-                   pad_leads(data, mine, first_rows, lead, device),
-                   data[[a for a, _ in windows]],
+                   None, data[[a for a, _ in windows]],
                    pad_leads(data, windows, first_rows, lead, device))
 
 
@@ -328,17 +334,18 @@ def gradient_step(module, params: list, opt: torch.optim.Optimizer, share: Batch
                                          settings.n_sub, gen, device)
     opt.zero_grad(set_to_none=True)
     proposal = None
-    if share.first_frames is not None:
+    if share.first_frames is None:
+        h_init = _state_before(module, share.lead)
+    else:  # Every process encodes the whole batch's leads, and takes its rows.
         with torch.no_grad():
-            before = (None if share.first_lead is None
-                      else module.encoder_state(*share.first_lead))
+            before = _state_before(module, share.first_lead)
             proposal = module.initial_codes(share.first_frames, before)
+        h_init = None if before is None else before[share.rows]
     kl_sum = share.n_observed.new_zeros(())
     if share.x is None:
         loss = share.n_observed.new_zeros(())
     else:
         mine = noise[:share.x.shape[1] - 1, :, share.rows].contiguous()
-        h_init = None if share.lead is None else module.encoder_state(*share.lead)
         loss, kl = training_loss(module, share.x, share.mask, mine, eps0[share.rows],
                                  probe, settings.dt, weight, settings.solver,
                                  share.n_observed, proposal, h_init)
@@ -451,10 +458,10 @@ class _HeldOut:
             for i, (x, mask, lead, noise, eps0, probe) in enumerate(self.batches):
                 if i % replicas.world_size != replicas.rank:
                     continue
-                h_init = None if lead is None else module.encoder_state(*lead)
                 log_lik, kl = module.elbo_terms(x, mask, noise, eps0, self.dt,
                                                 solver=self.solver,
-                                                partition_noise=probe, h_init=h_init)
+                                                partition_noise=probe,
+                                                h_init=_state_before(module, lead))
                 sums += torch.stack([(log_lik - kl).sum(), mask.sum()]).double().cpu()
         replicas.sum_([sums])
         return float(sums[0] / sums[1])
