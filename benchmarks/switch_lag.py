@@ -3,9 +3,11 @@
 On one case of the suite (``benchmarks/suite.py``: same data for a seed) this
 fits the library defaults (or loads a saved fit), labels the test set and
 prints the error rate of the labels at 0, 1, 2, ... steps after a true
-switch, beside the oracle filter's (the forward filter with the generating
-parameters). A method that is as good as the oracle away from switches but
-worse just after them *lags*.
+switch, beside a reference's: the oracle filter's (the forward filter with the
+generating parameters) on the Gaussian-HMM cases, else hmmlearn's
+``GaussianHMM`` forward filter fitted on the training set as the suite does
+(true K, best of 3 restarts). A method that is as good as the reference away
+from switches but worse just after them *lags*.
 
 It then asks whether the evidence was in the encoder: a logistic regression
 is trained *with the true labels* on the GRU's hidden state ``h_t`` of half of
@@ -17,6 +19,10 @@ pairwise products (what a filter for states differing in covariance reads)::
     python benchmarks/switch_lag.py --case overlap --seed 0
     python benchmarks/switch_lag.py --case overlap --seed 0 --load model.nldseg
     python benchmarks/switch_lag.py --case overlap --nldseg '{"encoder_input": "linear"}'
+    python benchmarks/switch_lag.py --case highdim --max-since 32   # HMM reference
+
+The probe on pairwise products is skipped above 16 features (its logistic
+regression would read thousands of columns).
 """
 
 from __future__ import annotations
@@ -34,33 +40,35 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _baselines import oracle_labels  # noqa: E402
+from _baselines import hmm_baseline, oracle_labels  # noqa: E402
 from suite import CASES  # noqa: E402
 
 from nldseg import LangevinSegmenter  # noqa: E402
 from nldseg._validation import delay_embed  # noqa: E402
 from nldseg.metrics import match_labels, segmentation_accuracy  # noqa: E402
 
-MAX_SINCE = 10  # Steps since a switch are pooled from here on.
+MAX_SINCE = 10  # Steps since a switch are pooled from here on (--max-since).
+MAX_PRODUCT_FEATURES = 16  # No probe on pairwise products above this.
 EMA_DECAYS = (0.0, 0.5, 0.75, 0.9)
 
 
-def steps_since_switch(y: np.ndarray) -> np.ndarray:
-    """Steps since the last true switch at every step, capped at MAX_SINCE."""
-    since, count = np.empty(len(y), int), MAX_SINCE
+def steps_since_switch(y: np.ndarray, max_since: int = MAX_SINCE) -> np.ndarray:
+    """Steps since the last true switch at every step, capped at ``max_since``."""
+    since, count = np.empty(len(y), int), max_since
     for t in range(len(y)):
         count = 0 if t and y[t] != y[t - 1] else count + 1
-        since[t] = min(count, MAX_SINCE)
+        since[t] = min(count, max_since)
     return since
 
 
-def errors_by_since(y_true: list, y_pred: list, matched: bool = True) -> np.ndarray:
-    """Error rate at 0..MAX_SINCE steps since a switch (labels matched one to one)."""
+def errors_by_since(y_true: list, y_pred: list, matched: bool = True,
+                    max_since: int = MAX_SINCE) -> np.ndarray:
+    """Error rate at 0..max_since steps since a switch (labels matched one to one)."""
     if matched:
         y_pred = match_labels(y_true, y_pred)
-    wrong, total = np.zeros(MAX_SINCE + 1), np.zeros(MAX_SINCE + 1)
+    wrong, total = np.zeros(max_since + 1), np.zeros(max_since + 1)
     for y, lab in zip(y_true, y_pred):
-        since = steps_since_switch(y)
+        since = steps_since_switch(y, max_since)
         np.add.at(wrong, since, lab != y)
         np.add.at(total, since, 1)
     return wrong / np.maximum(total, 1)
@@ -83,7 +91,7 @@ def _moving_averages(features: np.ndarray) -> np.ndarray:
     return np.concatenate(out, -1)
 
 
-def probe(features: np.ndarray, Y: np.ndarray) -> tuple:
+def probe(features: np.ndarray, Y: np.ndarray, max_since: int = MAX_SINCE) -> tuple:
     """Logistic regression trained on the first half of the sequences, read on the rest."""
     half, n_feat = len(Y) // 2, features.shape[-1]
     train, rest = features[:half].reshape(-1, n_feat), features[half:].reshape(-1, n_feat)
@@ -91,7 +99,8 @@ def probe(features: np.ndarray, Y: np.ndarray) -> tuple:
     clf = LogisticRegression(max_iter=3000).fit(scaler.transform(train), Y[:half].ravel())
     pred = clf.predict(scaler.transform(rest))
     pred = pred.reshape(len(Y) - half, Y.shape[1])
-    return (pred == Y[half:]).mean(), errors_by_since(list(Y[half:]), list(pred), False)
+    return (pred == Y[half:]).mean(), errors_by_since(list(Y[half:]), list(pred), False,
+                                                      max_since)
 
 
 def encoder_states(seg: LangevinSegmenter, X: np.ndarray) -> np.ndarray:
@@ -114,12 +123,13 @@ def main(argv: list | None = None) -> None:
     p.add_argument("--load", help="a saved fit (LangevinSegmenter.save) instead of fitting")
     p.add_argument("--save", help="save the fit here")
     p.add_argument("--nldseg", default="{}", help="JSON of parameters over the defaults")
+    p.add_argument("--max-since", type=int, default=MAX_SINCE,
+                   help="steps since a switch are pooled from here on")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     case = CASES[args.case]
-    if case.oracle != "gaussian":
-        p.error(f"--case {args.case}: needs a Gaussian-HMM case (oracle filter).")
     train, test, y_test, params = case.draw(args.seed)
+    n_since = args.max_since
     if args.load:
         seg = LangevinSegmenter.load(args.load)
     else:
@@ -132,23 +142,30 @@ def main(argv: list | None = None) -> None:
         if args.save:
             seg.save(args.save)
     labels = list(seg.predict(test))
-    oracle = oracle_labels(test, params, "gaussian")
+    if case.oracle == "gaussian":
+        reference = ("oracle filter", oracle_labels(test, params, "gaussian"))
+    else:
+        k_true = len(params["stationary_distribution"])
+        reference = ("HMM filter (hmmlearn)", hmm_baseline(
+            train, test, k_true, args.seed)["hmm_filter"]["labels"])
     X, Y = np.stack(test), np.stack(y_test)
     print(f"case {args.case}, seed {args.seed}, encoder_input={seg.encoder_input!r}, "
           f"{seg.n_states_} states (true {len(np.unique(Y))})")
     print(f"{'error rate at steps since switch:':<34} {'acc':<6}  "
-          + " ".join(f"{k:>5}" for k in range(MAX_SINCE)) + f" >={MAX_SINCE}")
-    for name, lab in (("nldseg (online)", labels), ("oracle filter", oracle)):
-        print(_row(name, segmentation_accuracy(y_test, lab), errors_by_since(y_test, lab)))
+          + " ".join(f"{k:>5}" for k in range(n_since)) + f" >={n_since}")
+    for name, lab in (("nldseg (online)", labels), reference):
+        print(_row(name, segmentation_accuracy(y_test, lab),
+                   errors_by_since(y_test, lab, max_since=n_since)))
     print("supervised probes (train on half the test sequences, read the rest):")
-    iu = np.triu_indices(X.shape[-1])
-    products = (X[..., :, None] * X[..., None, :])[..., iu[0], iu[1]]
-    for name, feats in (
-            ("GRU state h_t", encoder_states(seg, X)),
-            ("moving averages of frames", _moving_averages(X)),
-            ("... of frames and products", _moving_averages(
-                np.concatenate([X, products], -1)))):
-        print(_row(name, *probe(feats, Y)))
+    probes = [("GRU state h_t", encoder_states(seg, X)),
+              ("moving averages of frames", _moving_averages(X))]
+    if X.shape[-1] <= MAX_PRODUCT_FEATURES:
+        iu = np.triu_indices(X.shape[-1])
+        products = (X[..., :, None] * X[..., None, :])[..., iu[0], iu[1]]
+        probes.append(("... of frames and products",
+                       _moving_averages(np.concatenate([X, products], -1))))
+    for name, feats in probes:
+        print(_row(name, *probe(feats, Y, n_since)))
 
 
 if __name__ == "__main__":
