@@ -4,7 +4,7 @@ One command runs every case of the suite for several seeds and prints one
 table; the same figures are written as CSV (one row per case, method and seed)
 and JSON (the rows plus the run's settings and machine)::
 
-    python benchmarks/suite.py                       # every case, seeds 0 1 2
+    python benchmarks/suite.py                       # the default cases, seeds 0 1 2
     python benchmarks/suite.py --cases overlap long --seeds 0 1 2 3 4
     python benchmarks/suite.py --cases highdim       # not in the default run
     python benchmarks/suite.py --nldseg '{"max_iter": 80}'   # other parameters
@@ -365,7 +365,8 @@ def main(argv: list | None = None) -> None:
     p.add_argument("--cases", nargs="+",
                    default=[name for name, c in CASES.items() if c.in_default_run],
                    choices=list(CASES),
-                   help="default: every case but highdim, which runs only when named")
+                   help="default: every case except those run only when named: "
+                        + ", ".join(n for n, c in CASES.items() if not c.in_default_run))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--nldseg", default="{}",
                    help="JSON dict of LangevinSegmenter parameters (default: none, "
