@@ -44,7 +44,6 @@ from _baselines import hmm_baseline, oracle_labels  # noqa: E402
 from suite import CASES  # noqa: E402
 
 from nldseg import LangevinSegmenter  # noqa: E402
-from nldseg._validation import delay_embed  # noqa: E402
 from nldseg.metrics import match_labels, segmentation_accuracy  # noqa: E402
 
 MAX_SINCE = 10  # Steps since a switch are pooled from here on (--max-since).
@@ -105,8 +104,8 @@ def probe(features: np.ndarray, Y: np.ndarray, max_since: int = MAX_SINCE) -> tu
 
 def encoder_states(seg: LangevinSegmenter, X: np.ndarray) -> np.ndarray:
     """The fitted GRU's hidden state at every step (B, T, hidden), as in ``predict``."""
-    rows = ((X.reshape(-1, X.shape[-1]) - seg.scaler_mean_) / seg.scaler_scale_)
-    rows = delay_embed(rows.astype(np.float32), np.full(len(X), X.shape[1]), seg.n_lags)
+    rows = seg._model_frames(X.reshape(-1, X.shape[-1]), np.full(len(X), X.shape[1]),
+                             seg.scaler_mean_, seg.scaler_scale_)
     x = torch.as_tensor(rows).reshape(X.shape[0], X.shape[1], -1)
     module, h, out = seg.module_, None, []
     with torch.no_grad():
