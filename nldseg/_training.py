@@ -396,15 +396,18 @@ class RollbackSnapshot:
 
     def take(self, module, opt: torch.optim.Optimizer) -> None:
         with torch.no_grad():
-            for buf, p in zip(self._params, module.parameters()):
-                buf.copy_(p)
+            torch._foreach_copy_(self._params, list(module.parameters()))
+            bufs, values = [], []
             for p, state in opt.state.items():
                 saved = self._state.setdefault(p, {})
                 for key, value in state.items():
                     if key in saved:
-                        saved[key].copy_(value)
+                        bufs.append(saved[key])
+                        values.append(value)
                     else:
                         saved[key] = value.clone()
+            if bufs:
+                torch._foreach_copy_(bufs, values)
         self._empty = not opt.state
 
     def restore(self, module, opt: torch.optim.Optimizer) -> None:
@@ -543,7 +546,7 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
     lr_init = float(s.learning_rate_init)
     lr_scale = 1.0  # Halved by every rollback.
     lr = lr_init
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr, fused=True)
     anneal_steps = s.anneal_steps
     anneal_begin = s.max_iter - anneal_steps
     interval = s.validation_interval
