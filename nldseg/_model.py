@@ -52,11 +52,14 @@ def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
     thousands of nats down, which made its ``logsumexp`` about 3 % of a
     training step. Clamping the shifted terms at -80 keeps every ``exp``
     normal; a dropped term changes the sum by under ``2e-35`` relative (and
-    gets no gradient, where its true one is as small).
+    gets no gradient, where its true one is as small). A slice whose largest
+    term is infinite or NaN gives that term, as ``torch.logsumexp`` does.
     """
     top = x.detach().amax(dim, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    return (x - top).clamp_min(_EXP_FLOOR).exp().sum(dim).log() + top.squeeze(dim)
+    finite = torch.isfinite(top)
+    shift = torch.where(finite, top, torch.zeros_like(top))
+    out = (x - shift).clamp_min(_EXP_FLOOR).exp().sum(dim).log() + shift.squeeze(dim)
+    return torch.where(finite.squeeze(dim), out, top.squeeze(dim))
 
 
 def _mixture_log_pdfs(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,

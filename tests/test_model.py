@@ -218,6 +218,27 @@ def test_mixture_log_pdfs_equal_the_direct_sum():
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-4)
 
 
+def test_logsumexp_equals_torch_over_a_wide_range_and_at_infinities():
+    """Terms thousands of nats down (the log Z proposal's) change nothing;
+    the softmax gradient and the infinite and NaN slices are torch's."""
+    from nldseg._model import _logsumexp
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(300, 65, generator=gen) * 3000.0).requires_grad_()
+    got, want = _logsumexp(x, 1), torch.logsumexp(x, 1)
+    torch.testing.assert_close(got, want)
+    (g_got,) = torch.autograd.grad(got.sum(), x)
+    (g_want,) = torch.autograd.grad(want.sum(), x)
+    # The sums are ~1e4, where float32 steps by ~1e-3: exp(x - sum) agrees to that.
+    torch.testing.assert_close(g_got, g_want, rtol=2e-3, atol=1e-6)
+    inf = math.inf
+    odd = torch.tensor([[-inf, -inf], [inf, 0.0], [math.nan, 0.0], [-inf, 1.0]])
+    torch.testing.assert_close(_logsumexp(odd, 1), torch.logsumexp(odd, 1),
+                               equal_nan=True)
+    torch.testing.assert_close(_logsumexp(odd.t(), 0), torch.logsumexp(odd.t(), 0),
+                               equal_nan=True)
+
+
 def _decoders(hidden=8, n_features=5):
     from nldseg import LangevinSegmenter
     from nldseg._model import build_model
