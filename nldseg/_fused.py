@@ -51,6 +51,7 @@ rounding (tested in float64).
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import NamedTuple
 
@@ -758,7 +759,8 @@ class InferenceStepper:
 
     def advance(self, z: torch.Tensor, bias: torch.Tensor, drive: torch.Tensor,
                 work: dict | None = None, sq: torch.Tensor | None = None,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None,
+                log_ratio: torch.Tensor | None = None) -> torch.Tensor:
         """The Euler steps from one observation to the next.
 
         Parameters
@@ -775,6 +777,12 @@ class InferenceStepper:
             If given, the squared controls ``|u|^2`` are added to it.
         out : Tensor of shape (rows, state_dim) or None
             Where to write the new state.
+        log_ratio : Tensor of shape (rows,) or None
+            If given, the log density ratio of the prior's Euler steps to the
+            posterior's, at the steps taken, is added to it: per step
+            ``-kl_scale |u|^2 - sqrt(2 kl_scale) u . eps`` for the control
+            ``u`` and the standard normal increment ``eps`` (Girsanov's
+            weight; its mean is minus the KL increment).
 
         Returns
         -------
@@ -795,9 +803,15 @@ class InferenceStepper:
                 first.view(n_seq, rows // n_seq, 2 * hidden).add_(bias.unsqueeze(1))
             first.sigmoid_()
             _energy_back(s1, self.energy, s2_w, g1_w, x[:, 2 * hidden:])
-            if sq is not None:
+            if sq is not None or log_ratio is not None:
                 u = torch.addmm(self.bo2, x[:, hidden:2 * hidden], self.wo2_t)
-                sq.add_((u * u).sum(-1))
+                u2 = (u * u).sum(-1)
+                if sq is not None:
+                    sq.add_(u2)
+                if log_ratio is not None:
+                    eps = (drive[j] - self.dt_bo2) / self.noise_scale
+                    log_ratio.sub_(u2 * self.kl_scale).sub_(
+                        (u * eps).sum(-1) * math.sqrt(2.0 * self.kl_scale))
             dest = out if j == n_sub - 1 else None
             if self.under:
                 z = torch.mm(z, self.trans, out=dest)

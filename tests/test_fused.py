@@ -237,6 +237,43 @@ def test_inference_stepper_equals_the_plain_formulas(dynamics):
     torch.testing.assert_close(one, want_z[:n_samples], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
+def test_stepper_log_ratio_is_the_prior_over_posterior_density_of_the_steps(dynamics):
+    """Girsanov's weight of the Euler steps, against Gaussian transition densities."""
+    from nldseg._dynamics import euler_step
+
+    m = _model(dynamics)
+    n_seq, n_samples, hidden, d = 2, 5, 16, 3
+    rows = n_seq * n_samples
+    gen = torch.Generator().manual_seed(4)
+    h = torch.randn(n_seq, hidden, generator=gen, dtype=DTYPE)
+    z = torch.randn(rows, m.state_dim, generator=gen, dtype=DTYPE)
+    noise = torch.randn(2, rows, d, generator=gen, dtype=DTYPE)
+    with torch.no_grad():
+        coef = m.step_coefficients(0.5)
+        sd = coef["noise_scale"]  # the standard deviation of one step's noise
+        projected = m.project_context(h).repeat_interleave(n_samples, 0)
+        want, state = torch.zeros(rows, dtype=DTYPE), z
+        for j in range(2):
+            control = m.drift_net(state, projected)
+            grad_e = m.energy.grad(state[:, :d])
+            zero = torch.zeros_like(control)
+            prior_mean = euler_step(state, zero, grad_e, zero, 0.5, coef)
+            post_mean = euler_step(state, control, grad_e, zero, 0.5, coef)
+            state = euler_step(state, control, grad_e, noise[j] * sd, 0.5, coef)
+            noisy = slice(0, d) if dynamics == "overdamped" else slice(d, 2 * d)
+            prior = torch.distributions.Normal(prior_mean[:, noisy], sd)
+            post = torch.distributions.Normal(post_mean[:, noisy], sd)
+            moved = state[:, noisy]
+            want += (prior.log_prob(moved) - post.log_prob(moved)).sum(-1)
+        stepper = m.inference_stepper(0.5)
+        got = torch.zeros(rows, dtype=DTYPE)
+        got_z = stepper.advance(z, stepper.bias(h), stepper.drive(noise), log_ratio=got)
+    torch.testing.assert_close(got_z, state, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    assert want.abs().max() > 1e-3  # the control moves the steps: a weight that can differ
+
+
 def test_simulate_without_autograd_can_skip_the_kl():
     m = _model("overdamped")
     x = torch.randn(2, 6, 4, dtype=DTYPE)
