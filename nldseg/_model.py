@@ -36,11 +36,17 @@ NOISE_RANK = 8
 QUADRATIC_FEATURES = 32
 
 
-def _normal_log_pdf(x: torch.Tensor, loc: torch.Tensor,
-                    scale: torch.Tensor) -> torch.Tensor:
-    """Log density of a diagonal Gaussian, summed over the last axis."""
-    eps = (x - loc) / scale
-    return (-0.5 * eps * eps - torch.log(scale) - 0.5 * _LOG_2PI).sum(-1)
+def _normal_log_pdf(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor | None = None,
+                    *, log_std: torch.Tensor | None = None) -> torch.Tensor:
+    """Log density of a diagonal Gaussian, summed over the last axis.
+
+    Given by its ``scale``, or by ``log_std`` (then ``scale`` is not used).
+    """
+    if log_std is None:
+        eps, log_scale = (x - loc) / scale, torch.log(scale)
+    else:
+        eps, log_scale = (x - loc) * torch.exp(-log_std), log_std
+    return (-0.5 * eps * eps - log_scale - 0.5 * _LOG_2PI).sum(-1)
 
 
 def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -633,8 +639,10 @@ class NeuralLangevinVAE(nn.Module):
 
     def _stationary_kl0(self, z0, mean, log_std, log_z) -> torch.Tensor:
         """One-sample estimate of ``KL(q(z_0 | x_0) || p_inf)`` per row."""
-        eps = (z0 - mean) * torch.exp(-log_std)
-        log_q = (-0.5 * eps * eps - log_std - 0.5 * _LOG_2PI).sum(-1)
+        return _normal_log_pdf(z0, mean, log_std=log_std) - self._log_stationary(z0, log_z)
+
+    def _log_stationary(self, z0: torch.Tensor, log_z) -> torch.Tensor:
+        """``log p_inf(z_0)``: ``-beta E(q) - log Z`` (times ``N(p; 0, M / beta)``)."""
         beta, _, mass = self.langevin_params()
         d = self.latent_dim
         log_p = -beta * self.energy(z0[..., :d]) - log_z
@@ -643,7 +651,22 @@ class NeuralLangevinVAE(nn.Module):
             p = z0[..., d:]
             log_p = log_p + (-0.5 * p * p / var - 0.5 * torch.log(var)
                              - 0.5 * _LOG_2PI).sum(-1)
-        return log_q - log_p
+        return log_p
+
+    def initial_log_weight(self, z0: torch.Tensor, mean: torch.Tensor,
+                           log_std: torch.Tensor) -> torch.Tensor:
+        """``log p(z_0) - log q(z_0 | x_0)`` per row, up to one constant for all rows.
+
+        The importance weight of initial states drawn from ``q(z_0 | x_0)``
+        (``mean``, ``log_std`` from :meth:`initial_posterior`, repeated per
+        row) for the initial prior; the stationary prior's ``log Z`` is left
+        out, as it cancels when weights are normalised.
+        """
+        if self.initial_prior == "gaussian":
+            log_p = _normal_log_pdf(z0, self.p0_mean, log_std=self.p0_log_std)
+        else:
+            log_p = self._log_stationary(z0, 0.0)
+        return log_p - _normal_log_pdf(z0, mean, log_std=log_std)
 
     def decoder_log_std(self) -> torch.Tensor:
         """Log of the decoder noise's per-feature scale (the diagonal of ``L``), bounded."""

@@ -279,3 +279,37 @@ def test_latent_decoder_noise_is_the_gaussian_of_its_own_covariance():
     got.sum().backward()
     assert latent.dec_noise_lower.grad[1:].abs().sum() > 0
     assert latent.dec_noise_in.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dynamics, initial_prior", [("overdamped", "stationary"),
+                                                     ("underdamped", "stationary"),
+                                                     ("overdamped", "gaussian")])
+def test_initial_log_weight_is_prior_over_posterior_density(dynamics, initial_prior):
+    """log p(z_0) - log q(z_0 | x_0), up to one constant (log Z) for all rows."""
+    from torch.distributions import Normal
+
+    from nldseg import LangevinSegmenter
+    from nldseg._model import build_model
+
+    torch.manual_seed(2)
+    m = build_model(4, LangevinSegmenter(dynamics=dynamics, initial_prior=initial_prior,
+                                         hidden_size=8, beta=1.7, mass=0.6).get_params())
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        mean, log_std = torch.randn(6, m.state_dim), 0.3 * torch.randn(6, m.state_dim)
+        z = mean + log_std.exp() * torch.randn(6, m.state_dim)
+        got = m.initial_log_weight(z, mean, log_std)
+        log_q = Normal(mean, log_std.exp()).log_prob(z).sum(-1)
+        if initial_prior == "gaussian":
+            log_p = Normal(m.p0_mean, m.p0_log_std.exp()).log_prob(z).sum(-1)
+        else:
+            beta, _, mass = m.langevin_params()  # moved by the noise above
+            q, p = z[:, :m.latent_dim], z[:, m.latent_dim:]
+            log_p = -beta * m.energy(q)
+            if dynamics == "underdamped":
+                log_p = log_p + Normal(0.0, torch.sqrt(mass / beta)).log_prob(p).sum(-1)
+        diff = got - (log_p - log_q)
+    torch.testing.assert_close(diff - diff[0], torch.zeros(6), rtol=0, atol=1e-5)
+    if initial_prior == "gaussian":  # A normalised prior: no constant left out.
+        assert abs(float(diff[0])) < 1e-5
