@@ -1,18 +1,25 @@
-"""Monte-Carlo inference on a fitted model: the posterior sampler and the stream.
+"""Monte-Carlo inference on a fitted model: posterior paths, particle filter, stream.
 
 :class:`PosteriorSampler` draws ``n_paths`` posterior latent paths per
-sequence; ``predict_proba``, ``transform``, ``score``, the landscape's codes
-and :class:`SegmentationStream` all go through it. It owns the noise rule:
-**common random numbers**. Every sequence gets the same draws: ``eps0``
-(n_paths, state_dim) for the initial states first, then the Brownian
-increments (n_sub, n_paths, latent_dim) of each step in turn, one draw per
-step. So the output for a sequence does not depend on the other sequences
-passed with it, nor on how they are chunked, nor on the sequence's own length
-(the increments of step ``k`` are the same for a prefix), and the stream,
-which draws the same numbers one step at a time, reproduces ``predict``.
+sequence; ``transform``, ``score`` and the landscape's codes go through it.
+:class:`ParticleFilter` weighs such paths by the generative model and labels
+the steps (``predict_proba``, ``predict``; with ``filter_tempering=0`` the
+sampler's unweighted paths do). :class:`SegmentationStream` runs either one
+step at a time. Both follow one noise rule: **common random numbers**. Every
+sequence gets the same draws: ``eps0`` (n_paths, state_dim) for the initial
+states first, then the Brownian increments (n_sub, n_paths, latent_dim) of
+each step in turn, one draw per step (the filter adds one resampling uniform
+per step, see :class:`ParticleFilter`). So the output for a sequence does not
+depend on the other sequences passed with it, nor on how they are chunked,
+nor on the sequence's own length (the increments of step ``k`` are the same
+for a prefix), and the stream, which draws the same numbers one step at a
+time, reproduces ``predict``.
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -240,16 +247,198 @@ class PosteriorSampler:
         return total
 
 
+class Particles(NamedTuple):
+    """A particle filter's state after one observation.
+
+    ``h`` (B, hidden): the encoder's output; ``z`` (B * n_particles,
+    state_dim): the particles (rows sequence-major); ``log_w`` (B,
+    n_particles): their log weights, normalised per sequence.
+    """
+
+    h: torch.Tensor
+    z: torch.Tensor
+    log_w: torch.Tensor
+
+
+class ParticleFilter:
+    """Online state probabilities by a particle filter on the fitted model.
+
+    The filter targets ``p(z_t | x_0..x_t)`` of the generative model (prior
+    SDE and decoder). Its proposal is the posterior SDE, which the encoder
+    steers: each particle moves as a posterior path does and its weight is
+    multiplied by ``(p / q)^tempering``, where ``p / q`` is the prior's
+    density of the move over the posterior's (Girsanov's weight of the Euler
+    steps taken, :meth:`nldseg._fused.InferenceStepper.advance`) times the
+    decoder's ``p(x_t | z_t)``; the initial particles are weighed by the
+    initial prior over ``q(z_0 | x_0)``. The probability of state ``k`` is
+    the weight of the particles in the basin of well ``k``. When the
+    effective sample size falls below half the particles, a sequence's
+    particles are resampled (systematic resampling).
+
+    ``tempering=1`` is the plain particle filter; towards 0 the weights
+    flatten and the output tends to the fractions of unweighted posterior
+    paths. The learned prior switches more slowly than the data (see
+    ``benchmarks/RESULTS.md``, kinetics), so the plain filter holds the old
+    state a step too long at sharp switches; tempered, it follows the
+    encoder there and corrects it where the encoder lags.
+
+    Common random numbers as :class:`PosteriorSampler`: every sequence gets
+    the same draws, ``eps0`` (n_particles, state_dim) first, then per
+    observation the resampling uniform and, from the second observation on,
+    before it, the Brownian increments (n_sub, n_particles, latent_dim). So a
+    sequence's output does not depend on the sequences passed with it, on
+    chunking or on its own length, and :class:`SegmentationStream` reproduces
+    it.
+
+    Parameters
+    ----------
+    module : NeuralLangevinVAE
+        The trained model, on CPU, in eval mode.
+    landscape : EnergyLandscape
+        The fitted states.
+    dt : float
+        Euler step (``1 / n_sub``).
+    n_particles : int
+        Particles per sequence.
+    tempering : float
+        Exponent of the importance weights, in ``(0, 1]``.
+    seed : int
+        Seed of the draws.
+    """
+
+    def __init__(self, module, landscape, dt: float, n_particles: int,
+                 tempering: float, seed: int) -> None:
+        self.module = module
+        self.landscape = landscape
+        self.dt = float(dt)
+        self.n_sub = int(round(1.0 / dt))
+        self.n_particles = int(n_particles)
+        self.tempering = float(tempering)
+        self.seed = int(seed)
+        self.stepper = module.inference_stepper(self.dt)
+
+    def generator(self) -> torch.Generator:
+        """A fresh generator at the start of the draws."""
+        return torch.Generator().manual_seed(self.seed)
+
+    def start(self, x0: torch.Tensor, gen: torch.Generator) -> tuple:
+        """Particles at the first observations ``x0`` (B, D).
+
+        Returns the weighted particles (for the probabilities of this step)
+        and the state to carry on (resampled where needed).
+        """
+        module, n = self.module, self.n_particles
+        eps0 = torch.randn((n, module.state_dim), generator=gen).repeat(x0.shape[0], 1)
+        h = module.gru_step(x0)
+        mean, log_std = (v.repeat_interleave(n, dim=0) for v in module.initial_posterior(h))
+        z = mean + log_std.exp() * eps0
+        log_ratio = module.initial_log_weight(z, mean, log_std)
+        return self._weigh(h, z, log_ratio, x0, h.new_zeros((x0.shape[0], n)), gen)
+
+    def advance(self, state: Particles, x: torch.Tensor, gen: torch.Generator,
+                work: dict | None = None) -> tuple:
+        """Move ``state``'s particles to the next observations ``x`` (B, D)."""
+        module, n, rows = self.module, self.n_particles, state.z.shape[0]
+        noise = torch.randn((self.n_sub, n, module.latent_dim), generator=gen)
+        stepper = self.stepper
+        h = module.gru_step(x, state.h)
+        log_ratio = state.z.new_zeros(rows)
+        z = stepper.advance(state.z, stepper.bias(h),
+                            stepper.drive(noise.repeat(1, x.shape[0], 1)), work,
+                            log_ratio=log_ratio)
+        return self._weigh(h, z, log_ratio, x, state.log_w, gen)
+
+    def _weigh(self, h, z, log_ratio, x, log_w, gen) -> tuple:
+        """New weights from the move's ``log_ratio`` and ``x``'s likelihood; resample."""
+        n = self.n_particles
+        u = torch.rand((), generator=gen)
+        log_lik = self.module.decode_log_prob(x[:, None], z[None], n)[0]
+        log_w = log_w + self.tempering * (log_ratio + log_lik).view(-1, n)
+        log_w = log_w - torch.logsumexp(log_w, dim=1, keepdim=True)
+        weighted = Particles(h, z, log_w)
+        return weighted, _resample(weighted, u)
+
+    def proba(self, seqs: Sequences, n_states: int, chunk_rows: int = 4096,
+              block_steps: int = BLOCK_STEPS) -> np.ndarray:
+        """State probabilities at every observation of ``seqs``, (n_total, n_states).
+
+        Sequences are filtered in chunks of about ``chunk_rows`` particles,
+        and labelled ``block_steps`` observations at a time; the result does
+        not depend on either.
+        """
+        n, d = self.n_particles, self.module.latent_dim
+        data = torch.as_tensor(seqs.data)
+        offs, lens = seqs.offsets, seqs.lengths
+        out = np.empty((seqs.data.shape[0], n_states))
+        per_chunk = max(1, chunk_rows // n)
+        work = None
+        with torch.no_grad():
+            for c0 in range(0, len(lens), per_chunk):
+                ids = np.arange(c0, min(len(lens), c0 + per_chunk))
+                gen, state = self.generator(), None
+                t_max = int(lens[ids].max())
+                for k0 in range(0, t_max, block_steps):
+                    k1 = min(t_max, k0 + block_steps)
+                    x, _ = pad_windows(data, [(int(offs[i] + min(k0, lens[i])),
+                                               max(0, int(min(lens[i], k1)) - k0))
+                                              for i in ids], "cpu")
+                    zs = torch.empty((x.shape[1], len(ids), n, d))
+                    ws = np.empty((x.shape[1], len(ids), n))
+                    for k in range(x.shape[1]):
+                        if state is None:
+                            weighted, state = self.start(x[:, k], gen)
+                            work = self.stepper.workspace(weighted.z.shape[0], weighted.z)
+                        else:
+                            weighted, state = self.advance(state, x[:, k], gen, work)
+                        zs[k] = weighted.z[:, :d].view(len(ids), n, d)
+                        ws[k] = _weights(weighted)
+                    values = self.landscape.state_fractions(zs, ws)
+                    for j, i in enumerate(ids):
+                        m = int(min(lens[i], k1)) - k0
+                        if m > 0:
+                            out[offs[i] + k0:offs[i] + k0 + m] = values[:m, j]
+        return out
+
+
+def _weights(particles: Particles) -> np.ndarray:
+    """The particles' normalised weights in float64 (B, n_particles): they sum to 1."""
+    return torch.softmax(particles.log_w.double(), dim=1).numpy()
+
+
+def _resample(particles: Particles, u: torch.Tensor) -> Particles:
+    """Systematic resampling, with the uniform ``u``, of the sequences whose
+    effective sample size is below half their particles; the others as they are.
+    """
+    h, z, log_w = particles
+    n = log_w.shape[1]
+    w = log_w.exp()
+    low = 1.0 / (w * w).sum(1) < 0.5 * n
+    if not bool(low.any()):
+        return particles
+    cum = w.cumsum(1)
+    cum[:, -1] = 1.0
+    pos = (u + torch.arange(n, dtype=w.dtype)) / n
+    idx = torch.searchsorted(cum, pos.expand(w.shape[0], n).contiguous()).clamp_(max=n - 1)
+    keep = torch.arange(n).expand(w.shape[0], n)
+    idx = torch.where(low[:, None], idx, keep)
+    rows = (idx + torch.arange(w.shape[0])[:, None] * n).reshape(-1)
+    log_w = torch.where(low[:, None], torch.full_like(log_w, -math.log(n)), log_w)
+    return Particles(h, z[rows], log_w)
+
+
 class SegmentationStream:
     """Label one sequence online, one observation at a time.
 
     Made by :meth:`LangevinSegmenter.stream`. The stream carries the encoder's
-    hidden state, the ``n_paths`` posterior latent states and the random
-    generator between calls, so each :meth:`update` costs one encoder step and
-    ``1 / dt`` Euler steps. After ``t + 1`` updates, the label and
-    probabilities returned equal ``predict(x[:t + 1])[t]`` and
-    ``predict_proba(x[:t + 1])[t]`` of the segmenter on the prefix. Streams are
-    independent: open one per sequence being served.
+    hidden state, the latent states (the filter's particles and weights, or
+    the ``n_paths`` posterior paths) and the random generator between calls,
+    so each :meth:`update` costs one encoder step, ``1 / dt`` Euler steps and,
+    with the filter, one decoder evaluation per particle. After ``t + 1``
+    updates, the label and probabilities returned equal
+    ``predict(x[:t + 1])[t]`` and ``predict_proba(x[:t + 1])[t]`` of the
+    segmenter on the prefix (the filter's probabilities to float32 rounding:
+    one row and a batch of rows round differently). Streams are independent:
+    open one per sequence being served.
 
     Parameters
     ----------
@@ -265,6 +454,10 @@ class SegmentationStream:
     n_threads : int or None, default=None
         torch threads of each update (see ``LangevinSegmenter``'s
         ``n_threads``).
+    particle_filter : ParticleFilter or None, default=None
+        Label by this filter (as ``predict`` does when the segmenter's
+        ``filter_tempering`` is above 0); ``None``: by the fractions of the
+        sampler's posterior paths.
 
     Attributes
     ----------
@@ -286,16 +479,19 @@ class SegmentationStream:
 
     def __init__(self, sampler: PosteriorSampler, landscape, mean: np.ndarray,
                  scale: np.ndarray, *, n_lags: int = 0,
-                 n_threads: int | None = None) -> None:
+                 n_threads: int | None = None,
+                 particle_filter: ParticleFilter | None = None) -> None:
         check_threads(n_threads)
         self._n_lags = n_lags
         self._n_threads = n_threads
         self._sampler = sampler
+        self._filter = particle_filter
         self._landscape = landscape
         self._mean = np.asarray(mean, dtype=np.float64)
         self._scale = np.asarray(scale, dtype=np.float64)
         self._stepper = sampler.module.inference_stepper(sampler.dt)
-        self._work = self._stepper.workspace(sampler.n_paths, torch.empty(0))
+        rows = sampler.n_paths if particle_filter is None else particle_filter.n_particles
+        self._work = self._stepper.workspace(rows, torch.empty(0))
         self.reset()
 
     def reset(self) -> SegmentationStream:
@@ -305,9 +501,8 @@ class SegmentationStream:
         -------
         self : SegmentationStream
         """
-        self._gen = self._sampler.generator()
-        self._hidden = None
-        self._z = None
+        self._gen = (self._sampler if self._filter is None else self._filter).generator()
+        self._state = None
         self._recent = np.zeros((0, len(self._mean)), dtype=np.float32)
         self.n_steps_ = 0
         return self
@@ -335,30 +530,40 @@ class SegmentationStream:
                                         self._n_lags)[-1])
         gen_state = self._gen.get_state()
         try:
-            with torch_threads(self._n_threads):
-                hidden, z = self._step(x)
-                proba = self._landscape.state_fractions(
-                    z[:, :self._sampler.module.latent_dim])
+            with torch_threads(self._n_threads), torch.no_grad():
+                state, proba = (self._step(x) if self._filter is None
+                                else self._filter_step(x))
         except BaseException:
             self._gen.set_state(gen_state)
             raise
         # Commit the new state only once everything above has succeeded.
-        self._hidden, self._z, self._recent = hidden, z, recent
+        self._state, self._recent = state, recent
         self.n_steps_ += 1
         return int(proba.argmax()), proba
 
     def _step(self, x: torch.Tensor) -> tuple:
-        """Encoder step and latent update for one observation (no state change)."""
+        """Encoder step and posterior paths' update for one observation, and the
+        state fractions (no state change)."""
         sampler = self._sampler
         module = sampler.module
-        with torch.no_grad():
-            h = module.gru_step(x.reshape(1, -1), self._hidden)
-            if self._z is None:
-                mean, log_std = module.initial_posterior(h)
-                z = mean + log_std.exp() * sampler.initial_noise(self._gen)
-            else:
-                stepper = self._stepper
-                z = stepper.advance(self._z, stepper.bias(h),
-                                    stepper.drive(sampler.step_noise(self._gen)),
-                                    self._work)
-        return h, z
+        state = self._state
+        h = module.gru_step(x.reshape(1, -1), None if state is None else state[0])
+        if state is None:
+            mean, log_std = module.initial_posterior(h)
+            z = mean + log_std.exp() * sampler.initial_noise(self._gen)
+        else:
+            stepper = self._stepper
+            z = stepper.advance(state[1], stepper.bias(h),
+                                stepper.drive(sampler.step_noise(self._gen)), self._work)
+        return (h, z), self._landscape.state_fractions(z[:, :module.latent_dim])
+
+    def _filter_step(self, x: torch.Tensor) -> tuple:
+        """The particle filter's step for one observation (no state change)."""
+        filt, x = self._filter, x.reshape(1, -1)
+        if self._state is None:
+            weighted, state = filt.start(x, self._gen)
+        else:
+            weighted, state = filt.advance(self._state, x, self._gen, self._work)
+        proba = self._landscape.state_fractions(weighted.z[:, :filt.module.latent_dim],
+                                                _weights(weighted)[0])
+        return state, proba

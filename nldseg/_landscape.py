@@ -318,19 +318,25 @@ class EnergyLandscape:
         """State (basin of attraction) of latent points (n, latent_dim) -> (n,)."""
         return self._basins_torch(torch.as_tensor(np.asarray(z, dtype=np.float32)))
 
-    def state_fractions(self, z: torch.Tensor) -> np.ndarray:
+    def state_fractions(self, z: torch.Tensor,
+                        weights: np.ndarray | None = None) -> np.ndarray:
         """Fraction of the latent samples (..., S, d) in each state -> (..., n_states).
 
         ``z`` is a float32 tensor of positions; the samples of one group (the
         posterior paths of one time step) lie along the second-to-last axis.
+        ``weights`` (..., S), normalised within each group, weigh the samples
+        (a particle filter's); ``None`` weighs them equally.
         """
         labels = self._basins_torch(z.reshape(-1, z.shape[-1]))
         n_samples, k = z.shape[-2], self.n_states
         groups = labels.shape[0] // n_samples
-        # Count per group of samples: one bincount of (group, state) pairs.
+        # Sum per group of samples: one bincount of (group, state) pairs.
         pairs = np.repeat(np.arange(groups) * k, n_samples) + labels
-        counts = np.bincount(pairs, minlength=groups * k).reshape(*z.shape[:-2], k)
-        return counts / n_samples
+        if weights is None:
+            counts = np.bincount(pairs, minlength=groups * k)
+            return counts.reshape(*z.shape[:-2], k) / n_samples
+        return np.bincount(pairs, weights=np.asarray(weights, np.float64).ravel(),
+                           minlength=groups * k).reshape(*z.shape[:-2], k)
 
     def _basins_torch(self, z: torch.Tensor, chunk: int = 65536) -> np.ndarray:
         """Label float32 latent points (n, d) by the state their flow reaches.

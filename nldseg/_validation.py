@@ -363,6 +363,7 @@ class RealParam:
     low: float = 0.0
     high: float | None = None
     low_closed: bool = False
+    high_closed: bool = False
 
     def check(self, name: str, value) -> None:
         if not isinstance(value, Real) or isinstance(value, bool):
@@ -371,10 +372,11 @@ class RealParam:
         ok = np.isfinite(value) and (value >= self.low if self.low_closed
                                      else value > self.low)
         if self.high is not None:
-            ok = ok and value < self.high
+            ok = ok and (value <= self.high if self.high_closed else value < self.high)
         if not ok:
             if self.high is not None:
-                bounds = f"in {'[' if self.low_closed else '('}{self.low:g}, {self.high:g})"
+                bounds = (f"in {'[' if self.low_closed else '('}{self.low:g}, "
+                          f"{self.high:g}{']' if self.high_closed else ')'}")
             elif self.low == 0 and not self.low_closed:
                 bounds = "a positive finite number"
             else:

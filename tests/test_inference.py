@@ -1,4 +1,6 @@
-"""Inference: the posterior sampler's noise rule; the stream equals predict."""
+"""Inference: posterior paths' noise rule, the particle filter; stream equals predict."""
+
+import copy
 
 import numpy as np
 import pytest
@@ -24,17 +26,53 @@ def test_stream_equals_predict_on_every_prefix(model, tiny_data, request):
     assert stream.n_steps_ == len(x)
 
 
-def test_streams_are_independent_and_match_batch_predict(tiny_fitted, tiny_data):
+def _paths_only(seg):
+    """The fitted segmenter labelling by unweighted posterior paths (a shallow copy)."""
+    return copy.copy(seg).set_params(filter_tempering=0.0)
+
+
+@pytest.mark.parametrize("by_paths", [False, True])
+def test_streams_are_independent_and_match_batch_predict(tiny_fitted, tiny_data, by_paths):
+    seg = _paths_only(tiny_fitted) if by_paths else tiny_fitted
     X_test = tiny_data[1]
-    batch = tiny_fitted.predict_proba(X_test)
+    batch = seg.predict_proba(X_test)
     assert len(np.unique(batch.argmax(-1))) >= 2
-    streams = [tiny_fitted.stream() for _ in X_test]
+    streams = [seg.stream() for _ in X_test]
     got = np.empty_like(batch)
     # Interleave the sequences: one step of each stream in turn.
     for t in range(X_test.shape[1]):
         for i, stream in enumerate(streams):
             got[i, t] = stream.update(X_test[i, t])[1]
-    np.testing.assert_array_equal(got, batch)
+    np.testing.assert_array_equal(got.argmax(-1), batch.argmax(-1))
+    if by_paths:  # Fractions of paths: counts, equal to the last bit.
+        np.testing.assert_array_equal(got, batch)
+    else:  # Weights: float32 rounding differs between one row and a batch.
+        np.testing.assert_allclose(got, batch, rtol=0, atol=1e-5)
+
+
+def test_particle_filter_probabilities(tiny_fitted, tiny_data):
+    """Valid probabilities, the same in any blocks of time and chunks of sequences,
+    and moved by the tempering."""
+    from nldseg._validation import Sequences
+
+    X_test = tiny_data[1]
+    parts = [np.concatenate(list(X_test[:3])), X_test[4, :1], X_test[5, :40]]
+    parts = [np.asarray(p, dtype=np.float32) for p in parts]
+    raw = Sequences(np.concatenate(parts), np.array([len(p) for p in parts]), "list")
+    seqs = tiny_fitted._prepare(raw.data, raw.lengths)
+    filt = tiny_fitted._filter()
+    whole = filt.proba(seqs, 3)
+    assert whole.shape == (len(seqs.data), 3)
+    assert np.all(whole >= 0) and np.allclose(whole.sum(1), 1.0, rtol=0, atol=1e-12)
+    assert len(np.unique(whole.argmax(1))) >= 2  # labels that can differ
+    for block_steps in [1, 7]:
+        np.testing.assert_array_equal(filt.proba(seqs, 3, block_steps=block_steps), whole)
+    one_at_a_time = filt.proba(seqs, 3, chunk_rows=1)
+    np.testing.assert_allclose(one_at_a_time, whole, rtol=0, atol=1e-5)
+    plain = copy.copy(tiny_fitted).set_params(filter_tempering=1.0)._filter().proba(seqs, 3)
+    assert np.abs(plain - whole).max() > 0.05
+    paths = _paths_only(tiny_fitted).predict_proba(raw.data, lengths=raw.lengths)
+    assert np.abs(paths - whole).max() > 0.05
 
 
 def test_stream_accepts_row_shapes_and_reset(tiny_fitted, tiny_data):
@@ -138,12 +176,13 @@ def test_blocks_of_time_give_the_paths_of_one_piece(tiny_fitted, tiny_data):
         assert sampler.elbo_sum(seqs, block_steps=block_steps) == pytest.approx(one,
                                                                                 rel=1e-6)
     # The estimator's probabilities of a 300-step sequence, in blocks of 7 steps.
-    long_seq = tiny_fitted._prepare(parts[0], None)  # standardised, as predict does
-    d = tiny_fitted.module_.latent_dim
-    proba = tiny_fitted._sampler().map_paths(
-        long_seq, lambda z: tiny_fitted.energy_.state_fractions(z[..., :d]), (3,),
+    seg = _paths_only(tiny_fitted)
+    long_seq = seg._prepare(parts[0], None)  # standardised, as predict does
+    d = seg.module_.latent_dim
+    proba = seg._sampler().map_paths(
+        long_seq, lambda z: seg.energy_.state_fractions(z[..., :d]), (3,),
         np.float64, block_steps=7)
-    want = tiny_fitted.predict_proba(parts[0])
+    want = seg.predict_proba(parts[0])
     assert len(np.unique(want.argmax(1))) >= 2  # labels that can differ
     np.testing.assert_array_equal(proba, want)
 
