@@ -196,8 +196,13 @@ def score_labels(y_test: list, labels: list) -> dict:
             "changes": n_label_changes(labels), "true_changes": n_label_changes(y_test)}
 
 
-def run_nldseg(train: list, test: list, seed: int, overrides: dict) -> dict:
-    """Fit nldseg with library defaults (plus ``overrides``) and label ``test``."""
+def run_nldseg(train: list, test: list, seed: int, overrides: dict,
+               also_tempering: tuple = ()) -> dict:
+    """Fit nldseg with library defaults (plus ``overrides``) and label ``test``.
+
+    The same fit also labels ``test`` with each ``filter_tempering`` value of
+    ``also_tempering``: ``result["also"][value]`` holds those labels and times.
+    """
     seg = LangevinSegmenter(random_state=seed, **overrides)
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
@@ -207,7 +212,13 @@ def run_nldseg(train: list, test: list, seed: int, overrides: dict) -> dict:
     t0 = time.perf_counter()
     labels = seg.predict(test)
     t_pred = time.perf_counter() - t0
-    return {"labels": labels, "t_fit": t_fit, "t_predict": t_pred,
+    also = {}
+    for value in also_tempering:
+        seg.set_params(filter_tempering=value)
+        t0 = time.perf_counter()
+        also[value] = {"labels": seg.predict(test), "t_fit": t_fit,
+                       "t_predict": time.perf_counter() - t0}
+    return {"labels": labels, "t_fit": t_fit, "t_predict": t_pred, "also": also,
             "n_states": seg.n_states_,
             "occupancies": {m: seg.energy_.occupancy(m)
                             for m in ("sampled", "zeroth_order", "second_order")},
@@ -223,12 +234,13 @@ def _embedded(seqs: list, n_lags: int) -> list:
 
 
 def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
-             baseline_lags: int = 0) -> list:
+             baseline_lags: int = 0, also_tempering: tuple = ()) -> list:
     """Every method on one seed of ``case``; one row per method.
 
     ``baseline_lags``: the frame-wise baselines and the HMM read each frame
     delay-embedded with that many previous frames (the oracle reads the raw
-    frames).
+    frames). ``also_tempering``: rows ``nldseg_t<value>``, the same nldseg
+    fit labelling with that ``filter_tempering``.
     """
     train, test, y_test, params = case.draw(seed)
     k_true = len(params["stationary_distribution"])
@@ -251,11 +263,14 @@ def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
         row["pred_s"] = result.get("t_predict", float("nan"))
         rows.append(row)
 
-    nld = run_nldseg(train, test, seed, overrides)
+    nld = run_nldseg(train, test, seed, overrides, also_tempering)
     add("nldseg", nld, {f"nld_{k}": v for k, v in nld["occupancies"].items()},
         nld["n_states"])
     rows[-1]["warnings"] = "; ".join(nld["warnings"])
     rows[-1]["steps"] = nld["steps"]
+    for value, res in nld["also"].items():
+        add(f"nldseg_t{value:g}", res,
+            {f"nld_{k}": v for k, v in nld["occupancies"].items()}, nld["n_states"])
     train_b, test_b = _embedded(train, baseline_lags), _embedded(test, baseline_lags)
     for name, res in frame_baselines(train_b, test_b, k_true, seed).items():
         add(name, res, {"model": res["occupancy"]}, k_true)
@@ -274,11 +289,11 @@ def summarise(rows: list) -> list:
     """Mean and worst over seeds per case and method."""
     out = []
     keys = sorted({(r["case"], r["method"]) for r in rows},
-                  key=lambda cm: (list(CASES).index(cm[0]), _METHODS.index(cm[1])))
+                  key=lambda cm: (list(CASES).index(cm[0]), _method_order(cm[1])))
     for case, method in keys:
         rs = [r for r in rows if r["case"] == case and r["method"] == method]
         acc = np.array([r["acc"] for r in rs])
-        l1_key = "l1_nld_sampled" if method == "nldseg" else "l1_model"
+        l1_key = "l1_nld_sampled" if method.startswith("nldseg") else "l1_model"
         l1 = np.array([r.get(l1_key, np.nan) for r in rs])
         ratio = np.array([r["changes"] / max(r["true_changes"], 1) for r in rs])
         out.append({
@@ -300,6 +315,13 @@ def summarise(rows: list) -> list:
 
 
 _METHODS = ["nldseg", "kmeans", "gmm", "hmm_filter", "hmm_viterbi", "oracle_filter"]
+
+
+def _method_order(method: str) -> tuple:
+    """Table order: nldseg, its other labellings of the same fit, then the baselines."""
+    if method.startswith("nldseg_t"):
+        return (0, float(method[len("nldseg_t"):]))
+    return (_METHODS.index(method), 0.0)
 
 
 def _fmt(v, spec: str) -> str:
@@ -352,11 +374,12 @@ def commit() -> str:
 
 
 def _run_task(case_name: str, seed: int, overrides: dict, with_hmm: bool,
-              threads: int, baseline_lags: int) -> tuple:
+              threads: int, baseline_lags: int, also_tempering: tuple = ()) -> tuple:
     """One (case, seed) in a worker process: its rows and wall time."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    rows = run_case(CASES[case_name], seed, overrides, with_hmm, baseline_lags)
+    rows = run_case(CASES[case_name], seed, overrides, with_hmm, baseline_lags,
+                    also_tempering)
     return rows, time.perf_counter() - t0
 
 
@@ -382,6 +405,9 @@ def main(argv: list | None = None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of each worker; nldseg itself runs on its "
                         "n_threads (1 unless --nldseg sets it, e.g. -1 for these)")
+    p.add_argument("--also-tempering", type=float, nargs="*", default=[],
+                   help="also label the test set of each nldseg fit with these "
+                        "filter_tempering values (rows nldseg_t<value>; the same fit)")
     p.add_argument("--out", default="suite_results",
                    help="path stem of the CSV and JSON files written")
     a = p.parse_args(argv)
@@ -409,7 +435,7 @@ def main(argv: list | None = None) -> None:
     tasks = [(name, seed) for name in a.cases for seed in a.seeds]
     results = Parallel(n_jobs=a.jobs, return_as="generator")(
         delayed(_run_task)(name, seed, overrides, with_hmm, a.threads,
-                           a.baseline_lags)
+                           a.baseline_lags, tuple(a.also_tempering))
         for name, seed in tasks)
     rows = []
     for (name, seed), (new, took) in zip(tasks, results):
