@@ -10,17 +10,21 @@ Reported:
 * ``predict`` and ``predict_proba`` wall time and time steps per second
   (``n_sequences * length / time``), median and best of ``--repeats`` calls
   (the best is what the machine can do; the median includes its slow phases);
-* the split of one ``predict_proba`` call into the posterior paths (encoder
-  and Euler loop) and the basin assignment of the latent samples;
+* for ``filter_tempering=0`` (unweighted posterior paths), the split of one
+  ``predict_proba`` call into the posterior paths (encoder and Euler loop)
+  and the basin assignment of the latent samples;
 * the latency of labelling one new observation of one sequence with
   ``stream().update(x_t)``: median, 90th and 99th percentile over the
   updates of ``--stream-sequences`` test sequences (one stream each, 500
   steps, the first 20 of each not counted).
 
-Run::
+Each value of ``--filter-tempering`` (default: the model's own) is timed in
+turn on the same model: the particle filter (above 0) against the path
+fractions (0)::
 
     python benchmarks/inference_throughput.py \
         --model /tmp/models/overdamped_seed0.nldseg --threads 2
+    python benchmarks/inference_throughput.py --filter-tempering 0 0.5 --threads 1
 """
 
 import argparse
@@ -49,6 +53,8 @@ def main() -> None:
     p.add_argument("--n-paths", type=int, nargs="+", default=[None],
                    help="Monte-Carlo paths per sequence to time (default: the "
                         "model's own n_paths)")
+    p.add_argument("--filter-tempering", type=float, nargs="+", default=[None],
+                   help="filter_tempering values to time (default: the model's own)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -68,15 +74,19 @@ def main() -> None:
     n_steps = X_test.shape[0] * X_test.shape[1]
     print(f"# model: {seg.dynamics}, {seg.n_states_} states; test set "
           f"{X_test.shape[0]} x {X_test.shape[1]} = {n_steps} steps")
-    for n_paths in a.n_paths:
-        if n_paths is not None:
-            seg.set_params(n_paths=n_paths)
-        _measure(seg, X_test, y_test, n_steps, a.repeats, a.stream_sequences)
+    for tempering in a.filter_tempering:
+        if tempering is not None:
+            seg.set_params(filter_tempering=tempering)
+        for n_paths in a.n_paths:
+            if n_paths is not None:
+                seg.set_params(n_paths=n_paths)
+            _measure(seg, X_test, y_test, n_steps, a.repeats, a.stream_sequences)
 
 
 def _measure(seg, X_test, y_test, n_steps: int, repeats: int,
              stream_sequences: int) -> None:
-    print(f"n_paths={seg.n_paths}")
+    print(f"filter_tempering={seg.filter_tempering}, n_particles={seg.n_particles}, "
+          f"n_paths={seg.n_paths}")
     for name in ("predict", "predict_proba"):
         times = []
         for _ in range(repeats):
@@ -88,16 +98,17 @@ def _measure(seg, X_test, y_test, n_steps: int, repeats: int,
               f"best {best:.2f} s, {n_steps / best:.0f} steps/s")
     print(f"  accuracy {segmentation_accuracy(y_test, out.argmax(-1)):.4f}")
 
-    seqs = seg._prepare(X_test, None)
-    t0 = time.perf_counter()
-    z = seg._sampler().latent_paths(seqs)
-    t_paths = time.perf_counter() - t0
-    d = seg.module_.latent_dim
-    t0 = time.perf_counter()
-    seg.energy_.predict(z[..., :d].reshape(-1, d))
-    t_basins = time.perf_counter() - t0
-    print(f"  of which: posterior paths {t_paths:.2f} s, basin assignment of "
-          f"{z.shape[0] * z.shape[1]} latent samples {t_basins:.2f} s")
+    if seg.filter_tempering == 0:
+        seqs = seg._prepare(X_test, None)
+        t0 = time.perf_counter()
+        z = seg._sampler().latent_paths(seqs)
+        t_paths = time.perf_counter() - t0
+        d = seg.module_.latent_dim
+        t0 = time.perf_counter()
+        seg.energy_.predict(z[..., :d].reshape(-1, d))
+        t_basins = time.perf_counter() - t0
+        print(f"  of which: posterior paths {t_paths:.2f} s, basin assignment of "
+              f"{z.shape[0] * z.shape[1]} latent samples {t_basins:.2f} s")
 
     lat = []
     for seq in X_test[:stream_sequences]:
