@@ -321,7 +321,7 @@ def _method_order(method: str) -> tuple:
     """Table order: nldseg, its other labellings of the same fit, then the baselines."""
     if method.startswith("nldseg_t"):
         return (0, float(method[len("nldseg_t"):]))
-    return (_METHODS.index(method), 0.0)
+    return (_METHODS.index(method), -1.0)
 
 
 def _fmt(v, spec: str) -> str:
