@@ -46,6 +46,28 @@ def _stepwise_noise(gen: torch.Generator, t_max: int, n_sub: int, rows: int,
                         for _ in range(t_max - 1)])
 
 
+def _block(data: torch.Tensor, seqs: Sequences, ids: np.ndarray, k0: int,
+           k1: int) -> tuple:
+    """Observations ``k0..k1-1`` of the sequences ``ids``, padded: (B, T, D), mask.
+
+    A sequence that has ended gets an empty window at its end (padding,
+    masked out).
+    """
+    offs, lens = seqs.offsets, seqs.lengths
+    return pad_windows(data, [(int(offs[i] + min(k0, lens[i])),
+                               max(0, int(min(lens[i], k1)) - k0)) for i in ids], "cpu")
+
+
+def _scatter(out: np.ndarray, values: np.ndarray, seqs: Sequences, ids: np.ndarray,
+             k0: int) -> None:
+    """Write a block's ``values`` (T, B, ...) at the real steps of sequences ``ids``."""
+    offs, lens = seqs.offsets, seqs.lengths
+    for j, i in enumerate(ids):
+        n = int(min(lens[i], k0 + values.shape[0])) - k0
+        if n > 0:
+            out[offs[i] + k0:offs[i] + k0 + n] = values[:n, j]
+
+
 LANDSCAPE_BUDGET = 20000  # Time steps encoded to find the wells.
 LANDSCAPE_PIECE = 2000  # Length of the pieces of a sequence longer than the budget.
 
@@ -121,8 +143,7 @@ class PosteriorSampler:
             ``with_kl`` only.
         """
         module, s, d = self.module, self.n_paths, self.module.latent_dim
-        data = torch.as_tensor(seqs.data)
-        offs, lens = seqs.offsets, seqs.lengths
+        data, lens = torch.as_tensor(seqs.data), seqs.lengths
         if self.solver != "euler":  # torchsde's sdeint runs whole sequences.
             block_steps = int(lens.max())
         per_chunk = max(1, chunk_rows // s)
@@ -135,11 +156,7 @@ class PosteriorSampler:
             h = z = None
             for k0 in range(0, t_max, block_steps):
                 k1 = min(t_max, k0 + block_steps)
-                # A sequence that has ended gets an empty window at its end
-                # (padding, masked out).
-                x, mask = pad_windows(data, [(int(offs[i] + min(k0, lens[i])),
-                                              max(0, int(min(lens[i], k1)) - k0))
-                                             for i in ids], "cpu")
+                x, mask = _block(data, seqs, ids, k0, k1)
                 n_new = x.shape[1] - (k0 == 0)
                 noise = _stepwise_noise(gen, n_new + 1, self.n_sub, s, d)
                 noise = noise.repeat(1, 1, len(ids), 1)
@@ -171,16 +188,13 @@ class PosteriorSampler:
         array (T, B, *shape); its values at the real observations are
         written in place, so only the result is held for the whole input.
         """
-        offs, lens, s = seqs.offsets, seqs.lengths, self.n_paths
+        s = self.n_paths
         out = np.empty((seqs.data.shape[0], *shape), dtype=dtype)
         with torch.no_grad():
             for ids, k0, _, _, z, _, _ in self.blocks(seqs, chunk_rows=chunk_rows,
                                                       block_steps=block_steps):
                 values = fn(z.reshape(z.shape[0], len(ids), s, -1))
-                for j, i in enumerate(ids):
-                    n = int(min(lens[i], k0 + z.shape[0])) - k0
-                    if n > 0:
-                        out[offs[i] + k0:offs[i] + k0 + n] = values[:n, j]
+                _scatter(out, values, seqs, ids, k0)
         return out
 
     def latent_paths(self, seqs: Sequences, chunk_rows: int = 4096,
@@ -367,8 +381,7 @@ class ParticleFilter:
         not depend on either.
         """
         n, d = self.n_particles, self.module.latent_dim
-        data = torch.as_tensor(seqs.data)
-        offs, lens = seqs.offsets, seqs.lengths
+        data, lens = torch.as_tensor(seqs.data), seqs.lengths
         out = np.empty((seqs.data.shape[0], n_states))
         per_chunk = max(1, chunk_rows // n)
         work = None
@@ -379,9 +392,7 @@ class ParticleFilter:
                 t_max = int(lens[ids].max())
                 for k0 in range(0, t_max, block_steps):
                     k1 = min(t_max, k0 + block_steps)
-                    x, _ = pad_windows(data, [(int(offs[i] + min(k0, lens[i])),
-                                               max(0, int(min(lens[i], k1)) - k0))
-                                              for i in ids], "cpu")
+                    x, _ = _block(data, seqs, ids, k0, k1)
                     zs = torch.empty((x.shape[1], len(ids), n, d))
                     ws = np.empty((x.shape[1], len(ids), n))
                     for k in range(x.shape[1]):
@@ -393,10 +404,7 @@ class ParticleFilter:
                         zs[k] = weighted.z[:, :d].view(len(ids), n, d)
                         ws[k] = _weights(weighted)
                     values = self.landscape.state_fractions(zs, ws)
-                    for j, i in enumerate(ids):
-                        m = int(min(lens[i], k1)) - k0
-                        if m > 0:
-                            out[offs[i] + k0:offs[i] + k0 + m] = values[:m, j]
+                    _scatter(out, values, seqs, ids, k0)
         return out
 
 
