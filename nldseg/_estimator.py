@@ -83,6 +83,9 @@ _PARAMETER_RULES = {
     "distributed": BoolParam(), "verbose": IntParam(0),
 }
 
+#: Parameters that inference reads and that may be changed on a fitted model.
+_INFERENCE_PARAMETERS = ("n_paths", "n_particles", "filter_tempering")
+
 #: Arguments of the prior simulations (:meth:`LangevinSegmenter.transition_matrix`).
 _KINETICS_RULES = {"n_trajectories": IntParam(1), "n_steps": IntParam(1),
                    "lag": IntParam(1), "n_sequences": IntParam(1),
@@ -569,8 +572,14 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                n_states=self.n_states, rng=rng)
 
     # -------------------------------------------------------------- inference
-    def _prepare(self, X, lengths) -> Sequences:
+    def _check_inference_params(self) -> None:
+        """The parameters inference reads, which may be set after fitting."""
         check_is_fitted(self)
+        check_params({k: getattr(self, k) for k in _INFERENCE_PARAMETERS},
+                     {k: _PARAMETER_RULES[k] for k in _INFERENCE_PARAMETERS})
+
+    def _prepare(self, X, lengths) -> Sequences:
+        self._check_inference_params()
         seqs = check_sequences(self, X, lengths=lengths, reset=False)
         return Sequences(self._model_frames(seqs.data, seqs.lengths, self.scaler_mean_,
                                             self.scaler_scale_), seqs.lengths, seqs.form)
@@ -1080,7 +1089,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         >>> bool((online == seg.predict(X[0])).all())
         True
         """
-        check_is_fitted(self)
+        self._check_inference_params()
         return SegmentationStream(self._sampler(), self.energy_, self.scaler_mean_,
                                   self.scaler_scale_, n_lags=self.n_lags,
                                   n_threads=self.n_threads,

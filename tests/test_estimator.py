@@ -582,3 +582,24 @@ def test_numpy_integer_parameters_fit(quiet_convergence):
                             max_iter=i(3), n_paths=i(2), random_state=0).fit(X)
     assert seg.predict(X).shape == (4, 20)
     assert seg.module_.decoder[-1].out_features == 6  # Frames of 3 x (n_lags + 1).
+
+
+@pytest.mark.parametrize("params, err, match", [
+    ({"n_particles": 0}, ValueError, "n_particles must be a positive integer"),
+    ({"filter_tempering": 2.0}, ValueError, "filter_tempering must be in"),
+    ({"n_paths": 0}, ValueError, "n_paths must be a positive integer"),
+    ({"filter_tempering": "0.5"}, TypeError, "filter_tempering must be a real number"),
+])
+def test_inference_parameters_set_after_fit_are_checked(fitted, chain, params, err, match):
+    """Inference reads these at call time: a bad value raises and changes nothing."""
+    import copy
+
+    X = chain[2][:2, :30]
+    before = fitted.predict(X)
+    seg = copy.copy(fitted).set_params(**params)
+    for call in (seg.predict, seg.predict_proba, seg.transform, seg.score):
+        with pytest.raises(err, match=match):
+            call(X)
+    with pytest.raises(err, match=match):
+        seg.stream()
+    np.testing.assert_array_equal(fitted.predict(X), before)
