@@ -14,8 +14,9 @@ fresh process, so that the peak is the call's own::
 particle filter. ``--call fit`` instead fits a model with library defaults on
 one recording of ``--steps`` observations of a 3-state Markov chain with 45-D
 overlapping Gaussian emissions (``make_markov_chain_sequences``,
-``mean_scale=0.5``, ``switch_prob=0.002``), and prints the fit time, the memory it added, the
-states found and the training accuracy of ``predict`` (one-to-one)::
+``mean_scale=0.5``, ``switch_prob=0.002``), and prints the fit time, the
+memory it added, the states found and the training accuracy of ``predict``
+(one-to-one)::
 
     python benchmarks/long_recording_memory.py --call fit --steps 1000000
 """
