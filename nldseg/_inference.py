@@ -363,12 +363,20 @@ class ParticleFilter:
         return self._weigh(h, z, log_ratio, x, state.log_w, gen)
 
     def _weigh(self, h, z, log_ratio, x, log_w, gen) -> tuple:
-        """New weights from the move's ``log_ratio`` and ``x``'s likelihood; resample."""
+        """New weights from the move's ``log_ratio`` and ``x``'s likelihood; resample.
+
+        A particle whose weight is not a number (an observation far beyond the
+        training data can overflow the likelihood) gets weight 0; if no
+        particle of a sequence keeps a finite weight, the observation is not
+        weighed and the sequence keeps its weights.
+        """
         n = self.n_particles
         u = torch.rand((), generator=gen)
         log_lik = self.module.decode_log_prob(x[:, None], z[None], n)[0]
-        log_w = log_w + self.tempering * (log_ratio + log_lik).view(-1, n)
-        log_w = log_w - torch.logsumexp(log_w, dim=1, keepdim=True)
+        step = (self.tempering * (log_ratio + log_lik)).view(-1, n)
+        new = log_w + torch.nan_to_num(step, nan=-math.inf, posinf=-math.inf)
+        norm = torch.logsumexp(new, dim=1, keepdim=True)
+        log_w = torch.where(torch.isfinite(norm), new - norm, log_w)
         weighted = Particles(h, z, log_w)
         return weighted, _resample(weighted, u)
 

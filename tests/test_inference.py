@@ -1,9 +1,11 @@
 """Inference: posterior paths' noise rule, the particle filter; stream equals predict."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
+import torch
 
 from nldseg import SegmentationStream
 
@@ -244,3 +246,43 @@ def test_landscape_codes_take_pieces_spread_over_a_recording_longer_than_the_bud
     parts = [short] + [long[a:a + 300] for a in starts]
     want = Sequences(np.concatenate(parts), np.array([30, 300, 300, 300, 300]), "list")
     np.testing.assert_array_equal(codes, sampler.latent_paths(want)[:, 0, :d])
+
+
+def test_particle_filter_on_an_observation_far_beyond_the_data(tiny_fitted, tiny_data):
+    """A spike at the largest magnitude accepted: finite probabilities, same labels."""
+    x = np.array(tiny_data[1][0], dtype=np.float64)
+    x[30, 2] = 1e15  # the largest magnitude the input checks accept
+    proba = tiny_fitted.predict_proba(x)
+    assert np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=0, atol=1e-12)
+    # Before the spike nothing changed; the stream gives the same labels.
+    np.testing.assert_array_equal(proba[:30], tiny_fitted.predict_proba(x[:30]))
+    stream = tiny_fitted.stream()
+    labels = [stream.update(x_t)[0] for x_t in x]
+    np.testing.assert_array_equal(labels, proba.argmax(1))
+
+
+def test_particle_filter_weights_stay_finite_when_the_likelihood_is_not(tiny_fitted,
+                                                                       tiny_data,
+                                                                       monkeypatch):
+    """NaN likelihoods weigh 0; a step where no particle is finite is not weighed."""
+    module = tiny_fitted.module_
+    original = module.decode_log_prob
+    calls = {"n": 0}
+
+    def broken(x, z, n_paths=1):
+        out = original(x, z, n_paths)
+        calls["n"] += 1
+        if calls["n"] == 6:  # every particle impossible at this step
+            return torch.full_like(out, -math.inf)
+        if calls["n"] == 8:  # some particles not a number
+            out = out.clone()
+            out[..., ::3] = math.nan
+        return out
+
+    monkeypatch.setattr(module, "decode_log_prob", broken)
+    x = np.asarray(tiny_data[1][0][:20], dtype=np.float64)
+    proba = tiny_fitted.predict_proba(x)
+    assert calls["n"] == 20
+    assert np.isfinite(proba).all()
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=0, atol=1e-12)
