@@ -10,7 +10,7 @@ Reported:
 * ``predict`` and ``predict_proba`` wall time and time steps per second
   (``n_sequences * length / time``), median and best of ``--repeats`` calls
   (the best is what the machine can do; the median includes its slow phases);
-* for ``filter_tempering=0`` (unweighted posterior paths), the split of one
+* for ``inference="paths"`` (unweighted posterior paths), the split of one
   ``predict_proba`` call into the posterior paths (encoder and Euler loop)
   and the basin assignment of the latent samples;
 * the latency of labelling one new observation of one sequence with
@@ -18,13 +18,12 @@ Reported:
   updates of ``--stream-sequences`` test sequences (one stream each, 500
   steps, the first 20 of each not counted).
 
-Each value of ``--filter-tempering`` (default: the model's own) is timed in
-turn on the same model: the particle filter (above 0) against the path
-fractions (0)::
+Each value of ``--inference`` (default: the model's own) is timed in turn on
+the same model: the particle filter against the path fractions::
 
     python benchmarks/inference_throughput.py \
         --model /tmp/models/overdamped_seed0.nldseg --threads 2
-    python benchmarks/inference_throughput.py --filter-tempering 0 0.5 --threads 1
+    python benchmarks/inference_throughput.py --inference paths filter --threads 1
 """
 
 import argparse
@@ -53,8 +52,8 @@ def main() -> None:
     p.add_argument("--n-paths", type=int, nargs="+", default=[None],
                    help="Monte-Carlo paths per sequence to time (default: the "
                         "model's own n_paths)")
-    p.add_argument("--filter-tempering", type=float, nargs="+", default=[None],
-                   help="filter_tempering values to time (default: the model's own)")
+    p.add_argument("--inference", nargs="+", default=[None], choices=["filter", "paths"],
+                   help="inference values to time (default: the model's own)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -74,9 +73,9 @@ def main() -> None:
     n_steps = X_test.shape[0] * X_test.shape[1]
     print(f"# model: {seg.dynamics}, {seg.n_states_} states; test set "
           f"{X_test.shape[0]} x {X_test.shape[1]} = {n_steps} steps")
-    for tempering in a.filter_tempering:
-        if tempering is not None:
-            seg.set_params(filter_tempering=tempering)
+    for inference in a.inference:
+        if inference is not None:
+            seg.set_params(inference=inference)
         for n_paths in a.n_paths:
             if n_paths is not None:
                 seg.set_params(n_paths=n_paths)
@@ -85,7 +84,7 @@ def main() -> None:
 
 def _measure(seg, X_test, y_test, n_steps: int, repeats: int,
              stream_sequences: int) -> None:
-    print(f"filter_tempering={seg.filter_tempering}, n_particles={seg.n_particles}, "
+    print(f"inference={seg.inference!r}, n_particles={seg.n_particles}, "
           f"n_paths={seg.n_paths}")
     for name in ("predict", "predict_proba"):
         times = []
@@ -98,7 +97,7 @@ def _measure(seg, X_test, y_test, n_steps: int, repeats: int,
               f"best {best:.2f} s, {n_steps / best:.0f} steps/s")
     print(f"  accuracy {segmentation_accuracy(y_test, out.argmax(-1)):.4f}")
 
-    if seg.filter_tempering == 0:
+    if seg.inference == "paths":
         seqs = seg._prepare(X_test, None)
         t0 = time.perf_counter()
         z = seg._sampler().latent_paths(seqs)

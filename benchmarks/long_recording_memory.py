@@ -10,7 +10,7 @@ fresh process, so that the peak is the call's own::
     python benchmarks/long_recording_memory.py --call predict --steps 200000
     python benchmarks/long_recording_memory.py --call score --steps 200000
 
-``--filter-tempering 0`` labels by unweighted posterior paths instead of the
+``--inference paths`` labels by unweighted posterior paths instead of the
 particle filter. ``--call fit`` instead fits a model with library defaults on
 one recording of ``--steps`` observations of a 3-state Markov chain with 45-D
 overlapping Gaussian emissions (``make_markov_chain_sequences``,
@@ -42,9 +42,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--call", choices=["predict", "score", "fit"], default="predict")
     p.add_argument("--steps", type=int, default=200_000)
-    p.add_argument("--filter-tempering", type=float, default=None,
-                   help="the model's filter_tempering for predict (default: the "
-                        "library's; 0 labels by unweighted posterior paths)")
+    p.add_argument("--inference", choices=["filter", "paths"], default=None,
+                   help="the model's inference for predict (default: the library's; "
+                        "paths labels by unweighted posterior paths)")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.call == "fit":
@@ -54,15 +54,15 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         seg = LangevinSegmenter(max_iter=20, kl_warmup=20, random_state=0).fit(X)
-    if args.filter_tempering is not None:
-        seg.set_params(filter_tempering=args.filter_tempering)
+    if args.inference is not None:
+        seg.set_params(inference=args.inference)
     long = np.random.default_rng(0).normal(size=(args.steps, 45))
     before = _peak_mb()
     start = time.perf_counter()
     out = getattr(seg, args.call)(long)
     elapsed = time.perf_counter() - start
     shown = f"{out:.8f}" if args.call == "score" else f"{len(out)} labels"
-    print(f"{args.call} (filter_tempering={seg.filter_tempering}), 1 sequence x "
+    print(f"{args.call} (inference={seg.inference!r}), 1 sequence x "
           f"{args.steps} steps x 45 features: {elapsed:.1f} s, "
           f"peak memory +{_peak_mb() - before:.0f} MB (before the call "
           f"{before:.0f} MB); {shown}")

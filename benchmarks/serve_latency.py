@@ -117,16 +117,16 @@ def main() -> None:
     p.add_argument("--rates", type=float, nargs="*", default=[10.0, 20.0],
                    help="observations per second per stream, paced loads")
     p.add_argument("--no-closed", action="store_true", help="skip the closed loop")
-    p.add_argument("--filter-tempering", type=float, default=None,
-                   help="serve the model with this filter_tempering (default: as "
-                        "fitted or saved; 0 labels by unweighted posterior paths)")
+    p.add_argument("--inference", choices=["filter", "paths"], default=None,
+                   help="serve the model with this inference (default: as fitted "
+                        "or saved; paths labels by unweighted posterior paths)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         model_path = _model(args.model, Path(tmp))
         seg = LangevinSegmenter.load(model_path)
-        if args.filter_tempering is not None:
-            seg.set_params(filter_tempering=args.filter_tempering)
+        if args.inference is not None:
+            seg.set_params(inference=args.inference)
             model_path = Path(tmp) / "served.nldseg"
             seg.save(model_path)
         X, _ = make_markov_chain_sequences(args.streams, args.length,
@@ -158,7 +158,7 @@ def main() -> None:
                   f"server: 1 torch thread (nldseg serve's default); "
                   f"{args.streams} streams x {args.length} observations; model "
                   f"{seg.n_states_} states, {seg.n_features_in_} features, "
-                  f"filter_tempering={seg.filter_tempering}, "
+                  f"inference={seg.inference!r}, prior_weight={seg.prior_weight}, "
                   f"n_particles={seg.n_particles}, n_paths={seg.n_paths}, dt={seg.dt}, "
                   f"hidden_size={seg.hidden_size}")
             print("| load | offered obs/s | answered obs/s | median ms | p90 ms | "

@@ -40,6 +40,7 @@ highest l1, largest change ratio).
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import os
@@ -196,12 +197,19 @@ def score_labels(y_test: list, labels: list) -> dict:
             "changes": n_label_changes(labels), "true_changes": n_label_changes(y_test)}
 
 
+#: Other ways to label the test set with the same fit (``--also``): parameters.
+LABELLINGS = {"paths": {"inference": "paths"},
+              "w0": {"prior_weight": 0.0},
+              "w1": {"prior_weight": 1.0}}
+
+
 def run_nldseg(train: list, test: list, seed: int, overrides: dict,
-               also_tempering: tuple = ()) -> dict:
+               also: tuple = ()) -> dict:
     """Fit nldseg with library defaults (plus ``overrides``) and label ``test``.
 
-    The same fit also labels ``test`` with each ``filter_tempering`` value of
-    ``also_tempering``: ``result["also"][value]`` holds those labels and times.
+    The same fit also labels ``test`` with each labelling of ``also`` (names
+    from :data:`LABELLINGS`): ``result["also"][name]`` holds those labels and
+    times.
     """
     seg = LangevinSegmenter(random_state=seed, **overrides)
     t0 = time.perf_counter()
@@ -212,13 +220,13 @@ def run_nldseg(train: list, test: list, seed: int, overrides: dict,
     t0 = time.perf_counter()
     labels = seg.predict(test)
     t_pred = time.perf_counter() - t0
-    also = {}
-    for value in also_tempering:
-        seg.set_params(filter_tempering=value)
+    other = {}
+    for name in also:
+        variant = copy.copy(seg).set_params(**LABELLINGS[name])
         t0 = time.perf_counter()
-        also[value] = {"labels": seg.predict(test), "t_fit": t_fit,
+        other[name] = {"labels": variant.predict(test), "t_fit": t_fit,
                        "t_predict": time.perf_counter() - t0}
-    return {"labels": labels, "t_fit": t_fit, "t_predict": t_pred, "also": also,
+    return {"labels": labels, "t_fit": t_fit, "t_predict": t_pred, "also": other,
             "n_states": seg.n_states_,
             "occupancies": {m: seg.energy_.occupancy(m)
                             for m in ("sampled", "zeroth_order", "second_order")},
@@ -234,13 +242,13 @@ def _embedded(seqs: list, n_lags: int) -> list:
 
 
 def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
-             baseline_lags: int = 0, also_tempering: tuple = ()) -> list:
+             baseline_lags: int = 0, also: tuple = ()) -> list:
     """Every method on one seed of ``case``; one row per method.
 
     ``baseline_lags``: the frame-wise baselines and the HMM read each frame
     delay-embedded with that many previous frames (the oracle reads the raw
-    frames). ``also_tempering``: rows ``nldseg_t<value>``, the same nldseg
-    fit labelling with that ``filter_tempering``.
+    frames). ``also``: rows ``nldseg_<name>``, the same nldseg fit labelling
+    as :data:`LABELLINGS` ``[name]`` says.
     """
     train, test, y_test, params = case.draw(seed)
     k_true = len(params["stationary_distribution"])
@@ -263,13 +271,13 @@ def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
         row["pred_s"] = result.get("t_predict", float("nan"))
         rows.append(row)
 
-    nld = run_nldseg(train, test, seed, overrides, also_tempering)
+    nld = run_nldseg(train, test, seed, overrides, also)
     add("nldseg", nld, {f"nld_{k}": v for k, v in nld["occupancies"].items()},
         nld["n_states"])
     rows[-1]["warnings"] = "; ".join(nld["warnings"])
     rows[-1]["steps"] = nld["steps"]
-    for value, res in nld["also"].items():
-        add(f"nldseg_t{value:g}", res,
+    for name, res in nld["also"].items():
+        add(f"nldseg_{name}", res,
             {f"nld_{k}": v for k, v in nld["occupancies"].items()}, nld["n_states"])
     train_b, test_b = _embedded(train, baseline_lags), _embedded(test, baseline_lags)
     for name, res in frame_baselines(train_b, test_b, k_true, seed).items():
@@ -319,9 +327,9 @@ _METHODS = ["nldseg", "kmeans", "gmm", "hmm_filter", "hmm_viterbi", "oracle_filt
 
 def _method_order(method: str) -> tuple:
     """Table order: nldseg, its other labellings of the same fit, then the baselines."""
-    if method.startswith("nldseg_t"):
-        return (0, float(method[len("nldseg_t"):]))
-    return (_METHODS.index(method), -1.0)
+    if method.startswith("nldseg_"):
+        return (0, method)
+    return (_METHODS.index(method), "")
 
 
 def _fmt(v, spec: str) -> str:
@@ -374,12 +382,11 @@ def commit() -> str:
 
 
 def _run_task(case_name: str, seed: int, overrides: dict, with_hmm: bool,
-              threads: int, baseline_lags: int, also_tempering: tuple = ()) -> tuple:
+              threads: int, baseline_lags: int, also: tuple = ()) -> tuple:
     """One (case, seed) in a worker process: its rows and wall time."""
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    rows = run_case(CASES[case_name], seed, overrides, with_hmm, baseline_lags,
-                    also_tempering)
+    rows = run_case(CASES[case_name], seed, overrides, with_hmm, baseline_lags, also)
     return rows, time.perf_counter() - t0
 
 
@@ -405,9 +412,10 @@ def main(argv: list | None = None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads of each worker; nldseg itself runs on its "
                         "n_threads (1 unless --nldseg sets it, e.g. -1 for these)")
-    p.add_argument("--also-tempering", type=float, nargs="*", default=[],
-                   help="also label the test set of each nldseg fit with these "
-                        "filter_tempering values (rows nldseg_t<value>; the same fit)")
+    p.add_argument("--also", nargs="*", default=[], choices=list(LABELLINGS),
+                   help="also label the test set of each nldseg fit these ways "
+                        "(rows nldseg_<name>; the same fit): "
+                        + "; ".join(f"{k}: {v}" for k, v in LABELLINGS.items()))
     p.add_argument("--out", default="suite_results",
                    help="path stem of the CSV and JSON files written")
     a = p.parse_args(argv)
@@ -435,7 +443,7 @@ def main(argv: list | None = None) -> None:
     tasks = [(name, seed) for name in a.cases for seed in a.seeds]
     results = Parallel(n_jobs=a.jobs, return_as="generator")(
         delayed(_run_task)(name, seed, overrides, with_hmm, a.threads,
-                           a.baseline_lags, tuple(a.also_tempering))
+                           a.baseline_lags, tuple(a.also))
         for name, seed in tasks)
     rows = []
     for (name, seed), (new, took) in zip(tasks, results):

@@ -21,7 +21,12 @@ from nldseg import _persistence
 from nldseg._distributed import SINGLE, Replicas, fit_fingerprint
 from nldseg._dynamics import DYNAMICS
 from nldseg._fused import release_buffers
-from nldseg._inference import ParticleFilter, PosteriorSampler, SegmentationStream
+from nldseg._inference import (
+    INFERENCES,
+    ParticleFilter,
+    PosteriorSampler,
+    SegmentationStream,
+)
 from nldseg._kinetics import (
     decode_observations,
     kramers_rate_matrix,
@@ -77,14 +82,15 @@ _PARAMETER_RULES = {
     "kl_warmup": IntParam(0), "tol": RealParam(low_closed=True),
     "n_iter_no_change": IntParam(1), "n_paths": IntParam(1),
     "n_particles": IntParam(1),
-    "filter_tempering": RealParam(0.0, 1.0, low_closed=True, high_closed=True),
+    "inference": OptionParam(INFERENCES),
+    "prior_weight": RealParam(0.0, 1.0, low_closed=True, high_closed=True),
     "min_state_fraction": RealParam(0.0, 1.0, low_closed=True),
     "initial_prior": OptionParam(INITIAL_PRIORS), "solver": OptionParam(SOLVERS),
     "distributed": BoolParam(), "verbose": IntParam(0),
 }
 
 #: Parameters that inference reads and that may be changed on a fitted model.
-_INFERENCE_PARAMETERS = ("n_paths", "n_particles", "filter_tempering")
+_INFERENCE_PARAMETERS = ("n_paths", "n_particles", "inference", "prior_weight")
 
 #: Arguments of the prior simulations (:meth:`LangevinSegmenter.transition_matrix`).
 _KINETICS_RULES = {"n_trajectories": IntParam(1), "n_steps": IntParam(1),
@@ -217,25 +223,29 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     n_paths : int, default=8
         Monte-Carlo posterior paths per sequence used by :meth:`transform` and
         :meth:`score` (and by :meth:`predict_proba`, :meth:`predict` and
-        :meth:`stream` when ``filter_tempering=0``).
-    filter_tempering : float in [0, 1], default=0.5
-        How the online labels are read. Above 0, by a particle filter on the
-        fitted generative model: ``n_particles`` particles per sequence move
-        as posterior paths (steered by the encoder) and are weighed by
-        ``(p / q)^filter_tempering``, the prior's density of each move over
-        the posterior's times the decoder's likelihood of the observation;
-        a state's probability is the weight of the particles in its basin.
-        The likelihood corrects the encoder where it lags behind a switch;
-        the tempering keeps the learned prior, which switches more slowly
-        than the data, from holding the old state too long. 1 is the plain
-        particle filter; 0 reads the unweighted fractions of ``n_paths``
+        :meth:`stream` when ``inference="paths"``).
+    inference : {"filter", "paths"}, default="filter"
+        How the online labels are read. ``"filter"``: a particle filter on
+        the fitted model. ``n_particles`` particles per sequence move as
+        posterior paths (steered by the encoder) and are weighed by the
+        decoder's likelihood of each observation times
+        ``(p / q)^prior_weight``, the prior's density of each move over the
+        posterior's; a state's probability is the weight of the particles in
+        its basin. The likelihood corrects the encoder where it lags behind a
+        switch. ``"paths"``: the unweighted fractions of ``n_paths``
         posterior paths (the labels of earlier versions; model files saved by
-        them load with 0), about 12 times as fast. On the suite's 45-feature
-        case the default lifted accuracy from 0.859 to 0.892 over 0, and 1 to
-        0.916; on the paper's data 1 cost 0.3 points and 0.5 nothing (see
-        ``benchmarks/RESULTS.md``).
+        them load with it), about 12 times as fast. On the suite's
+        45-feature case the filter lifted accuracy from 0.859 to 0.927
+        (see ``benchmarks/RESULTS.md``).
+    prior_weight : float in [0, 1], default=0.5
+        How far the filter trusts the learned prior's dynamics over the
+        encoder's: the particles' transition density is taken proportional
+        to ``p^prior_weight q^(1 - prior_weight)``. At 1 (the plain particle
+        filter of the generative model) the learned prior, which switches
+        several times more slowly than the data, holds the old state a step
+        too long at sharp switches (paper setting: 0.996 against 0.9998).
     n_particles : int, default=64
-        Particles per sequence of the filter (``filter_tempering > 0``).
+        Particles per sequence of the filter (``inference="filter"``).
     min_state_fraction : float, default=0.005
         Wells into which less than this fraction of the encoded training data
         flows are merged into a neighbour. The wells are found from at most
@@ -418,8 +428,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                  batch_size=64, max_iter=3000, learning_rate="cosine",
                  learning_rate_init=3e-3, kl_warmup=200, tol=1e-3,
                  n_iter_no_change=5, early_stopping=True, validation_fraction=0.1,
-                 decoder_covariance="latent", n_paths=8, filter_tempering=0.5,
-                 n_particles=64, min_state_fraction=0.005, initial_prior="stationary",
+                 decoder_covariance="latent", n_paths=8, inference="filter",
+                 prior_weight=0.5, n_particles=64, min_state_fraction=0.005,
+                 initial_prior="stationary",
                  solver="euler", device="auto", n_threads=None,
                  distributed=False, random_state=None, verbose=0):
         self.n_states = n_states
@@ -446,7 +457,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.decoder_covariance = decoder_covariance
         self.n_paths = n_paths
-        self.filter_tempering = filter_tempering
+        self.inference = inference
+        self.prior_weight = prior_weight
         self.n_particles = n_particles
         self.min_state_fraction = min_state_fraction
         self.initial_prior = initial_prior
@@ -600,11 +612,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                 self.solver)
 
     def _filter(self) -> ParticleFilter | None:
-        """The particle filter that labels steps; None when ``filter_tempering=0``."""
-        if self.filter_tempering == 0:
+        """The particle filter that labels steps; None when ``inference="paths"``."""
+        if self.inference == "paths":
             return None
         return ParticleFilter(self.module_, self.energy_, self.dt, self.n_particles,
-                              self.filter_tempering, self._seed())
+                              self.prior_weight, self._seed())
 
     def predict_proba(self, X, *, lengths=None):
         """Probability of each state at every time step (online).
@@ -612,8 +624,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         By default a particle filter on the fitted model gives them: the
         probability of state ``k`` at step ``t`` is the weight of the
         ``n_particles`` particles whose latent state at ``t`` lies in the
-        basin of well ``k`` (see ``filter_tempering``). With
-        ``filter_tempering=0`` the posterior SDE is sampled ``n_paths`` times
+        basin of well ``k`` (see ``inference``). With
+        ``inference="paths"`` the posterior SDE is sampled ``n_paths`` times
         per sequence and it is the fraction of those paths. Step ``t`` uses
         ``x[:t+1]`` only. Deterministic for an integer ``random_state``.
 

@@ -3,7 +3,7 @@
 :class:`PosteriorSampler` draws ``n_paths`` posterior latent paths per
 sequence; ``transform``, ``score`` and the landscape's codes go through it.
 :class:`ParticleFilter` weighs such paths by the generative model and labels
-the steps (``predict_proba``, ``predict``; with ``filter_tempering=0`` the
+the steps (``predict_proba``, ``predict``; with ``inference="paths"`` the
 sampler's unweighted paths do). :class:`SegmentationStream` runs either one
 step at a time. Both follow one noise rule: **common random numbers**. Every
 sequence gets the same draws: ``eps0`` (n_paths, state_dim) for the initial
@@ -67,6 +67,9 @@ def _scatter(out: np.ndarray, values: np.ndarray, seqs: Sequences, ids: np.ndarr
         if n > 0:
             out[offs[i] + k0:offs[i] + k0 + n] = values[:n, j]
 
+
+#: How ``predict_proba`` reads the labels (``LangevinSegmenter``'s ``inference``).
+INFERENCES = frozenset({"filter", "paths"})
 
 LANDSCAPE_BUDGET = 20000  # Time steps encoded to find the wells.
 LANDSCAPE_PIECE = 2000  # Length of the pieces of a sequence longer than the budget.
@@ -277,24 +280,25 @@ class Particles(NamedTuple):
 class ParticleFilter:
     """Online state probabilities by a particle filter on the fitted model.
 
-    The filter targets ``p(z_t | x_0..x_t)`` of the generative model (prior
-    SDE and decoder). Its proposal is the posterior SDE, which the encoder
-    steers: each particle moves as a posterior path does and its weight is
-    multiplied by ``(p / q)^tempering``, where ``p / q`` is the prior's
-    density of the move over the posterior's (Girsanov's weight of the Euler
-    steps taken, :meth:`nldseg._fused.InferenceStepper.advance`) times the
-    decoder's ``p(x_t | z_t)``; the initial particles are weighed by the
-    initial prior over ``q(z_0 | x_0)``. The probability of state ``k`` is
-    the weight of the particles in the basin of well ``k``. When the
-    effective sample size falls below half the particles, a sequence's
-    particles are resampled (systematic resampling).
+    Each particle moves as a posterior path does (the encoder steers it) and
+    its weight is multiplied by ``(p / q)^prior_weight`` times the decoder's
+    ``p(x_t | z_t)``. Here ``p / q`` is the prior's density of the move over
+    the posterior's (Girsanov's weight of the Euler steps taken,
+    :meth:`nldseg._fused.InferenceStepper.advance`); the initial particles
+    are weighed by the initial prior over ``q(z_0 | x_0)`` to the same power.
+    The probability of state ``k`` is the weight of the particles in the
+    basin of well ``k``. When the effective sample size falls below half the
+    particles, a sequence's particles are resampled (systematic resampling).
 
-    ``tempering=1`` is the plain particle filter; towards 0 the weights
-    flatten and the output tends to the fractions of unweighted posterior
-    paths. The learned prior switches more slowly than the data (see
-    ``benchmarks/RESULTS.md``, kinetics), so the plain filter holds the old
-    state a step too long at sharp switches; tempered, it follows the
-    encoder there and corrects it where the encoder lags.
+    The filter targets ``p(z_t | x_0..x_t)`` of a model with the fitted
+    decoder and latent dynamics whose transition density is proportional to
+    ``p^prior_weight q^(1 - prior_weight)``: the learned prior at 1 (the
+    plain particle filter of the generative model), the encoder's posterior
+    SDE at 0. The learned prior switches more slowly than the data (see
+    ``benchmarks/RESULTS.md``, kinetics), so at 1 the filter holds the old
+    state a step too long at sharp switches; in between, the decoder's
+    likelihood corrects the encoder where it lags, while the encoder's
+    dynamics keep switches prompt.
 
     Common random numbers as :class:`PosteriorSampler`: every sequence gets
     the same draws, ``eps0`` (n_particles, state_dim) first, then per
@@ -314,20 +318,20 @@ class ParticleFilter:
         Euler step (``1 / n_sub``).
     n_particles : int
         Particles per sequence.
-    tempering : float
-        Exponent of the importance weights, in ``(0, 1]``.
+    prior_weight : float
+        Exponent of the prior-to-posterior density ratio, in ``[0, 1]``.
     seed : int
         Seed of the draws.
     """
 
     def __init__(self, module, landscape, dt: float, n_particles: int,
-                 tempering: float, seed: int) -> None:
+                 prior_weight: float, seed: int) -> None:
         self.module = module
         self.landscape = landscape
         self.dt = float(dt)
         self.n_sub = int(round(1.0 / dt))
         self.n_particles = int(n_particles)
-        self.tempering = float(tempering)
+        self.prior_weight = float(prior_weight)
         self.seed = int(seed)
         self.stepper = module.inference_stepper(self.dt)
 
@@ -373,7 +377,7 @@ class ParticleFilter:
         n = self.n_particles
         u = torch.rand((), generator=gen)
         log_lik = self.module.decode_log_prob(x[:, None], z[None], n)[0]
-        step = (self.tempering * (log_ratio + log_lik)).view(-1, n)
+        step = (self.prior_weight * log_ratio + log_lik).view(-1, n)
         new = log_w + torch.nan_to_num(step, nan=-math.inf, posinf=-math.inf)
         norm = torch.logsumexp(new, dim=1, keepdim=True)
         log_w = torch.where(torch.isfinite(norm), new - norm, log_w)
@@ -471,8 +475,8 @@ class SegmentationStream:
         torch threads of each update (see ``LangevinSegmenter``'s
         ``n_threads``).
     particle_filter : ParticleFilter or None, default=None
-        Label by this filter (as ``predict`` does when the segmenter's
-        ``filter_tempering`` is above 0); ``None``: by the fractions of the
+        Label by this filter (as ``predict`` does with the segmenter's
+        default ``inference="filter"``); ``None``: by the fractions of the
         sampler's posterior paths.
 
     Attributes

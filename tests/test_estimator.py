@@ -314,8 +314,9 @@ def test_unrecoverable_nan_raises_and_leaves_estimator_unfitted(chain, monkeypat
     ({"beta": "1"}, TypeError, "beta must be a real number"),
     ({"solver": "rk4"}, ValueError, "solver must be one of"),
     ({"min_state_fraction": 1.0}, ValueError, "min_state_fraction must be in"),
-    ({"filter_tempering": 1.5}, ValueError, r"filter_tempering must be in \[0, 1\]"),
-    ({"filter_tempering": -0.1}, ValueError, "filter_tempering must be in"),
+    ({"prior_weight": 1.5}, ValueError, r"prior_weight must be in \[0, 1\]"),
+    ({"prior_weight": -0.1}, ValueError, "prior_weight must be in"),
+    ({"inference": "smoother"}, ValueError, "inference must be one of"),
     ({"n_particles": 0}, ValueError, "n_particles must be a positive integer"),
     ({"device": "tpu"}, ValueError, "device must be"),
     ({"device": 0}, TypeError, "device must be"),
@@ -586,9 +587,10 @@ def test_numpy_integer_parameters_fit(quiet_convergence):
 
 @pytest.mark.parametrize("params, err, match", [
     ({"n_particles": 0}, ValueError, "n_particles must be a positive integer"),
-    ({"filter_tempering": 2.0}, ValueError, "filter_tempering must be in"),
+    ({"prior_weight": 2.0}, ValueError, "prior_weight must be in"),
+    ({"inference": "viterbi"}, ValueError, "inference must be one of"),
     ({"n_paths": 0}, ValueError, "n_paths must be a positive integer"),
-    ({"filter_tempering": "0.5"}, TypeError, "filter_tempering must be a real number"),
+    ({"prior_weight": "0.5"}, TypeError, "prior_weight must be a real number"),
 ])
 def test_inference_parameters_set_after_fit_are_checked(fitted, chain, params, err, match):
     """Inference reads these at call time: a bad value raises and changes nothing."""

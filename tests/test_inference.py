@@ -30,7 +30,7 @@ def test_stream_equals_predict_on_every_prefix(model, tiny_data, request):
 
 def _paths_only(seg):
     """The fitted segmenter labelling by unweighted posterior paths (a shallow copy)."""
-    return copy.copy(seg).set_params(filter_tempering=0.0)
+    return copy.copy(seg).set_params(inference="paths")
 
 
 @pytest.mark.parametrize("by_paths", [False, True])
@@ -54,7 +54,7 @@ def test_streams_are_independent_and_match_batch_predict(tiny_fitted, tiny_data,
 
 def test_particle_filter_probabilities(tiny_fitted, tiny_data):
     """Valid probabilities, the same in any blocks of time and chunks of sequences,
-    and moved by the tempering."""
+    and moved by the prior's weight."""
     from nldseg._validation import Sequences
 
     X_test = tiny_data[1]
@@ -71,7 +71,7 @@ def test_particle_filter_probabilities(tiny_fitted, tiny_data):
         np.testing.assert_array_equal(filt.proba(seqs, 3, block_steps=block_steps), whole)
     one_at_a_time = filt.proba(seqs, 3, chunk_rows=1)
     np.testing.assert_allclose(one_at_a_time, whole, rtol=0, atol=1e-5)
-    plain = copy.copy(tiny_fitted).set_params(filter_tempering=1.0)._filter().proba(seqs, 3)
+    plain = copy.copy(tiny_fitted).set_params(prior_weight=1.0)._filter().proba(seqs, 3)
     assert np.abs(plain - whole).max() > 0.05
     paths = _paths_only(tiny_fitted).predict_proba(raw.data, lengths=raw.lengths)
     assert np.abs(paths - whole).max() > 0.05
