@@ -86,6 +86,13 @@ def rename_old_params(params: dict) -> dict:
     for old, new in _RENAMED_PARAMS.items():
         if old in params:
             params[new] = params.pop(old)
+    if "filter_tempering" in params:
+        # A short-lived version tempered the whole particle weight by this
+        # exponent; 0 meant the path fractions. The nearest today: the same
+        # exponent on the prior's ratio (the likelihood now counts in full).
+        tempering = params.pop("filter_tempering")
+        params.setdefault("inference", "paths" if tempering == 0 else "filter")
+        params.setdefault("prior_weight", tempering if tempering > 0 else 0.5)
     for name, value in _ADDED_PARAMS.items():
         params.setdefault(name, value)
     return params

@@ -1,5 +1,6 @@
 """Persistence: pickle/joblib, the safe save/load format, version warnings."""
 
+import copy
 import json
 import os
 import pickle
@@ -214,3 +215,29 @@ def test_model_fitted_on_cuda_predicts_without_gpu(tiny_data, tmp_path):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, check=False)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_model_file_from_before_the_particle_filter_labels_by_paths(tiny_fitted, tiny_data,
+                                                                   tmp_path):
+    def before_filter(params, _):
+        for name in ("inference", "prior_weight", "n_particles"):  # Added since.
+            params.pop(name)
+
+    loaded = _resaved(tiny_fitted, tmp_path, "old.nldseg", before_filter)
+    assert loaded.inference == "paths"
+    paths = copy.copy(tiny_fitted).set_params(inference="paths")
+    _same_outputs(paths, loaded, tiny_data[1])
+
+
+@pytest.mark.parametrize("tempering, inference, prior_weight",
+                         [(0.0, "paths", 0.5), (0.5, "filter", 0.5), (1.0, "filter", 1.0)])
+def test_model_file_with_filter_tempering_loads(tiny_fitted, tmp_path, tempering,
+                                                inference, prior_weight):
+    """A short-lived version's ``filter_tempering`` maps onto today's parameters."""
+    def with_tempering(params, _):
+        for name in ("inference", "prior_weight"):
+            params.pop(name)
+        params["filter_tempering"] = tempering
+
+    loaded = _resaved(tiny_fitted, tmp_path, "old.nldseg", with_tempering)
+    assert (loaded.inference, loaded.prior_weight) == (inference, prior_weight)
