@@ -235,15 +235,16 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         switch. ``"paths"``: the unweighted fractions of ``n_paths``
         posterior paths (the labels of earlier versions; model files saved by
         them load with it), about 12 times as fast. On the suite's
-        45-feature case the filter lifted accuracy from 0.859 to 0.927
-        (see ``benchmarks/RESULTS.md``).
+        45-feature case the filter lifted accuracy from 0.859 to 0.914, and
+        it was as accurate or more on every other case and seed (see
+        ``benchmarks/RESULTS.md``).
     prior_weight : float in [0, 1], default=0.5
         How far the filter trusts the learned prior's dynamics over the
         encoder's: the particles' transition density is taken proportional
         to ``p^prior_weight q^(1 - prior_weight)``. At 1 (the plain particle
         filter of the generative model) the learned prior, which switches
         several times more slowly than the data, holds the old state a step
-        too long at sharp switches (paper setting: 0.996 against 0.9998).
+        too long at sharp switches (paper setting: 0.996 against 0.999).
     n_particles : int, default=64
         Particles per sequence of the filter (``inference="filter"``).
     min_state_fraction : float, default=0.005
