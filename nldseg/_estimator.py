@@ -236,7 +236,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         posterior paths (the labels of earlier versions; model files saved by
         them load with it), about 12 times as fast. On the suite's
         45-feature case the filter lifted accuracy from 0.859 to 0.914, and
-        it was as accurate or more on every other case and seed (see
+        it was as accurate or more on every other case and seed, but for
+        0.0002 on the paper's data (see
         ``benchmarks/RESULTS.md``).
     prior_weight : float in [0, 1], default=0.5
         How far the filter trusts the learned prior's dynamics over the
