@@ -509,8 +509,11 @@ class SegmentationStream:
         self._landscape = landscape
         self._mean = np.asarray(mean, dtype=np.float64)
         self._scale = np.asarray(scale, dtype=np.float64)
-        self._stepper = sampler.module.inference_stepper(sampler.dt)
-        rows = sampler.n_paths if particle_filter is None else particle_filter.n_particles
+        if particle_filter is None:
+            self._stepper = sampler.module.inference_stepper(sampler.dt)
+            rows = sampler.n_paths
+        else:  # The filter's own stepper: the weights are folded once.
+            self._stepper, rows = particle_filter.stepper, particle_filter.n_particles
         self._work = self._stepper.workspace(rows, torch.empty(0))
         self.reset()
 
