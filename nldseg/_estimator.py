@@ -147,17 +147,23 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Size of the encoder context ``c_t`` fed to the posterior drift.
     n_lags : int, default=0
         Previous observations read beside each one (delay embedding): the
-        model sees the frame ``[x_t, x_{t-1}, ..., x_{t-n_lags}]`` at step
+        model sees the frame ``[x_{t-n_lags}, ..., x_{t-1}, x_t]`` at step
         ``t`` (the first observation of a sequence stands in for the steps
         before it), so a state can be told by how an observation follows the
-        previous one, not only by the observations' law. ``1`` finds states
-        that differ only in their dynamics (e.g. regimes of a
-        vector autoregression with the same stationary law), on which
-        ``0`` finds a single well; it cost up to 2.8 points of accuracy where
-        single frames already separate the states, hence the default ``0``
-        (see ``benchmarks/RESULTS.md``). Labels stay
-        online (step ``t`` reads ``x[:t+1]``). Each observation is then read
-        ``n_lags + 1`` times, so :meth:`score` is the ELBO of the embedded
+        previous one, not only by the observations' law. The filter
+        (``inference="filter"``) weighs each particle by the decoder's
+        density of the newest observation given the previous ones, ``p(x_t
+        | x_{t-1}, ..., z_t)``, so no observation counts twice. ``1`` can find
+        states that differ only in their dynamics (e.g. regimes of a vector
+        autoregression with the same stationary law), on which ``0`` finds a
+        single well; but it is seed-dependent there (3 or 4 wells: a slow
+        regime may split in two wells with the same decoded law), and it cost
+        2.1 points of accuracy on the paper's data, where single frames
+        already separate the states: trained on pairs of frames, the encoder
+        moves to a new state a step late at about half the switches. Hence
+        the default ``0`` (see ``benchmarks/RESULTS.md``). Labels stay online
+        (step ``t`` reads ``x[:t+1]``). Each observation is read ``n_lags +
+        1`` times in training, so :meth:`score` is the ELBO of the embedded
         frames: compare scores between models of the same ``n_lags`` only.
     encoder_input : {"quadratic", "linear"}, default="quadratic"
         What the causal encoder (a GRU) reads at each step: ``"linear"``, the
@@ -530,7 +536,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seeds = replicas.broadcast_seeds(seeds)
         mean = data.mean(0)
         scale = scale_from_variance(data.var(0), mean, data.shape[0])
-        z_data = self._model_frames(data, seqs.lengths, mean, scale)
+        z_data = self._model_frames(data, seqs.lengths, mean, scale, oldest_first=True)
         module = self._new_module(data.shape[1], int(seeds[0]), device)
         try:
             result = train(module, torch.as_tensor(z_data, device=device), seqs.lengths,
@@ -551,6 +557,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.loss_curve_, self.n_iter_ = result.loss_curve, result.n_iter
         self.converged_ = result.converged
         self.validation_scores_ = result.validation_scores
+        self._oldest_first = True  # Older fits embedded the newest observation first.
         if self.n_states_ == 1 and self.n_states is None:
             dynamics_hint = (
                 "; if the states may differ in how an observation follows the "
@@ -599,10 +606,20 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                             self.scaler_scale_), seqs.lengths, seqs.form)
 
     def _model_frames(self, data: np.ndarray, lengths: np.ndarray, mean: np.ndarray,
-                      scale: np.ndarray) -> np.ndarray:
-        """Rows as the model reads them: standardised, float32, delay-embedded."""
+                      scale: np.ndarray, oldest_first: bool | None = None) -> np.ndarray:
+        """Rows as the model reads them: standardised, float32, delay-embedded.
+
+        The embedding's order is the fitted one unless ``oldest_first`` is given.
+        """
+        if oldest_first is None:
+            oldest_first = self._oldest_first
         z = ((data.astype(np.float64, copy=False) - mean) / scale).astype(np.float32)
-        return delay_embed(z, lengths, self.n_lags)
+        return delay_embed(z, lengths, self.n_lags, oldest_first=oldest_first)
+
+    def _given_features(self) -> int:
+        """Features of a model frame that the filter's likelihood conditions on:
+        the previous observations', when the newest comes last."""
+        return self.n_features_in_ * self.n_lags if self._oldest_first else 0
 
     def _seed(self) -> int:
         """Seed of the inference draws, from ``random_state``."""
@@ -618,7 +635,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         if self.inference == "paths":
             return None
         return ParticleFilter(self.module_, self.energy_, self.dt, self.n_particles,
-                              self.prior_weight, self._seed())
+                              self.prior_weight, self._seed(), self._given_features())
 
     def predict_proba(self, X, *, lengths=None):
         """Probability of each state at every time step (online).
@@ -999,8 +1016,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         with torch_threads(self.n_threads):
             noise = torch.Generator().manual_seed(int(seeds[1]))
             X = decode_observations(self.module_, torch.as_tensor(paths), noise)
-        # With n_lags, the decoder's frame ends with the previous observations.
-        X = X[..., :self.n_features_in_]
+        # With n_lags, the decoder's frame holds the previous observations too.
+        X = (X[..., -self.n_features_in_:] if self._oldest_first
+             else X[..., :self.n_features_in_])
         return X * self.scaler_scale_ + self.scaler_mean_, labels
 
     def kramers_rates(self) -> np.ndarray:
@@ -1106,6 +1124,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self._check_inference_params()
         return SegmentationStream(self._sampler(), self.energy_, self.scaler_mean_,
                                   self.scaler_scale_, n_lags=self.n_lags,
+                                  oldest_first=self._oldest_first,
                                   n_threads=self.n_threads,
                                   particle_filter=self._filter())
 

@@ -322,10 +322,18 @@ class ParticleFilter:
         Exponent of the prior-to-posterior density ratio, in ``[0, 1]``.
     seed : int
         Seed of the draws.
+    given : int, default=0
+        Leading features of each observation that the likelihood conditions
+        on rather than weighs: with a delay embedding whose newest
+        observation comes last, the previous observations' features, so that
+        a particle is weighed by ``p(x_t | x_{t-1}, ..., z_t)``. The decoder
+        also explains those previous observations by ``z_t``; weighing them
+        would count each observation again at later steps, and at a switch
+        hold the old state (the previous observation belongs to it).
     """
 
     def __init__(self, module, landscape, dt: float, n_particles: int,
-                 prior_weight: float, seed: int) -> None:
+                 prior_weight: float, seed: int, given: int = 0) -> None:
         self.module = module
         self.landscape = landscape
         self.dt = float(dt)
@@ -333,6 +341,7 @@ class ParticleFilter:
         self.n_particles = int(n_particles)
         self.prior_weight = float(prior_weight)
         self.seed = int(seed)
+        self.given = int(given)
         self.stepper = module.inference_stepper(self.dt)
 
     def generator(self) -> torch.Generator:
@@ -376,7 +385,7 @@ class ParticleFilter:
         """
         n = self.n_particles
         u = torch.rand((), generator=gen)
-        log_lik = self.module.decode_log_prob(x[:, None], z[None], n)[0]
+        log_lik = self.module.decode_log_prob(x[:, None], z[None], n, self.given)[0]
         step = (self.prior_weight * log_ratio + log_lik).view(-1, n)
         new = log_w + torch.nan_to_num(step, nan=-math.inf, posinf=-math.inf)
         norm = torch.logsumexp(new, dim=1, keepdim=True)
@@ -471,6 +480,9 @@ class SegmentationStream:
     n_lags : int, default=0
         Previous observations appended to each one (the segmenter's
         ``n_lags``); the stream keeps the last ``n_lags`` observations.
+    oldest_first : bool, default=False
+        Order of the delay embedding's blocks (see
+        :func:`nldseg._validation.delay_embed`), as the model was fitted.
     n_threads : int or None, default=None
         torch threads of each update (see ``LangevinSegmenter``'s
         ``n_threads``).
@@ -498,11 +510,12 @@ class SegmentationStream:
     """
 
     def __init__(self, sampler: PosteriorSampler, landscape, mean: np.ndarray,
-                 scale: np.ndarray, *, n_lags: int = 0,
+                 scale: np.ndarray, *, n_lags: int = 0, oldest_first: bool = False,
                  n_threads: int | None = None,
                  particle_filter: ParticleFilter | None = None) -> None:
         check_threads(n_threads)
         self._n_lags = n_lags
+        self._oldest_first = oldest_first
         self._n_threads = n_threads
         self._sampler = sampler
         self._filter = particle_filter
@@ -549,8 +562,8 @@ class SegmentationStream:
         recent = np.vstack([self._recent, ((row - self._mean) / self._scale).reshape(
             1, -1).astype(np.float32)])[-(self._n_lags + 1):]
         # The newest row's delay embedding, by the same rule as predict's.
-        x = torch.as_tensor(delay_embed(recent, np.array([len(recent)]),
-                                        self._n_lags)[-1])
+        x = torch.as_tensor(delay_embed(recent, np.array([len(recent)]), self._n_lags,
+                                        oldest_first=self._oldest_first)[-1])
         gen_state = self._gen.get_state()
         try:
             with torch_threads(self._n_threads), torch.no_grad():

@@ -746,11 +746,18 @@ class NeuralLangevinVAE(nn.Module):
         return self.decoder[1](self.decoder[0](z[..., : self.latent_dim]))
 
     def decode_log_prob(self, x: torch.Tensor, z: torch.Tensor,
-                        n_paths: int = 1) -> torch.Tensor:
+                        n_paths: int = 1, given: int = 0) -> torch.Tensor:
         """``log p(x_t | z_t)`` for every observation, shape (T, B * n_paths).
 
         With a full covariance, the residuals are whitened by ``L^-1`` (one
         triangular inverse per call, then one matrix product).
+
+        ``given > 0``: the density of the features after the first ``given``
+        conditional on those, ``log p(x_t[given:] | x_t[:given], z_t)``. Every
+        decoder whitens by a lower triangular ``L^-1``, so this is the
+        whitened residual's last entries and the matching diagonal: the
+        density factors in feature order, ``p(x) = p(x[:given]) p(x[given:] |
+        x[:given])``.
         """
         target = x.transpose(0, 1)
         if n_paths > 1:
@@ -759,18 +766,19 @@ class NeuralLangevinVAE(nn.Module):
             hidden = self._decoder_hidden(z)
             log_diag, u = self._latent_precision(hidden)
             white = self._precision_times(target - self.decoder[2](hidden), log_diag, u)
-            return (-0.5 * (white * white).sum(-1) + log_diag.sum(-1)
-                    - 0.5 * x.shape[-1] * _LOG_2PI)
-        mean = self.decoder(z[..., : self.latent_dim])
-        log_std = self.decoder_log_std()
-        if self.decoder_covariance == "full":
-            scale = self.decoder_scale_tril()
-            eye = torch.eye(scale.shape[0], dtype=scale.dtype, device=scale.device)
-            inv_t = torch.linalg.solve_triangular(scale, eye, upper=False).t()
-            resid = (target - mean) @ inv_t
         else:
-            resid = (target - mean) * torch.exp(-log_std)
-        return -0.5 * (resid * resid).sum(-1) - log_std.sum() - 0.5 * x.shape[-1] * _LOG_2PI
+            mean = self.decoder(z[..., : self.latent_dim])
+            log_diag = -self.decoder_log_std()
+            if self.decoder_covariance == "full":
+                scale = self.decoder_scale_tril()
+                eye = torch.eye(scale.shape[0], dtype=scale.dtype, device=scale.device)
+                inv_t = torch.linalg.solve_triangular(scale, eye, upper=False).t()
+                white = (target - mean) @ inv_t
+            else:
+                white = (target - mean) * torch.exp(log_diag)
+        white, log_diag = white[..., given:], log_diag[..., given:]
+        return (-0.5 * (white * white).sum(-1) + log_diag.sum(-1)
+                - 0.5 * white.shape[-1] * _LOG_2PI)
 
     def elbo_terms(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
                    eps0: torch.Tensor, dt: float, n_paths: int = 1,

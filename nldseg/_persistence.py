@@ -27,7 +27,7 @@ FORMAT = "nldseg-model"
 FORMAT_VERSION = 1
 
 _FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "n_iter_", "converged_",
-                   "n_features_in_", "loss_curve_", "validation_scores_")
+                   "n_features_in_", "loss_curve_", "validation_scores_", "_oldest_first")
 _FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_")
 # Parameters renamed since a file could have been written: old name -> new name.
 _RENAMED_PARAMS = {"n_samples": "n_paths"}
@@ -39,7 +39,10 @@ _ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
                  "encoder_input": "linear",
                  "inference": "paths", "prior_weight": 0.5, "n_particles": 64}
 # Fitted attributes added since: a factory of the value an older fit stands for.
-_ADDED_FITTED = {"validation_scores_": list}
+_ADDED_FITTED = {"validation_scores_": list,
+                 # Delay embeddings were newest first; the filter then weighs
+                 # the whole embedded frame.
+                 "_oldest_first": lambda: False}
 
 
 class InconsistentVersionWarning(UserWarning):

@@ -251,13 +251,15 @@ def format_output(seqs: Sequences, per_row: np.ndarray):
     return seqs.split(per_row)
 
 
-def delay_embed(data: np.ndarray, lengths: np.ndarray, n_lags: int) -> np.ndarray:
-    """Each row followed by the ``n_lags`` rows before it in its own sequence.
+def delay_embed(data: np.ndarray, lengths: np.ndarray, n_lags: int, *,
+                oldest_first: bool = False) -> np.ndarray:
+    """Each row beside the ``n_lags`` rows before it in its own sequence.
 
-    Row ``t`` of a sequence becomes ``[x_t, x_{t-1}, ..., x_{t-n_lags}]``;
-    before a sequence's first row the first row is repeated (``x_{-1} =
-    x_0``), so no row reads another sequence and row ``t`` reads
-    ``x[:t+1]`` only (causal). ``n_lags=0`` returns ``data`` itself.
+    Row ``t`` of a sequence becomes ``[x_t, x_{t-1}, ..., x_{t-n_lags}]``, or
+    with ``oldest_first`` ``[x_{t-n_lags}, ..., x_{t-1}, x_t]``; before a
+    sequence's first row the first row is repeated (``x_{-1} = x_0``), so no
+    row reads another sequence and row ``t`` reads ``x[:t+1]`` only
+    (causal). ``n_lags=0`` returns ``data`` itself.
 
     Parameters
     ----------
@@ -266,27 +268,33 @@ def delay_embed(data: np.ndarray, lengths: np.ndarray, n_lags: int) -> np.ndarra
     lengths : ndarray of shape (n_sequences,)
         Rows per sequence.
     n_lags : int
-        Previous rows appended to each row.
+        Previous rows placed beside each row.
+    oldest_first : bool, default=False
+        Order of the blocks: the newest row last (so that a density factored
+        in column order ends with ``p(x_t | x_{t-n_lags}..x_{t-1})``) rather
+        than first.
 
     Returns
     -------
     embedded : ndarray of shape (n_total, n_features * (n_lags + 1))
-        Same dtype as ``data``; column block ``l`` holds ``x_{t-l}``.
+        Same dtype as ``data``; column block ``l`` holds ``x_{t-l}``, or
+        ``x_{t-n_lags+l}`` with ``oldest_first``.
 
     Examples
     --------
     >>> import numpy as np
     >>> delay_embed(np.arange(5.0)[:, None], np.array([3, 2]), 1).tolist()
     [[0.0, 0.0], [1.0, 0.0], [2.0, 1.0], [3.0, 3.0], [4.0, 3.0]]
+    >>> delay_embed(np.arange(3.0)[:, None], np.array([3]), 1, oldest_first=True).tolist()
+    [[0.0, 0.0], [0.0, 1.0], [1.0, 2.0]]
     """
     if n_lags == 0:
         return data
     lengths = np.asarray(lengths, dtype=np.int64)
     rows = np.arange(data.shape[0])
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.concatenate(
-        [data] + [data[np.maximum(rows - lag, starts)] for lag in range(1, n_lags + 1)],
-        axis=1)
+    blocks = [data] + [data[np.maximum(rows - lag, starts)] for lag in range(1, n_lags + 1)]
+    return np.concatenate(blocks[::-1] if oldest_first else blocks, axis=1)
 
 
 def pad_windows(data: torch.Tensor, windows: list, device) -> tuple:

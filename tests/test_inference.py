@@ -270,8 +270,8 @@ def test_particle_filter_weights_stay_finite_when_the_likelihood_is_not(tiny_fit
     original = module.decode_log_prob
     calls = {"n": 0}
 
-    def broken(x, z, n_paths=1):
-        out = original(x, z, n_paths)
+    def broken(x, z, n_paths=1, given=0):
+        out = original(x, z, n_paths, given)
         calls["n"] += 1
         if calls["n"] == 6:  # every particle impossible at this step
             return torch.full_like(out, -math.inf)

@@ -16,6 +16,9 @@ def test_delay_embed_reads_own_sequence_and_past_only():
     np.testing.assert_array_equal(out[5], [10, 11, 8, 9, 8, 9])
     np.testing.assert_array_equal(out[2], [4, 5, 2, 3, 0, 1])
     np.testing.assert_array_equal(out[0], [0, 1, 0, 1, 0, 1])
+    oldest = delay_embed(data, np.array([4, 3]), 2, oldest_first=True)
+    np.testing.assert_array_equal(oldest[5], [8, 9, 8, 9, 10, 11])
+    np.testing.assert_array_equal(oldest[2], [0, 1, 2, 3, 4, 5])
     # Causal: changing a later row changes no earlier embedded row.
     later = data.copy()
     later[2] += 100
@@ -57,6 +60,40 @@ def test_lagged_save_load_sample_score(tiny_lagged, lagged_regimes, tmp_path):
     X_new, y_new = tiny_lagged.sample(3, 20, random_state=0)
     assert X_new.shape == (3, 20, X_test.shape[2]) and y_new.shape == (3, 20)
     assert np.isfinite(tiny_lagged.score(X_test))
+
+
+def test_filter_weighs_the_newest_observation_given_the_previous(tiny_lagged,
+                                                                 lagged_regimes):
+    _, X_test, _ = lagged_regimes
+    assert tiny_lagged._oldest_first
+    frames = tiny_lagged._prepare(X_test[:1], None).data
+    np.testing.assert_array_equal(frames[1:, :4], frames[:-1, 4:])  # x_{t-1}, x_t
+    assert tiny_lagged._filter().given == 4
+
+
+def test_model_file_that_embedded_the_newest_first_loads_as_it_was(tiny_lagged,
+                                                                   lagged_regimes,
+                                                                   tmp_path):
+    """Older files embedded ``[x_t, x_{t-1}]`` and weighed the whole frame."""
+    import json
+
+    import torch
+    _, X_test, _ = lagged_regimes
+    tiny_lagged.save(tmp_path / "m.nldseg")
+    payload = torch.load(tmp_path / "m.nldseg", weights_only=True)
+    fitted = json.loads(payload["fitted"])
+    del fitted["_oldest_first"]
+    payload["fitted"] = json.dumps(fitted)
+    torch.save(payload, tmp_path / "old.nldseg")
+    old = LangevinSegmenter.load(tmp_path / "old.nldseg")
+    assert old._oldest_first is False and old._filter().given == 0
+    frames = old._prepare(X_test[:1], None).data
+    np.testing.assert_array_equal(frames[1:, 4:], frames[:-1, :4])  # x_t, x_{t-1}
+    x = X_test[0]
+    stream = old.stream()
+    np.testing.assert_array_equal([stream.update(x_t)[0] for x_t in x], old.predict(x))
+    X_new, _ = old.sample(2, 5, random_state=0)
+    assert X_new.shape == (2, 5, 4)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "1"])

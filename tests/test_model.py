@@ -281,6 +281,37 @@ def test_latent_decoder_noise_is_the_gaussian_of_its_own_covariance():
     assert latent.dec_noise_in.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("covariance", ["latent", "full", "diag"])
+def test_decoder_log_prob_given_leading_features_is_the_conditional(covariance):
+    """``given=g``: log N(x | z) - log N(x[:g] | z), the marginal of the first g."""
+    from nldseg import LangevinSegmenter
+    from nldseg._model import build_model
+    torch.manual_seed(3)
+    model = build_model(5, LangevinSegmenter(decoder_covariance=covariance,
+                                             hidden_size=8).get_params())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(("dec_noise", "dec_prec", "dec_cov", "dec_log_std")):
+                p.normal_(0, 0.3)
+    x, z = torch.randn(2, 6, 5), torch.randn(6, 2, 3)
+    mean, scale = model.decoder_mean_and_scale(z)
+    cov = scale @ scale.transpose(-1, -2)
+    mvn = torch.distributions.MultivariateNormal
+    target = x.transpose(0, 1)
+    for given in (0, 2, 4):
+        joint = mvn(mean, covariance_matrix=cov).log_prob(target)
+        marginal = (mvn(mean[..., :given], covariance_matrix=cov[..., :given, :given])
+                    .log_prob(target[..., :given]) if given else 0.0)
+        torch.testing.assert_close(model.decode_log_prob(x, z, given=given),
+                                   joint - marginal, rtol=1e-4, atol=1e-4)
+    # The leading features move the conditional only through their correlation.
+    if covariance != "diag":
+        moved = x.clone()
+        moved[..., :2] += 1.0
+        assert not torch.allclose(model.decode_log_prob(moved, z, given=2),
+                                  model.decode_log_prob(x, z, given=2))
+
+
 @pytest.mark.parametrize("dynamics, initial_prior", [("overdamped", "stationary"),
                                                      ("underdamped", "stationary"),
                                                      ("overdamped", "gaussian")])

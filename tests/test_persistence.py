@@ -96,7 +96,7 @@ def _as_older_version(params: dict, fitted: dict) -> None:
     params["n_samples"] = params.pop("n_paths")  # Renamed since.
     del params["early_stopping"], params["validation_fraction"]  # Added since.
     del params["n_threads"]  # Added since.
-    del fitted["validation_scores_"]  # Added since.
+    del fitted["validation_scores_"], fitted["_oldest_first"]  # Added since.
 
 
 def _check_upgraded(seg, loaded, X) -> None:
@@ -105,6 +105,7 @@ def _check_upgraded(seg, loaded, X) -> None:
     assert loaded.early_stopping is False and loaded.validation_fraction == 0.1
     assert loaded.n_threads is None
     assert loaded.validation_scores_ == []
+    assert loaded._oldest_first is False
 
 
 def test_pickle_from_an_older_version_gets_todays_names(tiny_fitted, tiny_data):
