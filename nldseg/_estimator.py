@@ -616,11 +616,6 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         z = ((data.astype(np.float64, copy=False) - mean) / scale).astype(np.float32)
         return delay_embed(z, lengths, self.n_lags, oldest_first=oldest_first)
 
-    def _given_features(self) -> int:
-        """Features of a model frame that the filter's likelihood conditions on:
-        the previous observations', when the newest comes last."""
-        return self.n_features_in_ * self.n_lags if self._oldest_first else 0
-
     def _seed(self) -> int:
         """Seed of the inference draws, from ``random_state``."""
         return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
@@ -635,7 +630,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         if self.inference == "paths":
             return None
         return ParticleFilter(self.module_, self.energy_, self.dt, self.n_particles,
-                              self.prior_weight, self._seed(), self._given_features())
+                              self.prior_weight, self._seed())
 
     def predict_proba(self, X, *, lengths=None):
         """Probability of each state at every time step (online).
@@ -1016,9 +1011,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         with torch_threads(self.n_threads):
             noise = torch.Generator().manual_seed(int(seeds[1]))
             X = decode_observations(self.module_, torch.as_tensor(paths), noise)
-        # With n_lags, the decoder's frame holds the previous observations too.
-        X = (X[..., -self.n_features_in_:] if self._oldest_first
-             else X[..., :self.n_features_in_])
+        # A model of an older version with n_lags decodes whole frames, the
+        # newest observation first; today's draw the newest observation only.
+        X = X[..., :self.n_features_in_]
         return X * self.scaler_scale_ + self.scaler_mean_, labels
 
     def kramers_rates(self) -> np.ndarray:

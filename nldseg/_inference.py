@@ -289,6 +289,9 @@ class ParticleFilter:
     The probability of state ``k`` is the weight of the particles in the
     basin of well ``k``. When the effective sample size falls below half the
     particles, a sequence's particles are resampled (systematic resampling).
+    With a delay embedding (``n_lags``), the decoder's density is that of the
+    newest observation given the previous ones (the module's
+    ``given_features``), so that no observation is weighed twice.
 
     The filter targets ``p(z_t | x_0..x_t)`` of a model with the fitted
     decoder and latent dynamics whose transition density is proportional to
@@ -322,18 +325,10 @@ class ParticleFilter:
         Exponent of the prior-to-posterior density ratio, in ``[0, 1]``.
     seed : int
         Seed of the draws.
-    given : int, default=0
-        Leading features of each observation that the likelihood conditions
-        on rather than weighs: with a delay embedding whose newest
-        observation comes last, the previous observations' features, so that
-        a particle is weighed by ``p(x_t | x_{t-1}, ..., z_t)``. The decoder
-        also explains those previous observations by ``z_t``; weighing them
-        would count each observation again at later steps, and at a switch
-        hold the old state (the previous observation belongs to it).
     """
 
     def __init__(self, module, landscape, dt: float, n_particles: int,
-                 prior_weight: float, seed: int, given: int = 0) -> None:
+                 prior_weight: float, seed: int) -> None:
         self.module = module
         self.landscape = landscape
         self.dt = float(dt)
@@ -341,7 +336,6 @@ class ParticleFilter:
         self.n_particles = int(n_particles)
         self.prior_weight = float(prior_weight)
         self.seed = int(seed)
-        self.given = int(given)
         self.stepper = module.inference_stepper(self.dt)
 
     def generator(self) -> torch.Generator:
@@ -385,7 +379,7 @@ class ParticleFilter:
         """
         n = self.n_particles
         u = torch.rand((), generator=gen)
-        log_lik = self.module.decode_log_prob(x[:, None], z[None], n, self.given)[0]
+        log_lik = self.module.decode_log_prob(x[:, None], z[None], n)[0]
         step = (self.prior_weight * log_ratio + log_lik).view(-1, n)
         new = log_w + torch.nan_to_num(step, nan=-math.inf, posinf=-math.inf)
         norm = torch.logsumexp(new, dim=1, keepdim=True)

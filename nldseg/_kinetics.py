@@ -594,28 +594,53 @@ def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: in
 
 
 def decode_observations(module, positions: torch.Tensor,
-                        generator: torch.Generator) -> np.ndarray:
-    """Observations drawn from the decoder ``p(x | z)`` at latent positions.
+                        generator: torch.Generator, burn_in: int = 50) -> np.ndarray:
+    """Observations drawn from the decoder ``p(x | z)`` along latent paths.
 
     The decoder's mean plus its Gaussian noise ``L eps`` (both from
     ``module.decoder_mean_and_scale``; ``L`` shared, full or diagonal, or
     depending on the position), in the standardised units the model was
-    trained in.
+    trained in. A decoder of the newest observation given the previous ones
+    (``module.given_features > 0``, a delay embedding) is run as the
+    autoregression it is, along the time axis (the second last of
+    ``positions``): each observation is drawn given those drawn before it.
+    Its first observation's past is drawn by ``burn_in`` steps of the same
+    autoregression at the first position, from zeros (the training data's
+    mean).
 
     Parameters
     ----------
     module : NeuralLangevinVAE
     positions : Tensor of shape (..., latent_dim)
+        With ``given_features``, (..., n_timesteps, latent_dim): paths.
     generator : torch.Generator
         Source of ``eps``.
+    burn_in : int, default=50
+        Steps before the first observation (autoregressive decoders only).
 
     Returns
     -------
     X : ndarray of shape (..., n_features), float64
+        The decoder's frames, or with ``given_features`` their newest
+        observations.
     """
     with torch.no_grad():
-        mean, scale = module.decoder_mean_and_scale(positions.float())
-        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-        if scale.dim() == 2:
-            return (mean + eps @ scale.T).double().numpy()
-        return (mean + (scale @ eps.unsqueeze(-1)).squeeze(-1)).double().numpy()
+        positions = positions.float()
+        given = int(module.given_features)
+        if given == 0:
+            mean, scale = module.decoder_mean_and_scale(positions)
+            eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+            if scale.dim() == 2:
+                return (mean + eps @ scale.T).double().numpy()
+            return (mean + (scale @ eps.unsqueeze(-1)).squeeze(-1)).double().numpy()
+        n_new = module.dec_log_std.shape[0] - given
+        past = positions.new_zeros((*positions.shape[:-2], given))
+        out = []
+        for k in range(-burn_in, positions.shape[-2]):
+            z = positions[..., max(k, 0), :]
+            eps = torch.randn((*z.shape[:-1], n_new), generator=generator)
+            x = module.decode_given(z, past, eps)
+            past = torch.cat([past[..., n_new:], x], dim=-1)
+            if k >= 0:
+                out.append(x)
+        return torch.stack(out, dim=-2).double().numpy()

@@ -266,6 +266,11 @@ class NeuralLangevinVAE(nn.Module):
         self.log_mass = nn.Parameter(torch.full((latent_dim,), math.log(mass)),
                                      requires_grad=learn)
 
+    #: Leading features of each frame the decoder conditions on rather than
+    #: explains (see :meth:`decode_log_prob`): the previous observations of
+    #: a delay embedding, set by :func:`build_model`; 0 otherwise.
+    given_features = 0
+
     def __setstate__(self, state: dict) -> None:
         state.setdefault("decoder_covariance", "diag")  # Pickled by an older version.
         state.setdefault("encoder_input", "linear")
@@ -722,12 +727,16 @@ class NeuralLangevinVAE(nn.Module):
         moved = (moved.unflatten(-1, (rank, n_feat)) * u.unsqueeze(-1)).sum(-2)
         return torch.exp(log_diag) * resid + resid @ lower[0].T + moved
 
-    def _latent_scale_tril(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``L(z) = P(z)^-1`` (..., D, D) of :meth:`_latent_precision`."""
+    def _latent_precision_tril(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``P(z)`` (..., D, D) of :meth:`_latent_precision`, lower triangular."""
         log_diag, u = self._latent_precision(hidden)
         lower = self._noise_lower()
-        prec = (torch.diag_embed(torch.exp(log_diag)) + lower[0]
+        return (torch.diag_embed(torch.exp(log_diag)) + lower[0]
                 + torch.einsum("...k,kij->...ij", u, lower[1:]))
+
+    def _latent_scale_tril(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``L(z) = P(z)^-1`` (..., D, D) of :meth:`_latent_precision`."""
+        prec = self._latent_precision_tril(hidden)
         eye = torch.eye(prec.shape[-1], dtype=prec.dtype, device=prec.device)
         return torch.linalg.solve_triangular(prec, eye.expand_as(prec), upper=False)
 
@@ -741,12 +750,37 @@ class NeuralLangevinVAE(nn.Module):
             return self.decoder[2](hidden), self._latent_scale_tril(hidden)
         return self.decoder(z[..., : self.latent_dim]), self.decoder_scale_tril()
 
+    def decode_given(self, z: torch.Tensor, past: torch.Tensor,
+                     eps: torch.Tensor) -> torch.Tensor:
+        """A draw of a frame's last features given its first, at positions ``z``.
+
+        ``past`` (..., G) are the first ``G`` features, ``eps`` (..., D - G)
+        standard normal; returns the last ``D - G`` features drawn from ``p(x[G:]
+        | x[:G] = past, z)``, the conditional of the decoder's Gaussian. With
+        the precision factor ``P = L^-1`` (lower triangular) and residuals
+        ``r = x - g(z)``, the whitened ``P r`` is standard normal, so ``r[G:] =
+        P[G:, G:]^-1 (eps - P[G:, :G] r[:G])``.
+        """
+        if self.decoder_covariance == "latent":
+            hidden = self._decoder_hidden(z)
+            mean, prec = self.decoder[2](hidden), self._latent_precision_tril(hidden)
+        else:
+            mean, scale = self.decoder_mean_and_scale(z)
+            eye = torch.eye(scale.shape[-1], dtype=scale.dtype, device=scale.device)
+            prec = torch.linalg.solve_triangular(scale, eye, upper=False).expand(
+                *mean.shape[:-1], -1, -1)
+        g = past.shape[-1]
+        rhs = eps - (prec[..., g:, :g] @ (past - mean[..., :g]).unsqueeze(-1)).squeeze(-1)
+        resid = torch.linalg.solve_triangular(prec[..., g:, g:], rhs.unsqueeze(-1),
+                                              upper=False).squeeze(-1)
+        return mean[..., g:] + resid
+
     def _decoder_hidden(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's hidden layer at the positions of ``z``; ``g`` is its last layer."""
         return self.decoder[1](self.decoder[0](z[..., : self.latent_dim]))
 
     def decode_log_prob(self, x: torch.Tensor, z: torch.Tensor,
-                        n_paths: int = 1, given: int = 0) -> torch.Tensor:
+                        n_paths: int = 1, given: int | None = None) -> torch.Tensor:
         """``log p(x_t | z_t)`` for every observation, shape (T, B * n_paths).
 
         With a full covariance, the residuals are whitened by ``L^-1`` (one
@@ -757,8 +791,10 @@ class NeuralLangevinVAE(nn.Module):
         decoder whitens by a lower triangular ``L^-1``, so this is the
         whitened residual's last entries and the matching diagonal: the
         density factors in feature order, ``p(x) = p(x[:given]) p(x[given:] |
-        x[:given])``.
+        x[:given])``. ``None``: the model's :attr:`given_features`.
         """
+        if given is None:
+            given = self.given_features
         target = x.transpose(0, 1)
         if n_paths > 1:
             target = target.repeat_interleave(n_paths, dim=1)
@@ -845,18 +881,23 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def build_model(n_features: int, params: dict) -> NeuralLangevinVAE:
+def build_model(n_features: int, params: dict, *,
+                conditional_lags: bool = True) -> NeuralLangevinVAE:
     """A freshly initialised VAE (on CPU) for an estimator's parameters.
 
     ``params`` is :meth:`LangevinSegmenter.get_params`'s dict; the one
     builder shared by fitting and loading, so that a saved model is rebuilt
     with exactly the modules it was trained with. ``n_features`` is the
     data's; the model reads and decodes frames delay-embedded with
-    ``params["n_lags"]`` previous frames, ``n_features * (n_lags + 1)``.
+    ``params["n_lags"]`` previous frames, ``n_features * (n_lags + 1)``,
+    oldest first. With ``conditional_lags`` (every fit since the embedding
+    put the newest observation last) the decoder's likelihood is that of the
+    newest observation given the previous ones (``given_features``);
+    without, of the whole frame, as older versions trained it.
     """
     # int(): numpy integers (e.g. from a grid built with np.arange) pass the
     # parameter checks, but torch's layers take Python ints only.
-    return NeuralLangevinVAE(
+    module = NeuralLangevinVAE(
         n_features=int(n_features) * (int(params["n_lags"]) + 1),
         latent_dim=int(params["latent_dim"]),
         dynamics=params["dynamics"], hidden_size=int(params["hidden_size"]),
@@ -866,3 +907,6 @@ def build_model(n_features: int, params: dict) -> NeuralLangevinVAE:
         initial_prior=params["initial_prior"],
         decoder_covariance=params["decoder_covariance"],
         encoder_input=params["encoder_input"])
+    if conditional_lags:
+        module.given_features = int(n_features) * int(params["n_lags"])
+    return module

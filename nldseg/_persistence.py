@@ -40,8 +40,8 @@ _ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
                  "inference": "paths", "prior_weight": 0.5, "n_particles": 64}
 # Fitted attributes added since: a factory of the value an older fit stands for.
 _ADDED_FITTED = {"validation_scores_": list,
-                 # Delay embeddings were newest first; the filter then weighs
-                 # the whole embedded frame.
+                 # Delay embeddings were newest first, and the decoder
+                 # explained the whole embedded frame.
                  "_oldest_first": lambda: False}
 
 
@@ -182,15 +182,16 @@ def load_estimator(cls, path):
 
 def _rebuild(cls, payload: dict):
     estimator = cls(**rename_old_params(json.loads(payload["params"])))
-    fitted = json.loads(payload["fitted"])
-    module = build_model(int(fitted["n_features_in_"]), estimator.get_params())
+    fitted = add_missing_fitted(json.loads(payload["fitted"]))
+    module = build_model(int(fitted["n_features_in_"]), estimator.get_params(),
+                         conditional_lags=fitted["_oldest_first"])
     module.load_state_dict(payload["module_state"], strict=True)
     freeze(module)
     landscape = EnergyLandscape.from_state_dict(module.energy, {
         "scalars": json.loads(payload["landscape_scalars"]),
         "arrays": {k: v.numpy() for k, v in payload["landscape_arrays"].items()},
         "occupancies": {k: v.numpy() for k, v in payload["occupancies"].items()}})
-    for key, value in add_missing_fitted(fitted).items():
+    for key, value in fitted.items():
         if key == "feature_names_in_":
             value = np.asarray(value, dtype=object)
         setattr(estimator, key, value)

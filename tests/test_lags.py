@@ -68,7 +68,7 @@ def test_filter_weighs_the_newest_observation_given_the_previous(tiny_lagged,
     assert tiny_lagged._oldest_first
     frames = tiny_lagged._prepare(X_test[:1], None).data
     np.testing.assert_array_equal(frames[1:, :4], frames[:-1, 4:])  # x_{t-1}, x_t
-    assert tiny_lagged._filter().given == 4
+    assert tiny_lagged.module_.given_features == 4
 
 
 def test_model_file_that_embedded_the_newest_first_loads_as_it_was(tiny_lagged,
@@ -86,7 +86,7 @@ def test_model_file_that_embedded_the_newest_first_loads_as_it_was(tiny_lagged,
     payload["fitted"] = json.dumps(fitted)
     torch.save(payload, tmp_path / "old.nldseg")
     old = LangevinSegmenter.load(tmp_path / "old.nldseg")
-    assert old._oldest_first is False and old._filter().given == 0
+    assert old._oldest_first is False and old.module_.given_features == 0
     frames = old._prepare(X_test[:1], None).data
     np.testing.assert_array_equal(frames[1:, 4:], frames[:-1, :4])  # x_t, x_{t-1}
     x = X_test[0]
