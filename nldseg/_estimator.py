@@ -61,6 +61,8 @@ DECODER_COVARIANCES = frozenset({"full", "diag", "latent"})
 INITIAL_PRIORS = frozenset({"stationary", "gaussian"})
 ENCODER_INPUTS = frozenset({"linear", "quadratic"})
 
+#: Steps ``sample`` runs a lagged model's decoder before its first observation.
+_SAMPLE_BURN_IN = 50
 _SEEDING_LOCK = threading.Lock()  # See LangevinSegmenter._new_module.
 
 #: Type and range of every parameter (``device`` and ``random_state`` are
@@ -970,7 +972,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         :meth:`transition_matrix`) and are decoded at every step with the
         decoder's mean plus its Gaussian noise, then mapped back to the units
         of the training data (``scaler_mean_``, ``scaler_scale_``). The labels
-        are the paths' core-set labels (see :meth:`transition_matrix`).
+        are the paths' core-set labels (see :meth:`transition_matrix`). With
+        ``n_lags``, the decoder gives each observation given the ``n_lags``
+        before it, so the observations are drawn in turn (an autoregression
+        along the path), after 50 steps of burn-in that are not returned.
 
         Parameters
         ----------
@@ -1006,11 +1011,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         generator = self._prior_generator(random_state)
         # One seed for the paths, one for the decoder noise.
         seeds = torch.randint(0, 2**31 - 1, (2,), generator=generator).tolist()
-        paths, labels = self._prior_paths(n_sequences, n_timesteps - 1, core_fraction,
-                                          int(seeds[0]))
+        # A decoder of each observation given the previous ones starts from
+        # zeros: it runs this many steps before the first one returned.
+        burn_in = _SAMPLE_BURN_IN if self.module_.given_features else 0
+        paths, labels = self._prior_paths(n_sequences, n_timesteps - 1 + burn_in,
+                                          core_fraction, int(seeds[0]))
         with torch_threads(self.n_threads):
             noise = torch.Generator().manual_seed(int(seeds[1]))
             X = decode_observations(self.module_, torch.as_tensor(paths), noise)
+        X, labels = X[:, burn_in:], labels[:, burn_in:]
         # A model of an older version with n_lags decodes whole frames, the
         # newest observation first; today's draw the newest observation only.
         X = X[..., :self.n_features_in_]

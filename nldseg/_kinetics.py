@@ -594,7 +594,7 @@ def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: in
 
 
 def decode_observations(module, positions: torch.Tensor,
-                        generator: torch.Generator, burn_in: int = 50) -> np.ndarray:
+                        generator: torch.Generator) -> np.ndarray:
     """Observations drawn from the decoder ``p(x | z)`` along latent paths.
 
     The decoder's mean plus its Gaussian noise ``L eps`` (both from
@@ -603,10 +603,9 @@ def decode_observations(module, positions: torch.Tensor,
     trained in. A decoder of the newest observation given the previous ones
     (``module.given_features > 0``, a delay embedding) is run as the
     autoregression it is, along the time axis (the second last of
-    ``positions``): each observation is drawn given those drawn before it.
-    Its first observation's past is drawn by ``burn_in`` steps of the same
-    autoregression at the first position, from zeros (the training data's
-    mean).
+    ``positions``): each observation is drawn given those drawn before it,
+    the first given zeros (the training data's mean); drop the first steps
+    as a burn-in.
 
     Parameters
     ----------
@@ -615,8 +614,6 @@ def decode_observations(module, positions: torch.Tensor,
         With ``given_features``, (..., n_timesteps, latent_dim): paths.
     generator : torch.Generator
         Source of ``eps``.
-    burn_in : int, default=50
-        Steps before the first observation (autoregressive decoders only).
 
     Returns
     -------
@@ -636,11 +633,10 @@ def decode_observations(module, positions: torch.Tensor,
         n_new = module.dec_log_std.shape[0] - given
         past = positions.new_zeros((*positions.shape[:-2], given))
         out = []
-        for k in range(-burn_in, positions.shape[-2]):
-            z = positions[..., max(k, 0), :]
+        for k in range(positions.shape[-2]):
+            z = positions[..., k, :]
             eps = torch.randn((*z.shape[:-1], n_new), generator=generator)
             x = module.decode_given(z, past, eps)
             past = torch.cat([past[..., n_new:], x], dim=-1)
-            if k >= 0:
-                out.append(x)
+            out.append(x)
         return torch.stack(out, dim=-2).double().numpy()

@@ -62,8 +62,8 @@ def test_lagged_save_load_sample_score(tiny_lagged, lagged_regimes, tmp_path):
     assert np.isfinite(tiny_lagged.score(X_test))
 
 
-def test_filter_weighs_the_newest_observation_given_the_previous(tiny_lagged,
-                                                                 lagged_regimes):
+def test_lagged_model_decodes_the_newest_observation_given_the_previous(
+        tiny_lagged, lagged_regimes):
     _, X_test, _ = lagged_regimes
     assert tiny_lagged._oldest_first
     frames = tiny_lagged._prepare(X_test[:1], None).data
@@ -94,6 +94,32 @@ def test_model_file_that_embedded_the_newest_first_loads_as_it_was(tiny_lagged,
     np.testing.assert_array_equal([stream.update(x_t)[0] for x_t in x], old.predict(x))
     X_new, _ = old.sample(2, 5, random_state=0)
     assert X_new.shape == (2, 5, 4)
+
+
+def _lag1_traces(X, y, n_states):
+    """Per state, the trace of ``E[x_t x_{t-1}^T]`` over steps whose pair is in it."""
+    now, before = X[:, 1:].reshape(-1, X.shape[2]), X[:, :-1].reshape(-1, X.shape[2])
+    both = (y[:, 1:] == y[:, :-1]).reshape(-1)
+    label = y[:, 1:].reshape(-1)
+    return sorted(float((now[both & (label == k)] * before[both & (label == k)]).sum(1)
+                        .mean()) for k in range(n_states))
+
+
+def test_sample_runs_the_decoder_as_an_autoregression(tiny_lagged, lagged_regimes):
+    """Each regime's lag-1 correlation comes back in the samples: slow drift,
+    sign alternation... (drawn frame by frame, every trace would be near 0)."""
+    from nldseg.datasets import make_switching_ar_sequences
+    X, y = make_switching_ar_sequences(40, 200, n_states=3, n_features=4,
+                                       switch_prob=0.025, random_state=5,
+                                       emission_random_state=1)
+    X_new, y_new = tiny_lagged.sample(40, 200, random_state=0)
+    want, got = _lag1_traces(X, y, 3), _lag1_traces(X_new, y_new, 3)
+    assert max(abs(w) for w in want) > 2  # Regimes far from white noise.
+    for w, g in zip(want, got):
+        if abs(w) > 2:  # A tiny model's coefficients: near, not equal.
+            assert g * w > 0 and abs(g) > 0.5 * abs(w), (want, got)
+        else:
+            assert abs(g) < 1, (want, got)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "1"])

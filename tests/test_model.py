@@ -312,6 +312,41 @@ def test_decoder_log_prob_given_leading_features_is_the_conditional(covariance):
                                   model.decode_log_prob(x, z, given=2))
 
 
+@pytest.mark.parametrize("covariance", ["latent", "full", "diag"])
+def test_decode_given_draws_from_the_conditional_gaussian(covariance):
+    """Mean and covariance of ``x[g:] | x[:g]`` from the decoder's joint Gaussian."""
+    from nldseg import LangevinSegmenter
+    from nldseg._model import build_model
+    torch.manual_seed(4)
+    model = build_model(5, LangevinSegmenter(decoder_covariance=covariance,
+                                             hidden_size=8).get_params())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(("dec_noise", "dec_prec", "dec_cov", "dec_log_std")):
+                p.normal_(0, 0.3)
+        z = torch.randn(3)
+        mean, scale = model.decoder_mean_and_scale(z)
+        cov = (scale @ scale.T).double()
+        past = torch.tensor([0.7, -1.2])
+        n = 40000
+        eps = torch.randn(n, 3, generator=torch.Generator().manual_seed(0))
+        draws = model.decode_given(z.expand(n, 3), past.expand(n, 2), eps).double()
+    gain = cov[2:, :2] @ torch.linalg.inv(cov[:2, :2])
+    want_mean = mean[2:].double() + gain @ (past.double() - mean[:2].double())
+    want_cov = cov[2:, 2:] - gain @ cov[:2, 2:]
+    torch.testing.assert_close(draws.mean(0), want_mean, rtol=0, atol=0.03)
+    torch.testing.assert_close(torch.cov(draws.T), want_cov, rtol=0.05, atol=0.01)
+
+
+def test_build_model_decodes_the_newest_observation_given_the_lags():
+    from nldseg import LangevinSegmenter
+    from nldseg._model import build_model
+    params = LangevinSegmenter(n_lags=2, hidden_size=8).get_params()
+    assert build_model(3, params).given_features == 6
+    assert build_model(3, params, conditional_lags=False).given_features == 0
+    assert build_model(3, dict(params, n_lags=0)).given_features == 0
+
+
 @pytest.mark.parametrize("dynamics, initial_prior", [("overdamped", "stationary"),
                                                      ("underdamped", "stationary"),
                                                      ("overdamped", "gaussian")])
