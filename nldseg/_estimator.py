@@ -788,7 +788,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seqs = self._prepare(X, lengths)
         with torch_threads(self.n_threads):
             total = self._sampler().elbo_sum(seqs)
-        log_jacobian = (self.n_lags + 1) * np.log(self.scaler_scale_).sum()
+        # Each step's likelihood is of the newest observation (given the
+        # previous ones), or with an older version's lagged model of the
+        # whole frame: n_lags + 1 observations.
+        observations = self.module_.decoded_features // self.n_features_in_
+        log_jacobian = observations * np.log(self.scaler_scale_).sum()
         return float(total / seqs.data.shape[0] - log_jacobian)
 
     # ------------------------------------------------ kinetics of the prior

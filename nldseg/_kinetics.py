@@ -630,7 +630,7 @@ def decode_observations(module, positions: torch.Tensor,
             if scale.dim() == 2:
                 return (mean + eps @ scale.T).double().numpy()
             return (mean + (scale @ eps.unsqueeze(-1)).squeeze(-1)).double().numpy()
-        n_new = module.dec_log_std.shape[0] - given
+        n_new = module.decoded_features
         past = positions.new_zeros((*positions.shape[:-2], given))
         out = []
         for k in range(positions.shape[-2]):

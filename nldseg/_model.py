@@ -271,6 +271,11 @@ class NeuralLangevinVAE(nn.Module):
     #: a delay embedding, set by :func:`build_model`; 0 otherwise.
     given_features = 0
 
+    @property
+    def decoded_features(self) -> int:
+        """Features of each frame the likelihood explains: all but ``given_features``."""
+        return self.dec_log_std.shape[0] - self.given_features
+
     def __setstate__(self, state: dict) -> None:
         state.setdefault("decoder_covariance", "diag")  # Pickled by an older version.
         state.setdefault("encoder_input", "linear")

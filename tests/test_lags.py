@@ -96,6 +96,19 @@ def test_model_file_that_embedded_the_newest_first_loads_as_it_was(tiny_lagged,
     assert X_new.shape == (2, 5, 4)
 
 
+def test_lagged_score_is_in_the_units_of_one_observation_per_step(tiny_lagged,
+                                                                   lagged_regimes):
+    """The likelihood is of ``x_t`` given ``x_{t-1}``: one Jacobian per step."""
+    import copy
+    _, X_test, _ = lagged_regimes
+    rescaled = copy.deepcopy(tiny_lagged)
+    rescaled.scaler_mean_ = 10.0 * tiny_lagged.scaler_mean_
+    rescaled.scaler_scale_ = 10.0 * tiny_lagged.scaler_scale_
+    # The same standardised frames, in units 10 times smaller.
+    shift = tiny_lagged.score(X_test) - rescaled.score(10.0 * X_test)
+    assert shift == pytest.approx(X_test.shape[2] * np.log(10.0), rel=1e-4)
+
+
 def _lag1_traces(X, y, n_states):
     """Per state, the trace of ``E[x_t x_{t-1}^T]`` over steps whose pair is in it."""
     now, before = X[:, 1:].reshape(-1, X.shape[2]), X[:, :-1].reshape(-1, X.shape[2])
