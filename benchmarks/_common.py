@@ -101,7 +101,10 @@ def build_module(params: dict, dynamics: str, device: torch.device,
     """The VAE exactly as ``LangevinSegmenter.fit`` builds it, on ``device``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = build_model(N_FEATURES, dict(params, dynamics=dynamics))
+        # n_lags="auto" trains without lags first (and again with one lag
+        # only if that finds a single well): time the first.
+        lags = 0 if params["n_lags"] == "auto" else params["n_lags"]
+        module = build_model(N_FEATURES, dict(params, dynamics=dynamics, n_lags=lags))
     return module.to(device)
 
 

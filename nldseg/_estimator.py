@@ -74,7 +74,8 @@ _PARAMETER_RULES = {
     "beta": RealParam(), "gamma": RealParam(), "mass": RealParam(),
     "learn_langevin_params": BoolParam(),
     "dt": RealParam(),
-    "hidden_size": IntParam(1), "context_size": IntParam(1), "n_lags": IntParam(0),
+    "hidden_size": IntParam(1), "context_size": IntParam(1),
+    "n_lags": IntParam(0, words=("auto",)),
     "window_length": IntParam(1, none_ok=True),
     "batch_size": IntParam(1), "max_iter": IntParam(1),
     "early_stopping": BoolParam(), "validation_fraction": RealParam(0.0, 1.0, True),
@@ -433,7 +434,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
     def __init__(self, n_states=None, *, dynamics="overdamped", latent_dim=3,
                  beta=1.0, gamma=1.0, mass=1.0, learn_langevin_params=False,
-                 dt=0.5, hidden_size=64, context_size=32, n_lags=0,
+                 dt=0.5, hidden_size=64, context_size=32, n_lags="auto",
                  encoder_input="quadratic", window_length=50,
                  batch_size=64, max_iter=3000, learning_rate="cosine",
                  learning_rate_init=3e-3, kl_warmup=200, tol=1e-3,
@@ -538,33 +539,31 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seeds = replicas.broadcast_seeds(seeds)
         mean = data.mean(0)
         scale = scale_from_variance(data.var(0), mean, data.shape[0])
-        z_data = self._model_frames(data, seqs.lengths, mean, scale, oldest_first=True)
-        module = self._new_module(data.shape[1], int(seeds[0]), device)
-        try:
-            result = train(module, torch.as_tensor(z_data, device=device), seqs.lengths,
-                           TrainingSettings.from_params(self.get_params()), device,
-                           int(seeds[1]), replicas)
-        finally:
-            release_buffers()  # The training kernels' reused work space.
-        module = freeze(module)
-        # Everything below only reads the trained module; assign at the end so a
-        # failure leaves no half-fitted estimator.
-        landscape = self._fit_landscape(module, z_data, seqs, seeds[2:])
-        self.scaler_mean_, self.scaler_scale_ = mean, scale
-        self.module_, self.energy_ = module, landscape
-        beta, gamma, mass = (t.detach() for t in module.langevin_params())
-        self.beta_, self.gamma_, self.mass_ = float(beta), float(gamma), float(mass.mean())
-        self.n_states_ = landscape.n_states
-        self.state_occupancy_ = landscape.occupancy("sampled")
-        self.loss_curve_, self.n_iter_ = result.loss_curve, result.n_iter
-        self.converged_ = result.converged
-        self.validation_scores_ = result.validation_scores
-        self._oldest_first = True  # Older fits embedded the newest observation first.
+        tries = [0, 1] if self.n_lags == "auto" else [self.n_lags]
+        for n_lags in tries:
+            # The warnings of a fit that is not kept are dropped.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fitted, interrupted = self._fit_lags(n_lags, data, seqs, seeds, mean,
+                                                     scale, device, replicas)
+            if fitted["n_states_"] > 1 or self.n_states is not None or interrupted:
+                break
+            if n_lags == tries[0]:
+                first = fitted, caught
+        else:  # One well each time: keep the first, the simpler model.
+            fitted, caught = first
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        # Assign at the end so a failure leaves no half-fitted estimator.
+        for name, value in fitted.items():
+            setattr(self, name, value)
         if self.n_states_ == 1 and self.n_states is None:
             dynamics_hint = (
                 "; if the states may differ in how an observation follows the "
-                "previous one rather than in the observations' law, set n_lags=1"
-                if self.n_lags == 0 else "")
+                "previous ones rather than in the observations' law, set n_lags=1 "
+                "or more" if self.n_lags == 0 else
+                " (n_lags='auto' tried 0 and 1 previous observations)"
+                if self.n_lags == "auto" else "")
             warnings.warn(
                 "The learned energy has a single well, so every step gets the same "
                 "label. If the data should hold several states: give training more "
@@ -573,7 +572,41 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 f"{dynamics_hint}.", UserWarning, stacklevel=3)
         return self
 
-    def _new_module(self, n_features: int, seed: int, device) -> NeuralLangevinVAE:
+    def _fit_lags(self, n_lags: int, data: np.ndarray, seqs: Sequences, seeds,
+                  mean: np.ndarray, scale: np.ndarray, device, replicas) -> tuple:
+        """Train a model that reads ``n_lags`` previous observations.
+
+        Returns its fitted attributes (not yet assigned) and whether the user
+        interrupted the training.
+        """
+        z_data = self._model_frames(data, seqs.lengths, mean, scale, n_lags=n_lags,
+                                    oldest_first=True)
+        params = dict(self.get_params(), n_lags=n_lags)
+        module = self._new_module(data.shape[1], int(seeds[0]), device, params)
+        try:
+            result = train(module, torch.as_tensor(z_data, device=device), seqs.lengths,
+                           TrainingSettings.from_params(params), device,
+                           int(seeds[1]), replicas)
+        finally:
+            release_buffers()  # The training kernels' reused work space.
+        module = freeze(module)
+        landscape = self._fit_landscape(module, z_data, seqs, seeds[2:])
+        beta, gamma, mass = (t.detach() for t in module.langevin_params())
+        return {
+            "scaler_mean_": mean, "scaler_scale_": scale,
+            "module_": module, "energy_": landscape,
+            "beta_": float(beta), "gamma_": float(gamma), "mass_": float(mass.mean()),
+            "n_states_": landscape.n_states,
+            "state_occupancy_": landscape.occupancy("sampled"),
+            "loss_curve_": result.loss_curve, "n_iter_": result.n_iter,
+            "converged_": result.converged,
+            "validation_scores_": result.validation_scores,
+            "n_lags_": n_lags,
+            "_oldest_first": True,  # Older fits embedded the newest observation first.
+        }, result.interrupted
+
+    def _new_module(self, n_features: int, seed: int, device,
+                    params: dict) -> NeuralLangevinVAE:
         """A freshly initialised VAE, its weights drawn from ``seed`` (RNG left alone)."""
         fork = [device] if device.type == "cuda" else []
         # torch's default generator is the process's: two fits seeding it at once
@@ -581,7 +614,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         # weights, and restore each other's state into the caller's generator.
         with _SEEDING_LOCK, torch.random.fork_rng(devices=fork):
             torch.manual_seed(seed)
-            module = build_model(n_features, self.get_params())
+            module = build_model(n_features, params)
         return module.to(device)
 
     def _fit_landscape(self, module, z_data: np.ndarray, seqs: Sequences,
@@ -608,15 +641,17 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                             self.scaler_scale_), seqs.lengths, seqs.form)
 
     def _model_frames(self, data: np.ndarray, lengths: np.ndarray, mean: np.ndarray,
-                      scale: np.ndarray, oldest_first: bool | None = None) -> np.ndarray:
+                      scale: np.ndarray, n_lags: int | None = None,
+                      oldest_first: bool | None = None) -> np.ndarray:
         """Rows as the model reads them: standardised, float32, delay-embedded.
 
-        The embedding's order is the fitted one unless ``oldest_first`` is given.
+        The embedding is the fitted one unless ``n_lags`` and ``oldest_first``
+        are given.
         """
-        if oldest_first is None:
-            oldest_first = self._oldest_first
+        if n_lags is None:
+            n_lags, oldest_first = self.n_lags_, self._oldest_first
         z = ((data.astype(np.float64, copy=False) - mean) / scale).astype(np.float32)
-        return delay_embed(z, lengths, self.n_lags, oldest_first=oldest_first)
+        return delay_embed(z, lengths, n_lags, oldest_first=oldest_first)
 
     def _seed(self) -> int:
         """Seed of the inference draws, from ``random_state``."""
@@ -1131,7 +1166,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """
         self._check_inference_params()
         return SegmentationStream(self._sampler(), self.energy_, self.scaler_mean_,
-                                  self.scaler_scale_, n_lags=self.n_lags,
+                                  self.scaler_scale_, n_lags=self.n_lags_,
                                   oldest_first=self._oldest_first,
                                   n_threads=self.n_threads,
                                   particle_filter=self._filter())
@@ -1208,6 +1243,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         state = _persistence.rename_old_params(state)
         if "module_" in state:  # Fitted, possibly by a version with fewer attributes.
             state = _persistence.add_missing_fitted(state)
+            state.setdefault("n_lags_", state["n_lags"])
         _persistence.warn_if_other_version(state.pop("_nldseg_version", None))
         super().__setstate__(state)
 

@@ -27,7 +27,8 @@ FORMAT = "nldseg-model"
 FORMAT_VERSION = 1
 
 _FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "n_iter_", "converged_",
-                   "n_features_in_", "loss_curve_", "validation_scores_", "_oldest_first")
+                   "n_features_in_", "loss_curve_", "validation_scores_", "_oldest_first",
+                   "n_lags_")
 _FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_")
 # Parameters renamed since a file could have been written: old name -> new name.
 _RENAMED_PARAMS = {"n_samples": "n_paths"}
@@ -183,7 +184,9 @@ def load_estimator(cls, path):
 def _rebuild(cls, payload: dict):
     estimator = cls(**rename_old_params(json.loads(payload["params"])))
     fitted = add_missing_fitted(json.loads(payload["fitted"]))
-    module = build_model(int(fitted["n_features_in_"]), estimator.get_params(),
+    fitted.setdefault("n_lags_", estimator.n_lags)  # From before n_lags="auto".
+    module = build_model(int(fitted["n_features_in_"]),
+                         dict(estimator.get_params(), n_lags=fitted["n_lags_"]),
                          conditional_lags=fitted["_oldest_first"])
     module.load_state_dict(payload["module_state"], strict=True)
     freeze(module)

@@ -105,13 +105,14 @@ class TrainingResult:
     ``loss_curve``: the training loss of every step; ``validation_scores``:
     the held-out ELBO per step at every check; ``n_iter``: gradient steps
     taken; ``converged``: whether the held-out ELBO stopped improving before
-    the budget ran out.
+    the budget ran out; ``interrupted``: whether the user stopped it (Ctrl-C).
     """
 
     loss_curve: list
     n_iter: int
     converged: bool
     validation_scores: list = field(default_factory=list)
+    interrupted: bool = False
 
 
 def split_validation(lengths: np.ndarray, fraction: float,
@@ -636,7 +637,7 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
             kept = "the parameters before the last update"
         warnings.warn(f"Training interrupted by the user after {step} step(s); keeping "
                       f"{kept}.", UserWarning, stacklevel=4)
-        return TrainingResult(loss_curve, step, False, scores)
+        return TrainingResult(loss_curve, step, False, scores, interrupted=True)
     bar.clear()
     if step == 0:
         raise RuntimeError("Training failed: no training step gave a finite loss "

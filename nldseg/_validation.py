@@ -347,16 +347,20 @@ def scale_from_variance(var: np.ndarray, mean: np.ndarray,
 
 @dataclass(frozen=True)
 class IntParam:
-    """An integer parameter of at least ``low`` (``None`` allowed if ``none_ok``)."""
+    """An integer parameter of at least ``low`` (``None`` allowed if ``none_ok``,
+    and the strings of ``words``)."""
 
     low: int
     none_ok: bool = False
+    words: tuple = ()
 
     def check(self, name: str, value) -> None:
-        if value is None and self.none_ok:
+        if (value is None and self.none_ok) or (isinstance(value, str)
+                                                and value in self.words):
             return
         what = (f"an integer >= {self.low}" if self.low != 1 else "a positive integer")
         what += " or None" if self.none_ok else ""
+        what += "".join(f" or {word!r}" for word in self.words)
         if not isinstance(value, Integral) or isinstance(value, bool):
             raise TypeError(f"{name} must be {what}, got {value!r} of type "
                             f"{type(value).__name__}.")

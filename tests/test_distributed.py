@@ -59,7 +59,7 @@ def test_shares_add_up_to_the_whole_batch(monkeypatch, lead):
     windows = [(0, 40), (45, 20), (90, 33), (130, 40), (170, 7), (200, 18), (230, 2)]
     first_rows = segment_first_rows(len(data), [(40 * i, 40) for i in range(6)])
     settings = TrainingSettings.from_params(LangevinSegmenter().get_params())
-    module = build_model(3, dict(LangevinSegmenter(hidden_size=8).get_params()))
+    module = build_model(3, dict(LangevinSegmenter(hidden_size=8, n_lags=0).get_params()))
     params = list(module.parameters())
     opt = torch.optim.Adam(params)
 

@@ -135,6 +135,53 @@ def test_sample_runs_the_decoder_as_an_autoregression(tiny_lagged, lagged_regime
             assert abs(g) < 1, (want, got)
 
 
+def test_auto_lags_refit_with_one_lag_after_a_single_well(tiny_lagged,
+                                                           lagged_regimes, monkeypatch):
+    """Frames alone give one well on these regimes; "auto" then trains with one
+    lag, with the same seeds, so it ends as the n_lags=1 fit does."""
+    import warnings
+
+    from conftest import TINY
+
+    from nldseg import _estimator
+    calls = []
+    train = _estimator.train
+    monkeypatch.setattr(_estimator, "train",
+                        lambda module, *a, **k: calls.append(module) or train(module, *a,
+                                                                              **k))
+    X, X_test, _ = lagged_regimes
+    params = dict(TINY, decoder_covariance="latent", max_iter=200, random_state=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seg = LangevinSegmenter(**params, n_lags="auto").fit(X)
+    assert len(calls) == 2 and seg.n_lags == "auto" and seg.n_lags_ == 1
+    assert seg.n_states_ == tiny_lagged.n_states_ == 3
+    assert not [w for w in caught if "single well" in str(w.message)]
+    np.testing.assert_array_equal(seg.predict(X_test), tiny_lagged.predict(X_test))
+
+
+def test_auto_lags_keep_frames_when_they_find_wells(tiny_fitted):
+    assert tiny_fitted.n_lags == "auto" and tiny_fitted.n_lags_ == 0
+    assert tiny_fitted.module_.given_features == 0
+
+
+def test_auto_lags_keep_the_frame_model_when_both_have_one_well(lagged_regimes,
+                                                                 monkeypatch):
+    from conftest import TINY
+
+    from nldseg import _estimator
+    calls = []
+    train = _estimator.train
+    monkeypatch.setattr(_estimator, "train",
+                        lambda module, *a, **k: calls.append(module) or train(module, *a,
+                                                                              **k))
+    seg = LangevinSegmenter(**dict(TINY, max_iter=2, kl_warmup=1))
+    with pytest.warns(UserWarning, match="n_lags='auto' tried 0 and 1"):
+        seg.fit(lagged_regimes[0][:20])
+    assert len(calls) == 2 and seg.n_states_ == 1 and seg.n_lags_ == 0
+    assert seg.module_ is calls[0]
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, "1"])
 def test_bad_n_lags_is_rejected(bad, lagged_regimes):
     with pytest.raises((ValueError, TypeError), match="n_lags"):

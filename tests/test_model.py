@@ -243,9 +243,9 @@ def _decoders(hidden=8, n_features=5):
     from nldseg import LangevinSegmenter
     from nldseg._model import build_model
     torch.manual_seed(0)
-    latent = build_model(n_features, LangevinSegmenter(
+    latent = build_model(n_features, LangevinSegmenter(n_lags=0,
         decoder_covariance="latent", hidden_size=hidden).get_params())
-    full = build_model(n_features, LangevinSegmenter(
+    full = build_model(n_features, LangevinSegmenter(n_lags=0,
         decoder_covariance="full", hidden_size=hidden).get_params())
     return latent, full
 
@@ -287,7 +287,7 @@ def test_decoder_log_prob_given_leading_features_is_the_conditional(covariance):
     from nldseg import LangevinSegmenter
     from nldseg._model import build_model
     torch.manual_seed(3)
-    model = build_model(5, LangevinSegmenter(decoder_covariance=covariance,
+    model = build_model(5, LangevinSegmenter(n_lags=0, decoder_covariance=covariance,
                                              hidden_size=8).get_params())
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -318,7 +318,7 @@ def test_decode_given_draws_from_the_conditional_gaussian(covariance):
     from nldseg import LangevinSegmenter
     from nldseg._model import build_model
     torch.manual_seed(4)
-    model = build_model(5, LangevinSegmenter(decoder_covariance=covariance,
+    model = build_model(5, LangevinSegmenter(n_lags=0, decoder_covariance=covariance,
                                              hidden_size=8).get_params())
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -358,8 +358,9 @@ def test_initial_log_weight_is_prior_over_posterior_density(dynamics, initial_pr
     from nldseg._model import build_model
 
     torch.manual_seed(2)
-    m = build_model(4, LangevinSegmenter(dynamics=dynamics, initial_prior=initial_prior,
-                                         hidden_size=8, beta=1.7, mass=0.6).get_params())
+    m = build_model(4, LangevinSegmenter(n_lags=0, dynamics=dynamics,
+                                         initial_prior=initial_prior, hidden_size=8,
+                                         beta=1.7, mass=0.6).get_params())
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.3 * torch.randn_like(p))

@@ -55,7 +55,7 @@ def test_inference_and_stream_run_on_n_threads(tiny_fitted, tiny_data, user_thre
     X_test = tiny_data[1]
     seg = clone(tiny_fitted).set_params(n_threads=n_threads)
     for name in ["module_", "energy_", "n_states_", "n_features_in_", "scaler_mean_",
-                 "scaler_scale_", "_oldest_first"]:
+                 "scaler_scale_", "_oldest_first", "n_lags_"]:
         setattr(seg, name, getattr(tiny_fitted, name))
     seen = []
     _spy(monkeypatch, _inference.PosteriorSampler, "latent_paths", seen)
@@ -80,7 +80,7 @@ def test_fit_runs_on_n_threads(tiny_data, user_threads, monkeypatch):
 
     seen = []
     _spy(monkeypatch, _estimator, "train", seen)
-    seg = _estimator.LangevinSegmenter(**dict(TINY, max_iter=2, kl_warmup=1))
+    seg = _estimator.LangevinSegmenter(**dict(TINY, max_iter=2, kl_warmup=1, n_lags=0))
     with pytest.warns(UserWarning):  # a one-well fit, a short budget
         seg.fit(tiny_data[0][:20])
     assert seen == [1] and torch.get_num_threads() == user_threads
