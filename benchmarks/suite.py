@@ -227,7 +227,7 @@ def run_nldseg(train: list, test: list, seed: int, overrides: dict,
         other[name] = {"labels": variant.predict(test), "t_fit": t_fit,
                        "t_predict": time.perf_counter() - t0}
     return {"labels": labels, "t_fit": t_fit, "t_predict": t_pred, "also": other,
-            "n_states": seg.n_states_,
+            "n_states": seg.n_states_, "n_lags": seg.n_lags_,
             "occupancies": {m: seg.energy_.occupancy(m)
                             for m in ("sampled", "zeroth_order", "second_order")},
             "warnings": sorted({f"{w.category.__name__}: {w.message}"
@@ -276,6 +276,7 @@ def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
         nld["n_states"])
     rows[-1]["warnings"] = "; ".join(nld["warnings"])
     rows[-1]["steps"] = nld["steps"]
+    rows[-1]["n_lags"] = nld["n_lags"]  # The lags kept (n_lags="auto" may add one).
     for name, res in nld["also"].items():
         add(f"nldseg_{name}", res,
             {f"nld_{k}": v for k, v in nld["occupancies"].items()}, nld["n_states"])

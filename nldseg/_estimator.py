@@ -148,26 +148,26 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         decoder.
     context_size : int, default=32
         Size of the encoder context ``c_t`` fed to the posterior drift.
-    n_lags : int, default=0
+    n_lags : int or "auto", default="auto"
         Previous observations read beside each one (delay embedding): the
         model sees the frame ``[x_{t-n_lags}, ..., x_{t-1}, x_t]`` at step
         ``t`` (the first observation of a sequence stands in for the steps
-        before it), so a state can be told by how an observation follows the
-        previous one, not only by the observations' law. The filter
-        (``inference="filter"``) weighs each particle by the decoder's
-        density of the newest observation given the previous ones, ``p(x_t
-        | x_{t-1}, ..., z_t)``, so no observation counts twice. ``1`` can find
-        states that differ only in their dynamics (e.g. regimes of a vector
-        autoregression with the same stationary law), on which ``0`` finds a
-        single well; but it is seed-dependent there (3 or 4 wells: a slow
-        regime may split in two wells with the same decoded law), and it cost
-        2.1 points of accuracy on the paper's data, where single frames
-        already separate the states: trained on pairs of frames, the encoder
-        moves to a new state a step late at about half the switches. Hence
-        the default ``0`` (see ``benchmarks/RESULTS.md``). Labels stay online
-        (step ``t`` reads ``x[:t+1]``). Each observation is read ``n_lags +
-        1`` times in training, so :meth:`score` is the ELBO of the embedded
-        frames: compare scores between models of the same ``n_lags`` only.
+        before it), and its decoder is an autoregression, the density of the
+        newest observation given the previous ones, ``p(x_t | x_{t-1}, ...,
+        z_t)``, so that a state can be told by how an observation follows the
+        previous one, not only by the observations' law. ``"auto"`` trains on
+        single frames (``0``) and, only if that ends with a single well (and
+        ``n_states`` is None), trains again with ``1`` and keeps that model
+        if it finds more than one well; ``n_lags_`` says which was kept. One
+        lag finds states that differ only in their dynamics (regimes of a
+        vector autoregression with the same stationary law, where single
+        frames give one well), but where the states differ in the frames'
+        law and the frames overlap it merges states (the suite's ``overlap``
+        and ``six_states``: 1-5 wells where single frames find 4 and 6), as
+        the previous observation explains part of the next; hence not ``1``
+        by default (see ``benchmarks/RESULTS.md``). Labels stay online (step
+        ``t`` reads ``x[:t+1]``), and :meth:`score` is the ELBO of one
+        observation per step, the first of a sequence given itself.
     encoder_input : {"quadratic", "linear"}, default="quadratic"
         What the causal encoder (a GRU) reads at each step: ``"linear"``, the
         frame itself; ``"quadratic"``, the frame beside 32 learned squared
@@ -347,6 +347,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         ``early_stopping``).
     n_iter_ : int
         Gradient steps taken.
+    n_lags_ : int
+        Previous observations the fitted model reads beside each one: ``n_lags``,
+        or with ``n_lags="auto"`` the one kept (0, or 1 after a single well).
     converged_ : bool
         Whether the held-out ELBO stopped improving before ``max_iter`` ran
         out. A fit that ran out of budget while it was still improving warns
