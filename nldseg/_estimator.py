@@ -61,6 +61,9 @@ DECODER_COVARIANCES = frozenset({"full", "diag", "latent"})
 INITIAL_PRIORS = frozenset({"stationary", "gaussian"})
 ENCODER_INPUTS = frozenset({"linear", "quadratic"})
 
+#: ``min_state_fraction`` at least, for the model n_lags="auto" trains again
+#: with one lag after a single well on single frames.
+_RETRY_STATE_FRACTION = 0.05
 #: Steps ``sample`` runs a lagged model's decoder before its first observation.
 _SAMPLE_BURN_IN = 50
 _SEEDING_LOCK = threading.Lock()  # See LangevinSegmenter._new_module.
@@ -158,7 +161,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         previous one, not only by the observations' law. ``"auto"`` trains on
         single frames (``0``) and, only if that ends with a single well (and
         ``n_states`` is None), trains again with ``1`` and keeps that model
-        if it finds more than one well; ``n_lags_`` says which was kept. One
+        if it finds more than one well, each holding at least 5 % of the data
+        (``min_state_fraction`` raised to 0.05 for this retry: on one
+        autoregression alone, one lag found a spurious well of 3 %);
+        ``n_lags_`` says which was kept. One
         lag finds states that differ only in their dynamics (regimes of a
         vector autoregression with the same stationary law, where single
         frames give one well), but where the states differ in the frames'
@@ -593,7 +599,12 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         finally:
             release_buffers()  # The training kernels' reused work space.
         module = freeze(module)
-        landscape = self._fit_landscape(module, z_data, seqs, seeds[2:])
+        fraction = self.min_state_fraction
+        if self.n_lags == "auto" and n_lags > 0:
+            # A retry after one well on single frames: a state must show more
+            # (a single autoregression gave a spurious well of 3 %).
+            fraction = max(fraction, _RETRY_STATE_FRACTION)
+        landscape = self._fit_landscape(module, z_data, seqs, seeds[2:], fraction)
         beta, gamma, mass = (t.detach() for t in module.langevin_params())
         return {
             "scaler_mean_": mean, "scaler_scale_": scale,
@@ -621,13 +632,13 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         return module.to(device)
 
     def _fit_landscape(self, module, z_data: np.ndarray, seqs: Sequences,
-                       seeds) -> EnergyLandscape:
+                       seeds, min_state_fraction: float) -> EnergyLandscape:
         """Encode part of the training data and find the wells in its latent codes."""
         rng = np.random.default_rng(int(seeds[0]))
         sampler = PosteriorSampler(module, self.dt, 1, int(seeds[1]), self.solver)
         codes = sampler.landscape_codes(Sequences(z_data, seqs.lengths, seqs.form), rng)
         return build_landscape(module.energy, float(module.langevin_params()[0]), codes,
-                               min_state_fraction=self.min_state_fraction,
+                               min_state_fraction=min_state_fraction,
                                n_states=self.n_states, rng=rng)
 
     # -------------------------------------------------------------- inference

@@ -149,12 +149,17 @@ def test_auto_lags_refit_with_one_lag_after_a_single_well(tiny_lagged,
     monkeypatch.setattr(_estimator, "train",
                         lambda module, *a, **k: calls.append(module) or train(module, *a,
                                                                               **k))
+    fractions = []
+    build = _estimator.build_landscape
+    monkeypatch.setattr(_estimator, "build_landscape", lambda *a, **k: fractions.append(
+        k["min_state_fraction"]) or build(*a, **k))
     X, X_test, _ = lagged_regimes
     params = dict(TINY, decoder_covariance="latent", max_iter=200, random_state=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         seg = LangevinSegmenter(**params, n_lags="auto").fit(X)
     assert len(calls) == 2 and seg.n_lags == "auto" and seg.n_lags_ == 1
+    assert fractions == [0.005, 0.05]  # The retry asks more of a state.
     assert seg.n_states_ == tiny_lagged.n_states_ == 3
     assert not [w for w in caught if "single well" in str(w.message)]
     np.testing.assert_array_equal(seg.predict(X_test), tiny_lagged.predict(X_test))
