@@ -281,18 +281,24 @@ def test_latent_decoder_noise_is_the_gaussian_of_its_own_covariance():
     assert latent.dec_noise_in.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("covariance", ["latent", "full", "diag"])
-def test_decoder_log_prob_given_leading_features_is_the_conditional(covariance):
-    """``given=g``: log N(x | z) - log N(x[:g] | z), the marginal of the first g."""
+def _correlated_decoder(covariance: str, seed: int):
+    """A 5-feature model whose decoder noise has random correlations."""
     from nldseg import LangevinSegmenter
     from nldseg._model import build_model
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     model = build_model(5, LangevinSegmenter(n_lags=0, decoder_covariance=covariance,
                                              hidden_size=8).get_params())
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.startswith(("dec_noise", "dec_prec", "dec_cov", "dec_log_std")):
                 p.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("covariance", ["latent", "full", "diag"])
+def test_decoder_log_prob_given_leading_features_is_the_conditional(covariance):
+    """``given=g``: log N(x | z) - log N(x[:g] | z), the marginal of the first g."""
+    model = _correlated_decoder(covariance, seed=3)
     x, z = torch.randn(2, 6, 5), torch.randn(6, 2, 3)
     mean, scale = model.decoder_mean_and_scale(z)
     cov = scale @ scale.transpose(-1, -2)
@@ -315,15 +321,8 @@ def test_decoder_log_prob_given_leading_features_is_the_conditional(covariance):
 @pytest.mark.parametrize("covariance", ["latent", "full", "diag"])
 def test_decode_given_draws_from_the_conditional_gaussian(covariance):
     """Mean and covariance of ``x[g:] | x[:g]`` from the decoder's joint Gaussian."""
-    from nldseg import LangevinSegmenter
-    from nldseg._model import build_model
-    torch.manual_seed(4)
-    model = build_model(5, LangevinSegmenter(n_lags=0, decoder_covariance=covariance,
-                                             hidden_size=8).get_params())
+    model = _correlated_decoder(covariance, seed=4)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith(("dec_noise", "dec_prec", "dec_cov", "dec_log_std")):
-                p.normal_(0, 0.3)
         z = torch.randn(3)
         mean, scale = model.decoder_mean_and_scale(z)
         cov = (scale @ scale.T).double()
