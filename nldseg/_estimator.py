@@ -561,8 +561,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 first = fitted, caught
         else:  # One well each time: keep the first, the simpler model.
             fitted, caught = first
-        for w in caught:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        for w in caught:  # Again, from the caller's line (fit's, through _fit).
+            warnings.warn(w.message, stacklevel=3)
         # Assign at the end so a failure leaves no half-fitted estimator.
         for name, value in fitted.items():
             setattr(self, name, value)

@@ -607,3 +607,13 @@ def test_inference_parameters_set_after_fit_are_checked(fitted, chain, params, e
     with pytest.raises(err, match=match):
         seg.stream()
     np.testing.assert_array_equal(fitted.predict(X), before)
+
+
+def test_fit_warnings_point_at_the_callers_line(chain):
+    """Kept across n_lags="auto"'s two tries, and said from the line calling fit."""
+    est = LangevinSegmenter(**dict(FAST, max_iter=2, kl_warmup=10, n_lags="auto"))
+    with pytest.warns(UserWarning) as record:
+        est.fit(chain[0][:20, :30])
+    ours = [w for w in record if "single well" in str(w.message)
+            or "warm-up" in str(w.message)]
+    assert len(ours) >= 2 and all(w.filename == __file__ for w in ours)
