@@ -689,6 +689,12 @@ class NeuralLangevinVAE(nn.Module):
             return torch.diag(std)
         return torch.tril(self.dec_cov_lower, -1) + torch.diag(std)
 
+    def _shared_precision_tril(self) -> torch.Tensor:
+        """``L^-1`` (D, D) of the shared decoder noise ("full" or "diag")."""
+        scale = self.decoder_scale_tril()
+        eye = torch.eye(scale.shape[0], dtype=scale.dtype, device=scale.device)
+        return torch.linalg.solve_triangular(scale, eye, upper=False)
+
     def latent_noise_parameters(self) -> list:
         """The parameters through which the decoder noise follows the latent state.
 
@@ -770,10 +776,8 @@ class NeuralLangevinVAE(nn.Module):
             hidden = self._decoder_hidden(z)
             mean, prec = self.decoder[2](hidden), self._latent_precision_tril(hidden)
         else:
-            mean, scale = self.decoder_mean_and_scale(z)
-            eye = torch.eye(scale.shape[-1], dtype=scale.dtype, device=scale.device)
-            prec = torch.linalg.solve_triangular(scale, eye, upper=False).expand(
-                *mean.shape[:-1], -1, -1)
+            mean = self.decoder(z[..., : self.latent_dim])
+            prec = self._shared_precision_tril().expand(*mean.shape[:-1], -1, -1)
         g = past.shape[-1]
         rhs = eps - (prec[..., g:, :g] @ (past - mean[..., :g]).unsqueeze(-1)).squeeze(-1)
         resid = torch.linalg.solve_triangular(prec[..., g:, g:], rhs.unsqueeze(-1),
@@ -811,10 +815,7 @@ class NeuralLangevinVAE(nn.Module):
             mean = self.decoder(z[..., : self.latent_dim])
             log_diag = -self.decoder_log_std()
             if self.decoder_covariance == "full":
-                scale = self.decoder_scale_tril()
-                eye = torch.eye(scale.shape[0], dtype=scale.dtype, device=scale.device)
-                inv_t = torch.linalg.solve_triangular(scale, eye, upper=False).t()
-                white = (target - mean) @ inv_t
+                white = (target - mean) @ self._shared_precision_tril().t()
             else:
                 white = (target - mean) * torch.exp(log_diag)
         white, log_diag = white[..., given:], log_diag[..., given:]

@@ -135,6 +135,17 @@ def test_sample_runs_the_decoder_as_an_autoregression(tiny_lagged, lagged_regime
             assert abs(g) < 1, (want, got)
 
 
+def _record_training(monkeypatch) -> list:
+    """The modules ``fit`` trains, in order."""
+    from nldseg import _estimator
+    calls = []
+    train = _estimator.train
+    monkeypatch.setattr(_estimator, "train",
+                        lambda module, *a, **k: calls.append(module) or train(module, *a,
+                                                                              **k))
+    return calls
+
+
 def test_auto_lags_refit_with_one_lag_after_a_single_well(tiny_lagged,
                                                            lagged_regimes, monkeypatch):
     """Frames alone give one well on these regimes; "auto" then trains with one
@@ -144,11 +155,7 @@ def test_auto_lags_refit_with_one_lag_after_a_single_well(tiny_lagged,
     from conftest import TINY
 
     from nldseg import _estimator
-    calls = []
-    train = _estimator.train
-    monkeypatch.setattr(_estimator, "train",
-                        lambda module, *a, **k: calls.append(module) or train(module, *a,
-                                                                              **k))
+    calls = _record_training(monkeypatch)
     fractions = []
     build = _estimator.build_landscape
     monkeypatch.setattr(_estimator, "build_landscape", lambda *a, **k: fractions.append(
@@ -174,12 +181,7 @@ def test_auto_lags_keep_the_frame_model_when_both_have_one_well(lagged_regimes,
                                                                  monkeypatch):
     from conftest import TINY
 
-    from nldseg import _estimator
-    calls = []
-    train = _estimator.train
-    monkeypatch.setattr(_estimator, "train",
-                        lambda module, *a, **k: calls.append(module) or train(module, *a,
-                                                                              **k))
+    calls = _record_training(monkeypatch)
     seg = LangevinSegmenter(**dict(TINY, max_iter=2, kl_warmup=1))
     with pytest.warns(UserWarning, match="n_lags='auto' tried 0 and 1"):
         seg.fit(lagged_regimes[0][:20])
