@@ -367,7 +367,8 @@ class NeuralLangevinVAE(nn.Module):
                  partition_noise: torch.Tensor | None = None,
                  proposal: tuple | None = None,
                  with_kl: bool = True,
-                 h_init: torch.Tensor | None = None) -> LatentPaths:
+                 h_init: torch.Tensor | None = None,
+                 fixed_prior_rows: torch.Tensor | None = None) -> LatentPaths:
         """Sample posterior latent paths for padded sequences ``x`` (B, T, D).
 
         Parameters
@@ -402,6 +403,9 @@ class NeuralLangevinVAE(nn.Module):
             The encoder's state before ``x[:, 0]`` (:meth:`encoder_state` of
             the observations before a training window); ``None``: the zero
             state of a sequence start.
+        fixed_prior_rows : Tensor of shape (B,) of bool, or None
+            Rows whose ``KL(q(z_0) || p(z_0))`` trains ``q`` but not the
+            stationary prior (see :meth:`initial_state`).
 
         Without autograd (inference) the fused loop runs on
         :class:`nldseg._fused.InferenceStepper`; with autograd (training) on
@@ -416,7 +420,7 @@ class NeuralLangevinVAE(nn.Module):
         else:
             (h, mean, log_std), h0 = self._encode_hidden(x, h_init), None
         z, kl0 = self.initial_state(mean, log_std, eps0, n_paths, partition_noise,
-                                     proposal)
+                                     proposal, fixed_prior_rows)
         if inference:
             return self._simulate_inference(x, h, h0, z, noise, dt, kl0, with_kl)
         projected = self.project_context(h)
@@ -432,7 +436,8 @@ class NeuralLangevinVAE(nn.Module):
     def initial_state(self, mean: torch.Tensor, log_std: torch.Tensor,
                       eps0: torch.Tensor | None, n_paths: int = 1,
                       partition_noise: torch.Tensor | None = None,
-                      proposal: tuple | None = None) -> tuple:
+                      proposal: tuple | None = None,
+                      fixed_prior_rows: torch.Tensor | None = None) -> tuple:
         """``z_0`` drawn from ``q(z_0 | x_0)`` and ``KL(q(z_0 | x_0) || p(z_0))``.
 
         ``mean`` and ``log_std`` (B, state_dim) come from
@@ -441,6 +446,16 @@ class NeuralLangevinVAE(nn.Module):
         A stationary initial prior needs ``partition_noise`` for ``log Z``;
         without it the KL is None (latent paths alone). ``proposal``: see
         :meth:`simulate`.
+
+        ``fixed_prior_rows`` (B,) marks rows whose stationary ``log p(z_0)``
+        is taken with the energy, ``beta``, the mass and ``log Z`` held fixed:
+        the same value, but its gradient reaches ``q`` (through ``z_0``) and
+        not the prior. Training marks the windows that begin a sequence when
+        others have observations before them: their ``z_0`` is encoded from
+        ``x_0`` alone, and where one frame says little about the state the
+        encoder puts every such start in one well, which the density fit of
+        ``exp(-beta E)`` would then deepen (it set that well's share 0.41
+        against a true 0.33 on the suite's ``regimes`` case).
         """
         log_z = None
         if self.initial_prior == "stationary" and partition_noise is not None:
@@ -454,6 +469,9 @@ class NeuralLangevinVAE(nn.Module):
             kl0 = _gaussian_kl(mean, log_std, self.p0_mean, self.p0_log_std)
         elif log_z is not None:
             kl0 = self._stationary_kl0(z, mean, log_std, log_z)
+            if fixed_prior_rows is not None and bool(fixed_prior_rows.any()):
+                fixed = self._stationary_kl0(z, mean, log_std, log_z, frozen=True)
+                kl0 = torch.where(fixed_prior_rows.repeat_interleave(n_paths), fixed, kl0)
         else:
             kl0 = None
         return z, kl0
@@ -647,15 +665,29 @@ class NeuralLangevinVAE(nn.Module):
             dim=1)
         return self._log_mean_weight(s, _logsumexp(log_mix, 1))
 
-    def _stationary_kl0(self, z0, mean, log_std, log_z) -> torch.Tensor:
+    def _stationary_kl0(self, z0, mean, log_std, log_z, frozen: bool = False
+                        ) -> torch.Tensor:
         """One-sample estimate of ``KL(q(z_0 | x_0) || p_inf)`` per row."""
-        return _normal_log_pdf(z0, mean, log_std=log_std) - self._log_stationary(z0, log_z)
+        return (_normal_log_pdf(z0, mean, log_std=log_std)
+                - self._log_stationary(z0, log_z, frozen))
 
-    def _log_stationary(self, z0: torch.Tensor, log_z) -> torch.Tensor:
-        """``log p_inf(z_0)``: ``-beta E(q) - log Z`` (times ``N(p; 0, M / beta)``)."""
+    def _log_stationary(self, z0: torch.Tensor, log_z, frozen: bool = False
+                        ) -> torch.Tensor:
+        """``log p_inf(z_0)``: ``-beta E(q) - log Z`` (times ``N(p; 0, M / beta)``).
+
+        ``frozen``: the prior's parameters and ``log Z`` enter detached, so
+        that the gradient reaches ``z0`` only.
+        """
         beta, _, mass = self.langevin_params()
         d = self.latent_dim
-        log_p = -beta * self.energy(z0[..., :d]) - log_z
+        if frozen:
+            beta, mass = beta.detach(), mass.detach()
+            log_z = log_z.detach() if torch.is_tensor(log_z) else log_z
+            fixed = {k: v.detach() for k, v in self.energy.named_parameters()}
+            energy = torch.func.functional_call(self.energy, fixed, (z0[..., :d],))
+        else:
+            energy = self.energy(z0[..., :d])
+        log_p = -beta * energy - log_z
         if self.dynamics == "underdamped":
             var = mass / beta
             p = z0[..., d:]
@@ -825,7 +857,8 @@ class NeuralLangevinVAE(nn.Module):
     def elbo_terms(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
                    eps0: torch.Tensor, dt: float, n_paths: int = 1,
                    solver: str = "euler", partition_noise: torch.Tensor | None = None,
-                   proposal: tuple | None = None, h_init: torch.Tensor | None = None):
+                   proposal: tuple | None = None, h_init: torch.Tensor | None = None,
+                   fixed_prior_rows: torch.Tensor | None = None):
         """Per-path log-likelihood and KL sums over the observed steps.
 
         Returns ``(log_lik, kl)``, each of shape (B * n_paths,); the ELBO of a
@@ -833,12 +866,12 @@ class NeuralLangevinVAE(nn.Module):
         ``partition_noise`` (N, latent_dim) standard normal draws feed
         :meth:`log_partition` when ``initial_prior="stationary"``; the proposal
         is centred on the batch's encoded initial states (or on ``proposal``,
-        see :meth:`simulate`). ``h_init``: the encoder's state before ``x``
-        (see :meth:`simulate`).
+        see :meth:`simulate`). ``h_init``, ``fixed_prior_rows``: see
+        :meth:`simulate`.
         """
         paths = self.simulate(x, noise, dt, n_paths, eps0=eps0, solver=solver,
                               partition_noise=partition_noise, proposal=proposal,
-                              h_init=h_init)
+                              h_init=h_init, fixed_prior_rows=fixed_prior_rows)
         m = mask.transpose(0, 1)
         if n_paths > 1:
             m = m.repeat_interleave(n_paths, dim=1)

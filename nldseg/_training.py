@@ -8,7 +8,9 @@ windows of the training sequences (:func:`sample_windows`), cut afresh at every
 pass over them. Before each window the encoder reads up to ``window_length``
 earlier observations of its sequence (:func:`pad_leads`, no gradient), so that
 ``q(z_0)`` at a window start knows what the observations before it said, as at
-any later step of :meth:`predict`; a window at a sequence start reads none.
+any later step of :meth:`predict`; a window at a sequence start reads none,
+and (when other windows read some) its ``z_0`` trains the encoder but not the
+stationary prior, whose density fit sets the wells' relative depths.
 The KL term is warmed up (:func:`kl_weight`), gradients are
 clipped, and a non-finite loss or gradient rolls back the last update, halves
 the learning rate and retries the batch.
@@ -242,17 +244,19 @@ def training_loss(module, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tens
                   eps0: torch.Tensor, probe: torch.Tensor, dt: float, weight: float,
                   solver: str = "euler", n_observed: torch.Tensor | None = None,
                   proposal: tuple | None = None,
-                  h_init: torch.Tensor | None = None) -> tuple:
+                  h_init: torch.Tensor | None = None,
+                  fixed_prior_rows: torch.Tensor | None = None) -> tuple:
     """``(loss, kl)``: the negative ELBO per observed step, KL weighted by ``weight``.
 
     ``loss = -(sum log p(x | z) - weight * sum KL) / n_observed``, with
     ``n_observed`` the observed steps of the whole batch (default: of ``x``,
-    ``mask.sum()``); ``kl`` is the per-path KL (B,). ``proposal`` and
-    ``h_init``: see :meth:`nldseg._model.NeuralLangevinVAE.simulate`.
+    ``mask.sum()``); ``kl`` is the per-path KL (B,). ``proposal``,
+    ``h_init`` and ``fixed_prior_rows``: see
+    :meth:`nldseg._model.NeuralLangevinVAE.simulate`.
     """
     log_lik, kl = module.elbo_terms(x, mask, noise, eps0, dt, solver=solver,
                                     partition_noise=probe, proposal=proposal,
-                                    h_init=h_init)
+                                    h_init=h_init, fixed_prior_rows=fixed_prior_rows)
     if n_observed is None:
         n_observed = mask.sum()
     return -(log_lik.sum() - weight * kl.sum()) / n_observed, kl
@@ -272,6 +276,10 @@ class BatchShare:
     ``log Z`` proposal is centred on their codes, and each process takes the
     encoder states of its rows from the same pass (``None``: one process,
     which reads ``lead`` and centres on the codes of ``x``).
+    ``sequence_starts`` (``n_rows``,) of bool: the windows that begin their
+    segment, whose ``z_0`` trains the encoder but not the stationary prior
+    (:meth:`initial_state <nldseg._model.NeuralLangevinVAE.initial_state>`);
+    ``None``: every window trains both.
     """
 
     x: torch.Tensor | None
@@ -283,6 +291,7 @@ class BatchShare:
     lead: tuple | None = None
     first_frames: torch.Tensor | None = None
     first_lead: tuple | None = None
+    sequence_starts: torch.Tensor | None = None
 
     @classmethod
     def whole(cls, x: torch.Tensor, mask: torch.Tensor,
@@ -293,16 +302,24 @@ class BatchShare:
 
     @classmethod
     def of(cls, data: torch.Tensor, windows: list, replicas: Replicas = SINGLE,
-           first_rows: np.ndarray | None = None, lead: int = 0) -> BatchShare:
+           first_rows: np.ndarray | None = None, lead: int = 0,
+           hold_starts: bool = False) -> BatchShare:
         """This process's share of the batch ``windows`` of the rows of ``data``.
 
         ``first_rows`` and ``lead``: the observations read before each window
-        (:func:`pad_leads`).
+        (:func:`pad_leads`). ``hold_starts``: mark the windows that begin
+        their segment (``sequence_starts``).
         """
         device = data.device
+        starts = None
+        if hold_starts and first_rows is not None:
+            a = np.array([w[0] for w in windows], dtype=np.int64)
+            starts = torch.as_tensor(first_rows[a] == a, device=device)
         if not replicas.distributed:
-            return cls.whole(*pad_windows(data, windows, device),
-                             pad_leads(data, windows, first_rows, lead, device))
+            share = cls.whole(*pad_windows(data, windows, device),
+                              pad_leads(data, windows, first_rows, lead, device))
+            share.sequence_starts = starts
+            return share
         rows = replicas.rows(len(windows))
         mine = windows[rows]
         x, mask = pad_windows(data, mine, device) if mine else (None, None)
@@ -310,7 +327,7 @@ class BatchShare:
                                   device=device)
         return cls(x, mask, rows, len(windows), max(n for _, n in windows), n_observed,
                    None, data[[a for a, _ in windows]],
-                   pad_leads(data, windows, first_rows, lead, device))
+                   pad_leads(data, windows, first_rows, lead, device), starts)
 
 
 def gradient_step(module, params: list, opt: torch.optim.Optimizer, share: BatchShare,
@@ -347,9 +364,11 @@ def gradient_step(module, params: list, opt: torch.optim.Optimizer, share: Batch
         loss = share.n_observed.new_zeros(())
     else:
         mine = noise[:share.x.shape[1] - 1, :, share.rows].contiguous()
+        starts = (None if share.sequence_starts is None
+                  else share.sequence_starts[share.rows])
         loss, kl = training_loss(module, share.x, share.mask, mine, eps0[share.rows],
                                  probe, settings.dt, weight, settings.solver,
-                                 share.n_observed, proposal, h_init)
+                                 share.n_observed, proposal, h_init, starts)
         loss.backward()
         kl_sum = kl.detach().sum()
     loss = loss.detach()
@@ -541,6 +560,10 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
     fraction = s.validation_fraction if s.early_stopping else 0.0
     train_segments, val_segments = split_validation(lengths, fraction, rng)
     first_rows = segment_first_rows(data.shape[0], train_segments + val_segments)
+    # The stationary prior is fitted to the codes of window starts the encoder
+    # read observations before; those of sequence starts (x_0 alone) train
+    # only the encoder, unless no window has any observation before it.
+    hold_starts = bool(s.lead) and any(n > s.lead for _, n in train_segments)
     held_out = _HeldOut(module, data, val_segments, s, device, int(seed) + 1,
                         first_rows)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -573,7 +596,7 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
                     raise ValueError("No training window of 2 steps or more is "
                                      "left after holding out validation data.")
             batch, windows = windows[:s.batch_size], windows[s.batch_size:]
-            share = BatchShare.of(data, batch, replicas, first_rows, s.lead)
+            share = BatchShare.of(data, batch, replicas, first_rows, s.lead, hold_starts)
             while True:  # A non-finite step is rolled back and retried.
                 lr = lr_init * lr_scale * lr_multiplier(step, anneal_begin, anneal_steps)
                 for group in opt.param_groups:

@@ -70,13 +70,17 @@ def test_shares_add_up_to_the_whole_batch(monkeypatch, lead):
         assert finite
         return loss, [None if p.grad is None else p.grad.clone() for p in params]
 
-    whole = BatchShare.of(data, windows, Replicas(), first_rows, lead)
+    hold = lead > 0  # As training does: sequence starts do not fit the prior.
+    whole = BatchShare.of(data, windows, Replicas(), first_rows, lead, hold)
     assert (whole.lead is None) == (lead == 0)
+    if hold:
+        assert whole.sequence_starts.tolist() == [True, False, False, False, False,
+                                                  True, False]
     loss, grads = step(whole, Replicas())
     total, summed = 0.0, None
     for rank in range(2):
         r = _replica(rank, 2)
-        part, g = step(BatchShare.of(data, windows, r, first_rows, lead), r)
+        part, g = step(BatchShare.of(data, windows, r, first_rows, lead, hold), r)
         total = total + part
         summed = g if summed is None else [a if a is None else a + b
                                            for a, b in zip(summed, g)]
@@ -86,6 +90,33 @@ def test_shares_add_up_to_the_whole_batch(monkeypatch, lead):
             assert b is None or not b.any()
         else:
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_sequence_starts_fit_the_encoder_but_not_the_prior():
+    """Holding the windows that begin a sequence changes the prior's gradient only."""
+    X, _ = make_markov_chain_sequences(4, 40, n_features=3, random_state=0)
+    data = torch.as_tensor(X.reshape(-1, 3), dtype=torch.float32)
+    windows = [(0, 30), (45, 20), (80, 33), (125, 15)]
+    first_rows = segment_first_rows(len(data), [(40 * i, 40) for i in range(4)])
+    settings = TrainingSettings.from_params(LangevinSegmenter().get_params())
+    module = build_model(3, dict(LangevinSegmenter(hidden_size=8, n_lags=0).get_params()))
+    params = list(module.parameters())
+    opt = torch.optim.Adam(params)
+    grads = {}
+    for hold in (False, True):
+        share = BatchShare.of(data, windows, Replicas(), first_rows, 10, hold)
+        gradient_step(module, params, opt, share, torch.Generator().manual_seed(3),
+                      settings, 1.0)
+        grads[hold] = {n: p.grad.clone() for n, p in module.named_parameters()
+                       if p.grad is not None}
+    assert share.sequence_starts.tolist() == [True, False, True, False]
+    for name, g in grads[False].items():
+        if name == "energy.out.bias":  # A constant: log Z cancels it (0 both ways).
+            continue
+        if name.startswith("energy."):
+            assert not torch.allclose(grads[True][name], g), name
+        else:
+            torch.testing.assert_close(grads[True][name], g, rtol=1e-4, atol=1e-7)
 
 
 def test_fit_needs_a_process_group():

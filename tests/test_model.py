@@ -79,6 +79,34 @@ def test_stationary_initial_kl_is_finite_and_reaches_the_energy(dynamics):
     assert not hasattr(m, "p0_mean")
 
 
+
+@pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
+def test_fixed_prior_rows_keep_the_kl_and_train_only_the_encoder(dynamics):
+    # A row whose p(z_0) is held fixed has the same KL; its gradient reaches
+    # the encoder (through z_0) but not the energy, beta or the mass.
+    def grads(fixed):
+        torch.manual_seed(0)
+        m = NeuralLangevinVAE(4, 2, dynamics, 8, 4, 1.0, 1.0, 1.0, True).double()
+        x = torch.randn(3, 1, 4, dtype=torch.float64)
+        eps0 = torch.randn(6, m.state_dim, dtype=torch.float64)
+        _, kl = m.elbo_terms(x, torch.ones(3, 1, dtype=torch.float64),
+                             torch.zeros(0, 2, 6, 2, dtype=torch.float64), eps0, 0.5,
+                             n_paths=2, partition_noise=torch.randn(256, 2,
+                                                                    dtype=torch.float64),
+                             fixed_prior_rows=fixed)
+        kl[2:4].sum().backward()  # Row 1 of the batch (two paths).
+        return kl.detach(), m
+
+    kl_free, free = grads(None)
+    kl_held, held = grads(torch.tensor([False, True, False]))
+    torch.testing.assert_close(kl_held, kl_free)
+    prior = [held.energy.lin1.weight, held.energy.raw_c, held.log_beta, held.log_mass]
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0.0 for p in prior)
+    assert float(free.energy.lin1.weight.grad.abs().sum()) > 0
+    assert float(held.gru.weight_ih_l0.grad.abs().sum()) > 0
+    torch.testing.assert_close(held.gru.weight_ih_l0.grad, free.gru.weight_ih_l0.grad)
+
+
 def _stationary_variances(m):
     """Per-coordinate variances of p_inf for a quadratic-energy model.
 
