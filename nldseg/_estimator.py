@@ -62,7 +62,8 @@ INITIAL_PRIORS = frozenset({"stationary", "gaussian"})
 ENCODER_INPUTS = frozenset({"linear", "quadratic"})
 
 #: ``min_state_fraction`` at least, for the model n_lags="auto" trains again
-#: with one lag after a single well on single frames.
+#: with one lag after about one well on single frames; and the share of the
+#: stationary law outside the largest well below which a fit counts as one well.
 _RETRY_STATE_FRACTION = 0.05
 #: Steps ``sample`` runs a lagged model's decoder before its first observation.
 _SAMPLE_BURN_IN = 50
@@ -109,6 +110,11 @@ _MAX_PRIOR_POINTS = 20_000_000
 def _check_kinetics(**values) -> None:
     """Check the named arguments of a prior simulation against their rules."""
     check_params(values, {name: _KINETICS_RULES[name] for name in values})
+
+
+def _about_one_well(occupancy: np.ndarray) -> bool:
+    """Whether one well holds all but ``_RETRY_STATE_FRACTION`` of the stationary law."""
+    return float(np.max(occupancy)) >= 1.0 - _RETRY_STATE_FRACTION
 
 
 class LangevinSegmenter(DensityMixin, BaseEstimator):
@@ -159,8 +165,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         newest observation given the previous ones, ``p(x_t | x_{t-1}, ...,
         z_t)``, so that a state can be told by how an observation follows the
         previous one, not only by the observations' law. ``"auto"`` trains on
-        single frames (``0``) and, only if that ends with a single well (and
-        ``n_states`` is None), trains again with ``1`` and keeps that model
+        single frames (``0``) and, only if that ends with about one well (a
+        single well, or one holding 95 % of the stationary law or more) and
+        ``n_states`` is None, trains again with ``1`` and keeps that model
         if it finds more than one well, each holding at least 5 % of the data
         (``min_state_fraction`` raised to 0.05 for this retry: on one
         autoregression alone, one lag found a spurious well of 3 %);
@@ -555,11 +562,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 warnings.simplefilter("always")
                 fitted, interrupted = self._fit_lags(n_lags, data, seqs, seeds, mean,
                                                      scale, device, replicas)
-            if fitted["n_states_"] > 1 or self.n_states is not None or interrupted:
+            if self.n_states is not None or interrupted:
                 break
             if n_lags == tries[0]:
+                if not _about_one_well(fitted["state_occupancy_"]):
+                    break
                 first = fitted, caught
-        else:  # One well each time: keep the first, the simpler model.
+            elif fitted["n_states_"] > 1:
+                break
+        else:  # About one well each time: keep the first, the simpler model.
             fitted, caught = first
         for w in caught:  # Again, from the caller's line (fit's, through _fit).
             warnings.warn(w.message, stacklevel=3)

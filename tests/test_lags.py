@@ -189,6 +189,29 @@ def test_auto_lags_keep_the_frame_model_when_both_have_one_well(lagged_regimes,
     assert seg.module_ is calls[0]
 
 
+@pytest.mark.parametrize("first, tries, kept", [
+    ([0.97, 0.03], 2, 1),        # One well holds 97 %: about one well, so retry.
+    ([1.0], 2, 1),               # A single well: retry.
+    ([0.90, 0.10], 1, 0),        # Two wells on frames: kept, no retry.
+    ([0.5, 0.3, 0.2], 1, 0),
+])
+def test_auto_lags_retry_after_about_one_well(first, tries, kept, lagged_regimes,
+                                              monkeypatch):
+    """The decision of n_lags="auto", on stand-in fits (no training)."""
+    calls = []
+
+    def fake(self, n_lags, *args):
+        calls.append(n_lags)
+        occ = np.array(first if n_lags == 0 else [0.4, 0.35, 0.25])
+        return {"n_states_": len(occ), "state_occupancy_": occ, "n_lags_": n_lags,
+                "n_iter_": 1}, False
+
+    monkeypatch.setattr(LangevinSegmenter, "_fit_lags", fake)
+    seg = LangevinSegmenter().fit(lagged_regimes[0][:4])
+    assert len(calls) == tries and seg.n_lags_ == kept
+    assert seg.n_states_ == (3 if kept else len(first))
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, "1"])
 def test_bad_n_lags_is_rejected(bad, lagged_regimes):
     with pytest.raises((ValueError, TypeError), match="n_lags"):
