@@ -419,7 +419,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     mean l1 error of ``state_occupancy_`` from 0.13 to 0.04. The window starts
     are encoded after the steps before each window (see ``window_length``):
     encoded from their first frame alone, they were placed where that frame
-    pointed, which overweights the larger states when frames overlap.
+    pointed, which overweights the larger states when frames overlap. For
+    the same reason the windows that begin a sequence, with no steps before
+    them, train the encoder but not this density fit (when other windows
+    have steps before them).
 
     Monte-Carlo inference uses the same noise draws for every sequence, so
     the output for one sequence does not depend on the other sequences
