@@ -362,7 +362,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Gradient steps taken.
     n_lags_ : int
         Previous observations the fitted model reads beside each one: ``n_lags``,
-        or with ``n_lags="auto"`` the one kept (0, or 1 after a single well).
+        or with ``n_lags="auto"`` the one kept (0, or 1 after about one well).
     converged_ : bool
         Whether the held-out ELBO stopped improving before ``max_iter`` ran
         out. A fit that ran out of budget while it was still improving warns
@@ -615,7 +615,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         module = freeze(module)
         fraction = self.min_state_fraction
         if self.n_lags == "auto" and n_lags > 0:
-            # A retry after one well on single frames: a state must show more
+            # A retry after about one well on single frames: a state must show more
             # (a single autoregression gave a spurious well of 3 %).
             fraction = max(fraction, _RETRY_STATE_FRACTION)
         landscape = self._fit_landscape(module, z_data, seqs, seeds[2:], fraction)
