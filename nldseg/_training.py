@@ -294,11 +294,11 @@ class BatchShare:
     sequence_starts: torch.Tensor | None = None
 
     @classmethod
-    def whole(cls, x: torch.Tensor, mask: torch.Tensor,
-              lead: tuple | None = None) -> BatchShare:
+    def whole(cls, x: torch.Tensor, mask: torch.Tensor, lead: tuple | None = None,
+              sequence_starts: torch.Tensor | None = None) -> BatchShare:
         """A batch ``(x, mask)`` trained by one process."""
         return cls(x, mask, slice(0, x.shape[0]), x.shape[0], x.shape[1], mask.sum(),
-                   lead)
+                   lead, sequence_starts=sequence_starts)
 
     @classmethod
     def of(cls, data: torch.Tensor, windows: list, replicas: Replicas = SINGLE,
@@ -316,10 +316,8 @@ class BatchShare:
             a = np.array([w[0] for w in windows], dtype=np.int64)
             starts = torch.as_tensor(first_rows[a] == a, device=device)
         if not replicas.distributed:
-            share = cls.whole(*pad_windows(data, windows, device),
-                              pad_leads(data, windows, first_rows, lead, device))
-            share.sequence_starts = starts
-            return share
+            return cls.whole(*pad_windows(data, windows, device),
+                             pad_leads(data, windows, first_rows, lead, device), starts)
         rows = replicas.rows(len(windows))
         mine = windows[rows]
         x, mask = pad_windows(data, mine, device) if mine else (None, None)

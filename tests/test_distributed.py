@@ -46,6 +46,17 @@ def test_rows_split_a_batch_exactly(n, world):
     assert taken == list(range(n))
 
 
+def _training_setup(n_sequences: int) -> tuple:
+    """Sequences of 40 steps end to end, their first rows, and a small model to train."""
+    X, _ = make_markov_chain_sequences(n_sequences, 40, n_features=3, random_state=0)
+    data = torch.as_tensor(X.reshape(-1, 3), dtype=torch.float32)
+    first_rows = segment_first_rows(len(data), [(40 * i, 40) for i in range(n_sequences)])
+    settings = TrainingSettings.from_params(LangevinSegmenter().get_params())
+    module = build_model(3, dict(LangevinSegmenter(hidden_size=8, n_lags=0).get_params()))
+    params = list(module.parameters())
+    return data, first_rows, settings, module, params, torch.optim.Adam(params)
+
+
 @pytest.mark.parametrize("lead", [0, 10])
 def test_shares_add_up_to_the_whole_batch(monkeypatch, lead):
     """Two shares' losses and gradients sum to the one-process step's.
@@ -54,14 +65,8 @@ def test_shares_add_up_to_the_whole_batch(monkeypatch, lead):
     earlier observations first (none for (0, 40), 5 for (45, 20)).
     """
     monkeypatch.setattr("nldseg._training.CLIP_NORM", float("inf"))
-    X, _ = make_markov_chain_sequences(6, 40, n_features=3, random_state=0)
-    data = torch.as_tensor(X.reshape(-1, 3), dtype=torch.float32)
+    data, first_rows, settings, module, params, opt = _training_setup(6)
     windows = [(0, 40), (45, 20), (90, 33), (130, 40), (170, 7), (200, 18), (230, 2)]
-    first_rows = segment_first_rows(len(data), [(40 * i, 40) for i in range(6)])
-    settings = TrainingSettings.from_params(LangevinSegmenter().get_params())
-    module = build_model(3, dict(LangevinSegmenter(hidden_size=8, n_lags=0).get_params()))
-    params = list(module.parameters())
-    opt = torch.optim.Adam(params)
 
     def step(share, replicas):
         gen = torch.Generator().manual_seed(3)
@@ -94,14 +99,8 @@ def test_shares_add_up_to_the_whole_batch(monkeypatch, lead):
 
 def test_sequence_starts_fit_the_encoder_but_not_the_prior():
     """Holding the windows that begin a sequence changes the prior's gradient only."""
-    X, _ = make_markov_chain_sequences(4, 40, n_features=3, random_state=0)
-    data = torch.as_tensor(X.reshape(-1, 3), dtype=torch.float32)
+    data, first_rows, settings, module, params, opt = _training_setup(4)
     windows = [(0, 30), (45, 20), (80, 33), (125, 15)]
-    first_rows = segment_first_rows(len(data), [(40 * i, 40) for i in range(4)])
-    settings = TrainingSettings.from_params(LangevinSegmenter().get_params())
-    module = build_model(3, dict(LangevinSegmenter(hidden_size=8, n_lags=0).get_params()))
-    params = list(module.parameters())
-    opt = torch.optim.Adam(params)
     grads = {}
     for hold in (False, True):
         share = BatchShare.of(data, windows, Replicas(), first_rows, 10, hold)
