@@ -86,7 +86,8 @@ _PARAMETER_RULES = {
     "decoder_covariance": OptionParam(DECODER_COVARIANCES),
     "encoder_input": OptionParam(ENCODER_INPUTS),
     "learning_rate": OptionParam(LEARNING_RATES), "learning_rate_init": RealParam(),
-    "kl_warmup": IntParam(0), "tol": RealParam(low_closed=True),
+    "kl_warmup": IntParam(0), "density_weight": RealParam(low_closed=True),
+    "tol": RealParam(low_closed=True),
     "n_iter_no_change": IntParam(1), "n_paths": IntParam(1),
     "n_particles": IntParam(1),
     "inference": OptionParam(INFERENCES),
@@ -217,6 +218,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Initial Adam learning rate.
     kl_warmup : int, default=200
         Gradient steps over which the KL weight rises linearly from 0 to 1.
+    density_weight : float, default=4.0
+        Weight, beside the ELBO, of a maximum-likelihood fit of the stationary
+        law ``exp(-beta E) / Z`` to the points each training window's
+        posterior path visits (the mean over its steps, with the path held
+        fixed: only the energy, ``beta`` and ``log Z`` get its gradient).
+        It sets the wells' relative depths, hence ``state_occupancy_``,
+        which the ELBO alone fits poorly (see Notes). The ELBO's value,
+        ``loss_curve_`` and :meth:`score` do not include it. ``0`` trains on
+        the ELBO alone. Used with ``initial_prior="stationary"`` only.
     tol : float, default=1e-3
         Minimum improvement of the held-out ELBO per step (in nats) that counts
         as progress.
@@ -411,18 +421,27 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     :meth:`transform` and :meth:`score` accept sequences of 1 step or more.
     Input values must be finite and at most ``1e15`` in magnitude.
 
-    The occupancy of a well is fixed by its depth relative to the others, and
-    the only term of the ELBO that sets relative depths is the density fit of
-    ``exp(-beta E) / Z`` to the encoded window starts: a weak signal that
-    minibatch noise at a constant learning rate leaves visibly off. Hence the
-    default cosine schedule: in the paper's experiment (10 seeds) it cut the
-    mean l1 error of ``state_occupancy_`` from 0.13 to 0.04. The window starts
-    are encoded after the steps before each window (see ``window_length``):
-    encoded from their first frame alone, they were placed where that frame
-    pointed, which overweights the larger states when frames overlap. For
-    the same reason the windows that begin a sequence, with no steps before
-    them, train the encoder but not this density fit (when other windows
-    have steps before them).
+    The occupancy of a well is fixed by its depth relative to the others.
+    Within the ELBO, the path term ``(1/2) int |u|^2 dt`` is, by Ito's
+    formula and for overdamped dynamics, ``1 / (2 beta gamma)`` times
+    Hyvarinen's score-matching objective of ``exp(-beta E)`` on the points
+    the posterior path visits, plus the energy at the window's ends. Score
+    matching fits the shape of each well but is blind to the relative weights
+    of separated wells (Wenliang and Kanagawa, 2020), so the depths came from
+    the density fit at the windows' first points alone, one point per window
+    against a whole path of score matching, and ended biased (the largest
+    state's share too high, the smallest too low, by 0.02 to 0.06 on the
+    benchmark cases; see ``benchmarks/RESULTS.md``). ``density_weight``
+    adds the density fit on every step of the path. Minibatch noise moves
+    the depths too, hence the default cosine schedule (in the paper's
+    experiment, 10 seeds, it cut the mean l1 error of ``state_occupancy_``
+    from 0.13 to 0.04). The window starts are encoded after the steps before
+    each window (see ``window_length``): encoded from their first frame
+    alone, they were placed where that frame pointed, which overweights the
+    larger states when frames overlap. For the same reason the windows that
+    begin a sequence, with no steps before them, train the encoder but not
+    the density fit at their first point (when other windows have steps
+    before them).
 
     Monte-Carlo inference uses the same noise draws for every sequence, so
     the output for one sequence does not depend on the other sequences
@@ -457,7 +476,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                  dt=0.5, hidden_size=64, context_size=32, n_lags="auto",
                  encoder_input="quadratic", window_length=50,
                  batch_size=64, max_iter=3000, learning_rate="cosine",
-                 learning_rate_init=3e-3, kl_warmup=200, tol=1e-3,
+                 learning_rate_init=3e-3, kl_warmup=200, density_weight=4.0, tol=1e-3,
                  n_iter_no_change=5, early_stopping=True, validation_fraction=0.1,
                  decoder_covariance="latent", n_paths=8, inference="filter",
                  prior_weight=0.5, n_particles=64, min_state_fraction=0.005,
@@ -482,6 +501,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
         self.kl_warmup = kl_warmup
+        self.density_weight = density_weight
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.early_stopping = early_stopping

@@ -172,7 +172,7 @@ class PosteriorSampler:
                 kl0 = None
                 if k0 == 0:
                     h = module.gru_step(x[:, 0])
-                    z, kl0 = module.initial_state(*module.initial_posterior(h), eps0, s,
+                    z, kl0, _ = module.initial_state(*module.initial_posterior(h), eps0, s,
                                                   probe)
                 zs, h, kl = module.continue_paths(x[:, x.shape[1] - n_new:], h, z,
                                                   noise, self.dt, with_kl)

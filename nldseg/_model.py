@@ -179,6 +179,7 @@ class LatentPaths:
     z: torch.Tensor  # (n_timesteps, batch, state_dim), latent state at observations
     kl_path: torch.Tensor | None  # (n_timesteps, batch), KL on (t_{k-1}, t_k]
     kl0: torch.Tensor | None  # (batch,), KL(q(z_0|x_0) || p(z_0))
+    log_z: torch.Tensor | None = None  # log Z of the stationary law used by kl0
 
 
 class NeuralLangevinVAE(nn.Module):
@@ -419,33 +420,36 @@ class NeuralLangevinVAE(nn.Module):
             mean, log_std = self.initial_posterior(h0)
         else:
             (h, mean, log_std), h0 = self._encode_hidden(x, h_init), None
-        z, kl0 = self.initial_state(mean, log_std, eps0, n_paths, partition_noise,
-                                     proposal, fixed_prior_rows)
+        z, kl0, log_z = self.initial_state(mean, log_std, eps0, n_paths, partition_noise,
+                                            proposal, fixed_prior_rows)
         if inference:
-            return self._simulate_inference(x, h, h0, z, noise, dt, kl0, with_kl)
+            paths = self._simulate_inference(x, h, h0, z, noise, dt, kl0, with_kl)
+            return LatentPaths(paths.z, paths.kl_path, kl0, log_z)
         projected = self.project_context(h)
         if n_paths > 1:
             projected = projected.repeat_interleave(n_paths, dim=0)
         if solver == "torchsde":
-            return self._simulate_torchsde(z, projected, noise, dt, kl0)
+            paths = self._simulate_torchsde(z, projected, noise, dt, kl0)
+            return LatentPaths(paths.z, paths.kl_path, kl0, log_z)
         coef = self.step_coefficients(dt)
         zs, sq = euler_path(z, projected, noise * coef["noise_scale"],
                             self.drift_net.weights(), self.energy.weights(), coef, dt)
-        return LatentPaths(zs, sq * coef["kl_scale"], kl0)
+        return LatentPaths(zs, sq * coef["kl_scale"], kl0, log_z)
 
     def initial_state(self, mean: torch.Tensor, log_std: torch.Tensor,
                       eps0: torch.Tensor | None, n_paths: int = 1,
                       partition_noise: torch.Tensor | None = None,
                       proposal: tuple | None = None,
                       fixed_prior_rows: torch.Tensor | None = None) -> tuple:
-        """``z_0`` drawn from ``q(z_0 | x_0)`` and ``KL(q(z_0 | x_0) || p(z_0))``.
+        """``(z_0, KL(q(z_0 | x_0) || p(z_0)), log Z)``, ``z_0`` drawn from ``q``.
 
         ``mean`` and ``log_std`` (B, state_dim) come from
         :meth:`initial_posterior`; each row is repeated ``n_paths`` times
         before ``eps0`` (B * n_paths, state_dim) is added (``None``: the mean).
         A stationary initial prior needs ``partition_noise`` for ``log Z``;
         without it the KL is None (latent paths alone). ``proposal``: see
-        :meth:`simulate`.
+        :meth:`simulate`. ``log Z``: the stationary law's estimate the KL
+        used (None without one).
 
         ``fixed_prior_rows`` (B,) marks rows whose stationary ``log p(z_0)``
         is taken with the energy, ``beta``, the mass and ``log Z`` held fixed:
@@ -475,7 +479,7 @@ class NeuralLangevinVAE(nn.Module):
                 kl0 = torch.where(fixed_prior_rows.repeat_interleave(n_paths), fixed, kl0)
         else:
             kl0 = None
-        return z, kl0
+        return z, kl0, log_z
 
     def gru_step(self, x_t: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         """One encoder step at inference: ``x_t`` (rows, D) from ``h`` (rows, hidden).
@@ -679,22 +683,57 @@ class NeuralLangevinVAE(nn.Module):
         ``frozen``: the prior's parameters and ``log Z`` enter detached, so
         that the gradient reaches ``z0`` only.
         """
-        beta, _, mass = self.langevin_params()
         d = self.latent_dim
-        if frozen:
-            beta, mass = beta.detach(), mass.detach()
-            log_z = log_z.detach() if torch.is_tensor(log_z) else log_z
-            fixed = {k: v.detach() for k, v in self.energy.named_parameters()}
-            energy = torch.func.functional_call(self.energy, fixed, (z0[..., :d],))
-        else:
-            energy = self.energy(z0[..., :d])
-        log_p = -beta * energy - log_z
+        log_p = self._log_stationary_position(z0[..., :d], log_z, frozen)
         if self.dynamics == "underdamped":
+            beta, _, mass = self.langevin_params()
+            if frozen:
+                beta, mass = beta.detach(), mass.detach()
             var = mass / beta
             p = z0[..., d:]
             log_p = log_p + (-0.5 * p * p / var - 0.5 * torch.log(var)
                              - 0.5 * _LOG_2PI).sum(-1)
         return log_p
+
+    def _log_stationary_position(self, q: torch.Tensor, log_z, frozen: bool = False
+                                 ) -> torch.Tensor:
+        """``-beta E(q) - log Z``: the stationary law's log density of positions ``q``.
+
+        ``frozen``: as in :meth:`_log_stationary`.
+        """
+        beta = self.langevin_params()[0]
+        if not frozen:
+            return -beta * self.energy(q) - log_z
+        log_z = log_z.detach() if torch.is_tensor(log_z) else log_z
+        fixed = {k: v.detach() for k, v in self.energy.named_parameters()}
+        return -beta.detach() * torch.func.functional_call(self.energy, fixed, (q,)) - log_z
+
+    def path_density_fit(self, paths: LatentPaths,
+                         mask: torch.Tensor) -> torch.Tensor | None:
+        """Mean ``-log p_inf(q_t)`` over each path's observed steps after the first.
+
+        ``paths`` from :meth:`simulate` (with a stationary initial prior),
+        ``mask`` (T, rows) its observed steps. The positions enter detached:
+        the gradient reaches the energy, ``beta`` and ``log Z`` only, as a
+        maximum-likelihood fit of ``exp(-beta E) / Z`` to the points the
+        posterior path visits. Returns one value per row, or None without a
+        ``log Z`` (Gaussian initial prior, or no partition draws).
+
+        Why: under the prior's overdamped dynamics the path term of the ELBO,
+        ``(1/2) int |u|^2 dt``, is (by Ito's formula) ``1 / (2 beta gamma)``
+        times Hyvarinen's score-matching objective of ``exp(-beta E)`` on the
+        path's points, plus ``beta / 2`` times the energy at the window's two
+        ends, plus terms free of ``E``. Score matching fits the wells' shapes
+        but is blind to the relative weights of separated wells (Wenliang and
+        Kanagawa, 2020); those come only from the density fit at ``z_0``, one
+        point per window against the whole path's score matching.
+        """
+        if paths.log_z is None or mask.shape[0] < 2:
+            return None
+        q = paths.z[1:, :, :self.latent_dim].detach()
+        m = mask[1:]
+        nll = -self._log_stationary_position(q, paths.log_z) * m
+        return nll.sum(0) / m.sum(0).clamp_min(1.0)
 
     def initial_log_weight(self, z0: torch.Tensor, mean: torch.Tensor,
                            log_std: torch.Tensor) -> torch.Tensor:
@@ -859,7 +898,8 @@ class NeuralLangevinVAE(nn.Module):
                    eps0: torch.Tensor, dt: float, n_paths: int = 1,
                    solver: str = "euler", partition_noise: torch.Tensor | None = None,
                    proposal: tuple | None = None, h_init: torch.Tensor | None = None,
-                   fixed_prior_rows: torch.Tensor | None = None):
+                   fixed_prior_rows: torch.Tensor | None = None,
+                   density_weight: float = 0.0):
         """Per-path log-likelihood and KL sums over the observed steps.
 
         Returns ``(log_lik, kl)``, each of shape (B * n_paths,); the ELBO of a
@@ -869,6 +909,11 @@ class NeuralLangevinVAE(nn.Module):
         is centred on the batch's encoded initial states (or on ``proposal``,
         see :meth:`simulate`). ``h_init``, ``fixed_prior_rows``: see
         :meth:`simulate`.
+
+        ``density_weight`` > 0 (training) adds to each row's KL a term of
+        value zero whose gradient is ``density_weight`` times that of
+        :meth:`path_density_fit`: the ELBO keeps its value, and its gradient
+        gains a fit of the wells' relative depths to the whole path.
         """
         paths = self.simulate(x, noise, dt, n_paths, eps0=eps0, solver=solver,
                               partition_noise=partition_noise, proposal=proposal,
@@ -878,6 +923,9 @@ class NeuralLangevinVAE(nn.Module):
             m = m.repeat_interleave(n_paths, dim=1)
         log_lik = (self.decode_log_prob(x, paths.z, n_paths) * m).sum(0)
         kl = (paths.kl_path * m).sum(0) + paths.kl0
+        fit = self.path_density_fit(paths, m) if density_weight else None
+        if fit is not None:
+            kl = kl + density_weight * (fit - fit.detach())
         return log_lik, kl
 
 

@@ -38,7 +38,8 @@ _ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
                  "n_threads": None,  # Not part of the model: today's default.
                  "distributed": False, "n_lags": 0,
                  "encoder_input": "linear",
-                 "inference": "paths", "prior_weight": 0.5, "n_particles": 64}
+                 "inference": "paths", "prior_weight": 0.5, "n_particles": 64,
+                 "density_weight": 0.0}
 # Fitted attributes added since: a factory of the value an older fit stands for.
 _ADDED_FITTED = {"validation_scores_": list,
                  # Delay embeddings were newest first, and the decoder

@@ -64,6 +64,7 @@ class TrainingSettings:
     learning_rate: str
     learning_rate_init: float
     kl_warmup: int
+    density_weight: float
     tol: float
     n_iter_no_change: int
     early_stopping: bool
@@ -245,18 +246,22 @@ def training_loss(module, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tens
                   solver: str = "euler", n_observed: torch.Tensor | None = None,
                   proposal: tuple | None = None,
                   h_init: torch.Tensor | None = None,
-                  fixed_prior_rows: torch.Tensor | None = None) -> tuple:
+                  fixed_prior_rows: torch.Tensor | None = None,
+                  density_weight: float = 0.0) -> tuple:
     """``(loss, kl)``: the negative ELBO per observed step, KL weighted by ``weight``.
 
     ``loss = -(sum log p(x | z) - weight * sum KL) / n_observed``, with
     ``n_observed`` the observed steps of the whole batch (default: of ``x``,
     ``mask.sum()``); ``kl`` is the per-path KL (B,). ``proposal``,
     ``h_init`` and ``fixed_prior_rows``: see
-    :meth:`nldseg._model.NeuralLangevinVAE.simulate`.
+    :meth:`nldseg._model.NeuralLangevinVAE.simulate`; ``density_weight``:
+    :meth:`nldseg._model.NeuralLangevinVAE.elbo_terms` (no change to the
+    loss's value, only to its gradient).
     """
     log_lik, kl = module.elbo_terms(x, mask, noise, eps0, dt, solver=solver,
                                     partition_noise=probe, proposal=proposal,
-                                    h_init=h_init, fixed_prior_rows=fixed_prior_rows)
+                                    h_init=h_init, fixed_prior_rows=fixed_prior_rows,
+                                    density_weight=density_weight)
     if n_observed is None:
         n_observed = mask.sum()
     return -(log_lik.sum() - weight * kl.sum()) / n_observed, kl
@@ -366,7 +371,8 @@ def gradient_step(module, params: list, opt: torch.optim.Optimizer, share: Batch
                   else share.sequence_starts[share.rows])
         loss, kl = training_loss(module, share.x, share.mask, mine, eps0[share.rows],
                                  probe, settings.dt, weight, settings.solver,
-                                 share.n_observed, proposal, h_init, starts)
+                                 share.n_observed, proposal, h_init, starts,
+                                 settings.density_weight)
         loss.backward()
         kl_sum = kl.detach().sum()
     loss = loss.detach()
