@@ -107,6 +107,72 @@ def test_fixed_prior_rows_keep_the_kl_and_train_only_the_encoder(dynamics):
     torch.testing.assert_close(held.gru.weight_ih_l0.grad, free.gru.weight_ih_l0.grad)
 
 
+@pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
+def test_density_weight_keeps_the_elbo_and_trains_only_the_prior(dynamics):
+    # The path's density fit changes no value, and no gradient but the prior's.
+    def run(weight):
+        torch.manual_seed(0)
+        m = NeuralLangevinVAE(4, 2, dynamics, 8, 4, 1.0, 1.0, 1.0, True).double()
+        x = torch.randn(3, 6, 4, dtype=torch.float64)
+        mask = torch.ones(3, 6, dtype=torch.float64)
+        mask[2, 4:] = 0.0  # A shorter window.
+        noise = torch.randn(5, 2, 3, 2, dtype=torch.float64)
+        eps0 = torch.randn(3, m.state_dim, dtype=torch.float64)
+        log_lik, kl = m.elbo_terms(x, mask, noise, eps0, 0.5,
+                                   partition_noise=torch.randn(256, 2, dtype=torch.float64),
+                                   density_weight=weight)
+        (log_lik - kl).sum().backward()
+        return (log_lik - kl).detach(), m
+
+    elbo0, plain = run(0.0)
+    elbo4, fitted = run(4.0)
+    torch.testing.assert_close(elbo4, elbo0)
+    grads = {name: (p0.grad, p4.grad) for (name, p0), (_, p4)
+             in zip(plain.named_parameters(), fitted.named_parameters())}
+    for name in ("energy.lin1.weight", "energy.raw_c", "log_beta"):
+        g0, g4 = grads.pop(name)
+        assert float((g4 - g0).abs().max()) > 1e-6, name
+    for name, (g0, g4) in grads.items():
+        if not name.startswith("energy."):  # (The energy's constant offset: none.)
+            assert (g0 is None) == (g4 is None), name
+            if g0 is not None:
+                torch.testing.assert_close(g4, g0, msg=name)
+
+
+def test_path_density_fit_recovers_the_weights_of_separated_wells():
+    # Maximum likelihood on the path's points gives each well its share of
+    # them, which score matching (the path term of the ELBO) cannot.
+    from nldseg._model import LatentPaths
+
+    torch.manual_seed(0)
+    m = NeuralLangevinVAE(2, 1, "overdamped", 16, 4, 1.0, 1.0, 1.0, False).double()
+    gen = torch.Generator().manual_seed(1)
+    share = 0.8
+    n = 4000
+    left = torch.rand(n, generator=gen) < share
+    q = torch.where(left, -2.0, 2.0).double() + 0.4 * torch.randn(n, generator=gen).double()
+    z = q.view(40, 100, 1)  # (T, rows, latent_dim)
+    mask = torch.ones(40, 100, dtype=torch.float64)
+    opt = torch.optim.Adam(m.energy.parameters(), lr=0.04)
+    for _ in range(150):
+        log_z = m._log_z_from_codes(q[::8, None], torch.full((n // 8, 1), math.log(0.4),
+                                                             dtype=torch.float64),
+                                    torch.randn(1000, 1, generator=gen).double())
+        fit = m.path_density_fit(LatentPaths(z, None, None, log_z), mask)
+        opt.zero_grad()
+        fit.mean().backward()
+        opt.step()
+    grid = torch.linspace(-8.0, 8.0, 4001, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        w = torch.exp(-m.energy(grid))
+    mass_left = float(w[grid[:, 0] < 0].sum() / w.sum())
+    # The points' own share of the left well (the truth up to sampling).
+    assert mass_left == pytest.approx(float(left.double().mean()), abs=0.02)
+    assert fit is not None and fit.shape == (100,)
+    # Without a log Z (Gaussian initial prior) there is nothing to fit.
+    assert m.path_density_fit(LatentPaths(z, None, None, None), mask) is None
+
+
 def _stationary_variances(m):
     """Per-coordinate variances of p_inf for a quadratic-energy model.
 
