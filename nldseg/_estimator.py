@@ -218,7 +218,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Initial Adam learning rate.
     kl_warmup : int, default=200
         Gradient steps over which the KL weight rises linearly from 0 to 1.
-    density_weight : float, default=4.0
+    density_weight : float, default=1.0
         Weight, beside the ELBO, of a maximum-likelihood fit of the stationary
         law ``exp(-beta E) / Z`` to the points each training window's
         posterior path visits (the mean over its steps, with the path held
@@ -476,7 +476,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                  dt=0.5, hidden_size=64, context_size=32, n_lags="auto",
                  encoder_input="quadratic", window_length=50,
                  batch_size=64, max_iter=3000, learning_rate="cosine",
-                 learning_rate_init=3e-3, kl_warmup=200, density_weight=4.0, tol=1e-3,
+                 learning_rate_init=3e-3, kl_warmup=200, density_weight=1.0, tol=1e-3,
                  n_iter_no_change=5, early_stopping=True, validation_fraction=0.1,
                  decoder_covariance="latent", n_paths=8, inference="filter",
                  prior_weight=0.5, n_particles=64, min_state_fraction=0.005,
