@@ -80,13 +80,18 @@ def test_stationary_initial_kl_is_finite_and_reaches_the_energy(dynamics):
 
 
 
+def _learnable_model(dynamics):
+    """A small float64 model (4 features, d = 2), beta, gamma and mass learned; seed 0."""
+    torch.manual_seed(0)
+    return NeuralLangevinVAE(4, 2, dynamics, 8, 4, 1.0, 1.0, 1.0, True).double()
+
+
 @pytest.mark.parametrize("dynamics", ["overdamped", "underdamped"])
 def test_fixed_prior_rows_keep_the_kl_and_train_only_the_encoder(dynamics):
     # A row whose p(z_0) is held fixed has the same KL; its gradient reaches
     # the encoder (through z_0) but not the energy, beta or the mass.
     def grads(fixed):
-        torch.manual_seed(0)
-        m = NeuralLangevinVAE(4, 2, dynamics, 8, 4, 1.0, 1.0, 1.0, True).double()
+        m = _learnable_model(dynamics)
         x = torch.randn(3, 1, 4, dtype=torch.float64)
         eps0 = torch.randn(6, m.state_dim, dtype=torch.float64)
         _, kl = m.elbo_terms(x, torch.ones(3, 1, dtype=torch.float64),
@@ -111,8 +116,7 @@ def test_fixed_prior_rows_keep_the_kl_and_train_only_the_encoder(dynamics):
 def test_density_weight_keeps_the_elbo_and_trains_only_the_prior(dynamics):
     # The path's density fit changes no value, and no gradient but the prior's.
     def run(weight):
-        torch.manual_seed(0)
-        m = NeuralLangevinVAE(4, 2, dynamics, 8, 4, 1.0, 1.0, 1.0, True).double()
+        m = _learnable_model(dynamics)
         x = torch.randn(3, 6, 4, dtype=torch.float64)
         mask = torch.ones(3, 6, dtype=torch.float64)
         mask[2, 4:] = 0.0  # A shorter window.
