@@ -9,7 +9,7 @@ each module exposes its tensors as a named tuple (``weights()``) for them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -424,13 +424,13 @@ class NeuralLangevinVAE(nn.Module):
                                             proposal, fixed_prior_rows)
         if inference:
             paths = self._simulate_inference(x, h, h0, z, noise, dt, kl0, with_kl)
-            return LatentPaths(paths.z, paths.kl_path, kl0, log_z)
+            return replace(paths, log_z=log_z)
         projected = self.project_context(h)
         if n_paths > 1:
             projected = projected.repeat_interleave(n_paths, dim=0)
         if solver == "torchsde":
             paths = self._simulate_torchsde(z, projected, noise, dt, kl0)
-            return LatentPaths(paths.z, paths.kl_path, kl0, log_z)
+            return replace(paths, log_z=log_z)
         coef = self.step_coefficients(dt)
         zs, sq = euler_path(z, projected, noise * coef["noise_scale"],
                             self.drift_net.weights(), self.energy.weights(), coef, dt)
