@@ -216,6 +216,18 @@ class PosteriorSampler:
                         piece: int = LANDSCAPE_PIECE) -> np.ndarray:
         """Latent positions of one path through training sequences, (n, latent_dim).
 
+        The pieces of :meth:`landscape_paths`, concatenated.
+        """
+        return np.concatenate(self.landscape_paths(seqs, rng, budget, piece))
+
+    def landscape_paths(self, seqs: Sequences, rng: np.random.Generator,
+                        budget: int = LANDSCAPE_BUDGET,
+                        piece: int = LANDSCAPE_PIECE) -> list[np.ndarray]:
+        """One posterior path through each piece of some training sequences.
+
+        Returns a list of float64 arrays (n_steps_i, latent_dim), positions
+        only, in the order of the pieces in the data.
+
         The budget counts time steps. Sequences are drawn at random (from
         ``rng``) and taken whole while they fit the budget left (or are no
         longer than ``piece``), until ``budget`` steps are taken. A longer
@@ -242,7 +254,8 @@ class PosteriorSampler:
         pieces.sort()
         sub = Sequences(np.concatenate([seqs.data[a:a + n] for a, n in pieces]),
                         np.array([n for _, n in pieces]), "list")
-        return self.latent_paths(sub)[:, 0, :self.module.latent_dim].astype(np.float64)
+        z = self.latent_paths(sub)[:, 0, :self.module.latent_dim].astype(np.float64)
+        return sub.split(z)
 
     def elbo_sum(self, seqs: Sequences, block_steps: int = BLOCK_STEPS) -> float:
         """Sum over sequences of the ELBO averaged over the paths (standardised units).

@@ -5,7 +5,11 @@ What the landscape says about time, beyond occupancy:
 * :func:`simulate_prior` integrates the *prior* SDE (no encoder, no posterior
   drift) for a batch of independent paths with the Euler-Maruyama step of
   :mod:`nldseg._dynamics`, recording the latent position at every
-  observation (one time unit apart, ``round(1 / dt)`` Euler steps each).
+  observation (``round(1 / dt)`` Euler steps each as trained; more on a
+  faster clock, :func:`clock_steps`).
+* :func:`calibrate_clock` finds how much faster the prior's clock must run
+  for its paths to switch states as often as the posterior's paths through
+  the training data do (see its docstring for why they differ).
 * :func:`core_set_labels` turns such paths into state sequences by
   milestoning, so that recrossings of a barrier top are not counted as visits
   (see its docstring for the rule).
@@ -32,6 +36,11 @@ from nldseg._dynamics import euler_step
 from nldseg._landscape import gradient_function
 
 START_RULES = frozenset({"stationary", "minima"})
+#: Prior paths, and Euler steps per path, of each round of :func:`calibrate_clock`.
+CLOCK_PATHS = 256
+CLOCK_EULER_STEPS = 4000
+#: Bounds of a calibrated clock (a prior 100 times too fast or too slow).
+CLOCK_LIMIT = 100.0
 
 
 # ----------------------------------------------------------------- simulation
@@ -85,12 +94,40 @@ def initial_states(minima: np.ndarray, hessians: np.ndarray, weights: np.ndarray
     return z.float()
 
 
+def clock_steps(dt: float, time_scale: float = 1.0) -> tuple[int, float]:
+    """Whole Euler steps per observation interval, and the remainder, on a clock.
+
+    The trained prior takes ``n0 = round(1 / dt)`` steps of ``dt`` per
+    observation. On a clock ``time_scale`` times as fast, one observation
+    spans ``time_scale * n0 * dt`` of the prior's time: ``n_sub`` whole steps
+    of ``dt`` and one step of ``remainder < dt`` (0: none). Every step but
+    the remainder is the trained one, so the chain's rate grows smoothly with
+    the clock; ``time_scale=1`` is the trained chain exactly.
+
+    Examples
+    --------
+    >>> clock_steps(0.5)
+    (2, 0.0)
+    >>> n_sub, remainder = clock_steps(0.5, 2.2)
+    >>> n_sub, round(remainder, 6)
+    (4, 0.2)
+    """
+    n0 = max(1, round(1.0 / dt))
+    total = time_scale * n0
+    n_sub = math.floor(total + 1e-9)
+    remainder = (total - n_sub) * dt
+    return n_sub, remainder if remainder > 1e-9 * dt else 0.0
+
+
 def simulate_prior(grad, state: torch.Tensor, coef: dict, *, latent_dim: int,
-                   dt: float, n_steps: int, generator: torch.Generator) -> torch.Tensor:
+                   dt: float, n_steps: int, generator: torch.Generator,
+                   n_sub: int | None = None,
+                   remainder: tuple[float, dict] | None = None) -> torch.Tensor:
     """Euler-Maruyama paths of the prior SDE, positions at every observation.
 
-    Each of the ``n_steps`` observation intervals (one time unit) takes
-    ``round(1 / dt)`` steps of :func:`nldseg._dynamics.euler_step` with no
+    Each of the ``n_steps`` observation intervals takes ``n_sub`` (by
+    default ``round(1 / dt)``, one time unit) steps of
+    :func:`nldseg._dynamics.euler_step` with no
     posterior control: overdamped ``z += -grad E(z) dt / gamma + sigma dW``,
     underdamped ``q += M^-1 p dt``, ``p += (-grad E(q) - gamma M^-1 p) dt +
     sigma dW``. Noise comes from ``generator`` only (the global RNG is left
@@ -107,11 +144,17 @@ def simulate_prior(grad, state: torch.Tensor, coef: dict, *, latent_dim: int,
     latent_dim : int
         Dimension of the positions.
     dt : float
-        Euler step; ``1 / dt`` is rounded to the number of steps per observation.
+        Euler step (``coef`` must be computed for it).
     n_steps : int
         Observation intervals to simulate.
     generator : torch.Generator
         Source of the Brownian increments.
+    n_sub : int or None, default=None
+        Euler steps of ``dt`` per observation interval; ``None``:
+        ``round(1 / dt)`` (see :func:`clock_steps` for a faster clock).
+    remainder : (float, dict) or None, default=None
+        One more Euler step at the end of every observation interval: its
+        size and its ``coef``.
 
     Returns
     -------
@@ -119,17 +162,18 @@ def simulate_prior(grad, state: torch.Tensor, coef: dict, *, latent_dim: int,
         The latent position at observations ``0..n_steps`` (row 0 is the start).
     """
     d = latent_dim
-    n_sub = max(1, round(1.0 / dt))
+    n_sub = max(1, round(1.0 / dt)) if n_sub is None else n_sub
+    steps = [(dt, coef)] * n_sub + ([remainder] if remainder is not None else [])
     n = state.shape[0]
     out = state.new_empty((n_steps + 1, n, d))
     out[0] = state[:, :d]
     no_control = state.new_zeros((n, d))
     with torch.no_grad():
         for k in range(n_steps):
-            for _ in range(n_sub):
+            for h, c in steps:
                 noise = torch.randn((n, d), generator=generator, dtype=state.dtype)
                 state = euler_step(state, no_control, grad(state[:, :d]),
-                                   noise * coef["noise_scale"], dt, coef)
+                                   noise * c["noise_scale"], h, c)
             out[k + 1] = state[:, :d]
     return out.transpose(0, 1)
 
@@ -542,14 +586,15 @@ def kramers_rate_matrix(landscape, saddles: dict, *, beta: float, gamma: float,
 
 def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: int,
                       core_fraction: float, generator: torch.Generator,
-                      start: str = "stationary") -> tuple[np.ndarray, np.ndarray]:
+                      start: str = "stationary", time_scale: float = 1.0,
+                      thresholds: np.ndarray | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Simulate the fitted prior and label its paths by core sets.
 
     Starts are drawn by :func:`initial_states` (the states weighted by the
     landscape's sampled occupancy), paths by :func:`simulate_prior` with the
-    module's fitted beta, gamma and mass, labels by :func:`core_set_labels`
-    with the thresholds of :func:`core_thresholds` (barriers from
-    :func:`landscape_saddles`).
+    module's fitted beta, gamma and mass on the clock of :func:`clock_steps`,
+    labels by :func:`label_paths`.
 
     Parameters
     ----------
@@ -558,13 +603,18 @@ def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: in
     landscape : EnergyLandscape
         Its wells: basins, minima, Hessians, occupancy.
     dt : float
-        Euler step.
+        The fitted Euler step.
     n_paths, n_steps : int
         Paths, and observation steps after the start.
     core_fraction : float
         Fraction of the lowest barrier out of a state that bounds its core.
     generator : torch.Generator
     start : {"stationary", "minima"}, default="stationary"
+    time_scale : float, default=1.0
+        Prior time per observation, in units of the trained one (1: the
+        trained chain; see :func:`calibrate_clock`).
+    thresholds : ndarray of shape (n_states,) or None, default=None
+        Core thresholds, when already computed (:func:`label_paths`).
 
     Returns
     -------
@@ -578,19 +628,160 @@ def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: in
                            landscape.occupancy("sampled"), float(beta), n_paths,
                            generator, start=start,
                            mass=mass.double().numpy() if underdamped else None)
+    n_sub, remainder = clock_steps(dt, time_scale)
     with torch.no_grad():
         coef = module.step_coefficients(dt)
+        last = (remainder, module.step_coefficients(remainder)) if remainder else None
     paths = simulate_prior(gradient_function(module.energy), state, coef,
-                           latent_dim=d, dt=dt, n_steps=n_steps, generator=generator)
-    flat = paths.reshape(-1, d)
-    basins = landscape.predict(flat.numpy()).reshape(paths.shape[:2])
-    with torch.no_grad():  # float32 (the simulation's precision), in blocks.
+                           latent_dim=d, dt=dt, n_steps=n_steps, generator=generator,
+                           n_sub=n_sub, remainder=last).numpy()
+    return paths, label_paths(module, landscape, list(paths), core_fraction,
+                              thresholds=thresholds)
+
+
+def label_paths(module, landscape, paths: list, core_fraction: float, *,
+                thresholds: np.ndarray | None = None) -> np.ndarray | list:
+    """Core-set labels of latent paths (:func:`core_set_labels`).
+
+    Basins from the landscape, energies from the module (float32, in
+    blocks), thresholds from :func:`core_thresholds` with the barriers of
+    :func:`landscape_saddles`.
+
+    Parameters
+    ----------
+    module : NeuralLangevinVAE
+    landscape : EnergyLandscape
+    paths : list of ndarray of shape (n_steps_i, latent_dim)
+        Latent positions along each path (lengths may differ).
+    core_fraction : float
+    thresholds : ndarray of shape (n_states,) or None, default=None
+        The core thresholds, when already computed (they need the saddles).
+
+    Returns
+    -------
+    labels : ndarray of shape (n_paths, n_steps) when the paths are equally
+        long, else a list of int64 arrays of shape (n_steps_i,)
+    """
+    lengths = [len(p) for p in paths]
+    flat = torch.as_tensor(np.concatenate(paths).astype(np.float32, copy=False))
+    basins = landscape.predict(flat.numpy())
+    with torch.no_grad():
         energies = torch.cat([module.energy(flat[i:i + 65536])
-                              for i in range(0, flat.shape[0], 65536)])
-    energies = energies.double().numpy().reshape(paths.shape[:2])
+                              for i in range(0, max(flat.shape[0], 1), 65536)])
+    energies = energies.double().numpy().reshape(-1)
+    if thresholds is None:
+        thresholds = core_thresholds(landscape.minima_energies,
+                                     landscape_saddles(landscape)["barriers"],
+                                     core_fraction)
+    if len(set(lengths)) == 1:
+        shape = (len(paths), lengths[0])
+        return core_set_labels(basins.reshape(shape), energies.reshape(shape), thresholds)
+    cuts = np.cumsum(lengths)[:-1]
+    return [core_set_labels(b[None], e[None], thresholds)[0]
+            for b, e in zip(np.split(basins, cuts), np.split(energies, cuts))]
+
+
+def switches(labels) -> tuple[int, int]:
+    """Label changes and steps taken (``(n_changes, n_steps)``) along paths.
+
+    ``labels`` is a 2-D array (one path per row) or a list of 1-D arrays.
+    """
+    changes = steps = 0
+    for row in labels:
+        row = np.asarray(row)
+        changes += int(np.count_nonzero(row[1:] != row[:-1]))
+        steps += max(row.shape[0] - 1, 0)
+    return changes, steps
+
+
+def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
+                    core_fraction: float, generator: torch.Generator,
+                    n_paths: int = CLOCK_PATHS, euler_steps: int = CLOCK_EULER_STEPS,
+                    n_iter: int = 3) -> float:
+    r"""How much faster the prior's clock must run to switch as the posterior does.
+
+    Training fits the prior to the posterior paths *locally*: the path KL
+    matches the prior's drift to the posterior's at every point, and the
+    density term its stationary law to where the paths are. Both are
+    one-time quantities, and the prior reproduces them (its stationary law
+    and the posterior paths' marginal agree closely), but not the rate of
+    switching: the posterior knows from the data which way a path leaves a
+    well and crosses the barrier straight, where the prior's diffusion
+    recrosses many times, so the fitted prior switches 2-5 times as slowly
+    as the posterior paths (and the data) do. Overdamped, rescaling time is
+    the one change that keeps the stationary law and the relative rates and
+    scales every rate alike; this returns the factor that makes the prior's
+    switching rate equal the posterior's.
+
+    The posterior's rate is the label changes per observation step of
+    ``posterior_paths`` (core-set labels, :func:`label_paths`); the prior's
+    that of ``n_paths`` stationary paths of about ``euler_steps`` Euler
+    steps each on the clock tried (the same noise each time), their first
+    fifth not counted. Starting
+    from 1, each of ``n_iter`` rounds moves the clock by a secant step on
+    log rate against log clock: rates grow in proportion to the clock while
+    escapes are rare, more slowly once several crossings fall within one
+    observation.
+
+    Parameters
+    ----------
+    module : NeuralLangevinVAE
+    landscape : EnergyLandscape
+    posterior_paths : list of ndarray of shape (n_steps_i, latent_dim)
+        One posterior path through each of some training sequences.
+    dt : float
+        The fitted Euler step.
+    core_fraction : float
+    generator : torch.Generator
+    n_paths : int, default=CLOCK_PATHS
+    euler_steps : int, default=CLOCK_EULER_STEPS
+        Euler steps per simulated path (the cost), whatever the clock.
+    n_iter : int, default=3
+        Rounds of the secant (``n_iter`` simulations after the first).
+
+    Returns
+    -------
+    time_scale : float
+        1.0 with a single state, or when the posterior paths never switch
+        (nothing to calibrate on); otherwise within
+        ``[1 / CLOCK_LIMIT, CLOCK_LIMIT]``.
+    """
+    if landscape.n_states < 2 or not posterior_paths:
+        return 1.0
     thresholds = core_thresholds(landscape.minima_energies,
                                  landscape_saddles(landscape)["barriers"], core_fraction)
-    return paths.numpy(), core_set_labels(basins, energies, thresholds)
+    changes, steps = switches(label_paths(module, landscape, list(posterior_paths),
+                                          core_fraction, thresholds=thresholds))
+    if changes == 0 or steps == 0:
+        return 1.0
+    target = changes / steps
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    tried = []  # (log clock, log rate), each on the same noise.
+    scale = 1.0
+    for _ in range(n_iter + 1):
+        n_sub, remainder = clock_steps(dt, scale)
+        n_steps = max(euler_steps // (n_sub + (remainder > 0)), 20)
+        _, labels = prior_state_paths(module, landscape, dt=dt, n_paths=n_paths,
+                                      n_steps=n_steps, core_fraction=core_fraction,
+                                      generator=torch.Generator().manual_seed(seed),
+                                      time_scale=scale, thresholds=thresholds)
+        # The starts (Laplace Gaussians of the wells) are only near the
+        # stationary law: the first fifth of every path is not counted.
+        got, taken = switches(labels[:, n_steps // 5:])
+        # A prior that never switched: at least as fast as one switch in the run.
+        tried.append((math.log(scale), math.log(max(got, 1) / taken)))
+        if len(tried) > n_iter:
+            break
+        # Rates grow as clock^slope: slope 1 for rare escapes, less once
+        # several crossings fall within one observation.
+        # A slope from noise (not positive) is not trusted: 1.
+        slope = 1.0
+        if len(tried) > 1 and tried[-1][0] != tried[-2][0]:
+            measured = (tried[-1][1] - tried[-2][1]) / (tried[-1][0] - tried[-2][0])
+            slope = float(np.clip(measured, 0.25, 1.0)) if measured > 0 else 1.0
+        log_scale = tried[-1][0] + (math.log(target) - tried[-1][1]) / slope
+        scale = float(np.clip(math.exp(log_scale), 1.0 / CLOCK_LIMIT, CLOCK_LIMIT))
+    return scale
 
 
 def decode_observations(module, positions: torch.Tensor,

@@ -26,9 +26,9 @@ from nldseg._version import __version__
 FORMAT = "nldseg-model"
 FORMAT_VERSION = 1
 
-_FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "n_iter_", "converged_",
-                   "n_features_in_", "loss_curve_", "validation_scores_", "_oldest_first",
-                   "n_lags_")
+_FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "prior_time_scale_",
+                   "n_iter_", "converged_", "n_features_in_", "loss_curve_",
+                   "validation_scores_", "_oldest_first", "n_lags_")
 _FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_")
 # Parameters renamed since a file could have been written: old name -> new name.
 _RENAMED_PARAMS = {"n_samples": "n_paths"}
@@ -42,6 +42,8 @@ _ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
                  "density_weight": 0.0}
 # Fitted attributes added since: a factory of the value an older fit stands for.
 _ADDED_FITTED = {"validation_scores_": list,
+                 # Fitted before the clock was calibrated: none to use.
+                 "prior_time_scale_": lambda: float("nan"),
                  # Delay embeddings were newest first, and the decoder
                  # explained the whole embedded frame.
                  "_oldest_first": lambda: False}

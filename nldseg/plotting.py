@@ -155,7 +155,7 @@ def plot_segmentation(y_pred, y_true=None, *, ax=None, title: str | None = None)
 
 
 def plot_dwell_times(estimator, y=None, *, ax=None, n_trajectories: int = 256,
-                     n_steps: int = 2000, random_state=None):
+                     n_steps: int = 2000, clock: str = "calibrated", random_state=None):
     """Distribution of the visit lengths of each state under the learned prior.
 
     For each state, the fraction of complete visits (from
@@ -182,6 +182,9 @@ def plot_dwell_times(estimator, y=None, *, ax=None, n_trajectories: int = 256,
         Simulated prior paths.
     n_steps : int, default=2000
         Observation steps per path.
+    clock : {"calibrated", "model"}, default="calibrated"
+        The prior's clock (see
+        :meth:`~nldseg.LangevinSegmenter.transition_matrix`).
     random_state : int, RandomState instance or None, default=None
         Seeds the simulation; ``None`` uses the estimator's.
 
@@ -189,7 +192,7 @@ def plot_dwell_times(estimator, y=None, *, ax=None, n_trajectories: int = 256,
     -------
     ax : matplotlib Axes
     """
-    kwargs = dict(n_trajectories=n_trajectories, n_steps=n_steps,
+    kwargs = dict(n_trajectories=n_trajectories, n_steps=n_steps, clock=clock,
                   random_state=random_state)
     visits = estimator.dwell_times(**kwargs)
     means = estimator.mean_dwell_times(**kwargs)
@@ -259,7 +262,8 @@ def plot_energy_profiles(estimator, *, ax=None):
 
 
 def plot_kinetic_network(estimator, *, ax=None, lag: int = 1, n_trajectories: int = 256,
-                         n_steps: int = 2000, random_state=None):
+                         n_steps: int = 2000, clock: str = "calibrated",
+                         random_state=None):
     """States as nodes sized by occupancy, arrows weighted by transition probability.
 
     Nodes sit at the minima projected on the plane through them
@@ -273,7 +277,7 @@ def plot_kinetic_network(estimator, *, ax=None, lag: int = 1, n_trajectories: in
     estimator : LangevinSegmenter
         A fitted estimator.
     ax : matplotlib Axes, default=None
-    lag, n_trajectories, n_steps, random_state
+    lag, n_trajectories, n_steps, clock, random_state
         Passed to :meth:`~nldseg.LangevinSegmenter.transition_matrix`.
 
     Returns
@@ -283,7 +287,8 @@ def plot_kinetic_network(estimator, *, ax=None, lag: int = 1, n_trajectories: in
     ax = _axes(ax)
     land = estimator.energy_
     P = estimator.transition_matrix(lag, n_trajectories=n_trajectories,
-                                    n_steps=n_steps, random_state=random_state)
+                                    n_steps=n_steps, clock=clock,
+                                    random_state=random_state)
     occupancy = estimator.state_occupancy_
     origin, basis = minima_plane(land)
     xy = (land.minima - origin) @ basis.T

@@ -17,6 +17,8 @@ from sklearn.exceptions import NotFittedError
 from nldseg import LangevinSegmenter
 from nldseg._dynamics import step_coefficients
 from nldseg._kinetics import (
+    calibrate_clock,
+    clock_steps,
     core_set_labels,
     core_thresholds,
     eyring_kramers_rate,
@@ -24,9 +26,11 @@ from nldseg._kinetics import (
     initial_states,
     mean_visit_lengths,
     minimum_energy_path,
+    prior_state_paths,
     row_stochastic,
     simulate_prior,
     state_saddles,
+    switches,
     transition_counts,
     visit_lengths,
 )
@@ -60,15 +64,25 @@ def _basin(z):
     return (z[:, 0] > 0).astype(np.int64)
 
 
-def _simulated_rate(dynamics, beta, gamma, mass, dt, n_paths=500, n_steps=100):
-    """Core-set transitions per unit time in simulated double-well paths."""
+def _simulated_rate(dynamics, beta, gamma, mass, dt, n_paths=500, n_steps=100,
+                    time_scale=1.0):
+    """Core-set transitions per observation in simulated double-well paths.
+
+    An observation is ``time_scale`` time units (:func:`clock_steps`).
+    """
     gen = torch.Generator().manual_seed(0)
-    coef = step_coefficients(dynamics, torch.tensor(beta), torch.tensor(gamma),
-                             torch.full((2,), float(mass or 1.0)), dt)
+    n_sub, remainder = clock_steps(dt, time_scale)
+
+    def coefficients(step):
+        return step_coefficients(dynamics, torch.tensor(beta), torch.tensor(gamma),
+                                 torch.full((2,), float(mass or 1.0)), step)
+
     start = initial_states(MINIMA, _hessian(MINIMA), np.ones(2), beta, n_paths, gen,
                            mass=None if mass is None else np.full(2, mass))
-    paths = simulate_prior(_torch_gradient, start, coef, latent_dim=2, dt=dt,
-                           n_steps=n_steps, generator=gen)
+    paths = simulate_prior(_torch_gradient, start, coefficients(dt), latent_dim=2, dt=dt,
+                           n_steps=n_steps, generator=gen, n_sub=n_sub,
+                           remainder=(remainder, coefficients(remainder))
+                           if remainder else None)
     assert paths.shape == (n_paths, n_steps + 1, 2)
     flat = paths.double().numpy().reshape(-1, 2)
     saddles = state_saddles(_energy, _gradient, _hessian, MINIMA)
@@ -110,6 +124,51 @@ def test_underdamped_simulated_rate_matches_kramers_langer():
     ratio = simulated / _kramers(1.5, 2.0, mass=2.0)
     assert 1 / 1.5 < ratio < 1.5, ratio
     assert simulated < _kramers(1.5, 2.0) / 1.5
+
+
+@pytest.mark.parametrize("time_scale", [0.5, 0.53, 2.5, 2.53])
+def test_a_faster_clock_scales_the_rate(time_scale):
+    # Barrier 3 kT: rare, memoryless escapes, so the rate per observation
+    # grows in proportion to the time an observation spans (0.53 and 2.53
+    # end each observation with a part step: it counts too).
+    base = _simulated_rate("overdamped", beta=1.5, gamma=2.0, mass=None, dt=0.05)
+    scaled = _simulated_rate("overdamped", beta=1.5, gamma=2.0, mass=None, dt=0.05,
+                             time_scale=time_scale)
+    assert scaled / base == pytest.approx(time_scale, rel=0.2)
+
+
+def test_clock_steps():
+    assert clock_steps(0.5) == (2, 0.0)  # The trained chain.
+    assert clock_steps(0.05, 3.0) == (60, 0.0)
+    n_sub, remainder = clock_steps(0.5, 2.2)
+    assert n_sub == 4 and remainder == pytest.approx(0.2)
+    assert clock_steps(0.5, 0.1)[0] == 0  # A slower clock: the remainder only.
+    assert clock_steps(0.5, 0.1)[1] == pytest.approx(0.1)
+    assert clock_steps(0.3) == (3, 0.0)  # round(1 / dt) steps of dt.
+
+
+@pytest.mark.parametrize("time_scale", [1.0, 2.2, 0.3])
+def test_an_observation_spans_time_scale_units_of_free_diffusion(time_scale):
+    """With no force, the variance per observation is sigma^2 * its time."""
+    beta, gamma, dt = 2.0, 1.5, 0.5
+    n_sub, remainder = clock_steps(dt, time_scale)
+
+    def coefficients(step):
+        return step_coefficients("overdamped", torch.tensor(beta), torch.tensor(gamma),
+                                 torch.ones(2), step)
+
+    paths = simulate_prior(torch.zeros_like, torch.zeros((20000, 2)), coefficients(dt),
+                           latent_dim=2, dt=dt, n_steps=3,
+                           generator=torch.Generator().manual_seed(0), n_sub=n_sub,
+                           remainder=(remainder, coefficients(remainder))
+                           if remainder else None)
+    step_var = np.diff(paths.double().numpy(), axis=1).var(axis=(0, 1))
+    np.testing.assert_allclose(step_var, 2 / (beta * gamma) * time_scale, rtol=0.03)
+
+
+def test_switches():
+    assert switches(np.array([[0, 0, 1, 1], [2, 2, 2, 2]])) == (1, 6)
+    assert switches([np.array([0, 1, 0]), np.array([1])]) == (2, 2)
 
 
 def test_initial_states_momentum_variance():
@@ -392,6 +451,60 @@ def test_sample_underdamped(tiny_underdamped):
 def test_sample_one_step(tiny_fitted):
     X, y = tiny_fitted.sample(3, 1, random_state=0)
     assert X.shape == (3, 1, 8) and y.shape == (3, 1)
+
+
+# ---------------------------------------------------------------- the clock
+def test_calibrate_clock_recovers_a_known_clock(tiny_fitted):
+    """Paths of the prior run 2x as fast stand in for the posterior's."""
+    seg = tiny_fitted
+    known = 2.0
+    paths, _ = prior_state_paths(seg.module_, seg.energy_, dt=seg.dt, n_paths=256,
+                                 n_steps=400, core_fraction=0.5,
+                                 generator=torch.Generator().manual_seed(5),
+                                 time_scale=known)
+    found = calibrate_clock(seg.module_, seg.energy_, list(paths), dt=seg.dt,
+                            core_fraction=0.5, generator=torch.Generator().manual_seed(6))
+    assert found == pytest.approx(known, rel=0.2)
+    # Paths as slow as the prior itself give a clock near 1.
+    slow, _ = prior_state_paths(seg.module_, seg.energy_, dt=seg.dt, n_paths=64,
+                                n_steps=400, core_fraction=0.5,
+                                generator=torch.Generator().manual_seed(7))
+    assert calibrate_clock(seg.module_, seg.energy_, list(slow), dt=seg.dt,
+                           core_fraction=0.5,
+                           generator=torch.Generator().manual_seed(6)) == pytest.approx(
+                               1.0, rel=0.2)
+    # Paths that never switch carry no rate: the clock is left as trained.
+    still = [np.repeat(seg.energy_.minima[:1], 50, axis=0)]
+    assert calibrate_clock(seg.module_, seg.energy_, still, dt=seg.dt,
+                           core_fraction=0.5, generator=torch.Generator()) == 1.0
+
+
+def test_fitted_clock_and_the_kinetics_methods(tiny_fitted):
+    seg = tiny_fitted
+    s = seg.prior_time_scale_
+    assert np.isfinite(s) and s > 0
+    rates = seg.kramers_rates()
+    np.testing.assert_allclose(rates, s * seg.kramers_rates(clock="model"))
+    calibrated = seg.mean_dwell_times(**KW, random_state=0)
+    trained = seg.mean_dwell_times(**KW, clock="model", random_state=0)
+    # The same prior on a clock s times as fast: visits s times as short.
+    ratio = np.exp(np.mean(np.log(trained / calibrated)))
+    assert ratio == pytest.approx(s, rel=0.3), (ratio, s)
+    with pytest.raises(ValueError, match="clock must be one of"):
+        seg.transition_matrix(clock="wall")
+    with pytest.raises(TypeError, match="clock must be one of"):
+        seg.sample(2, 5, clock=None)
+
+
+def test_a_model_without_a_calibrated_clock_warns_and_runs_as_trained(tiny_fitted):
+    import copy
+
+    old = copy.deepcopy(tiny_fitted)
+    old.prior_time_scale_ = float("nan")  # As loaded from an older file.
+    with pytest.warns(UserWarning, match="before nldseg calibrated the prior's clock"):
+        P = old.transition_matrix(**KW, random_state=0)
+    np.testing.assert_array_equal(
+        P, tiny_fitted.transition_matrix(**KW, clock="model", random_state=0))
 
 
 @pytest.mark.parametrize("fixture", ["tiny_fitted", "tiny_underdamped"])
