@@ -222,7 +222,8 @@ def plot_dwell_times(estimator, y=None, *, ax=None, n_trajectories: int = 256,
     ax.set_yscale("log")
     ax.set_xlabel("visit length t (observation steps)")
     ax.set_ylabel("fraction of visits longer than t")
-    ax.set_title("Dwell times of the learned prior (dashed: geometric"
+    clock = ("calibrated clock" if clock == "calibrated" else "clock as trained")
+    ax.set_title(f"Dwell times of the learned prior, {clock}\n(dashed: geometric"
                  + (", dotted: data)" if data is not None else ")"))
     ax.legend(loc="upper right")
     return ax
