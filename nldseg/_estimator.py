@@ -941,8 +941,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seed = int(check_random_state(rs).randint(0, 2**31 - 1))
         return torch.Generator().manual_seed(seed)
 
-    def _time_scale(self, clock: str) -> float:
-        """The prior's clock for the kinetics methods' ``clock`` argument."""
+    def _time_scale(self, clock: str, stacklevel: int = 4) -> float:
+        """The prior's clock for the kinetics methods' ``clock`` argument.
+
+        ``stacklevel`` points a warning at the caller of the public method.
+        """
         check_is_fitted(self)
         _check_kinetics(clock=clock)
         if clock == "model":
@@ -952,7 +955,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 "This model was fitted before nldseg calibrated the prior's clock; "
                 "its prior is simulated as trained (clock='model'), which switches "
                 "states too slowly. Refit it for calibrated kinetics.",
-                UserWarning, stacklevel=3)
+                UserWarning, stacklevel=stacklevel)
             return 1.0
         return float(self.prior_time_scale_)
 
@@ -1260,7 +1263,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         >>> seg.kramers_rates().shape == (seg.n_states_, seg.n_states_)
         True
         """
-        time_scale = self._time_scale(clock)
+        time_scale = self._time_scale(clock, stacklevel=3)
         beta, gamma, mass = (t.detach().double() for t in self.module_.langevin_params())
         saddles = landscape_saddles(self.energy_)
         return time_scale * kramers_rate_matrix(

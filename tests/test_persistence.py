@@ -41,7 +41,7 @@ def test_safe_save_load_round_trip(model, tiny_data, tmp_path, request):
     _same_outputs(seg, loaded, tiny_data[1])
     assert loaded.get_params() == seg.get_params()
     for name in ("n_states_", "n_features_in_", "n_iter_", "converged_", "beta_",
-                 "gamma_", "mass_", "loss_curve_"):
+                 "gamma_", "mass_", "loss_curve_", "prior_time_scale_"):
         assert getattr(loaded, name) == getattr(seg, name), name
     np.testing.assert_array_equal(loaded.state_occupancy_, seg.state_occupancy_)
     np.testing.assert_array_equal(loaded.energy_.minima, seg.energy_.minima)
@@ -133,6 +133,19 @@ def test_saved_file_from_an_older_version_gets_todays_names(tiny_fitted, tiny_da
                                                             tmp_path):
     loaded = _resaved(tiny_fitted, tmp_path, "old.nldseg", _as_older_version)
     _check_upgraded(tiny_fitted, loaded, tiny_data[1])
+
+
+def test_model_file_from_before_the_calibrated_clock_runs_the_prior_as_trained(
+        tiny_fitted, tmp_path):
+    def drop_clock(params, fitted):
+        del fitted["prior_time_scale_"]
+
+    loaded = _resaved(tiny_fitted, tmp_path, "old.nldseg", drop_clock)
+    assert np.isnan(loaded.prior_time_scale_)
+    kw = dict(n_trajectories=16, n_steps=50, random_state=0)
+    with pytest.warns(UserWarning, match="calibrated the prior's clock"):
+        P = loaded.transition_matrix(**kw)
+    np.testing.assert_array_equal(P, tiny_fitted.transition_matrix(**kw, clock="model"))
 
 
 def test_model_file_from_before_the_quadratic_encoder_loads_as_linear(tiny_data,
