@@ -53,6 +53,7 @@ import time
 import numpy as np
 import torch
 from _common import machine_line
+from suite import CASES as SUITE_CASES
 
 from nldseg import LangevinSegmenter
 from nldseg._kinetics import (
@@ -362,8 +363,9 @@ def main() -> None:
     p.add_argument("--save-dir", default=None, help="write each fitted model here")
     p.add_argument("--learn-langevin-params", action="store_true",
                    help="fit with learn_langevin_params=True (beta, gamma, mass learned)")
-    p.add_argument("--cases", nargs="+", default=None, choices=["unequal", "langevin"],
-                   help="the suite's cases instead of the paper setting")
+    p.add_argument("--cases", nargs="+", default=None, choices=sorted(SUITE_CASES),
+                   help="the suite's cases instead of the paper setting (the bars' "
+                        "cases: unequal, langevin)")
     p.add_argument("--round-trip", action="store_true",
                    help="with --cases: also refit on sample's output")
     p.add_argument("--round-trip-sequences", type=int, default=None,
