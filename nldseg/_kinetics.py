@@ -708,9 +708,10 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
     switching: the posterior knows from the data which way a path leaves a
     well and crosses the barrier straight, where the prior's diffusion
     recrosses many times, so the fitted prior switches 2.5-9 times as slowly
-    as the posterior paths (and the data) do. Overdamped, rescaling time is
-    the one change that keeps the stationary law and the relative rates and
-    scales every rate alike; this returns the factor that makes the prior's
+    as the posterior paths (and the data) do. Running the same prior faster
+    (overdamped or underdamped) is the one change that keeps its stationary
+    law and its relative rates and scales every rate alike; this returns the
+    factor that makes the prior's
     switching rate equal the posterior's.
 
     The posterior's rate is the label changes per observation step of
