@@ -711,8 +711,7 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
     as the posterior paths (and the data) do. Running the same prior faster
     (overdamped or underdamped) is the one change that keeps its stationary
     law and its relative rates and scales every rate alike; this returns the
-    factor that makes the prior's
-    switching rate equal the posterior's.
+    factor that makes the prior's switching rate equal the posterior's.
 
     The posterior's rate is the label changes per observation step of
     ``posterior_paths`` (core-set labels, :func:`label_paths`); the prior's
