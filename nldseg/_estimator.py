@@ -475,15 +475,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     prior's diffusion, with no such knowledge, recrosses many times; the
     trained prior switches 2.5-9 times as slowly as the posterior paths (and
     the data) do (``unequal``: visits of 166 / 88 / 111 / 38 steps against
-    the posterior paths' 84 / 50 / 42 / 24 and the truth's 71 / 46 / 36 /
+    the posterior paths' 87 / 49 / 46 / 23 and the truth's 71 / 46 / 36 /
     20). With the stationary law fixed, the prior's speed is the one thing
     left free, so after training the prior's clock is calibrated: the
     kinetics methods run the prior ``prior_time_scale_`` times as fast as
     trained, the factor at which it switches as often as one posterior path
     through part of the training data (secant steps on simulated rates;
     ``clock="model"`` gives the prior as trained). One factor for all the
-    states: the relative rates stay the landscape's (``unequal``: 87 / 46 /
-    60 / 22 steps; see ``benchmarks/RESULTS.md``).
+    states: the relative rates stay the landscape's (``unequal``: 82 / 44 /
+    55 / 20 steps; see ``benchmarks/RESULTS.md``).
 
     Monte-Carlo inference uses the same noise draws for every sequence, so
     the output for one sequence does not depend on the other sequences
