@@ -373,7 +373,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         data do (measured at the end of :term:`fit` on the paths that found
         the wells). Training matches the prior's drift and stationary law
         to the posterior's, not its switching rate, and the trained prior
-        switches 2.5-9 times too slowly; see Notes. 1.0 with a single state.
+        switches 2-9 times too slowly; see Notes. 1.0 with a single state.
         NaN for a model saved before it existed.
     n_features_in_ : int
         Number of features seen during :term:`fit`.
@@ -473,7 +473,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     cores 0.445 and 0.448). But a posterior path leaves a well in the
     direction the data take it and crosses the barrier straight, where the
     prior's diffusion, with no such knowledge, recrosses many times; the
-    trained prior switches 2.5-9 times as slowly as the posterior paths (and
+    trained prior switches 2-9 times as slowly as the posterior paths (and
     the data) do (``unequal``: visits of 166 / 88 / 111 / 38 steps against
     the posterior paths' 87 / 49 / 46 / 23 and the truth's 71 / 46 / 36 /
     20). With the stationary law fixed, the prior's speed is the one thing
@@ -1011,7 +1011,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             fast as trained, so that it switches states as often as the
             posterior paths through the training data did (the stationary
             law is unchanged); ``"model"``: the prior exactly as trained,
-            which switches 2.5-9 times too slowly (see Notes). The simulation
+            which switches 2-9 times too slowly (see Notes). The simulation
             costs ``prior_time_scale_`` times as many Euler steps.
         random_state : int, RandomState instance or None, default=None
             Seeds the simulation; ``None`` uses the estimator's

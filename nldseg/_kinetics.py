@@ -707,7 +707,7 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
     and the posterior paths' marginal agree closely), but not the rate of
     switching: the posterior knows from the data which way a path leaves a
     well and crosses the barrier straight, where the prior's diffusion
-    recrosses many times, so the fitted prior switches 2.5-9 times as slowly
+    recrosses many times, so the fitted prior switches 2-9 times as slowly
     as the posterior paths (and the data) do. Running the same prior faster
     (overdamped or underdamped) is the one change that keeps its stationary
     law and its relative rates and scales every rate alike; this returns the
