@@ -36,9 +36,10 @@ from nldseg._dynamics import euler_step
 from nldseg._landscape import gradient_function
 
 START_RULES = frozenset({"stationary", "minima"})
-#: Prior paths, and Euler steps per path, of each round of :func:`calibrate_clock`.
-CLOCK_PATHS = 256
-CLOCK_EULER_STEPS = 4000
+#: Euler steps of all paths together in each round of :func:`calibrate_clock`,
+#: and the longest piece of a posterior path it compares with the prior.
+CLOCK_BUDGET = 1_000_000
+CLOCK_PIECE = 500
 #: Bounds of a calibrated clock (a prior 100 times too fast or too slow).
 CLOCK_LIMIT = 100.0
 
@@ -87,11 +88,20 @@ def initial_states(minima: np.ndarray, hessians: np.ndarray, weights: np.ndarray
         chol = torch.as_tensor(np.linalg.cholesky(0.5 * (cov + cov.transpose(0, 2, 1))))
         eps = torch.randn((n_paths, d), generator=generator, dtype=torch.float64)
         z = minima_t[which] + torch.einsum("nij,nj->ni", chol[which], eps)
-    if mass is not None:
-        std = torch.sqrt(torch.as_tensor(np.asarray(mass, dtype=float)) / beta)
-        p = torch.randn((n_paths, d), generator=generator, dtype=torch.float64) * std
-        z = torch.cat([z, p], dim=1)
-    return z.float()
+    return with_momentum(z, mass, beta, generator).float()
+
+
+def with_momentum(z: torch.Tensor, mass: np.ndarray | None, beta: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Positions ``z`` (n, d), with momenta from ``N(0, M / beta)`` appended.
+
+    ``mass=None`` (overdamped dynamics) returns ``z`` unchanged.
+    """
+    if mass is None:
+        return z
+    std = torch.sqrt(torch.as_tensor(np.asarray(mass, dtype=float)) / beta)
+    p = torch.randn(z.shape, generator=generator, dtype=torch.float64) * std
+    return torch.cat([z.double(), p], dim=1).to(z.dtype)
 
 
 def clock_steps(dt: float, time_scale: float = 1.0) -> tuple[int, float]:
@@ -622,21 +632,32 @@ def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: in
     labels : ndarray of shape (n_paths, n_steps + 1), int64
     """
     beta, gamma, mass = (t.detach() for t in module.langevin_params())
-    d = module.latent_dim
     underdamped = module.dynamics == "underdamped"
     state = initial_states(landscape.minima, landscape.hessians,
                            landscape.occupancy("sampled"), float(beta), n_paths,
                            generator, start=start,
                            mass=mass.double().numpy() if underdamped else None)
+    paths = simulate_module_prior(module, state, dt=dt, n_steps=n_steps,
+                                  generator=generator, time_scale=time_scale)
+    return paths, label_paths(module, landscape, list(paths), core_fraction,
+                              thresholds=thresholds)
+
+
+def simulate_module_prior(module, state: torch.Tensor, *, dt: float, n_steps: int,
+                          generator: torch.Generator,
+                          time_scale: float = 1.0) -> np.ndarray:
+    """:func:`simulate_prior` with a fitted module's energy and coefficients.
+
+    On the clock of :func:`clock_steps`; returns the positions, (n_paths,
+    n_steps + 1, latent_dim), float32.
+    """
     n_sub, remainder = clock_steps(dt, time_scale)
     with torch.no_grad():
         coef = module.step_coefficients(dt)
         last = (remainder, module.step_coefficients(remainder)) if remainder else None
-    paths = simulate_prior(gradient_function(module.energy), state, coef,
-                           latent_dim=d, dt=dt, n_steps=n_steps, generator=generator,
-                           n_sub=n_sub, remainder=last).numpy()
-    return paths, label_paths(module, landscape, list(paths), core_fraction,
-                              thresholds=thresholds)
+    return simulate_prior(gradient_function(module.energy), state, coef,
+                          latent_dim=module.latent_dim, dt=dt, n_steps=n_steps,
+                          generator=generator, n_sub=n_sub, remainder=last).numpy()
 
 
 def label_paths(module, landscape, paths: list, core_fraction: float, *,
@@ -696,7 +717,7 @@ def switches(labels) -> tuple[int, int]:
 
 def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
                     core_fraction: float, generator: torch.Generator,
-                    n_paths: int = CLOCK_PATHS, euler_steps: int = CLOCK_EULER_STEPS,
+                    budget: int = CLOCK_BUDGET, piece: int = CLOCK_PIECE,
                     n_iter: int = 3) -> float:
     r"""How much faster the prior's clock must run to switch as the posterior does.
 
@@ -713,15 +734,17 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
     law and its relative rates and scales every rate alike; this returns the
     factor that makes the prior's switching rate equal the posterior's.
 
-    The posterior's rate is the label changes per observation step of
-    ``posterior_paths`` (core-set labels, :func:`label_paths`); the prior's
-    that of ``n_paths`` stationary paths of about ``euler_steps`` Euler
-    steps each on the clock tried (the same noise each time), their first
-    fifth not counted. Starting
-    from 1, each of ``n_iter`` rounds moves the clock by a secant step on
-    log rate against log clock: rates grow in proportion to the clock while
-    escapes are rare, more slowly once several crossings fall within one
-    observation.
+    Both rates are read the same way, so that short sequences bias neither:
+    the posterior paths are cut into pieces of at most ``piece`` steps, and
+    the prior is simulated from the first point of every piece (momenta
+    drawn from their stationary law) for as many steps as the piece, in as
+    many copies as ``budget`` Euler steps allow (the same noise for every
+    clock tried). Each rate is the core-set label changes per observation
+    step (:func:`label_paths`; the first step of a path takes its basin).
+    Starting from 1, each of ``n_iter`` rounds moves the clock by a secant
+    step on log rate against log clock: rates grow in proportion to the
+    clock while escapes are rare, more slowly once several crossings fall
+    within one observation.
 
     Parameters
     ----------
@@ -733,9 +756,11 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
         The fitted Euler step.
     core_fraction : float
     generator : torch.Generator
-    n_paths : int, default=CLOCK_PATHS
-    euler_steps : int, default=CLOCK_EULER_STEPS
-        Euler steps per simulated path (the cost), whatever the clock.
+    budget : int, default=CLOCK_BUDGET
+        Euler steps of all the prior's paths together in one round (the
+        cost), whatever the clock.
+    piece : int, default=CLOCK_PIECE
+        Longest piece of a posterior path.
     n_iter : int, default=3
         Rounds of the secant (``n_iter`` simulations after the first).
 
@@ -748,33 +773,42 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
     """
     if landscape.n_states < 2 or not posterior_paths:
         return 1.0
+    pieces = [p[a:a + piece] for p in posterior_paths for a in range(0, len(p), piece)
+              if len(p) - a >= 2]
+    if not pieces:
+        return 1.0
     thresholds = core_thresholds(landscape.minima_energies,
                                  landscape_saddles(landscape)["barriers"], core_fraction)
-    changes, steps = switches(label_paths(module, landscape, list(posterior_paths),
-                                          core_fraction, thresholds=thresholds))
-    if changes == 0 or steps == 0:
+    changes, steps = switches(label_paths(module, landscape, pieces, core_fraction,
+                                          thresholds=thresholds))
+    if changes == 0:
         return 1.0
     target = changes / steps
+    lengths = np.array([len(p) for p in pieces])
+    starts = torch.as_tensor(np.stack([p[0] for p in pieces]), dtype=torch.float32)
+    beta, _, mass = (t.detach() for t in module.langevin_params())
+    mass = mass.double().numpy() if module.dynamics == "underdamped" else None
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     tried = []  # (log clock, log rate), each on the same noise.
     scale = 1.0
     for _ in range(n_iter + 1):
         n_sub, remainder = clock_steps(dt, scale)
-        n_steps = max(euler_steps // (n_sub + (remainder > 0)), 20)
-        _, labels = prior_state_paths(module, landscape, dt=dt, n_paths=n_paths,
-                                      n_steps=n_steps, core_fraction=core_fraction,
-                                      generator=torch.Generator().manual_seed(seed),
-                                      time_scale=scale, thresholds=thresholds)
-        # The starts (Laplace Gaussians of the wells) are only near the
-        # stationary law: the first fifth of every path is not counted.
-        got, taken = switches(labels[:, n_steps // 5:])
+        copies = max(1, budget // (int(lengths.sum()) * (n_sub + (remainder > 0))))
+        gen = torch.Generator().manual_seed(seed)
+        state = with_momentum(starts.repeat(copies, 1), mass, float(beta), gen)
+        paths = simulate_module_prior(module, state, dt=dt, n_steps=int(lengths.max()) - 1,
+                                      generator=gen, time_scale=scale)
+        labels = label_paths(module, landscape,
+                             [p[:n] for p, n in zip(paths, np.tile(lengths, copies))],
+                             core_fraction, thresholds=thresholds)
+        got, taken = switches(labels)
         # A prior that never switched: at least as fast as one switch in the run.
         tried.append((math.log(scale), math.log(max(got, 1) / taken)))
         if len(tried) > n_iter:
             break
         # Rates grow as clock^slope: slope 1 for rare escapes, less once
-        # several crossings fall within one observation.
-        # A slope from noise (not positive) is not trusted: 1.
+        # several crossings fall within one observation. A slope from noise
+        # (not positive) is not trusted: 1.
         slope = 1.0
         if len(tried) > 1 and tried[-1][0] != tried[-2][0]:
             measured = (tried[-1][1] - tried[-2][1]) / (tried[-1][0] - tried[-2][0])

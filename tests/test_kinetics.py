@@ -473,6 +473,14 @@ def test_calibrate_clock_recovers_a_known_clock(tiny_fitted):
                            core_fraction=0.5,
                            generator=torch.Generator().manual_seed(6)) == pytest.approx(
                                1.0, rel=0.2)
+    # Cut into sequences of 5 steps, whose first labels are basins and
+    # whose switches are few: the prior is read the same way, so the clock
+    # is still found (read off long stationary prior paths: 0.7).
+    short = [p[a:a + 5] for p in paths for a in range(0, 400, 5)]
+    assert calibrate_clock(seg.module_, seg.energy_, short, dt=seg.dt,
+                           core_fraction=0.5,
+                           generator=torch.Generator().manual_seed(6)) == pytest.approx(
+                               known, rel=0.25)
     # Paths that never switch carry no rate: the clock is left as trained.
     still = [np.repeat(seg.energy_.minima[:1], 50, axis=0)]
     assert calibrate_clock(seg.module_, seg.energy_, still, dt=seg.dt,
