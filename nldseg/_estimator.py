@@ -482,8 +482,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     trained, the factor at which it switches as often as one posterior path
     through part of the training data (secant steps on simulated rates;
     ``clock="model"`` gives the prior as trained). One factor for all the
-    states: the relative rates stay the landscape's (``unequal``: 82 / 44 /
-    55 / 20 steps; see ``benchmarks/RESULTS.md``).
+    states: the relative rates stay the landscape's (``unequal``: 81 / 44 /
+    54 / 20 steps; see ``benchmarks/RESULTS.md``).
 
     Monte-Carlo inference uses the same noise draws for every sequence, so
     the output for one sequence does not depend on the other sequences
