@@ -793,7 +793,9 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
     scale = 1.0
     for _ in range(n_iter + 1):
         n_sub, remainder = clock_steps(dt, scale)
-        copies = max(1, budget // (int(lengths.sum()) * (n_sub + (remainder > 0))))
+        # Every path runs as long as the longest piece: the budget counts that.
+        per_copy = len(pieces) * int(lengths.max()) * (n_sub + (remainder > 0))
+        copies = max(1, budget // per_copy)
         gen = torch.Generator().manual_seed(seed)
         state = with_momentum(starts.repeat(copies, 1), mass, float(beta), gen)
         paths = simulate_module_prior(module, state, dt=dt, n_steps=int(lengths.max()) - 1,
