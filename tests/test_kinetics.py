@@ -481,6 +481,12 @@ def test_calibrate_clock_recovers_a_known_clock(tiny_fitted):
                            core_fraction=0.5,
                            generator=torch.Generator().manual_seed(6)) == pytest.approx(
                                known, rel=0.25)
+    # Mixed lengths: the prior copies of each piece run as long as it.
+    mixed = list(paths[:64]) + short[64 * 80:]
+    assert calibrate_clock(seg.module_, seg.energy_, mixed, dt=seg.dt,
+                           core_fraction=0.5,
+                           generator=torch.Generator().manual_seed(6)) == pytest.approx(
+                               known, rel=0.25)
     # Paths that never switch carry no rate: the clock is left as trained.
     still = [np.repeat(seg.energy_.minima[:1], 50, axis=0)]
     assert calibrate_clock(seg.module_, seg.energy_, still, dt=seg.dt,
