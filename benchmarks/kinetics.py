@@ -10,11 +10,15 @@ sequences of 500 steps, then compares with the true chain:
 * lag-1 transition matrix: ``seg.transition_matrix(1)`` against the true ``P``
   (bar: max abs difference <= 0.02).
 
-For the question "why", it prints beside them: the Eyring-Kramers dwell
-``1 / sum_j k_ij`` (``seg.kramers_rates()``, continuous time), the same prior
-simulated with a 10x finer Euler step (how far the fitted ``dt`` is from the
-continuous SDE), the barriers, and the dwell times and transition matrix of the
-*predicted* labels of the test data (what the segmentation itself reads).
+Both are read on the library's default clock, calibrated to the posterior
+paths (``prior_time_scale_``); the prior as trained (``clock="model"``) is
+printed beside them, with its two bar figures. For the question "why", it
+prints beside them: the Eyring-Kramers dwell ``1 / sum_j k_ij``
+(``seg.kramers_rates(clock="model")``, continuous time), the same prior as
+trained simulated with a 10x finer Euler step (how far the fitted ``dt`` is
+from the continuous SDE), the barriers, and the dwell times and transition
+matrix of the *predicted* labels of the test data (what the segmentation
+itself reads).
 
     python benchmarks/kinetics.py --seeds 0 [--dynamics overdamped underdamped]
     python benchmarks/kinetics.py --load-dir models/   # reuse saved fits
