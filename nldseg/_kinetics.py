@@ -762,7 +762,8 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
     piece : int, default=CLOCK_PIECE
         Longest piece of a posterior path.
     n_iter : int, default=3
-        Rounds of the secant (``n_iter`` simulations after the first).
+        Rounds: each simulates the prior on the current clock and takes one
+        secant step from it (``n_iter`` simulations).
 
     Returns
     -------
@@ -785,20 +786,21 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
         return 1.0
     target = changes / steps
     lengths = np.array([len(p) for p in pieces])
+    longest = int(lengths.max())
     starts = torch.as_tensor(np.stack([p[0] for p in pieces]), dtype=torch.float32)
     beta, _, mass = (t.detach() for t in module.langevin_params())
     mass = mass.double().numpy() if module.dynamics == "underdamped" else None
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
     tried = []  # (log clock, log rate), each on the same noise.
     scale = 1.0
-    for _ in range(n_iter + 1):
+    for _ in range(n_iter):
         n_sub, remainder = clock_steps(dt, scale)
         # Every path runs as long as the longest piece: the budget counts that.
-        per_copy = len(pieces) * int(lengths.max()) * (n_sub + (remainder > 0))
+        per_copy = len(pieces) * longest * (n_sub + (remainder > 0))
         copies = max(1, budget // per_copy)
         gen = torch.Generator().manual_seed(seed)
         state = with_momentum(starts.repeat(copies, 1), mass, float(beta), gen)
-        paths = simulate_module_prior(module, state, dt=dt, n_steps=int(lengths.max()) - 1,
+        paths = simulate_module_prior(module, state, dt=dt, n_steps=longest - 1,
                                       generator=gen, time_scale=scale)
         labels = label_paths(module, landscape,
                              [p[:n] for p, n in zip(paths, np.tile(lengths, copies))],
@@ -806,8 +808,6 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
         got, taken = switches(labels)
         # A prior that never switched: at least as fast as one switch in the run.
         tried.append((math.log(scale), math.log(max(got, 1) / taken)))
-        if len(tried) > n_iter:
-            break
         # Rates grow as clock^slope: slope 1 for rare escapes, less once
         # several crossings fall within one observation. A slope from noise
         # (not positive) is not trusted: 1.
