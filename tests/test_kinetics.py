@@ -64,6 +64,21 @@ def _basin(z):
     return (z[:, 0] > 0).astype(np.int64)
 
 
+def _simulate_on_clock(grad, start, dynamics, beta, gamma, mass, dt, time_scale,
+                       n_steps, gen):
+    """:func:`simulate_prior` in 2-D on the clock of :func:`clock_steps`."""
+    n_sub, remainder = clock_steps(dt, time_scale)
+
+    def coefficients(step):
+        return step_coefficients(dynamics, torch.tensor(beta), torch.tensor(gamma),
+                                 torch.full((2,), mass), step)
+
+    return simulate_prior(grad, start, coefficients(dt), latent_dim=2, dt=dt,
+                          n_steps=n_steps, generator=gen, n_sub=n_sub,
+                          remainder=(remainder, coefficients(remainder))
+                          if remainder else None)
+
+
 def _simulated_rate(dynamics, beta, gamma, mass, dt, n_paths=500, n_steps=100,
                     time_scale=1.0):
     """Core-set transitions per observation in simulated double-well paths.
@@ -71,18 +86,10 @@ def _simulated_rate(dynamics, beta, gamma, mass, dt, n_paths=500, n_steps=100,
     An observation is ``time_scale`` time units (:func:`clock_steps`).
     """
     gen = torch.Generator().manual_seed(0)
-    n_sub, remainder = clock_steps(dt, time_scale)
-
-    def coefficients(step):
-        return step_coefficients(dynamics, torch.tensor(beta), torch.tensor(gamma),
-                                 torch.full((2,), float(mass or 1.0)), step)
-
     start = initial_states(MINIMA, _hessian(MINIMA), np.ones(2), beta, n_paths, gen,
                            mass=None if mass is None else np.full(2, mass))
-    paths = simulate_prior(_torch_gradient, start, coefficients(dt), latent_dim=2, dt=dt,
-                           n_steps=n_steps, generator=gen, n_sub=n_sub,
-                           remainder=(remainder, coefficients(remainder))
-                           if remainder else None)
+    paths = _simulate_on_clock(_torch_gradient, start, dynamics, beta, gamma,
+                               float(mass or 1.0), dt, time_scale, n_steps, gen)
     assert paths.shape == (n_paths, n_steps + 1, 2)
     flat = paths.double().numpy().reshape(-1, 2)
     saddles = state_saddles(_energy, _gradient, _hessian, MINIMA)
@@ -151,17 +158,9 @@ def test_clock_steps():
 def test_an_observation_spans_time_scale_units_of_free_diffusion(time_scale):
     """With no force, the variance per observation is sigma^2 * its time."""
     beta, gamma, dt = 2.0, 1.5, 0.5
-    n_sub, remainder = clock_steps(dt, time_scale)
-
-    def coefficients(step):
-        return step_coefficients("overdamped", torch.tensor(beta), torch.tensor(gamma),
-                                 torch.ones(2), step)
-
-    paths = simulate_prior(torch.zeros_like, torch.zeros((20000, 2)), coefficients(dt),
-                           latent_dim=2, dt=dt, n_steps=3,
-                           generator=torch.Generator().manual_seed(0), n_sub=n_sub,
-                           remainder=(remainder, coefficients(remainder))
-                           if remainder else None)
+    paths = _simulate_on_clock(torch.zeros_like, torch.zeros((20000, 2)), "overdamped",
+                               beta, gamma, 1.0, dt, time_scale, 3,
+                               torch.Generator().manual_seed(0))
     step_var = np.diff(paths.double().numpy(), axis=1).var(axis=(0, 1))
     np.testing.assert_allclose(step_var, 2 / (beta * gamma) * time_scale, rtol=0.03)
 
