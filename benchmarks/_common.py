@@ -154,10 +154,12 @@ def reference_elbo_terms(module: NeuralLangevinVAE, x: torch.Tensor,
     torchsde build its default ``BrownianInterval``; pass
     :func:`grid_brownian` to reproduce the fused path's increments.
     """
-    h, _ = module.gru(x)  # torch's own GRU: the generic path has no fused encoder.
+    # torch's own GRU (the generic path has no fused encoder) on what the
+    # library's encoder reads: the frames, with their learned squares by default.
+    h, _ = module.gru(module.encoder_frames(x))
     projected = module.project_context(h)
     mean, log_std = module.initial_posterior(h[:, 0])
-    z0, kl0 = module.initial_state(mean, log_std, eps0, partition_noise=probe)
+    z0, kl0, _ = module.initial_state(mean, log_std, eps0, partition_noise=probe)
     sde = PosteriorLangevinSDE(module, projected)
     ts = torch.arange(x.shape[1], dtype=z0.dtype, device=z0.device)
     zs, logqp = torchsde.sdeint(sde, z0, ts, bm=bm, method="euler", dt=dt,

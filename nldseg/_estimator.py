@@ -311,6 +311,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"`` trains on CUDA when available, else on CPU; or ``"cpu"``,
         ``"cuda"``, ``"cuda:N"``. The fitted ``module_`` is kept on CPU.
+        A training step is a long chain of small kernels, so a GPU pays for
+        large batches: on an H200 a step of 64 windows took as long as on 16
+        CPU threads, one of 512 windows 3.7 times less.
     n_threads : int or None, default=None
         torch's intra-op threads while ``fit``, ``predict``, ``predict_proba``,
         ``transform``, ``score`` and stream updates run; the caller's setting
