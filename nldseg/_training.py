@@ -108,7 +108,9 @@ class TrainingResult:
     ``loss_curve``: the training loss of every step; ``validation_scores``:
     the held-out ELBO per step at every check; ``n_iter``: gradient steps
     taken; ``converged``: whether the held-out ELBO stopped improving before
-    the budget ran out; ``interrupted``: whether the user stopped it (Ctrl-C).
+    the budget ran out; ``interrupted``: whether the user stopped it (Ctrl-C);
+    ``kept``: which of the models given was kept, ``restart_scores``: the
+    scores they were compared on (:func:`train`).
     """
 
     loss_curve: list
@@ -116,6 +118,8 @@ class TrainingResult:
     converged: bool
     validation_scores: list = field(default_factory=list)
     interrupted: bool = False
+    kept: int = 0
+    restart_scores: list = field(default_factory=list)
 
 
 def split_validation(lengths: np.ndarray, fraction: float,
@@ -531,10 +535,20 @@ def _load_parameters(module, tensors: list) -> None:
             p.copy_(value)
 
 
-def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSettings,
+def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSettings,
           device: torch.device, seed: int,
           replicas: Replicas = SINGLE) -> TrainingResult:
     """Adam on the negative ELBO for at most ``max_iter`` steps (module docstring).
+
+    ``modules``: one freshly built model, or several (restarts, the
+    estimator's ``n_init``). Each is trained with its own windows and noise
+    through the constant-rate phase, until its held-out ELBO plateaus or the
+    annealing is due; the one whose held-out ELBO is then highest (the mean of
+    its last ``n_iter_no_change`` checks; the training loss when nothing is
+    held out) goes on through the annealing alone, and the others are
+    dropped. ``TrainingResult.kept`` is its index, ``restart_scores`` the
+    scores compared. The first model is trained exactly as a single one
+    would be, so one model gives today's fit.
 
     ``data`` (n_total, n_features) holds the standardised training sequences
     end to end on ``device``, ``lengths`` their lengths. A non-finite loss or
@@ -551,10 +565,9 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
     summed over them, so all take the same steps as one process would (to
     float tolerance). Only the first prints progress.
     """
+    modules = list(modules) if isinstance(modules, (list, tuple)) else [modules]
     s = settings
     rng = np.random.default_rng(int(seed))
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
     if s.kl_warmup > s.max_iter:
         warnings.warn(
             f"max_iter={s.max_iter} gradient steps end before the KL warm-up of "
@@ -564,12 +577,74 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
     fraction = s.validation_fraction if s.early_stopping else 0.0
     train_segments, val_segments = split_validation(lengths, fraction, rng)
     first_rows = segment_first_rows(data.shape[0], train_segments + val_segments)
+    # Every restart is judged on the same held-out windows and noise.
+    held_out = _HeldOut(modules[0], data, val_segments, s, device, int(seed) + 1,
+                        first_rows)
+    runs = []
+    for i, module in enumerate(modules):
+        # The first run draws exactly what a single fit draws.
+        run_rng = rng if i == 0 else np.random.default_rng([int(seed), i])
+        run_seed = int(seed) if i == 0 else int(run_rng.integers(2**31 - 1))
+        label = f"run {i + 1}/{len(modules)}: " if len(modules) > 1 else ""
+        runs.append(_training_run(module, data, train_segments, first_rows, held_out,
+                                  s, device, run_rng, run_seed, replicas, label))
+    scores, done = [], {}
+    for i, run in enumerate(runs):
+        try:
+            scores.append(next(run))
+        except StopIteration as stop:  # No annealing left (or interrupted).
+            done[i] = stop.value
+            if done[i].interrupted:
+                return _kept(done[i], i, scores)
+            scores.append(_selection_score(done[i].validation_scores,
+                                           done[i].loss_curve, s))
+    kept = int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))
+    for i, run in enumerate(runs):
+        if i != kept:
+            run.close()
+    if kept not in done:
+        try:
+            while True:
+                next(runs[kept])
+        except StopIteration as stop:
+            done[kept] = stop.value
+    return _kept(done[kept], kept, scores)
+
+
+def _kept(result: TrainingResult, index: int, scores: list) -> TrainingResult:
+    result.kept, result.restart_scores = index, list(scores)
+    return result
+
+
+def _selection_score(scores: list, loss_curve: list, s: TrainingSettings) -> float:
+    """How good a run is when the restarts are compared (higher is better).
+
+    The mean of its last ``n_iter_no_change`` held-out ELBOs, or without
+    held-out data minus its mean training loss over the last check interval.
+    """
+    if scores:
+        return float(np.mean(scores[-max(1, s.n_iter_no_change):]))
+    if loss_curve:
+        return -float(np.mean(loss_curve[-s.validation_interval:]))
+    return -np.inf
+
+
+def _training_run(module, data: torch.Tensor, train_segments: list,
+                  first_rows: np.ndarray, held_out: _HeldOut, s: TrainingSettings,
+                  device, rng: np.random.Generator, seed: int, replicas: Replicas,
+                  label: str):
+    """One model's training, as a generator (see :func:`train`).
+
+    Yields once, when the constant-rate phase ends, the run's
+    :func:`_selection_score`; resumed, it anneals and returns its
+    :class:`TrainingResult`.
+    """
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
     # The stationary prior is fitted to the codes of window starts the encoder
     # read observations before; those of sequence starts (x_0 alone) train
     # only the encoder, unless no window has any observation before it.
     hold_starts = bool(s.lead) and any(n > s.lead for _, n in train_segments)
-    held_out = _HeldOut(module, data, val_segments, s, device, int(seed) + 1,
-                        first_rows)
     params = [p for p in module.parameters() if p.requires_grad]
     lr_init = float(s.learning_rate_init)
     lr_scale = 1.0  # Halved by every rollback.
@@ -586,7 +661,7 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
     held = tuple(module.latent_noise_parameters())
     scores: list[float] = []
     best, bad_checks, converged, best_state = -np.inf, 0, False, None
-    bad_in_a_row, step = 0, 0
+    bad_in_a_row, step, compared = 0, 0, False
     snapshot = RollbackSnapshot(module, opt)
     verbose = s.verbose if replicas.rank == 0 else 0
     bar = _ProgressBar(verbose)
@@ -594,6 +669,11 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
     t_start = t_check = time.perf_counter()
     try:
         while step < min(s.max_iter, anneal_begin + anneal_steps):
+            if not compared and step >= anneal_begin:
+                compared = True
+                bar.clear()
+                yield _selection_score(scores, loss_curve, s)
+                t_check = time.perf_counter()
             if len(windows) < 1:
                 windows = sample_windows(train_segments, s.window_length, rng)
                 if not windows:
@@ -622,7 +702,7 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
                 warnings.warn(
                     f"Non-finite loss or gradient at step {step}; rolled back to the "
                     f"previous parameters and halved the learning rate (now "
-                    f"{0.5 * lr:.2e}).", RuntimeWarning, stacklevel=4)
+                    f"{0.5 * lr:.2e}).", RuntimeWarning, stacklevel=5)
             bad_in_a_row = 0
             snapshot.take(module, opt)
             opt.step()
@@ -649,8 +729,8 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
             if verbose:
                 bar.clear()
                 shown = f", held-out ELBO {scores[-1]:.4f}" if checking else ""
-                print(f"Step {step}/{s.max_iter}: loss {recent:.4f}{shown}, lr {lr:.1e}, "
-                      f"{time.perf_counter() - t_check:.1f}s", flush=True)
+                print(f"{label}Step {step}/{s.max_iter}: loss {recent:.4f}{shown}, "
+                      f"lr {lr:.1e}, {time.perf_counter() - t_check:.1f}s", flush=True)
                 t_check = time.perf_counter()
     except KeyboardInterrupt:
         bar.clear()
@@ -663,7 +743,7 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
             _load_parameters(module, snapshot.parameters())
             kept = "the parameters before the last update"
         warnings.warn(f"Training interrupted by the user after {step} step(s); keeping "
-                      f"{kept}.", UserWarning, stacklevel=4)
+                      f"{kept}.", UserWarning, stacklevel=5)
         return TrainingResult(loss_curve, step, False, scores, interrupted=True)
     bar.clear()
     if step == 0:
@@ -675,5 +755,5 @@ def train(module, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSet
             f"The held-out ELBO was still improving (by more than tol={s.tol:g} within "
             f"n_iter_no_change={s.n_iter_no_change} checks) when the budget of "
             f"max_iter={s.max_iter} gradient steps ran out; increase max_iter.",
-            ConvergenceWarning, stacklevel=4)
+            ConvergenceWarning, stacklevel=5)
     return TrainingResult(loss_curve, step, converged, scores)

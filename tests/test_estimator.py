@@ -20,7 +20,7 @@ from nldseg.metrics import segmentation_accuracy
 # after a one-well fit, as many of the short fits below are; tested on its own).
 FAST = dict(hidden_size=32, context_size=16, window_length=40, batch_size=64,
             max_iter=240, early_stopping=False, learning_rate_init=1e-2,
-            kl_warmup=60, n_paths=4, random_state=0, n_lags=0)
+            kl_warmup=60, n_paths=4, random_state=0, n_lags=0, n_init=1)
 
 
 def _data(n_sequences, n_timesteps, seed):
@@ -459,6 +459,28 @@ def test_verbose_prints_one_line_per_check_and_is_silent_by_default(chain, capsy
     assert lines[1].startswith("Step 20/20: loss ")
     assert "lr " in lines[1] and lines[1].endswith("s")
     assert lines[2].startswith("Step 10/40: loss ") and "held-out ELBO -" in lines[2]
+
+
+def test_restarts_print_which_run_and_keep_one_model(chain, capsys):
+    """n_init=2: both runs train (each line says which), one model is kept."""
+    X = chain[0][:20, :30]
+    kw = dict(FAST, max_iter=20, n_init=2, verbose=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = LangevinSegmenter(**kw).fit(X)
+        one = LangevinSegmenter(**dict(kw, n_init=1, verbose=0)).fit(X)
+    lines = capsys.readouterr().out.strip().splitlines()
+    # Both runs train to the annealing (step 15; a check at 10), then the kept
+    # one alone anneals to step 20.
+    assert [line.split(": loss")[0] for line in lines[:2]] == [
+        "run 1/2: Step 10/20", "run 2/2: Step 10/20"]
+    kept = lines[2].split(" Step 20/20")[0]
+    assert kept in ("run 1/2:", "run 2/2:") and len(lines) == 3
+    assert seg.n_iter_ == 20 and len(seg.loss_curve_) == 20
+    # Kept, the first run is the single model's fit exactly; the second is not.
+    same = all(torch.equal(a, b) for a, b in zip(seg.module_.parameters(),
+                                                 one.module_.parameters()))
+    assert same == (kept == "run 1/2:") == (seg.loss_curve_ == one.loss_curve_)
 
 
 def _record_learning_rates(monkeypatch) -> list:

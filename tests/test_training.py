@@ -188,3 +188,70 @@ def test_latent_noise_is_held_while_the_posterior_is_collapsed(monkeypatch, thre
     assert m.dec_prec_lower.abs().sum() > 0  # The shared part always trains.
     held = [m.dec_noise_lower, m.dec_noise_diag.weight, m.dec_noise_diag.bias]
     assert all(bool((p != 0).any()) is moves for p in held)
+
+
+def _restart_setup(n_models, seed=0):
+    """Tiny data on 12 sequences (one held out) and ``n_models`` fresh models."""
+    from nldseg import LangevinSegmenter
+    from nldseg._model import build_model
+    from nldseg._training import TrainingSettings
+    from nldseg.datasets import make_markov_chain_sequences
+
+    X, _ = make_markov_chain_sequences(12, 40, n_features=3, random_state=seed)
+    params = dict(LangevinSegmenter().get_params(), hidden_size=8, context_size=4,
+                  window_length=20, batch_size=8, max_iter=80, kl_warmup=10,
+                  n_iter_no_change=2, n_lags=0, n_paths=2)
+    data = torch.as_tensor(X.reshape(-1, 3), dtype=torch.float32)
+    models = []
+    for i in range(n_models):
+        torch.manual_seed(100 + i)
+        models.append(build_model(3, params))
+    return models, data, np.full(12, 40), TrainingSettings.from_params(params)
+
+
+def test_restarts_are_judged_on_their_held_out_elbo_and_the_best_is_annealed():
+    import warnings
+
+    from nldseg._training import train
+
+    # A second model that cannot learn (all but one parameter frozen) must lose,
+    # whichever place it takes.
+    for order in ([0, 1], [1, 0]):
+        models, data, lengths, s = _restart_setup(2)
+        frozen = models[1]
+        for p in list(frozen.parameters())[1:]:
+            p.requires_grad_(False)
+        before = [p.detach().clone() for p in frozen.parameters()]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = train([models[i] for i in order], data, lengths, s,
+                           torch.device("cpu"), seed=3)
+        assert len(result.restart_scores) == 2
+        assert result.kept == order.index(0)
+        assert result.restart_scores[result.kept] > result.restart_scores[1 - result.kept]
+        # The kept run's score is the mean of its last checks, taken before
+        # its annealing (no check is taken while annealing).
+        assert result.restart_scores[result.kept] == pytest.approx(
+            np.mean(result.validation_scores[-s.n_iter_no_change:]))
+        assert result.n_iter > len(result.validation_scores) * s.validation_interval
+        assert all(torch.equal(a, b) for a, b in
+                   zip(before[1:], list(frozen.parameters())[1:]))
+
+
+def test_the_first_restart_draws_what_a_single_fit_draws():
+    """Restarts add runs; the first is the single fit, draw for draw."""
+    import warnings
+
+    from nldseg._training import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = train(_restart_setup(1)[0], *_restart_setup(1)[1:],
+                    torch.device("cpu"), seed=5)
+        models, data, lengths, s = _restart_setup(3)
+        three = train(models, data, lengths, s, torch.device("cpu"), seed=5)
+    assert one.kept == 0 and len(one.restart_scores) == 1
+    assert three.restart_scores[0] == one.restart_scores[0]
+    assert len(set(three.restart_scores)) == 3  # Each run has its own draws.
+    if three.kept == 0:
+        assert three.loss_curve == one.loss_curve
