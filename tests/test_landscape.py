@@ -126,6 +126,34 @@ def test_merge_minima_by_count_and_by_request():
     assert sorted(state) == [0, 1, 2]
 
 
+class DimpledDoubleWell(TiltedDoubleWell):
+    """The double well with a dimple on its ridge: a shallow minimum at x = 0."""
+
+    def forward(self, z):
+        return super().forward(z) - 0.5 * torch.exp(-z[..., 0] ** 2 / 0.02)
+
+
+def test_a_dimple_below_the_barrier_floor_is_no_state():
+    """A minimum left over a barrier under ``min_barrier`` joins a neighbour; the
+    group's own exits then count from its bottom, so nothing else follows."""
+    energy = DimpledDoubleWell()
+    minima = np.array([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    dimple = min(L.straight_line_barrier(energy, minima[1], m) for m in minima[::2])
+    deep = L.straight_line_barrier(energy, minima[0], minima[1])
+    assert 0.1 < dimple < 0.5 < 1.5 < deep  # A dimple of a few tenths, wells of ~2.
+    counts = np.array([500, 5, 480])
+    kept = L.merge_minima(energy, minima, counts, min_fraction=0.0, n_states=None,
+                          min_barrier=0.9 * dimple)
+    assert sorted(kept) == [0, 1, 2]
+    for floor in (1.1 * dimple, 1.0, 0.9 * deep):
+        state = L.merge_minima(energy, minima, counts, min_fraction=0.0,
+                               n_states=None, min_barrier=floor)
+        assert state[0] != state[2] and state[1] in (state[0], state[2])
+    state = L.merge_minima(energy, minima, counts, min_fraction=0.0, n_states=None,
+                           min_barrier=1.1 * deep)
+    assert np.all(state == state[0])
+
+
 def test_group_points():
     pts = np.array([[0.0, 0], [0.01, 0], [1, 1], [1.005, 1], [0, 0.02]])
     np.testing.assert_array_equal(L.group_points(pts, 0.05), [0, 0, 1, 1, 0])
