@@ -223,13 +223,13 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         properly. Training usually ends earlier (``early_stopping``).
     n_init : int, default=2
         Models trained from different initial weights, windows and noise.
-        Each goes through the constant-rate phase of training (until its
-        held-out ELBO stops improving); the one with the best held-out ELBO
-        then goes on through the annealing alone, and the others are dropped.
-        Training is non-convex: a run can end with two states merged into one
-        well, or one state split into two, at a lower ELBO than a run that
-        found them. ``n_init=2`` costs about 1.7 times the training time of
-        one; ``1`` trains one model.
+        Each trains until its held-out ELBO stops improving, or until half
+        of ``max_iter`` is spent; the one with the best held-out ELBO then
+        trains on alone to the end of its schedule (annealing included), and
+        the others are dropped. Training is non-convex: a run can end with
+        two states merged into one well at a lower ELBO than a run that
+        found them. ``n_init=2`` costs at most 1.5 times the gradient steps
+        of one model; ``1`` trains one model.
     learning_rate : {"cosine", "constant"}, default="cosine"
         Schedule of the Adam learning rate. ``"cosine"`` holds
         ``learning_rate_init`` until the held-out ELBO stops improving (or

@@ -542,13 +542,13 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
 
     ``modules``: one freshly built model, or several (restarts, the
     estimator's ``n_init``). Each is trained with its own windows and noise
-    through the constant-rate phase, until its held-out ELBO plateaus or the
-    annealing is due; the one whose held-out ELBO is then highest (the mean of
-    its last ``n_iter_no_change`` checks; the training loss when nothing is
-    held out) goes on through the annealing alone, and the others are
-    dropped. ``TrainingResult.kept`` is its index, ``restart_scores`` the
-    scores compared. The first model is trained exactly as a single one
-    would be, so one model gives today's fit.
+    until its held-out ELBO plateaus, the annealing is due or half of
+    ``max_iter`` is spent, whichever comes first; the one whose held-out ELBO
+    is then highest (the mean of its last ``n_iter_no_change`` checks; the
+    training loss when nothing is held out) trains on alone to the end of
+    its schedule, and the others are dropped. ``TrainingResult.kept`` is
+    its index, ``restart_scores`` the scores compared. The first model is
+    trained exactly as a single one would be, so one model gives today's fit.
 
     ``data`` (n_total, n_features) holds the standardised training sequences
     end to end on ``device``, ``lengths`` their lengths. A non-finite loss or
@@ -635,8 +635,9 @@ def _training_run(module, data: torch.Tensor, train_segments: list,
                   label: str):
     """One model's training, as a generator (see :func:`train`).
 
-    Yields once, when the constant-rate phase ends, the run's
-    :func:`_selection_score`; resumed, it anneals and returns its
+    Yields once, when its constant-rate phase ends or half of ``max_iter``
+    is spent, whichever comes first, the run's :func:`_selection_score`;
+    resumed, it trains on as a single run would and returns its
     :class:`TrainingResult`.
     """
     gen = torch.Generator(device=device)
@@ -652,6 +653,7 @@ def _training_run(module, data: torch.Tensor, train_segments: list,
     opt = torch.optim.Adam(params, lr=lr, fused=True)
     anneal_steps = s.anneal_steps
     anneal_begin = s.max_iter - anneal_steps
+    compare_at = s.max_iter // 2  # Restarts are compared by half the budget at the latest.
     interval = s.validation_interval
     loss_curve: list[float] = []
     kl_curve: list[float] = []
@@ -669,7 +671,7 @@ def _training_run(module, data: torch.Tensor, train_segments: list,
     t_start = t_check = time.perf_counter()
     try:
         while step < min(s.max_iter, anneal_begin + anneal_steps):
-            if not compared and step >= anneal_begin:
+            if not compared and step >= min(anneal_begin, compare_at):
                 compared = True
                 bar.clear()
                 yield _selection_score(scores, loss_curve, s)
