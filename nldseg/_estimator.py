@@ -228,8 +228,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         trains on alone to the end of its schedule (annealing included), and
         the others are dropped. Training is non-convex: a run can end with
         two states merged into one well at a lower ELBO than a run that
-        found them. ``n_init=2`` costs at most 1.5 times the gradient steps
-        of one model; ``1`` trains one model.
+        found them. Each further model adds at most ``max_iter / 2``
+        gradient steps: with the defaults a fit took 1.5-1.9 times as long
+        as one model's; ``1`` trains one model.
     learning_rate : {"cosine", "constant"}, default="cosine"
         Schedule of the Adam learning rate. ``"cosine"`` holds
         ``learning_rate_init`` until the held-out ELBO stops improving (or
@@ -311,9 +312,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     min_state_fraction : float, default=0.005
         Wells into which less than this fraction of the encoded training data
         flows are merged into a neighbour (as is, before that, any well left
-        over a barrier under 0.25 kT, whatever its share). The wells are found from at most
-        20,000 encoded training steps: whole sequences drawn at random, and
-        pieces of 2,000 steps spread over any recording longer than that.
+        over a barrier under 0.25 kT, whatever its share). The wells are
+        found from at most 20,000 encoded training steps: whole sequences
+        drawn at random, and pieces of 2,000 steps spread over any recording
+        longer than that.
         The default keeps a state that holds 1% of the time (measured in
         ``benchmarks/RESULTS.md``: 0.02 lost it, and 0.005 kept no spurious
         well on the other cases of the suite).
