@@ -531,13 +531,15 @@ def find_minima(energy: torch.nn.Module, codes: np.ndarray) -> dict:
 
 def merge_minima(energy64: torch.nn.Module, minima: np.ndarray, counts: np.ndarray,
                  *, min_fraction: float, n_states: int | None,
-                 min_barrier: float = 0.0) -> np.ndarray:
+                 min_barrier: float = 0.0, dimple_fraction: float = 1.0) -> np.ndarray:
     """Map minima to states, merging shallow, small (or surplus) wells into neighbours.
 
-    First a well that can be left over a straight-line barrier below
-    ``min_barrier`` (energy units) is merged into the well beyond it,
-    shallowest first: such a dimple holds nothing for longer than free
-    diffusion would. Then a well holding less than ``min_fraction`` of the
+    First a well holding less than ``dimple_fraction`` of the flowed codes
+    that can be left over a straight-line barrier below ``min_barrier``
+    (energy units) is merged into the well beyond it, shallowest first: such
+    a dimple holds nothing for longer than free diffusion would. (A shallow
+    well that holds much of the data is kept: a short fit's wells are all
+    shallow.) Then a well holding less than ``min_fraction`` of the
     flowed codes, and then (if ``n_states`` is given) the least-populated
     wells until ``n_states`` remain, are merged into the well reached over the
     lowest straight-line barrier. A straight line crosses at or above the
@@ -585,7 +587,10 @@ def merge_minima(energy64: torch.nn.Module, minima: np.ndarray, counts: np.ndarr
         group[group == g] = lowest_exit(g)[0]
 
     while len(alive()) > 1:
-        exits = {g: lowest_exit(g, from_bottom=True) for g in alive()}
+        exits = {g: lowest_exit(g, from_bottom=True) for g in alive()
+                 if counts[group == g].sum() / total < dimple_fraction}
+        if not exits:
+            break
         g = min(exits, key=lambda g: exits[g][1])
         if not exits[g][1] < min_barrier:
             break
@@ -679,6 +684,9 @@ _N_OCCUPANCY_DRAWS = 40000  # Importance draws of the sampled occupancy (+-0.005
 #: (0.04-0.06 kT, 0.6 % of the time) where three wells meet, beside states at
 #: 3.3-5 kT; a poorly separated but real state (18 %) was left over 0.46 kT.
 MIN_BARRIER_KT = 0.25
+#: ... and that holds less than this share of the encoded data (a short fit's
+#: real states can sit in wells that shallow; the dimple held 0.6 %).
+MAX_DIMPLE_FRACTION = 0.05
 
 
 def build_landscape(energy: torch.nn.Module, beta: float, codes: np.ndarray, *,
@@ -692,7 +700,8 @@ def build_landscape(energy: torch.nn.Module, beta: float, codes: np.ndarray, *,
     positive-definite minima (:func:`find_minima`); wells into which less than
     ``min_state_fraction`` of the codes flow, and then the least-populated
     wells until ``n_states`` remain, are merged into a neighbour
-    (:func:`merge_minima`; before them, a well left over a barrier below
+    (:func:`merge_minima`; before them, a well of less than
+    :data:`MAX_DIMPLE_FRACTION` of the codes left over a barrier below
     :data:`MIN_BARRIER_KT` ``/ beta``); a lookup grid is flowed for fast labelling; the
     three occupancy estimates are computed; and the states are numbered by
     sampled occupancy, largest first (ties broken by the minimum's
@@ -726,7 +735,8 @@ def build_landscape(energy: torch.nn.Module, beta: float, codes: np.ndarray, *,
     counts = np.bincount(code_min[code_min >= 0], minlength=len(minima))
     state_of = merge_minima(found["energy64"], minima, counts,
                             min_fraction=min_state_fraction, n_states=n_states,
-                            min_barrier=MIN_BARRIER_KT / beta)
+                            min_barrier=MIN_BARRIER_KT / beta,
+                            dimple_fraction=MAX_DIMPLE_FRACTION)
     if n_states is not None and state_of.max() + 1 < n_states:
         warnings.warn(f"n_states={n_states} was requested but the energy has only "
                       f"{state_of.max() + 1} well(s); keeping those.", UserWarning,

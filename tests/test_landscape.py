@@ -152,6 +152,12 @@ def test_a_dimple_below_the_barrier_floor_is_no_state():
     state = L.merge_minima(energy, minima, counts, min_fraction=0.0, n_states=None,
                            min_barrier=1.1 * deep)
     assert np.all(state == state[0])
+    # Only wells holding less than dimple_fraction of the codes count as dimples.
+    for shares, n_kept in (([500, 5, 480], 2), ([500, 400, 480], 3)):
+        state = L.merge_minima(energy, minima, np.array(shares), min_fraction=0.0,
+                               n_states=None, min_barrier=1.1 * dimple,
+                               dimple_fraction=0.05)
+        assert len(set(state)) == n_kept
 
 
 def test_group_points():
