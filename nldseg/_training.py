@@ -540,7 +540,7 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
           replicas: Replicas = SINGLE) -> TrainingResult:
     """Adam on the negative ELBO for at most ``max_iter`` steps (module docstring).
 
-    ``modules``: one freshly built model, or several (restarts, the
+    ``modules``: the freshly built models, one or several (restarts, the
     estimator's ``n_init``). Each is trained with its own windows and noise
     until its held-out ELBO plateaus, the annealing is due or half of
     ``max_iter`` is spent, whichever comes first; the one whose held-out ELBO
@@ -565,7 +565,7 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     summed over them, so all take the same steps as one process would (to
     float tolerance). Only the first prints progress.
     """
-    modules = list(modules) if isinstance(modules, (list, tuple)) else [modules]
+    modules = list(modules)
     s = settings
     rng = np.random.default_rng(int(seed))
     if s.kl_warmup > s.max_iter:

@@ -249,8 +249,7 @@ def test_the_first_restart_draws_what_a_single_fit_draws():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        one = train(_restart_setup(1)[0], *_restart_setup(1)[1:],
-                    torch.device("cpu"), seed=5)
+        one = train(*_restart_setup(1), torch.device("cpu"), seed=5)
         models, data, lengths, s = _restart_setup(3)
         three = train(models, data, lengths, s, torch.device("cpu"), seed=5)
     assert one.kept == 0 and len(one.restart_scores) == 1
