@@ -37,11 +37,15 @@ args = parser.parse_args()
 
 # %%
 # torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous address; the
-# default process group reads them. One GPU per process when there are GPUs.
-use_cuda = torch.cuda.is_available()
+# default process group reads them. One GPU per process (NCCL) when the machine
+# has a GPU for every process it runs; the CPUs (gloo) otherwise.
+local_rank = int(os.environ.get("LOCAL_RANK", 0))
+use_cuda = torch.cuda.device_count() >= int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+if use_cuda:
+    torch.cuda.set_device(local_rank)
 dist.init_process_group("nccl" if use_cuda else "gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
-device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if use_cuda else "cpu"
+device = f"cuda:{local_rank}" if use_cuda else "cpu"
 
 # %%
 # The same data on every process (here generated from the same seeds; with

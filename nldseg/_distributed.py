@@ -29,11 +29,17 @@ class Replicas:
         a single process.
     distributed : bool
         Whether to communicate at all.
+    device : torch.device or str, default="cpu"
+        Where the tensors of :meth:`broadcast_seeds` and :meth:`check_same`
+        travel: the fit's device under a backend that communicates CUDA
+        tensors only (NCCL), the CPU otherwise.
     """
 
-    def __init__(self, group=None, *, distributed: bool = False) -> None:
+    def __init__(self, group=None, *, distributed: bool = False,
+                 device: torch.device | str = "cpu") -> None:
         self.distributed = distributed
         self.group = group
+        self.device = torch.device(device)
         if distributed:
             import torch.distributed as dist
             self.rank = dist.get_rank(group)
@@ -42,8 +48,12 @@ class Replicas:
             self.rank, self.world_size = 0, 1
 
     @classmethod
-    def from_default_group(cls) -> Replicas:
-        """The default process group, or :class:`ValueError` when there is none."""
+    def from_default_group(cls, device: torch.device) -> Replicas:
+        """The default process group, training on ``device``.
+
+        Raises :class:`ValueError` when there is no group, or when its backend
+        communicates CUDA tensors only (NCCL) and ``device`` is not a GPU.
+        """
         import torch.distributed as dist
         if not (dist.is_available() and dist.is_initialized()):
             raise ValueError(
@@ -51,7 +61,15 @@ class Replicas:
                 "group: launch the script with torchrun and call "
                 "torch.distributed.init_process_group() (backend 'gloo' on CPUs, "
                 "'nccl' on GPUs) before fit.")
-        return cls(distributed=True)
+        device = torch.device(device)
+        if str(dist.get_backend()).lower() != "nccl":
+            return cls(distributed=True)
+        if device.type != "cuda":
+            raise ValueError(
+                "The process group's backend is 'nccl', which carries CUDA tensors "
+                f"only, but the fit runs on {device}: set device='cuda:<local "
+                "rank>' (one GPU per process), or use the 'gloo' backend on CPUs.")
+        return cls(distributed=True, device=device)
 
     def rows(self, n: int) -> slice:
         """This rank's contiguous share of ``n`` rows (possibly empty).
@@ -87,9 +105,9 @@ class Replicas:
         if not self.distributed:
             return seeds
         import torch.distributed as dist
-        buf = torch.as_tensor(np.asarray(seeds, dtype=np.int64))
+        buf = torch.as_tensor(np.asarray(seeds, dtype=np.int64), device=self.device)
         dist.broadcast(buf, src=0, group=self.group)
-        return buf.numpy().copy()
+        return buf.cpu().numpy().copy()
 
     def check_same(self, name: str, fingerprint: np.ndarray) -> None:
         """Raise the same :class:`ValueError` on every rank when ``fingerprint`` differs.
@@ -101,7 +119,8 @@ class Replicas:
         if not self.distributed:
             return
         import torch.distributed as dist
-        low = torch.as_tensor(np.asarray(fingerprint, dtype=np.float64))
+        low = torch.as_tensor(np.asarray(fingerprint, dtype=np.float64),
+                              device=self.device)
         high = low.clone()
         dist.all_reduce(low, op=dist.ReduceOp.MIN, group=self.group)
         dist.all_reduce(high, op=dist.ReduceOp.MAX, group=self.group)

@@ -351,7 +351,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Train data-parallel over ``torch.distributed``'s default process
         group, which the caller initialises (a script launched by
         ``torchrun`` calls ``torch.distributed.init_process_group()``, backend
-        ``"gloo"`` on CPUs, ``"nccl"`` on GPUs with ``device=f"cuda:{rank}"``).
+        ``"gloo"`` on CPUs, ``"nccl"`` on GPUs with
+        ``device=f"cuda:{local_rank}"``, one GPU per process).
         Every process calls ``fit`` with the same data and parameters; each
         trains on its share of every batch of ``batch_size`` windows, losses
         and gradients are summed across processes, and every process ends with
@@ -607,7 +608,16 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {dev!r}.")
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device={dev!r} was requested but CUDA is not available.")
-        return torch.device(dev)
+        try:
+            device = torch.device(dev)
+        except RuntimeError as exc:
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', "
+                             f"got {dev!r}.") from exc
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device={dev!r} was requested but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s), numbered "
+                             "from 0.")
+        return device
 
     # --------------------------------------------------------------- training
     def fit(self, X, y=None, *, lengths=None) -> LangevinSegmenter:
@@ -641,7 +651,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seqs = check_sequences(self, X, lengths=lengths, reset=True, min_length=2)
         seeds = check_random_state(self.random_state).randint(0, 2**31 - 1, size=4)
         data = seqs.data.astype(np.float64)
-        replicas = Replicas.from_default_group() if self.distributed else SINGLE
+        replicas = Replicas.from_default_group(device) if self.distributed else SINGLE
         replicas.check_same("data and parameters",
                             fit_fingerprint(data, seqs.lengths, self.get_params()))
         seeds = replicas.broadcast_seeds(seeds)

@@ -1,5 +1,6 @@
 """Data-parallel training: shares of a batch, and two processes under torchrun."""
 
+import os
 import subprocess
 import sys
 import warnings
@@ -140,11 +141,26 @@ def test_fingerprint_sees_data_and_shared_parameters_only():
                                                     params))
 
 
-def _torchrun(*args, timeout=300):
+def test_nccl_needs_a_gpu_per_process(monkeypatch):
+    """NCCL carries CUDA tensors only: a CPU fit over it is refused up front."""
+    import torch.distributed as dist
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    with pytest.raises(ValueError, match="'nccl'.*device='cuda:<local rank>'"):
+        Replicas.from_default_group(torch.device("cpu"))
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    assert Replicas.from_default_group(torch.device("cpu")).device.type == "cpu"
+
+
+def _torchrun(*args, timeout=300, processes=2):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc_per_node=2", *map(str, args)]
+           f"--nproc_per_node={processes}", *map(str, args)]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
            "PYTHONPATH": str(HERE.parent)}
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # The GPUs this test may use.
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=HERE.parent)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -199,3 +215,13 @@ def test_example_runs_under_torchrun(tmp_path):
     assert "2 processes: fit" in out and "states found" in out
     loaded = LangevinSegmenter.load(tmp_path / "distributed_model.pt")
     assert loaded.distributed and loaded.n_iter_ == 6
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_example_trains_over_nccl_on_a_gpu(tmp_path):
+    """One process per GPU over NCCL: the seeds and checks travel on the GPU."""
+    out = _torchrun(HERE.parent / "examples" / "distributed_fit.py", "--max-iter", 6,
+                    "--out", tmp_path, processes=1)
+    assert "1 processes: fit" in out and "states found" in out
+    assert (tmp_path / "distributed_model.pt").exists()

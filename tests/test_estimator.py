@@ -18,7 +18,8 @@ from nldseg.metrics import segmentation_accuracy
 # ELBO's calls count training steps only.
 # n_lags=0: one training run per fit (n_lags="auto" trains again with a lag
 # after a one-well fit, as many of the short fits below are; tested on its own).
-FAST = dict(hidden_size=32, context_size=16, window_length=40, batch_size=64,
+# On the CPU, as conftest's fixtures (its seeds were chosen on the CPU's streams).
+FAST = dict(device="cpu", hidden_size=32, context_size=16, window_length=40, batch_size=64,
             max_iter=240, early_stopping=False, learning_rate_init=1e-2,
             kl_warmup=60, n_paths=4, random_state=0, n_lags=0, n_init=1)
 
@@ -332,6 +333,14 @@ def test_bad_parameters_raise(params, err, match):
     X = np.zeros((10, 2))
     with pytest.raises(err, match=match):
         LangevinSegmenter(**params).fit(X)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_past_the_last_gpu_raises():
+    n = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=f"has {n} CUDA device"):
+        LangevinSegmenter(device=f"cuda:{n}").fit(np.zeros((10, 2)))
 
 
 def test_bad_inputs_raise_and_do_not_touch_model(fitted, chain):
