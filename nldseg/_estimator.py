@@ -195,7 +195,12 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         law and the frames overlap it merges states (the suite's ``overlap``
         and ``six_states``: 1-5 wells where single frames find 4 and 6), as
         the previous observation explains part of the next; hence not ``1``
-        by default (see ``benchmarks/RESULTS.md``). Labels stay online (step
+        by default (see ``benchmarks/RESULTS.md``). The retry depends on the
+        single-frame model ending with about one well where frames carry no
+        state: on one seed of three of the suite's ``regimes`` the default
+        restarts kept a single-frame model with a spurious second well, so
+        no retry came (2 wells; ``n_init=1`` retried and found the 3);
+        ``n_lags=1`` then forces the lag. Labels stay online (step
         ``t`` reads ``x[:t+1]``), and :meth:`score` is the ELBO of one
         observation per step, the first of a sequence given itself.
     encoder_input : {"quadratic", "linear"}, default="quadratic"
