@@ -240,7 +240,10 @@ def run_nldseg(train: list, test: list, seed: int, overrides: dict,
             "warnings": sorted({f"{w.category.__name__}: {w.message}"
                                 for w in caught
                                 if "jit.script" not in str(w.message)}),
-            "steps": seg.n_iter_}
+            "steps": seg.n_iter_,
+            # Each candidate model's lags and held-out ELBO when they were compared.
+            "candidates": " ".join(f"{lag}:{score:.4f}" for lag, score in zip(
+                seg.candidate_lags_, seg.candidate_scores_))}
 
 
 def _embedded(seqs: list, n_lags: int) -> list:
@@ -284,6 +287,7 @@ def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
     rows[-1]["warnings"] = "; ".join(nld["warnings"])
     rows[-1]["steps"] = nld["steps"]
     rows[-1]["n_lags"] = nld["n_lags"]  # The lags kept (n_lags="auto" may add one).
+    rows[-1]["candidates"] = nld["candidates"]
     for name, res in nld["also"].items():
         add(f"nldseg_{name}", res,
             {f"nld_{k}": v for k, v in nld["occupancies"].items()}, nld["n_states"])

@@ -64,10 +64,8 @@ DECODER_COVARIANCES = frozenset({"full", "diag", "latent"})
 INITIAL_PRIORS = frozenset({"stationary", "gaussian"})
 ENCODER_INPUTS = frozenset({"linear", "quadratic"})
 
-#: ``min_state_fraction`` at least, for the model n_lags="auto" trains again
-#: with one lag after about one well on single frames; and the share of the
-#: stationary law outside the largest well below which a fit counts as one well.
-_RETRY_STATE_FRACTION = 0.05
+#: ``min_state_fraction`` at least, for a model with one lag kept by n_lags="auto".
+_LAGGED_STATE_FRACTION = 0.05
 #: Steps ``sample`` runs a lagged model's decoder before its first observation.
 _SAMPLE_BURN_IN = 50
 _SEEDING_LOCK = threading.Lock()  # See LangevinSegmenter._new_module.
@@ -129,11 +127,6 @@ def _restart_seeds(seed: int, n_init: int) -> list[int]:
                      for i in range(1, n_init)]
 
 
-def _about_one_well(occupancy: np.ndarray) -> bool:
-    """Whether one well holds all but ``_RETRY_STATE_FRACTION`` of the stationary law."""
-    return float(np.max(occupancy)) >= 1.0 - _RETRY_STATE_FRACTION
-
-
 class LangevinSegmenter(DensityMixin, BaseEstimator):
     r"""Unsupervised, online segmentation of sequences by Neural Langevin Dynamics.
 
@@ -181,26 +174,26 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         before it), and its decoder is an autoregression, the density of the
         newest observation given the previous ones, ``p(x_t | x_{t-1}, ...,
         z_t)``, so that a state can be told by how an observation follows the
-        previous one, not only by the observations' law. ``"auto"`` trains on
-        single frames (``0``) and, only if that ends with about one well (a
-        single well, or one holding 95 % of the stationary law or more) and
-        ``n_states`` is None, trains again with ``1`` and keeps that model
-        if it finds more than one well, each holding at least 5 % of the data
-        (``min_state_fraction`` raised to 0.05 for this retry: on one
-        autoregression alone, one lag found a spurious well of 3 %);
-        ``n_lags_`` says which was kept. One
-        lag finds states that differ only in their dynamics (regimes of a
-        vector autoregression with the same stationary law, where single
-        frames give one well), but where the states differ in the frames'
-        law and the frames overlap it merges states (the suite's ``overlap``
-        and ``six_states``: 1-5 wells where single frames find 4 and 6), as
-        the previous observation explains part of the next; hence not ``1``
-        by default (see ``benchmarks/RESULTS.md``). The retry depends on the
-        single-frame model ending with about one well where frames carry no
-        state: on one seed of three of the suite's ``regimes`` the default
-        restarts kept a single-frame model with a spurious second well, so
-        no retry came (2 wells; ``n_init=1`` retried and found the 3);
-        ``n_lags=1`` then forces the lag. Labels stay online (step
+        previous one, not only by the observations' law. ``"auto"`` adds one
+        model reading one lag to the ``n_init`` restarts on single frames, and
+        all are compared by held-out ELBO like the restarts (the decoder's
+        density of the newest observation counts one observation per step
+        either way, so the two bounds measure the same thing); ``n_lags_``
+        says which was kept, ``candidate_scores_`` what was compared. A model
+        with a lag kept this way counts only wells holding 5 % of the data or
+        more (``min_state_fraction`` raised to 0.05: on one autoregression
+        alone, one lag found a spurious well of 3 %). One lag finds states
+        that differ only in their dynamics (regimes of a vector
+        autoregression with the same stationary law, where single frames give
+        one well or spurious ones) and there its held-out ELBO is higher by
+        nats per step; where the states differ in the frames' law it was
+        lower or equal, by 0.01-0.4 nats per step, and it can merge states
+        (the suite's ``overlap``, ``six_states`` and ``highdim`` at one lag:
+        fewer wells or lower accuracy in some seeds); hence not ``1`` by
+        default (see ``benchmarks/RESULTS.md``). The candidate with one lag
+        costs what a restart does (at most ``max_iter / 2`` gradient steps
+        more); an integer fixes the lag and trains no such candidate. Labels
+        stay online (step
         ``t`` reads ``x[:t+1]``), and :meth:`score` is the ELBO of one
         observation per step, the first of a sequence given itself.
     encoder_input : {"quadratic", "linear"}, default="quadratic"
@@ -235,7 +228,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         two states merged into one well at a lower ELBO than a run that
         found them. Each further model adds at most ``max_iter / 2``
         gradient steps: with the defaults a fit took 1.5-1.9 times as long
-        as one model's; ``1`` trains one model.
+        as one model's; ``1`` trains one model. With ``n_lags="auto"`` a
+        model reading one lag joins them (see ``n_lags``).
     learning_rate : {"cosine", "constant"}, default="cosine"
         Schedule of the Adam learning rate. ``"cosine"`` holds
         ``learning_rate_init`` until the held-out ELBO stops improving (or
@@ -423,7 +417,17 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Gradient steps taken.
     n_lags_ : int
         Previous observations the fitted model reads beside each one: ``n_lags``,
-        or with ``n_lags="auto"`` the one kept (0, or 1 after about one well).
+        or with ``n_lags="auto"`` the one kept (0 or 1, by held-out ELBO).
+    candidate_lags_ : ndarray of shape (n_candidates,)
+        The lags of the models trained and compared: ``n_init`` restarts, and
+        with ``n_lags="auto"`` one more reading one lag (the last).
+    candidate_scores_ : ndarray of shape (n_candidates,)
+        What they were compared by (higher is better): the mean of each
+        one's last ``n_iter_no_change`` held-out ELBOs per step when the
+        comparison was made (minus its mean training loss without
+        ``early_stopping``); NaN for a model not reached (an interrupted
+        fit). The kept one trained on alone. Empty for a model saved before
+        these existed.
     converged_ : bool
         Whether the held-out ELBO stopped improving before ``max_iter`` ran
         out. A fit that ran out of budget while it was still improving warns
@@ -662,24 +666,12 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seeds = replicas.broadcast_seeds(seeds)
         mean = data.mean(0)
         scale = scale_from_variance(data.var(0), mean, data.shape[0])
-        tries = [0, 1] if self.n_lags == "auto" else [self.n_lags]
-        for n_lags in tries:
-            # The warnings of a fit that is not kept are dropped.
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                fitted, interrupted = self._fit_lags(n_lags, data, seqs, seeds, mean,
-                                                     scale, device, replicas)
-            if self.n_states is not None or interrupted:
-                break
-            if n_lags == tries[0]:
-                if not _about_one_well(fitted["state_occupancy_"]):
-                    break
-                first = fitted, caught
-            elif fitted["n_states_"] > 1:
-                break
-        else:  # About one well each time: keep the first, the simpler model.
-            fitted, caught = first
-        for w in caught:  # Again, from the caller's line (fit's, through _fit).
+        # The warnings are said again from the caller's line (fit's, through _fit).
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fitted = self._fit_candidates(data, seqs, seeds, mean, scale, device,
+                                          replicas)
+        for w in caught:
             warnings.warn(w.message, stacklevel=3)
         # Assign at the end so a failure leaves no half-fitted estimator.
         for name, value in fitted.items():
@@ -689,8 +681,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 "; if the states may differ in how an observation follows the "
                 "previous ones rather than in the observations' law, set n_lags=1 "
                 "or more" if self.n_lags == 0 else
-                " (n_lags='auto' tried 0 and 1 previous observations)"
-                if self.n_lags == "auto" else "")
+                " (n_lags='auto' compared single frames with one lag and kept "
+                "the better held-out ELBO)" if self.n_lags == "auto" else "")
             warnings.warn(
                 "The learned energy has a single well, so every step gets the same "
                 "label. If the data should hold several states: give training more "
@@ -699,34 +691,48 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 f"{dynamics_hint}.", UserWarning, stacklevel=3)
         return self
 
-    def _fit_lags(self, n_lags: int, data: np.ndarray, seqs: Sequences, seeds,
-                  mean: np.ndarray, scale: np.ndarray, device, replicas) -> tuple:
-        """Train a model that reads ``n_lags`` previous observations.
+    def _fit_candidates(self, data: np.ndarray, seqs: Sequences, seeds,
+                        mean: np.ndarray, scale: np.ndarray, device, replicas) -> dict:
+        """Train the candidate models, keep the best, find its wells.
 
-        Returns its fitted attributes (not yet assigned) and whether the user
-        interrupted the training.
+        The candidates are the ``n_init`` restarts reading ``n_lags`` previous
+        observations; with ``n_lags="auto"``, the restarts on single frames
+        and one model reading one lag (the first restart's weight seed). The
+        kept one is the best by held-out ELBO (:func:`nldseg._training.train`).
+        Returns the fitted attributes, not yet assigned.
         """
-        z_data = self._model_frames(data, seqs.lengths, mean, scale, n_lags=n_lags,
-                                    oldest_first=True)
-        params = dict(self.get_params(), n_lags=n_lags)
-        modules = [self._new_module(data.shape[1], seed, device, params)
-                   for seed in _restart_seeds(int(seeds[0]), self.n_init)]
+        auto = self.n_lags == "auto"
+        restart_seeds = _restart_seeds(int(seeds[0]), self.n_init)
+        candidates = [(0 if auto else self.n_lags, seed) for seed in restart_seeds]
+        if auto:
+            candidates.append((1, restart_seeds[0]))
+        frames = {lag: torch.as_tensor(self._model_frames(
+            data, seqs.lengths, mean, scale, n_lags=lag, oldest_first=True), device=device)
+            for lag in sorted({lag for lag, _ in candidates})}
+        modules = [self._new_module(data.shape[1], seed, device,
+                                    dict(self.get_params(), n_lags=lag))
+                   for lag, seed in candidates]
         try:
-            result = train(modules, torch.as_tensor(z_data, device=device), seqs.lengths,
-                           TrainingSettings.from_params(params), device,
+            result = train(modules, [frames[lag] for lag, _ in candidates], seqs.lengths,
+                           TrainingSettings.from_params(self.get_params()), device,
                            int(seeds[1]), replicas)
         finally:
             release_buffers()  # The training kernels' reused work space.
+        n_lags = candidates[result.kept][0]
         module = freeze(modules[result.kept])
         del modules
         fraction = self.min_state_fraction
-        if self.n_lags == "auto" and n_lags > 0:
-            # A retry after about one well on single frames: a state must show more
-            # (a single autoregression gave a spurious well of 3 %).
-            fraction = max(fraction, _RETRY_STATE_FRACTION)
+        if auto and n_lags > 0:
+            # A state must show more in a model with a lag: on one autoregression
+            # alone, one lag found a spurious well of 3 %.
+            fraction = max(fraction, _LAGGED_STATE_FRACTION)
+        z_data = frames[n_lags].cpu().numpy()
+        del frames
         landscape, time_scale = self._fit_landscape(module, z_data, seqs, seeds[2:],
                                                     fraction)
         beta, gamma, mass = (t.detach() for t in module.langevin_params())
+        scores = np.full(len(candidates), np.nan)
+        scores[:len(result.restart_scores)] = result.restart_scores
         return {
             "scaler_mean_": mean, "scaler_scale_": scale,
             "module_": module, "energy_": landscape,
@@ -738,8 +744,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             "converged_": result.converged,
             "validation_scores_": result.validation_scores,
             "n_lags_": n_lags,
+            "candidate_lags_": np.array([lag for lag, _ in candidates]),
+            "candidate_scores_": scores,
             "_oldest_first": True,  # Older fits embedded the newest observation first.
-        }, result.interrupted
+        }
 
     def _new_module(self, n_features: int, seed: int, device,
                     params: dict) -> NeuralLangevinVAE:

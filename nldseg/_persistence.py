@@ -47,7 +47,10 @@ _ADDED_FITTED = {"validation_scores_": list,
                  "prior_time_scale_": lambda: float("nan"),
                  # Delay embeddings were newest first, and the decoder
                  # explained the whole embedded frame.
-                 "_oldest_first": lambda: False}
+                 "_oldest_first": lambda: False,
+                 # Fitted before the candidates were reported.
+                 "candidate_lags_": lambda: np.array([], dtype=int),
+                 "candidate_scores_": lambda: np.array([])}
 
 
 class InconsistentVersionWarning(UserWarning):

@@ -551,7 +551,10 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     trained exactly as a single one would be, so one model gives today's fit.
 
     ``data`` (n_total, n_features) holds the standardised training sequences
-    end to end on ``device``, ``lengths`` their lengths. A non-finite loss or
+    end to end on ``device``, ``lengths`` their lengths; or one such tensor
+    per model, the same rows embedded differently (the estimator's candidates
+    with and without a lag, compared on the same held-out steps, windows and
+    noise). A non-finite loss or
     gradient rolls back to the parameters before the last update, halves the
     learning rate (for the rest of training), retries the batch with fresh
     noise and warns. Ctrl-C keeps the model with the best held-out ELBO so far
@@ -566,6 +569,9 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     float tolerance). Only the first prints progress.
     """
     modules = list(modules)
+    datas = list(data) if isinstance(data, (list, tuple)) else [data] * len(modules)
+    if len(datas) != len(modules):
+        raise ValueError(f"{len(datas)} data tensors for {len(modules)} models.")
     s = settings
     rng = np.random.default_rng(int(seed))
     if s.kl_warmup > s.max_iter:
@@ -576,18 +582,23 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
             UserWarning, stacklevel=4)
     fraction = s.validation_fraction if s.early_stopping else 0.0
     train_segments, val_segments = split_validation(lengths, fraction, rng)
-    first_rows = segment_first_rows(data.shape[0], train_segments + val_segments)
-    # Every restart is judged on the same held-out windows and noise.
-    held_out = _HeldOut(modules[0], data, val_segments, s, device, int(seed) + 1,
-                        first_rows)
+    first_rows = segment_first_rows(datas[0].shape[0], train_segments + val_segments)
+    # Every restart is judged on the same held-out windows and noise (one set
+    # of windows per embedding of the rows, drawn alike).
+    held_outs = {}
+    for module, x in zip(modules, datas):
+        if id(x) not in held_outs:
+            held_outs[id(x)] = _HeldOut(module, x, val_segments, s, device,
+                                        int(seed) + 1, first_rows)
     runs = []
-    for i, module in enumerate(modules):
+    for i, (module, x) in enumerate(zip(modules, datas)):
         # The first run draws exactly what a single fit draws.
         run_rng = rng if i == 0 else np.random.default_rng([int(seed), i])
         run_seed = int(seed) if i == 0 else int(run_rng.integers(2**31 - 1))
         label = f"run {i + 1}/{len(modules)}: " if len(modules) > 1 else ""
-        runs.append(_training_run(module, data, train_segments, first_rows, held_out,
-                                  s, device, run_rng, run_seed, replicas, label))
+        runs.append(_training_run(module, x, train_segments, first_rows,
+                                  held_outs[id(x)], s, device, run_rng, run_seed,
+                                  replicas, label))
     scores, done = [], {}
     for i, run in enumerate(runs):
         try:
