@@ -29,7 +29,8 @@ FORMAT_VERSION = 1
 _FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "prior_time_scale_",
                    "n_iter_", "converged_", "n_features_in_", "loss_curve_",
                    "validation_scores_", "_oldest_first", "n_lags_")
-_FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_")
+_FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_",
+                  "candidate_lags_", "candidate_scores_")
 # Parameters renamed since a file could have been written: old name -> new name.
 _RENAMED_PARAMS = {"n_samples": "n_paths"}
 # Parameters added since: the value that reproduces what older versions did.

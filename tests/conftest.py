@@ -20,13 +20,14 @@ TINY = dict(device="cpu", hidden_size=32, context_size=16, window_length=40,
             # A shared noise forms its wells within these 72 steps; the default
             # ("latent") needs more and has its own fixture, tiny_latent_noise.
             decoder_covariance="full",
-            # One model, not the default two restarts (tested on their own).
-            n_init=1)
+            # One model on single frames, not the default two restarts and a
+            # model with one lag (tested on their own).
+            n_init=1, n_lags=0)
 # Fits that only need to run (pipelines, grid searches), not to learn: one
 # well, so tests of these compare loss curves and weights, not labels.
 TINY_SEARCH = dict(device="cpu", hidden_size=16, context_size=8, window_length=30,
                    batch_size=32, max_iter=6, early_stopping=False, kl_warmup=10, n_paths=2,
-                   random_state=0, decoder_covariance="full", n_init=1)
+                   random_state=0, decoder_covariance="full", n_init=1, n_lags=0)
 # The same data (ragged_chain) trained long enough to find its 3 states, for
 # the pipeline tests that compare labels.
 TINY_SEARCH_WELLS = dict(TINY_SEARCH, hidden_size=32, context_size=16,

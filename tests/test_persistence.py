@@ -97,6 +97,7 @@ def _as_older_version(params: dict, fitted: dict) -> None:
     del params["early_stopping"], params["validation_fraction"]  # Added since.
     del params["n_threads"]  # Added since.
     del fitted["validation_scores_"], fitted["_oldest_first"]  # Added since.
+    del fitted["candidate_lags_"], fitted["candidate_scores_"]  # Added since.
 
 
 def _check_upgraded(seg, loaded, X) -> None:
@@ -106,6 +107,7 @@ def _check_upgraded(seg, loaded, X) -> None:
     assert loaded.n_threads is None
     assert loaded.validation_scores_ == []
     assert loaded._oldest_first is False
+    assert loaded.candidate_lags_.shape == loaded.candidate_scores_.shape == (0,)
 
 
 def test_pickle_from_an_older_version_gets_todays_names(tiny_fitted, tiny_data):
@@ -123,8 +125,11 @@ def _resaved(seg, tmp_path, name: str, edit) -> LangevinSegmenter:
     seg.save(tmp_path / "m.nldseg")
     payload = torch.load(tmp_path / "m.nldseg", weights_only=True)
     params, fitted = json.loads(payload["params"]), json.loads(payload["fitted"])
-    edit(params, fitted)
-    payload["params"], payload["fitted"] = json.dumps(params), json.dumps(fitted)
+    both = dict(fitted, **payload["arrays"])  # Attributes stored as JSON or as tensors.
+    edit(params, both)
+    payload["params"] = json.dumps(params)
+    payload["fitted"] = json.dumps({k: v for k, v in both.items() if k in fitted})
+    payload["arrays"] = {k: v for k, v in both.items() if k in payload["arrays"]}
     torch.save(payload, tmp_path / name)
     return LangevinSegmenter.load(tmp_path / name)
 
