@@ -243,7 +243,8 @@ def run_nldseg(train: list, test: list, seed: int, overrides: dict,
             "steps": seg.n_iter_,
             # Each candidate model's lags and held-out ELBO when they were compared.
             "candidates": " ".join(f"{lag}:{score:.4f}" for lag, score in zip(
-                seg.candidate_lags_, seg.candidate_scores_))}
+                seg.candidate_lags_, seg.candidate_scores_)),
+            "lag_gain": "{:.4f} +- {:.4f}".format(*seg.lag_elbo_gain_)}
 
 
 def _embedded(seqs: list, n_lags: int) -> list:
@@ -288,6 +289,7 @@ def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
     rows[-1]["steps"] = nld["steps"]
     rows[-1]["n_lags"] = nld["n_lags"]  # The lags kept (n_lags="auto" may add one).
     rows[-1]["candidates"] = nld["candidates"]
+    rows[-1]["lag_gain"] = nld["lag_gain"]
     for name, res in nld["also"].items():
         add(f"nldseg_{name}", res,
             {f"nld_{k}": v for k, v in nld["occupancies"].items()}, nld["n_states"])

@@ -428,6 +428,13 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         ``early_stopping``); NaN for a model not reached (an interrupted
         fit). The kept one trained on alone. Empty for a model saved before
         these existed.
+    lag_elbo_gain_ : ndarray of shape (2,)
+        With ``n_lags="auto"``: how much higher the held-out ELBO per step
+        of the candidate with one lag was than the best single-frame one's,
+        on the same held-out windows and noise, and its standard error; the
+        lag is kept only if the gain exceeds two standard errors. NaN when
+        not compared (an integer ``n_lags``, no ``early_stopping``, an
+        interrupted fit, a model saved before it existed).
     converged_ : bool
         Whether the held-out ELBO stopped improving before ``max_iter`` ran
         out. A fit that ran out of budget while it was still improving warns
@@ -715,7 +722,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         try:
             result = train(modules, [frames[lag] for lag, _ in candidates], seqs.lengths,
                            TrainingSettings.from_params(self.get_params()), device,
-                           int(seeds[1]), replicas)
+                           int(seeds[1]), replicas, levels=[lag for lag, _ in candidates])
         finally:
             release_buffers()  # The training kernels' reused work space.
         n_lags = candidates[result.kept][0]
@@ -746,6 +753,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             "n_lags_": n_lags,
             "candidate_lags_": np.array([lag for lag, _ in candidates]),
             "candidate_scores_": scores,
+            "lag_elbo_gain_": np.array(result.level_gain, dtype=float),
             "_oldest_first": True,  # Older fits embedded the newest observation first.
         }
 

@@ -47,6 +47,11 @@ N_PARTITION_DRAWS = 4096  # Importance draws of log Z per training step.
 CLIP_NORM = 10.0  # Gradient norm clipping of every training step.
 MAX_BAD_STEPS = 8  # Non-finite steps in a row before training gives up.
 MAX_VALIDATION_WINDOWS = 256  # Held-out windows whose ELBO is checked.
+#: A model of a higher level (reading more lags) is kept over the best one of
+#: the lowest level only if its held-out ELBO is higher by more than this many
+#: standard errors of the paired per-window differences: a one-sided test at
+#: about 2.3 %, so that a tie keeps the simpler model.
+LEVEL_Z = 2.0
 #: Training KL per observed step below which the latent path carries nothing
 #: (posterior collapse). Collapsed fits measured about 1e-4, fits with states
 #: 0.2-0.3. Until the KL has risen above it, a decoder noise that follows the
@@ -110,7 +115,10 @@ class TrainingResult:
     taken; ``converged``: whether the held-out ELBO stopped improving before
     the budget ran out; ``interrupted``: whether the user stopped it (Ctrl-C);
     ``kept``: which of the models given was kept, ``restart_scores``: the
-    scores they were compared on (:func:`train`).
+    scores they were compared on; ``level_gain``: the best model of the
+    higher level against the best of the lowest, ``(ELBO gain per step,
+    its standard error)`` on the same held-out windows, NaN when not
+    compared (:func:`train`).
     """
 
     loss_curve: list
@@ -120,6 +128,7 @@ class TrainingResult:
     interrupted: bool = False
     kept: int = 0
     restart_scores: list = field(default_factory=list)
+    level_gain: tuple = (float("nan"), float("nan"))
 
 
 def split_validation(lengths: np.ndarray, fraction: float,
@@ -485,6 +494,26 @@ class _HeldOut:
         the sums are added up over them.
         """
         sums = torch.zeros(2, dtype=torch.float64)
+        for _, elbo, mask in self._batch_elbos(module, replicas):
+            sums += torch.stack([elbo.sum(), mask.sum()]).double().cpu()
+        replicas.sum_([sums])
+        return float(sums[0] / sums[1])
+
+    def window_elbos(self, module, replicas: Replicas = SINGLE) -> tuple:
+        """Each held-out window's ELBO (summed over its steps) and its observed steps.
+
+        Two float64 arrays of shape (n_windows,), in the windows' order.
+        """
+        sizes = [len(batch[1]) for batch in self.batches]
+        ends = np.cumsum([0] + sizes)
+        sums = torch.zeros(2, int(ends[-1]), dtype=torch.float64)
+        for i, elbo, mask in self._batch_elbos(module, replicas):
+            sums[:, ends[i]:ends[i + 1]] = torch.stack([elbo, mask.sum(1)]).double().cpu()
+        replicas.sum_([sums])
+        return sums[0].numpy(), sums[1].numpy()
+
+    def _batch_elbos(self, module, replicas: Replicas):
+        """``(index, ELBO of each window, mask)`` of this process's batches."""
         with torch.no_grad():
             for i, (x, mask, lead, noise, eps0, probe) in enumerate(self.batches):
                 if i % replicas.world_size != replicas.rank:
@@ -493,9 +522,7 @@ class _HeldOut:
                                                 solver=self.solver,
                                                 partition_noise=probe,
                                                 h_init=_state_before(module, lead))
-                sums += torch.stack([(log_lik - kl).sum(), mask.sum()]).double().cpu()
-        replicas.sum_([sums])
-        return float(sums[0] / sums[1])
+                yield i, log_lik - kl, mask
 
 
 class _ProgressBar:
@@ -536,8 +563,8 @@ def _load_parameters(module, tensors: list) -> None:
 
 
 def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSettings,
-          device: torch.device, seed: int,
-          replicas: Replicas = SINGLE) -> TrainingResult:
+          device: torch.device, seed: int, replicas: Replicas = SINGLE,
+          levels: list | None = None) -> TrainingResult:
     """Adam on the negative ELBO for at most ``max_iter`` steps (module docstring).
 
     ``modules``: the freshly built models, one or several (restarts, the
@@ -554,13 +581,22 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     end to end on ``device``, ``lengths`` their lengths; or one such tensor
     per model, the same rows embedded differently (the estimator's candidates
     with and without a lag, compared on the same held-out steps, windows and
-    noise). A non-finite loss or
-    gradient rolls back to the parameters before the last update, halves the
-    learning rate (for the rest of training), retries the batch with fresh
-    noise and warns. Ctrl-C keeps the model with the best held-out ELBO so far
-    (else the last good step) and warns. Warns when ``max_iter`` ends before
-    the KL warm-up, and when the held-out ELBO was still improving when the
-    budget ran out.
+    noise).
+
+    ``levels`` (one int per model, e.g. its lags; default all equal): the
+    models of the lowest level compete as restarts do. The best model of a
+    higher level (by the same score) is kept instead only if, on the same
+    held-out windows and noise, its ELBO is higher than the best lowest-level
+    model's by more than ``LEVEL_Z`` standard errors of the per-window
+    differences (:func:`_level_gain`); without held-out data, only if its
+    score is higher. ``TrainingResult.level_gain`` reports the comparison.
+
+    A non-finite loss or gradient rolls back to the parameters before the
+    last update, halves the learning rate (for the rest of training),
+    retries the batch with fresh noise and warns. Ctrl-C keeps the model
+    with the best held-out ELBO so far (else the last good step) and warns.
+    Warns when ``max_iter`` ends before the KL warm-up, and when the held-out
+    ELBO was still improving when the budget ran out.
 
     ``replicas``: the processes training this model together
     (:mod:`nldseg._distributed`); each must call with the same arguments. Each
@@ -609,7 +645,22 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
                 return _kept(done[i], i, scores)
             scores.append(_selection_score(done[i].validation_scores,
                                            done[i].loss_curve, s))
-    kept = int(np.argmax(np.nan_to_num(scores, nan=-np.inf)))
+    finite = np.nan_to_num(scores, nan=-np.inf)
+    kept, gain = int(np.argmax(finite)), (float("nan"), float("nan"))
+    levels = [0] * len(modules) if levels is None else list(levels)
+    if len(set(levels)) > 1:
+        base = min(levels)
+        simple = max((i for i in range(len(modules)) if levels[i] == base),
+                     key=lambda i: finite[i])
+        other = max((i for i in range(len(modules)) if levels[i] != base),
+                    key=lambda i: finite[i])
+        held_other = held_outs[id(datas[other])]
+        if held_other:
+            gain = _level_gain(modules[other], held_other, modules[simple],
+                               held_outs[id(datas[simple])], replicas)
+            kept = other if gain[0] > LEVEL_Z * gain[1] else simple
+        else:
+            kept = other if finite[other] > finite[simple] else simple
     for i, run in enumerate(runs):
         if i != kept:
             run.close()
@@ -619,12 +670,36 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
                 next(runs[kept])
         except StopIteration as stop:
             done[kept] = stop.value
+    done[kept].level_gain = gain
     return _kept(done[kept], kept, scores)
 
 
 def _kept(result: TrainingResult, index: int, scores: list) -> TrainingResult:
     result.kept, result.restart_scores = index, list(scores)
     return result
+
+
+def _level_gain(module, held_out: _HeldOut, reference, held_reference: _HeldOut,
+                replicas: Replicas) -> tuple:
+    """``module``'s held-out ELBO per step minus ``reference``'s, and its standard error.
+
+    Both are read on the same windows and noise (two :class:`_HeldOut` drawn
+    alike for two embeddings of the rows). The gain is the summed per-window
+    differences over the summed steps; its standard error is the ratio
+    estimator's, from the spread over windows of each window's difference
+    around ``gain`` times its steps.
+    """
+    elbo, steps = held_out.window_elbos(module, replicas)
+    ref, ref_steps = held_reference.window_elbos(reference, replicas)
+    if not np.array_equal(steps, ref_steps):
+        raise RuntimeError("Models compared on different held-out windows.")
+    diff = elbo - ref
+    gain = float(diff.sum() / steps.sum())
+    n = len(steps)
+    if n < 2:  # No spread to judge the gain by.
+        return gain, float("inf")
+    resid = diff - gain * steps
+    return gain, float(np.sqrt((resid * resid).sum() * n / (n - 1)) / steps.sum())
 
 
 def _selection_score(scores: list, loss_curve: list, s: TrainingSettings) -> float:
