@@ -173,6 +173,8 @@ def test_auto_lags_keep_one_lag_where_only_dynamics_tell_the_states(lagged_regim
     np.testing.assert_array_equal(seg.candidate_lags_, [0, 1])
     frames, lagged = seg.candidate_scores_
     assert lagged > frames + 0.5, seg.candidate_scores_  # Nats per step.
+    gain, se = seg.lag_elbo_gain_  # Paired, on the same held-out windows.
+    assert gain > 0.5 and gain > 2 * se, seg.lag_elbo_gain_
     assert seg.module_ is calls[0][1]
     assert fractions == [0.05]  # A kept lag asks more of a state.
     assert seg.n_states_ == 3
@@ -198,6 +200,7 @@ def test_auto_lags_keep_frames_where_frames_tell_the_states(tiny_data, monkeypat
     np.testing.assert_array_equal(seg.candidate_lags_, [0, 1])
     frames, lagged = seg.candidate_scores_
     assert frames > lagged, seg.candidate_scores_
+    assert seg.lag_elbo_gain_[0] < 0, seg.lag_elbo_gain_
     assert seg.n_lags_ == 0 and seg.module_.given_features == 0
     assert fractions == [0.005]
     assert seg.n_states_ == 3

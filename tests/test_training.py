@@ -257,3 +257,87 @@ def test_the_first_restart_draws_what_a_single_fit_draws():
     assert len(set(three.restart_scores)) == 3  # Each run has its own draws.
     if three.kept == 0:
         assert three.loss_curve == one.loss_curve
+
+
+class _FixedHeldOut:
+    """Stands in for a held-out set whose per-window ELBOs are given."""
+
+    def __init__(self, elbos, steps):
+        self.elbos, self.steps = np.asarray(elbos, float), np.asarray(steps, float)
+
+    def window_elbos(self, module, replicas):
+        return self.elbos, self.steps
+
+
+def test_level_gain_is_the_paired_gain_per_step_and_its_standard_error():
+    from nldseg._distributed import SINGLE
+    from nldseg._training import _level_gain
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(-500.0, 40.0, size=64)  # Windows of 50 steps.
+    diff = rng.normal(5.0, 2.0, size=64)     # 0.1 per step, spread 0.04.
+    steps = np.full(64, 50.0)
+    gain, se = _level_gain(None, _FixedHeldOut(ref + diff, steps), None,
+                           _FixedHeldOut(ref, steps), SINGLE)
+    assert gain == pytest.approx(diff.mean() / 50)
+    # Equal windows: the paired t-test's standard error; the windows' own
+    # spread (40) does not enter it.
+    assert se == pytest.approx(np.std(diff / 50, ddof=1) / 8)
+    # Unequal windows weigh by their steps.
+    steps = np.array([10.0, 30.0, 60.0])
+    gain, se = _level_gain(None, _FixedHeldOut([-9.0, -27.0, -54.0], steps), None,
+                           _FixedHeldOut([-10.0, -30.0, -60.0], steps), SINGLE)
+    assert gain == pytest.approx(0.1) and se == pytest.approx(0.0, abs=1e-12)
+    # One window: no spread to judge by.
+    assert _level_gain(None, _FixedHeldOut([1.0], [5.0]), None,
+                       _FixedHeldOut([0.0], [5.0]), SINGLE)[1] == np.inf
+    with pytest.raises(RuntimeError, match="different held-out windows"):
+        _level_gain(None, _FixedHeldOut([1.0, 2.0], [5.0, 5.0]), None,
+                    _FixedHeldOut([1.0, 2.0], [5.0, 4.0]), SINGLE)
+
+
+def test_window_elbos_add_up_to_the_held_out_elbo():
+    from nldseg._training import _HeldOut, split_validation
+
+    models, data, lengths, s = _restart_setup(1)
+    _, val = split_validation(lengths, 0.25, np.random.default_rng(0))
+    held = _HeldOut(models[0], data, val, s, torch.device("cpu"), 1)
+    elbos, steps = held.window_elbos(models[0])
+    assert len(elbos) == len(steps) > 1 and np.all(steps > 0)
+    assert elbos.sum() / steps.sum() == pytest.approx(held.elbo(models[0]), rel=1e-5)
+
+
+@pytest.mark.parametrize("gain, se, kept", [
+    (0.50, 0.10, 1),    # Five standard errors better: the lag is kept.
+    (0.15, 0.10, 0),    # Higher, but within two standard errors: the simpler.
+    (-0.30, 0.10, 0),
+])
+def test_a_higher_level_is_kept_only_when_clearly_better(gain, se, kept, monkeypatch):
+    import warnings
+
+    from nldseg import _training
+
+    monkeypatch.setattr(_training, "_level_gain", lambda *args: (gain, se))
+    models, data, lengths, s = _restart_setup(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = _training.train(models, [data, data.clone()], lengths, s,
+                                 torch.device("cpu"), seed=3, levels=[0, 1])
+    assert result.kept == kept and result.level_gain == (gain, se)
+
+
+def test_without_held_out_data_a_higher_level_needs_a_higher_score():
+    import warnings
+    from dataclasses import replace
+
+    from nldseg._training import train
+
+    models, data, lengths, s = _restart_setup(2)
+    s = replace(s, early_stopping=False)
+    for p in list(models[1].parameters())[1:]:
+        p.requires_grad_(False)  # The higher level cannot learn: it loses.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = train(models, data, lengths, s, torch.device("cpu"), seed=3,
+                       levels=[0, 1])
+    assert result.kept == 0 and np.isnan(result.level_gain).all()
