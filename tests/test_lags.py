@@ -176,7 +176,7 @@ def test_auto_lags_keep_one_lag_where_only_dynamics_tell_the_states(lagged_regim
     gain, se = seg.lag_elbo_gain_  # Paired, on the same held-out windows.
     assert gain > 0.5 and gain > 2 * se, seg.lag_elbo_gain_
     assert seg.module_ is calls[0][1]
-    assert fractions == [0.05]  # A kept lag asks more of a state.
+    assert fractions == [0.005]  # A kept lag asks no more of a state.
     assert seg.n_states_ == 3
     assert segmentation_accuracy(y_test, seg.predict(X_test)) > 0.9
     assert not [w for w in caught if "single well" in str(w.message)]
