@@ -182,8 +182,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         of the newest observation, one observation per step either way.
         ``n_lags_`` says which was kept, ``lag_elbo_gain_`` the gain and its
         standard error, ``candidate_scores_`` the restarts' scores. One lag
-        finds states
-        that differ only in their dynamics (regimes of a vector
+        finds states that differ only in their dynamics (regimes of a vector
         autoregression with the same stationary law, where single frames give
         one well or spurious ones), and there its held-out ELBO is higher by
         about 3 nats per step; where the states differ in the frames' law the
@@ -193,7 +192,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         accuracy on some seeds); hence not ``1`` by default (see
         ``benchmarks/RESULTS.md``). On one autoregression alone (a single
         state) one lag once found a spurious well of 3 %; such a well is
-        counted, as wells are down to ``min_state_fraction``: a floor of 5 %
+        counted, as every well is down to ``min_state_fraction``: a floor of 5 %
         for models with a lag dropped the 5 % and 1 % states of the suite's
         ``langevin`` (2 wells of 4). Without ``early_stopping`` nothing is
         held out, and the lag is kept if its training loss was the lower. The
