@@ -718,19 +718,20 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         candidates = [(0 if auto else self.n_lags, seed) for seed in restart_seeds]
         if auto:
             candidates.append((1, restart_seeds[0]))
+        lags = [lag for lag, _ in candidates]
         frames = {lag: torch.as_tensor(self._model_frames(
             data, seqs.lengths, mean, scale, n_lags=lag, oldest_first=True), device=device)
-            for lag in sorted({lag for lag, _ in candidates})}
+            for lag in set(lags)}
         modules = [self._new_module(data.shape[1], seed, device,
                                     dict(self.get_params(), n_lags=lag))
                    for lag, seed in candidates]
         try:
-            result = train(modules, [frames[lag] for lag, _ in candidates], seqs.lengths,
+            result = train(modules, [frames[lag] for lag in lags], seqs.lengths,
                            TrainingSettings.from_params(self.get_params()), device,
-                           int(seeds[1]), replicas, levels=[lag for lag, _ in candidates])
+                           int(seeds[1]), replicas, levels=lags)
         finally:
             release_buffers()  # The training kernels' reused work space.
-        n_lags = candidates[result.kept][0]
+        n_lags = lags[result.kept]
         module = freeze(modules[result.kept])
         del modules
         z_data = frames[n_lags].cpu().numpy()
@@ -751,7 +752,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             "converged_": result.converged,
             "validation_scores_": result.validation_scores,
             "n_lags_": n_lags,
-            "candidate_lags_": np.array([lag for lag, _ in candidates]),
+            "candidate_lags_": np.array(lags),
             "candidate_scores_": scores,
             "lag_elbo_gain_": np.array(result.level_gain, dtype=float),
             "_oldest_first": True,  # Older fits embedded the newest observation first.
