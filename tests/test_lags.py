@@ -146,6 +146,16 @@ def _record_training(monkeypatch) -> list:
     return calls
 
 
+def _record_state_fractions(monkeypatch) -> list:
+    """The ``min_state_fraction`` each well search of ``fit`` is given, in order."""
+    from nldseg import _estimator
+    fractions = []
+    build = _estimator.build_landscape
+    monkeypatch.setattr(_estimator, "build_landscape", lambda *a, **k: fractions.append(
+        k["min_state_fraction"]) or build(*a, **k))
+    return fractions
+
+
 def test_auto_lags_keep_one_lag_where_only_dynamics_tell_the_states(lagged_regimes,
                                                                      monkeypatch):
     """On regimes with the same N(0, I) frames, "auto" trains a frame model and
@@ -155,12 +165,8 @@ def test_auto_lags_keep_one_lag_where_only_dynamics_tell_the_states(lagged_regim
 
     from conftest import TINY
 
-    from nldseg import _estimator
     calls = _record_training(monkeypatch)
-    fractions = []
-    build = _estimator.build_landscape
-    monkeypatch.setattr(_estimator, "build_landscape", lambda *a, **k: fractions.append(
-        k["min_state_fraction"]) or build(*a, **k))
+    fractions = _record_state_fractions(monkeypatch)
     X, X_test, y_test = lagged_regimes
     params = dict(TINY, decoder_covariance="latent", max_iter=200, random_state=1,
                   early_stopping=True, n_lags="auto")
@@ -189,11 +195,7 @@ def test_auto_lags_keep_frames_where_frames_tell_the_states(tiny_data, monkeypat
     observation tells a sticky state before the latent path has learnt to.)"""
     from conftest import TINY
 
-    from nldseg import _estimator
-    fractions = []
-    build = _estimator.build_landscape
-    monkeypatch.setattr(_estimator, "build_landscape", lambda *a, **k: fractions.append(
-        k["min_state_fraction"]) or build(*a, **k))
+    fractions = _record_state_fractions(monkeypatch)
     X, X_test, y_test = tiny_data
     seg = LangevinSegmenter(**dict(TINY, n_lags="auto", early_stopping=True,
                                    max_iter=300)).fit(X)
