@@ -69,6 +69,7 @@ from nldseg._validation import delay_embed  # noqa: E402
 from nldseg.datasets import (  # noqa: E402
     make_langevin_sequences,
     make_markov_chain_sequences,
+    make_oscillation_sequences,
     make_switching_ar_sequences,
 )
 from nldseg.metrics import (  # noqa: E402
@@ -161,6 +162,12 @@ CASES = {case.name: case for case in [
          "3-well diffusion through a nonlinear 45-D map under heavy noise (sd 3 "
          "per feature), as 45 distances of a molecular simulation; 4 x 5,000 "
          "steps; frames overlap", oracle=None, in_default_run=False),
+    Case("motion", make_oscillation_sequences,
+         dict(n_states=4, n_features=4), 1, 8000, 1, 8000,
+         "4 activities as oscillations of their own tempo (periods 20-80 "
+         "steps), amplitude and posture, as 4 joint angles of recorded motion; "
+         "one recording of 8,000 steps, segments of 800 steps on average",
+         oracle=None, in_default_run=False),
 ]}
 
 

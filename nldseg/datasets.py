@@ -14,6 +14,9 @@ transition matrix.
   dynamics; every frame has the same law N(0, I) whatever the regime.
 - :func:`make_langevin_sequences`: a metastable multi-well diffusion seen
   through a nonlinear map.
+- :func:`make_oscillation_sequences`: activities that are oscillations of
+  their own tempo, amplitude and posture, as joint angles of recorded motion;
+  long segments, frames that overlap.
 
 The emission parameters (how hidden states are turned into observations) can
 be drawn from their own seed, ``emission_random_state``. Use the same
@@ -33,6 +36,7 @@ from sklearn.utils import check_random_state
 __all__ = [
     "make_langevin_sequences",
     "make_markov_chain_sequences",
+    "make_oscillation_sequences",
     "make_switching_ar_sequences",
     "stationary_distribution",
 ]
@@ -514,6 +518,181 @@ def make_switching_ar_sequences(
     params = {
         "dynamics": dynamics,
         "noise_covariances": noise_cov,
+        "transition_matrix": transition_matrix,
+        "stationary_distribution": np.full(n_states, 1.0 / n_states),
+    }
+    return X, y, params
+
+
+def _oscillation_params(
+    rng: np.random.RandomState, n_states: int, n_features: int, mean_scale: float,
+    period_range: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Postures (K, D), loadings (K, D, 2) and periods (K,) of every state.
+
+    The periods are spread evenly in log between the range's ends, in a random
+    order, so that no two states share a tempo; each state's loadings map the
+    phase's ``(cos, sin)`` onto the features (its own amplitudes and phase
+    offsets, as legs in or out of phase).
+    """
+    postures = mean_scale * rng.standard_normal((n_states, n_features))
+    loadings = rng.standard_normal((n_states, n_features, 2)) / np.sqrt(2.0)
+    low, high = period_range
+    periods = np.exp(np.linspace(np.log(low), np.log(high), n_states))
+    return postures, loadings, periods[rng.permutation(n_states)]
+
+
+def make_oscillation_sequences(
+    n_sequences: int = 1,
+    n_timesteps: int = 8000,
+    *,
+    n_states: int = 4,
+    n_features: int = 4,
+    switch_prob: float = 1.0 / 2400.0,
+    mean_scale: float = 0.5,
+    period_range: tuple[float, float] = (20.0, 80.0),
+    noise: float = 0.1,
+    posture_rate: float = 0.05,
+    phase_noise: float = 0.05,
+    random_state: int | np.random.RandomState | None = None,
+    emission_random_state: int | np.random.RandomState | None = None,
+    return_params: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Generate activities that are oscillations, as joint angles of recorded motion.
+
+    A Markov chain (as in :func:`make_markov_chain_sequences`) picks the
+    activity of every step; its segments are long (``1 / ((n_states - 1) *
+    switch_prob)`` steps on average, 800 with the defaults), as in a recording
+    of a few activities. In activity ``k`` the observations are
+
+        x_t = p_t + W_k (cos phi_t, sin phi_t) + noise * e_t,
+
+    a posture ``p_t`` that moves smoothly towards the activity's own ``m_k``
+    (``p_t = p_{t-1} + posture_rate (m_k - p_{t-1})``), an oscillation whose
+    phase advances by ``2 pi / T_k`` per step (times ``1 + phase_noise *
+    N(0, 1)``, a tempo that wanders) and whose loadings ``W_k`` give each
+    feature its amplitude and phase offset, and white noise. The phase and the
+    posture carry on across a switch. The activities differ in posture,
+    amplitude, phase pattern and tempo; a single frame of an oscillation lies
+    anywhere on its cycle, so frames of different activities overlap, while a
+    few steps in a row tell them apart.
+
+    Parameters
+    ----------
+    n_sequences : int, default=1
+        Number of sequences (recordings).
+
+    n_timesteps : int, default=8000
+        Length of every sequence.
+
+    n_states : int, default=4
+        Number of activities. Must be at least 2.
+
+    n_features : int, default=4
+        Dimension of the observations (joint angles, say).
+
+    switch_prob : float, default=1/2400
+        Probability of switching to each other activity at every step.
+
+    mean_scale : float, default=0.5
+        Standard deviation of the postures ``m_k`` around 0, per feature (the
+        loadings' entries have standard deviation ``1 / sqrt(2)``).
+
+    period_range : tuple of two floats, default=(20.0, 80.0)
+        Shortest and longest period, in steps; the activities' periods are
+        spread evenly in log between them (one each, in a random order).
+
+    noise : float, default=0.1
+        Standard deviation of the white noise on every feature.
+
+    posture_rate : float, default=0.05
+        Fraction of the way to the new posture covered per step, in ``(0,
+        1]`` (a time constant of 20 steps with the default).
+
+    phase_noise : float, default=0.05
+        Relative standard deviation of every step's phase increment.
+
+    random_state : int, RandomState instance or None, default=None
+        Seed of the activities, phases and noise, and of the emission
+        parameters when `emission_random_state` is None.
+
+    emission_random_state : int, RandomState instance or None, default=None
+        Seed of the postures, loadings and periods (shared by train and test
+        sets when they use the same value).
+
+    return_params : bool, default=False
+        If True, also return the parameters of the generative model.
+
+    Returns
+    -------
+    X : ndarray of shape (n_sequences, n_timesteps, n_features)
+        Observations, as float64.
+
+    y : ndarray of shape (n_sequences, n_timesteps)
+        Activity of every step, as int64.
+
+    params : dict
+        Only returned if `return_params` is True, with keys ``"postures"``
+        (n_states, n_features), ``"loadings"`` (n_states, n_features, 2),
+        ``"periods"`` (n_states,), ``"transition_matrix"`` (n_states,
+        n_states) and ``"stationary_distribution"`` (n_states,).
+
+    See Also
+    --------
+    make_switching_ar_sequences : Regimes with identical frames.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from nldseg.datasets import make_oscillation_sequences
+    >>> X, y, params = make_oscillation_sequences(random_state=0, return_params=True)
+    >>> X.shape, y.shape
+    ((1, 8000, 4), (1, 8000))
+    >>> np.round(np.sort(params["periods"]), 1)
+    array([20. , 31.7, 50.4, 80. ])
+    """
+    n_sequences = _check_int(n_sequences, "n_sequences", 1)
+    n_timesteps = _check_int(n_timesteps, "n_timesteps", 1)
+    n_features = _check_int(n_features, "n_features", 1)
+    transition_matrix = _uniform_switching(n_states, switch_prob)
+    n_states, switch_prob = transition_matrix.shape[0], float(switch_prob)
+    mean_scale = _check_real(mean_scale, "mean_scale", low=0.0)
+    noise = _check_real(noise, "noise", low=0.0)
+    phase_noise = _check_real(phase_noise, "phase_noise", low=0.0)
+    posture_rate = _check_real(posture_rate, "posture_rate", low=0.0, high=1.0)
+    if posture_rate == 0.0:
+        raise ValueError("posture_rate must be > 0 (the posture would never move).")
+    try:
+        low, high = (float(v) for v in period_range)
+    except (TypeError, ValueError):
+        raise TypeError("period_range must be a pair of numbers (shortest, longest); "
+                        f"got {period_range!r}.") from None
+    if not 2.0 <= low <= high < np.inf:
+        raise ValueError("period_range must be (shortest, longest) with 2 <= shortest "
+                         f"<= longest, in steps; got {period_range!r}.")
+
+    rng = check_random_state(random_state)
+    postures, loadings, periods = _oscillation_params(
+        _emission_rng(rng, emission_random_state), n_states, n_features, mean_scale,
+        (low, high))
+    y = _sample_markov_chain(rng, n_sequences, n_timesteps, n_states, switch_prob)
+    increments = (2.0 * np.pi / periods[y]) * (
+        1.0 + phase_noise * rng.standard_normal((n_sequences, n_timesteps)))
+    phase = rng.uniform(0.0, 2.0 * np.pi, (n_sequences, 1)) + np.cumsum(increments, 1)
+    cycle = np.stack([np.cos(phase), np.sin(phase)], -1)
+    X = np.einsum("nti,ntdi->ntd", cycle, loadings[y])
+    posture = postures[y[:, 0]].copy()
+    for t in range(n_timesteps):
+        posture += posture_rate * (postures[y[:, t]] - posture)
+        X[:, t] += posture
+    X += noise * rng.standard_normal(X.shape)
+
+    if not return_params:
+        return X, y
+    params = {
+        "postures": postures,
+        "loadings": loadings,
+        "periods": periods,
         "transition_matrix": transition_matrix,
         "stationary_distribution": np.full(n_states, 1.0 / n_states),
     }

@@ -6,6 +6,7 @@ import pytest
 from nldseg.datasets import (
     make_langevin_sequences,
     make_markov_chain_sequences,
+    make_oscillation_sequences,
     make_switching_ar_sequences,
     stationary_distribution,
 )
@@ -147,3 +148,66 @@ def test_langevin_well_depths_set_the_shares():
     np.testing.assert_allclose(equal["stationary_distribution"], 1 / 3, atol=1e-4)
     with pytest.raises(ValueError, match="well_depths must hold 3"):
         make_langevin_sequences(2, 5, well_depths=[1.0, 2.0])
+
+
+def test_oscillation_shapes_determinism_and_shared_emissions():
+    X, y = make_oscillation_sequences(3, 500, random_state=0)
+    assert X.shape == (3, 500, 4) and X.dtype == np.float64
+    assert y.shape == (3, 500) and y.dtype == np.int64
+    X2, y2 = make_oscillation_sequences(3, 500, random_state=0)
+    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(y, y2)
+    _, _, a = make_oscillation_sequences(1, 50, random_state=1,
+                                         emission_random_state=7, return_params=True)
+    _, _, b = make_oscillation_sequences(1, 50, random_state=2,
+                                         emission_random_state=7, return_params=True)
+    for key in ("postures", "loadings", "periods"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_oscillation_activities_follow_their_parameters():
+    X, y, params = make_oscillation_sequences(
+        4, 6000, switch_prob=1 / 3000, noise=0.05, phase_noise=0.0,
+        random_state=0, return_params=True)
+    periods, postures, loadings = (params["periods"], params["postures"],
+                                   params["loadings"])
+    np.testing.assert_allclose(np.sort(periods), np.geomspace(20, 80, 4))
+    assert params["transition_matrix"].shape == (4, 4)
+    np.testing.assert_allclose(params["stationary_distribution"], 0.25)
+    assert (np.diff(y, axis=1) != 0).sum() < 4 * 6000 / 500  # long segments
+    for k in range(4):
+        # Steps well inside a segment: the posture has settled (time constant
+        # 20 steps), so the frames' mean is the posture and their covariance
+        # the cycle's, W W^T / 2, plus the noise.
+        inside = (y == k) & np.roll(y == k, 200, axis=1) & np.roll(y == k, -1, axis=1)
+        inside[:, :200] = False
+        frames = X[inside]
+        assert len(frames) > 1000
+        np.testing.assert_allclose(frames.mean(0), postures[k], atol=0.1)
+        expected = loadings[k] @ loadings[k].T / 2 + 0.05**2 * np.eye(4)
+        np.testing.assert_allclose(np.cov(frames.T), expected, atol=0.1)
+        # Each activity repeats itself after its own period: the frames one
+        # period apart agree better than those half a period apart.
+        T = int(round(periods[k]))
+        inner = inside & np.roll(inside, T, axis=1)
+        inner[:, :T] = False
+        centred = X - postures[k]
+        full = np.sum(centred * np.roll(centred, T, axis=1), -1)[inner].mean()
+        half = np.roll(centred, T // 2, axis=1)
+        opposite = np.sum(centred * half, -1)[inner].mean()
+        assert full > 0.5 * np.trace(expected) and opposite < 0
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(period_range=(1.0, 10.0)), ValueError, "period_range"),
+    (dict(period_range=(30.0, 10.0)), ValueError, "period_range"),
+    (dict(period_range=5.0), TypeError, "period_range"),
+    (dict(posture_rate=0.0), ValueError, "posture_rate"),
+    (dict(posture_rate=1.5), ValueError, "posture_rate"),
+    (dict(noise=-1.0), ValueError, "noise"),
+    (dict(switch_prob=0.5), ValueError, "switch_prob"),
+    (dict(n_states=1), ValueError, "n_states"),
+])
+def test_oscillation_bad_parameters(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        make_oscillation_sequences(1, 100, **kwargs)
