@@ -7,6 +7,7 @@ and JSON (the rows plus the run's settings and machine)::
     python benchmarks/suite.py                       # the default cases, seeds 0 1 2
     python benchmarks/suite.py --cases overlap long --seeds 0 1 2 3 4
     python benchmarks/suite.py --cases highdim       # not in the default run
+    python benchmarks/suite.py --cases motion        # not in the default run
     python benchmarks/suite.py --nldseg '{"max_iter": 80}'   # other parameters
 
 Each case draws a training set and a test set from one generator of
@@ -165,8 +166,9 @@ CASES = {case.name: case for case in [
     Case("motion", make_oscillation_sequences,
          dict(n_states=4, n_features=4), 1, 8000, 1, 8000,
          "4 activities as oscillations of their own tempo (periods 20-80 "
-         "steps), amplitude and posture, as 4 joint angles of recorded motion; "
-         "one recording of 8,000 steps, segments of 800 steps on average",
+         "steps), amplitude and posture with nearly the same phase pattern, as "
+         "4 joint angles of recorded motion; one recording of 8,000 steps, "
+         "segments of 800 steps on average",
          oracle=None, in_default_run=False),
 ]}
 

@@ -526,20 +526,27 @@ def make_switching_ar_sequences(
 
 def _oscillation_params(
     rng: np.random.RandomState, n_states: int, n_features: int, mean_scale: float,
-    period_range: tuple[float, float],
+    period_range: tuple[float, float], pattern_spread: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Postures (K, D), loadings (K, D, 2) and periods (K,) of every state.
 
     The periods are spread evenly in log between the range's ends, in a random
-    order, so that no two states share a tempo; each state's loadings map the
-    phase's ``(cos, sin)`` onto the features (its own amplitudes and phase
-    offsets, as legs in or out of phase).
+    order, so that no two states share a tempo. Each state's loadings map the
+    phase's ``(cos, sin)`` onto the features: a pattern shared by every state
+    plus ``pattern_spread`` times one of its own (each entry N(0, 1/2),
+    normalised so that the sum has that law too), scaled by the state's
+    amplitude, log-uniform in [0.5, 2].
     """
     postures = mean_scale * rng.standard_normal((n_states, n_features))
-    loadings = rng.standard_normal((n_states, n_features, 2)) / np.sqrt(2.0)
+    own = rng.standard_normal((n_states, n_features, 2))
     low, high = period_range
     periods = np.exp(np.linspace(np.log(low), np.log(high), n_states))
-    return postures, loadings, periods[rng.permutation(n_states)]
+    periods = periods[rng.permutation(n_states)]
+    shared = rng.standard_normal((n_features, 2))
+    amplitudes = np.exp(rng.uniform(np.log(0.5), np.log(2.0), n_states))
+    pattern = (shared + pattern_spread * own) / np.sqrt(1.0 + pattern_spread**2)
+    loadings = amplitudes[:, None, None] * pattern / np.sqrt(2.0)
+    return postures, loadings, periods
 
 
 def make_oscillation_sequences(
@@ -551,6 +558,7 @@ def make_oscillation_sequences(
     switch_prob: float = 1.0 / 2400.0,
     mean_scale: float = 0.5,
     period_range: tuple[float, float] = (20.0, 80.0),
+    pattern_spread: float = 0.25,
     noise: float = 0.1,
     posture_rate: float = 0.05,
     phase_noise: float = 0.05,
@@ -573,9 +581,11 @@ def make_oscillation_sequences(
     N(0, 1)``, a tempo that wanders) and whose loadings ``W_k`` give each
     feature its amplitude and phase offset, and white noise. The phase and the
     posture carry on across a switch. The activities differ in posture,
-    amplitude, phase pattern and tempo; a single frame of an oscillation lies
-    anywhere on its cycle, so frames of different activities overlap, while a
-    few steps in a row tell them apart.
+    amplitude and tempo, and a little in their phase pattern (by
+    `pattern_spread`: as walking and running move the same joints in the same
+    order); a single frame of an oscillation lies anywhere on its cycle, so
+    frames of different activities overlap, while a few steps in a row tell
+    them apart.
 
     Parameters
     ----------
@@ -601,6 +611,14 @@ def make_oscillation_sequences(
     period_range : tuple of two floats, default=(20.0, 80.0)
         Shortest and longest period, in steps; the activities' periods are
         spread evenly in log between them (one each, in a random order).
+
+    pattern_spread : float, default=0.25
+        How much the activities' phase patterns differ: ``W_k = a_k (W + s
+        V_k) / sqrt(2 (1 + s^2))``, with ``W`` shared, ``V_k`` the
+        activity's own (entries standard normal) and ``a_k`` its amplitude,
+        log-uniform in [0.5, 2]. 0: one pattern, the activities differ in
+        tempo, amplitude and posture only; large: unrelated patterns, which
+        one lag of the observations tells apart at once.
 
     noise : float, default=0.1
         Standard deviation of the white noise on every feature.
@@ -657,6 +675,7 @@ def make_oscillation_sequences(
     transition_matrix = _uniform_switching(n_states, switch_prob)
     n_states, switch_prob = transition_matrix.shape[0], float(switch_prob)
     mean_scale = _check_real(mean_scale, "mean_scale", low=0.0)
+    pattern_spread = _check_real(pattern_spread, "pattern_spread", low=0.0)
     noise = _check_real(noise, "noise", low=0.0)
     phase_noise = _check_real(phase_noise, "phase_noise", low=0.0)
     posture_rate = _check_real(posture_rate, "posture_rate", low=0.0, high=1.0)
@@ -674,7 +693,7 @@ def make_oscillation_sequences(
     rng = check_random_state(random_state)
     postures, loadings, periods = _oscillation_params(
         _emission_rng(rng, emission_random_state), n_states, n_features, mean_scale,
-        (low, high))
+        (low, high), pattern_spread)
     y = _sample_markov_chain(rng, n_sequences, n_timesteps, n_states, switch_prob)
     increments = (2.0 * np.pi / periods[y]) * (
         1.0 + phase_noise * rng.standard_normal((n_sequences, n_timesteps)))

@@ -198,7 +198,24 @@ def test_oscillation_activities_follow_their_parameters():
         assert full > 0.5 * np.trace(expected) and opposite < 0
 
 
+def test_oscillation_pattern_spread():
+    # 0: one phase pattern, scaled by each activity's amplitude (0.5 to 2).
+    _, _, p = make_oscillation_sequences(1, 10, pattern_spread=0.0, random_state=3,
+                                         return_params=True)
+    flat = p["loadings"].reshape(4, -1)
+    ratios = flat / flat[:1]
+    np.testing.assert_allclose(ratios, ratios[:, :1] * np.ones_like(ratios))
+    assert np.all((ratios[:, 0] > 0.25 - 1e-9) & (ratios[:, 0] < 4 + 1e-9))
+    # Large: the patterns are unrelated (cosines between activities spread).
+    _, _, p = make_oscillation_sequences(1, 10, pattern_spread=100.0, random_state=3,
+                                         return_params=True)
+    unit = p["loadings"].reshape(4, -1)
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    assert np.abs(unit @ unit.T - np.eye(4)).max() < 0.95
+
+
 @pytest.mark.parametrize("kwargs, err, match", [
+    (dict(pattern_spread=-0.1), ValueError, "pattern_spread"),
     (dict(period_range=(1.0, 10.0)), ValueError, "period_range"),
     (dict(period_range=(30.0, 10.0)), ValueError, "period_range"),
     (dict(period_range=5.0), TypeError, "period_range"),
