@@ -178,8 +178,12 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         the lag is kept instead of the best of them only if its held-out ELBO
         per step is higher on the same held-out windows and noise by more than
         two standard errors of the per-window differences (a tie keeps single
-        frames). The two bounds measure the same thing: the decoder's density
-        of the newest observation, one observation per step either way.
+        frames). Only then are ``n_init - 1`` more restarts with the lag
+        trained, and the best of them by held-out ELBO is kept (on a simulated
+        recording of motion one lag model of two merged three activities that
+        another restart told apart). The two bounds measure the same thing:
+        the decoder's density of the newest observation, one observation per
+        step either way.
         ``n_lags_`` says which was kept, ``lag_elbo_gain_`` the gain and its
         standard error, ``candidate_scores_`` the restarts' scores. One lag
         finds states that differ only in their dynamics (regimes of a vector
@@ -197,7 +201,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         ``langevin`` (2 wells of 4). Without ``early_stopping`` nothing is
         held out, and the lag is kept if its training loss was the lower. The
         candidate with one lag costs what a restart does (at most
-        ``max_iter / 2`` gradient steps more); an integer fixes the lag and
+        ``max_iter / 2`` gradient steps more), its restarts as much again each
+        when it is kept; an integer fixes the lag and
         trains no such candidate. Labels stay online (step ``t`` reads
         ``x[:t+1]``), and :meth:`score` is the ELBO of one observation per
         step, the first of a sequence given itself.
@@ -234,7 +239,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         found them. Each further model adds at most ``max_iter / 2``
         gradient steps: with the defaults a fit took 1.5-1.9 times as long
         as one model's; ``1`` trains one model. With ``n_lags="auto"`` a
-        model reading one lag joins them (see ``n_lags``).
+        model reading one lag joins them, and if it wins, its own restarts
+        (see ``n_lags``).
     learning_rate : {"cosine", "constant"}, default="cosine"
         Schedule of the Adam learning rate. ``"cosine"`` holds
         ``learning_rate_init`` until the held-out ELBO stops improving (or
@@ -424,20 +430,22 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Previous observations the fitted model reads beside each one: ``n_lags``,
         or with ``n_lags="auto"`` the one kept (0 or 1, by held-out ELBO).
     candidate_lags_ : ndarray of shape (n_candidates,)
-        The lags of the models trained and compared: ``n_init`` restarts, and
-        with ``n_lags="auto"`` one more reading one lag (the last).
+        The lags of the candidate models: ``n_init`` restarts, and with
+        ``n_lags="auto"`` as many more reading one lag (the last ones; only
+        the first of them is trained unless the lag wins).
     candidate_scores_ : ndarray of shape (n_candidates,)
         What they were compared by (higher is better): the mean of each
         one's last ``n_iter_no_change`` held-out ELBOs per step when the
         comparison was made (minus its mean training loss without
-        ``early_stopping``); NaN for a model not reached (an interrupted
-        fit). The kept one trained on alone. Empty for a model saved before
-        these existed.
+        ``early_stopping``); NaN for a model not trained (the restarts with
+        a lag when single frames won, an interrupted fit). The kept one
+        trained on alone. Empty for a model saved before these existed.
     lag_elbo_gain_ : ndarray of shape (2,)
         With ``n_lags="auto"``: how much higher the held-out ELBO per step
         of the candidate with one lag was than the best single-frame one's,
         on the same held-out windows and noise, and its standard error; the
-        lag is kept only if the gain exceeds two standard errors. NaN when
+        lag is kept only if the first such candidate's gain exceeds two
+        standard errors, and then the gain is the kept restart's. NaN when
         not compared (an integer ``n_lags``, no ``early_stopping``, an
         interrupted fit, a model saved before it existed).
     converged_ : bool
@@ -709,15 +717,16 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
         The candidates are the ``n_init`` restarts reading ``n_lags`` previous
         observations; with ``n_lags="auto"``, the restarts on single frames
-        and one model reading one lag (the first restart's weight seed). The
-        kept one is the best by held-out ELBO (:func:`nldseg._training.train`).
+        and as many reading one lag (the same weight seeds), of which only the
+        first is trained unless it wins. The kept one is the best by held-out
+        ELBO (:func:`nldseg._training.train`).
         Returns the fitted attributes, not yet assigned.
         """
         auto = self.n_lags == "auto"
         restart_seeds = _restart_seeds(int(seeds[0]), self.n_init)
         candidates = [(0 if auto else self.n_lags, seed) for seed in restart_seeds]
-        if auto:
-            candidates.append((1, restart_seeds[0]))
+        if auto:  # After the frames', so that their runs draw what they drew.
+            candidates += [(1, seed) for seed in restart_seeds]
         lags = [lag for lag, _ in candidates]
         frames = {lag: torch.as_tensor(self._model_frames(
             data, seqs.lengths, mean, scale, n_lags=lag, oldest_first=True), device=device)

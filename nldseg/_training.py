@@ -584,12 +584,17 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     noise).
 
     ``levels`` (one int per model, e.g. its lags; default all equal): the
-    models of the lowest level compete as restarts do. The best model of a
-    higher level (by the same score) is kept instead only if, on the same
-    held-out windows and noise, its ELBO is higher than the best lowest-level
-    model's by more than ``LEVEL_Z`` standard errors of the per-window
-    differences (:func:`_level_gain`); without held-out data, only if its
-    score is higher. ``TrainingResult.level_gain`` reports the comparison.
+    models of the lowest level compete as restarts do. The first model of a
+    higher level is kept instead only if, on the same held-out windows and
+    noise, its ELBO is higher than the best lowest-level model's by more
+    than ``LEVEL_Z`` standard errors of the per-window differences
+    (:func:`_level_gain`); without held-out data, only if its score is
+    higher. Only then are that level's other models (its restarts) trained
+    to the comparison point, and the best of the level by score is kept: a
+    level that loses costs one model, not all its restarts.
+    ``TrainingResult.level_gain`` reports the kept higher-level model against
+    the best lowest-level one; ``restart_scores`` holds NaN for the models
+    never trained.
 
     A non-finite loss or gradient rolls back to the parameters before the
     last update, halves the learning rate (for the rest of training),
@@ -635,32 +640,59 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
         runs.append(_training_run(module, x, train_segments, first_rows,
                                   held_outs[id(x)], s, device, run_rng, run_seed,
                                   replicas, label))
-    scores, done = [], {}
-    for i, run in enumerate(runs):
-        try:
-            scores.append(next(run))
-        except StopIteration as stop:  # No annealing left (or interrupted).
-            done[i] = stop.value
-            if done[i].interrupted:
-                return _kept(done[i], i, scores)
-            scores.append(_selection_score(done[i].validation_scores,
-                                           done[i].loss_curve, s))
-    finite = np.nan_to_num(scores, nan=-np.inf)
-    kept, gain = int(np.argmax(finite)), (float("nan"), float("nan"))
     levels = [0] * len(modules) if levels is None else list(levels)
+    base = min(levels)
+    # A higher level's first model competes at once; its other restarts are
+    # trained only if that level wins (see the docstring).
+    first_of = {lev: levels.index(lev) for lev in set(levels)}
+    deferred = [i for i in range(len(modules))
+                if levels[i] != base and first_of[levels[i]] != i]
+    scores, done = [float("nan")] * len(modules), {}
+
+    def advance(indices):
+        for i in indices:
+            try:
+                scores[i] = next(runs[i])
+            except StopIteration as stop:  # No annealing left (or interrupted).
+                done[i] = stop.value
+                if done[i].interrupted:
+                    return i
+                scores[i] = _selection_score(done[i].validation_scores,
+                                             done[i].loss_curve, s)
+        return None
+
+    stopped = advance([i for i in range(len(modules)) if i not in deferred])
+    if stopped is not None:
+        return _kept(done[stopped], stopped, scores)
+
+    def best(indices):
+        return max(indices, key=lambda i: np.nan_to_num(scores[i], nan=-np.inf))
+
+    kept, gain = best(range(len(modules))), (float("nan"), float("nan"))
     if len(set(levels)) > 1:
-        base = min(levels)
-        simple = max((i for i in range(len(modules)) if levels[i] == base),
-                     key=lambda i: finite[i])
-        other = max((i for i in range(len(modules)) if levels[i] != base),
-                    key=lambda i: finite[i])
-        held_other = held_outs[id(datas[other])]
-        if held_other:
-            gain = _level_gain(modules[other], held_other, modules[simple],
-                               held_outs[id(datas[simple])], replicas)
-            kept = other if gain[0] > LEVEL_Z * gain[1] else simple
+        simple = best([i for i in range(len(modules)) if levels[i] == base])
+        other = best([i for i in range(len(modules))
+                      if levels[i] != base and i not in deferred])
+        held_simple = held_outs[id(datas[simple])]
+
+        def level_gain(i):
+            return _level_gain(modules[i], held_outs[id(datas[i])], modules[simple],
+                               held_simple, replicas)
+
+        if held_simple:
+            gain = level_gain(other)
+            won = gain[0] > LEVEL_Z * gain[1]
         else:
-            kept = other if finite[other] > finite[simple] else simple
+            won = scores[other] > scores[simple]
+        kept = simple
+        if won:
+            rivals = [i for i in deferred if levels[i] == levels[other]]
+            stopped = advance(rivals)
+            if stopped is not None:
+                return _kept(done[stopped], stopped, scores)
+            kept = best([other, *rivals])
+            if kept != other and held_simple:
+                gain = level_gain(kept)
     for i, run in enumerate(runs):
         if i != kept:
             run.close()

@@ -210,7 +210,7 @@ def test_auto_lags_keep_frames_where_frames_tell_the_states(tiny_data, monkeypat
 
 
 @pytest.mark.parametrize("n_lags, n_init, lags", [
-    ("auto", 2, [0, 0, 1]), ("auto", 1, [0, 1]), (0, 2, [0, 0]), (2, 1, [2])])
+    ("auto", 2, [0, 0, 1, 1]), ("auto", 1, [0, 1]), (0, 2, [0, 0]), (2, 1, [2])])
 @pytest.mark.parametrize("kept", [0, -1])
 def test_candidates_and_the_kept_one(n_lags, n_init, lags, kept, lagged_regimes,
                                      monkeypatch):

@@ -341,3 +341,38 @@ def test_without_held_out_data_a_higher_level_needs_a_higher_score():
         result = train(models, data, lengths, s, torch.device("cpu"), seed=3,
                        levels=[0, 1])
     assert result.kept == 0 and np.isnan(result.level_gain).all()
+
+
+@pytest.mark.parametrize("wins", [True, False])
+def test_a_higher_levels_restarts_train_only_when_it_wins(wins, monkeypatch):
+    """Levels [0, 0, 1, 1]: the second model of level 1 is trained only if the
+    first beats level 0; then the better of the two by score is kept, and the
+    gain reported is the kept one's."""
+    import warnings
+
+    from nldseg import _training
+
+    asked = []
+
+    def fake_gain(module, held, reference, held_reference, replicas):
+        asked.append(module)
+        return (1.0, 0.1) if wins else (0.1, 0.1)
+
+    monkeypatch.setattr(_training, "_level_gain", fake_gain)
+    models, data, lengths, s = _restart_setup(4)
+    for p in list(models[2].parameters())[1:]:
+        p.requires_grad_(False)  # The first model of level 1 cannot learn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = _training.train(models, [data, data, data.clone(), data.clone()],
+                                 lengths, s, torch.device("cpu"), seed=3,
+                                 levels=[0, 0, 1, 1])
+    scores = result.restart_scores
+    assert len(scores) == 4 and np.isfinite(scores[:3]).all()
+    if wins:
+        assert np.isfinite(scores[3]) and scores[3] > scores[2]
+        assert result.kept == 3 and asked == [models[2], models[3]]
+    else:
+        assert np.isnan(scores[3])  # Never trained.
+        assert result.kept == int(np.argmax(scores[:2])) and asked == [models[2]]
+    assert result.level_gain == ((1.0, 0.1) if wins else (0.1, 0.1))
