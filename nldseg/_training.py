@@ -665,8 +665,11 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     if stopped is not None:
         return _kept(done[stopped], stopped, scores)
 
+    def score(i):
+        return np.nan_to_num(scores[i], nan=-np.inf)
+
     def best(indices):
-        return max(indices, key=lambda i: np.nan_to_num(scores[i], nan=-np.inf))
+        return max(indices, key=score)
 
     kept, gain = best(range(len(modules))), (float("nan"), float("nan"))
     if len(set(levels)) > 1:
@@ -683,7 +686,7 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
             gain = level_gain(other)
             won = gain[0] > LEVEL_Z * gain[1]
         else:
-            won = scores[other] > scores[simple]
+            won = score(other) > score(simple)
         kept = simple
         if won:
             rivals = [i for i in deferred if levels[i] == levels[other]]
