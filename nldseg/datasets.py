@@ -678,9 +678,8 @@ def make_oscillation_sequences(
     pattern_spread = _check_real(pattern_spread, "pattern_spread", low=0.0)
     noise = _check_real(noise, "noise", low=0.0)
     phase_noise = _check_real(phase_noise, "phase_noise", low=0.0)
-    posture_rate = _check_real(posture_rate, "posture_rate", low=0.0, high=1.0)
-    if posture_rate == 0.0:
-        raise ValueError("posture_rate must be > 0 (the posture would never move).")
+    posture_rate = _check_real(posture_rate, "posture_rate", low=0.0, high=1.0,
+                               low_inclusive=False)
     try:
         low, high = (float(v) for v in period_range)
     except (TypeError, ValueError):
