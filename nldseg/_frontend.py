@@ -15,6 +15,7 @@ import sklearn
 import torch
 from sklearn.utils.validation import check_is_fitted
 
+from nldseg._inference import hysteresis_labels
 from nldseg._version import __version__
 
 
@@ -55,10 +56,11 @@ def model_summary(estimator) -> dict:
 def label_sequences(estimator, sequences: list, with_proba: bool) -> tuple:
     """``(labels, proba)`` of a list of 2-D sequences; ``proba`` is None unless asked.
 
-    With probabilities, ``predict_proba`` runs once and the labels are its
-    argmax, which is what ``predict`` returns.
+    With probabilities, ``predict_proba`` runs once and the labels are read
+    from it by the estimator's ``switch_margin``, which is what ``predict``
+    returns.
     """
     if not with_proba:
         return estimator.predict(sequences), None
     proba = estimator.predict_proba(sequences)
-    return [p.argmax(1) for p in proba], proba
+    return [hysteresis_labels(p, estimator.switch_margin) for p in proba], proba

@@ -462,6 +462,55 @@ def _resample(particles: Particles, u: torch.Tensor) -> Particles:
     return Particles(h, z[rows], log_w)
 
 
+def hysteresis_labels(proba: np.ndarray, margin: float,
+                      previous: int | None = None) -> np.ndarray:
+    """Online labels of one sequence from its state probabilities, with hysteresis.
+
+    The label stays on the current state until another state's probability
+    exceeds the current one's by more than ``margin``; it then moves to the most
+    probable state. The first step takes the most probable state, unless
+    ``previous`` (the label of the step before, as a stream carries it) is
+    given. ``margin=0`` gives the argmax at every step. Each label uses the
+    probabilities up to its own step only, so the labels stay online.
+
+    Parameters
+    ----------
+    proba : ndarray of shape (n_steps, n_states)
+        State probabilities of consecutive steps of one sequence.
+    margin : float
+        Lead, in probability, that another state needs over the current one.
+    previous : int or None, default=None
+        Label of the step before the first row.
+
+    Returns
+    -------
+    labels : ndarray of shape (n_steps,), int64
+    """
+    best = proba.argmax(1)
+    n = len(best)
+    if margin <= 0 or n == 0:
+        return best
+    lead = proba[np.arange(n), best]
+    labels = np.empty(n, dtype=np.int64)
+    t, current = (1, int(best[0])) if previous is None else (0, int(previous))
+    labels[:t] = best[:t]
+    block = 64
+    while t < n:
+        # Scan ahead in growing blocks for the next step that overturns the label.
+        end = min(n, t + block)
+        hits = np.flatnonzero(lead[t:end] - proba[t:end, current] > margin)
+        if len(hits) == 0:
+            labels[t:end] = current
+            t, block = end, min(2 * block, 1 << 16)
+            continue
+        s = t + int(hits[0])
+        labels[t:s] = current
+        current = int(best[s])
+        labels[s] = current
+        t, block = s + 1, 64
+    return labels
+
+
 class SegmentationStream:
     """Label one sequence online, one observation at a time.
 
@@ -497,6 +546,9 @@ class SegmentationStream:
         Label by this filter (as ``predict`` does with the segmenter's
         default ``inference="filter"``); ``None``: by the fractions of the
         sampler's posterior paths.
+    switch_margin : float, default=0.0
+        Hysteresis of the labels (see :func:`hysteresis_labels`); the
+        segmenter passes its own.
 
     Attributes
     ----------
@@ -519,8 +571,10 @@ class SegmentationStream:
     def __init__(self, sampler: PosteriorSampler, landscape, mean: np.ndarray,
                  scale: np.ndarray, *, n_lags: int = 0, oldest_first: bool = False,
                  n_threads: int | None = None,
-                 particle_filter: ParticleFilter | None = None) -> None:
+                 particle_filter: ParticleFilter | None = None,
+                 switch_margin: float = 0.0) -> None:
         check_threads(n_threads)
+        self._switch_margin = float(switch_margin)
         self._n_lags = n_lags
         self._oldest_first = oldest_first
         self._n_threads = n_threads
@@ -545,7 +599,7 @@ class SegmentationStream:
         self : SegmentationStream
         """
         self._gen = (self._sampler if self._filter is None else self._filter).generator()
-        self._state = None
+        self._state = self._label = None
         self._recent = np.zeros((0, len(self._mean)), dtype=np.float32)
         self.n_steps_ = 0
         return self
@@ -561,7 +615,8 @@ class SegmentationStream:
         Returns
         -------
         label : int
-            State of the newest step (the argmax of ``proba``).
+            State of the newest step: the argmax of ``proba``, held by the
+            hysteresis ``switch_margin`` from the label of the step before.
         proba : ndarray of shape (n_states_,)
             Probability of each state at the newest step.
         """
@@ -579,10 +634,11 @@ class SegmentationStream:
         except BaseException:
             self._gen.set_state(gen_state)
             raise
+        label = int(hysteresis_labels(proba[None], self._switch_margin, self._label)[0])
         # Commit the new state only once everything above has succeeded.
-        self._state, self._recent = state, recent
+        self._state, self._recent, self._label = state, recent, label
         self.n_steps_ += 1
-        return int(proba.argmax()), proba
+        return label, proba
 
     def _step(self, x: torch.Tensor) -> tuple:
         """Encoder step and posterior paths' update for one observation, and the

@@ -41,7 +41,8 @@ _ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
                  "encoder_input": "linear",
                  "inference": "paths", "prior_weight": 0.5, "n_particles": 64,
                  "density_weight": 0.0,
-                 "n_init": 1}
+                 "n_init": 1,
+                 "switch_margin": 0.0}  # Labels were the argmax.
 # Fitted attributes added since: a factory of the value an older fit stands for.
 _ADDED_FITTED = {"validation_scores_": list,
                  # Fitted before the clock was calibrated: none to use.

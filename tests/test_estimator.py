@@ -1,5 +1,6 @@
 """Behaviour of LangevinSegmenter: learning, input forms, online labels, errors."""
 
+import copy
 import pickle
 import warnings
 
@@ -11,8 +12,9 @@ from conftest import TINY
 from sklearn.exceptions import ConvergenceWarning
 
 from nldseg import LangevinSegmenter
+from nldseg._inference import hysteresis_labels
 from nldseg.datasets import make_markov_chain_sequences
-from nldseg.metrics import segmentation_accuracy
+from nldseg.metrics import n_label_changes, segmentation_accuracy
 
 # A fixed budget of 240 steps (early stopping off), so that tests counting the
 # ELBO's calls count training steps only.
@@ -113,11 +115,21 @@ def test_input_forms_mirror_output(fitted, chain):
     assert [z.shape for z in fitted.transform(seqs)] == [(50, 3), (20, 3), (35, 3)]
 
 
-def test_predict_is_argmax_of_proba(fitted, chain):
+def test_predict_reads_proba_with_hysteresis(fitted, chain):
+    """``predict`` is ``predict_proba``'s argmax held by ``switch_margin``; 0 gives
+    the argmax itself. Refitting is not needed to change the margin."""
     X = chain[2][:4]
     proba = fitted.predict_proba(X)
     np.testing.assert_allclose(proba.sum(-1), 1.0)
-    np.testing.assert_array_equal(fitted.predict(X), proba.argmax(-1))
+    labels = fitted.predict(X)
+    np.testing.assert_array_equal(
+        labels, [hysteresis_labels(p, fitted.switch_margin) for p in proba])
+    argmax = copy.copy(fitted).set_params(switch_margin=0.0)
+    np.testing.assert_array_equal(argmax.predict(X), proba.argmax(-1))
+    np.testing.assert_array_equal(argmax.predict_proba(X), proba)
+    # The margin only removes label changes, here some: the test can fail.
+    changes = n_label_changes(list(labels))
+    assert 0 < changes < n_label_changes(list(proba.argmax(-1)))
 
 
 def test_causality(fitted, chain):
@@ -207,7 +219,7 @@ def test_pickle_and_joblib_round_trip(fitted, chain, tmp_path):
     np.testing.assert_array_equal(again.predict_proba(X), expected)
     joblib.dump(fitted, tmp_path / "m.joblib")
     np.testing.assert_array_equal(joblib.load(tmp_path / "m.joblib").predict(X),
-                                  expected.argmax(-1))
+                                  fitted.predict(X))
 
 
 def test_fit_predict_equals_fit_then_predict(refitted, tiny_fitted, tiny_data):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nldseg import SegmentationStream
+from nldseg._inference import hysteresis_labels
 
 
 @pytest.mark.parametrize("model", ["tiny_fitted", "tiny_underdamped"])
@@ -41,11 +42,13 @@ def test_streams_are_independent_and_match_batch_predict(tiny_fitted, tiny_data,
     assert len(np.unique(batch.argmax(-1))) >= 2
     streams = [seg.stream() for _ in X_test]
     got = np.empty_like(batch)
+    labels = np.empty(batch.shape[:2], dtype=int)
     # Interleave the sequences: one step of each stream in turn.
     for t in range(X_test.shape[1]):
         for i, stream in enumerate(streams):
-            got[i, t] = stream.update(X_test[i, t])[1]
+            labels[i, t], got[i, t] = stream.update(X_test[i, t])
     np.testing.assert_array_equal(got.argmax(-1), batch.argmax(-1))
+    np.testing.assert_array_equal(labels, seg.predict(X_test))
     if by_paths:  # Fractions of paths: counts, equal to the last bit.
         np.testing.assert_array_equal(got, batch)
     else:  # Weights: float32 rounding differs between one row and a batch.
@@ -268,7 +271,7 @@ def test_particle_filter_on_an_observation_far_beyond_the_data(tiny_fitted, tiny
     np.testing.assert_array_equal(proba[:30], tiny_fitted.predict_proba(x[:30]))
     stream = tiny_fitted.stream()
     labels = [stream.update(x_t)[0] for x_t in x]
-    np.testing.assert_array_equal(labels, proba.argmax(1))
+    np.testing.assert_array_equal(labels, tiny_fitted.predict(x))
 
 
 def test_particle_filter_weights_stay_finite_when_the_likelihood_is_not(tiny_fitted,
@@ -295,3 +298,45 @@ def test_particle_filter_weights_stay_finite_when_the_likelihood_is_not(tiny_fit
     assert calls["n"] == 20
     assert np.isfinite(proba).all()
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=0, atol=1e-12)
+
+
+def _held_by_loop(proba, margin, previous=None):
+    """The hysteresis rule written as the plain loop over steps."""
+    labels, current = [], previous
+    for row in proba:
+        best = int(row.argmax())
+        if current is None or row[best] - row[current] > margin:
+            current = best
+        labels.append(current)
+    return np.array(labels, dtype=np.int64)
+
+
+def test_hysteresis_labels_hold_the_current_state_until_another_leads():
+    proba = np.array([[0.9, 0.1], [0.45, 0.55], [0.36, 0.64], [0.2, 0.8],
+                      [0.55, 0.45], [0.61, 0.39], [0.7, 0.3]])
+    np.testing.assert_array_equal(hysteresis_labels(proba, 0.0), proba.argmax(1))
+    # 0.55 - 0.45 and 0.64 - 0.36 are within 0.3 of the current state; 0.8 - 0.2 is not.
+    np.testing.assert_array_equal(hysteresis_labels(proba, 0.3), [0, 0, 0, 1, 1, 1, 0])
+    # A stream's step carries the label of the step before.
+    np.testing.assert_array_equal(hysteresis_labels(proba[1:2], 0.3, previous=0), [0])
+    np.testing.assert_array_equal(hysteresis_labels(proba[1:2], 0.3), [1])
+    assert hysteresis_labels(np.zeros((0, 3)), 0.2).shape == (0,)
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.05, 0.3, 0.9])
+def test_hysteresis_labels_equal_the_loop_and_stay_online(margin):
+    """Long random sequences (the block scan) against the loop; a prefix's labels
+    are the first labels of the whole; never more changes than the argmax."""
+    rng = np.random.default_rng(0)
+    for n, k in ((1, 1), (7, 3), (5000, 4), (20000, 2)):
+        sticky = np.repeat(rng.integers(k, size=n // 50 + 1), 50)[:n]
+        proba = rng.dirichlet(np.ones(k), size=n) + 2.0 * np.eye(k)[sticky]
+        proba /= proba.sum(1, keepdims=True)
+        labels = hysteresis_labels(proba, margin)
+        np.testing.assert_array_equal(labels, _held_by_loop(proba, margin))
+        np.testing.assert_array_equal(hysteresis_labels(proba[:n // 3], margin),
+                                      labels[:n // 3])
+        assert (np.diff(labels) != 0).sum() <= (np.diff(proba.argmax(1)) != 0).sum()
+        previous = int(rng.integers(k))
+        np.testing.assert_array_equal(hysteresis_labels(proba, margin, previous),
+                                      _held_by_loop(proba, margin, previous))
