@@ -336,7 +336,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     min_state_fraction : float, default=0.005
         Wells into which less than this fraction of the encoded training data
         flows are merged into a neighbour (as is, before that, a well of
-        under 5 % left over a barrier under 0.25 kT). The wells are
+        under 5 % left over a barrier under 2 kT: no metastable state, such
+        as a well of the steps just after each switch). The wells are
         found from at most 20,000 encoded training steps: whole sequences
         drawn at random, and pieces of 2,000 steps spread over any recording
         longer than that.

@@ -679,13 +679,19 @@ def relabel_states(landscape: EnergyLandscape, order: np.ndarray) -> None:
 
 _MAX_CODES = 3000  # Encoded points the wells are found from.
 _N_OCCUPANCY_DRAWS = 40000  # Importance draws of the sampled occupancy (+-0.005).
-#: A well whose lowest barrier out is below this many kT (``1 / beta``) is no
-#: state: free diffusion leaves it. Trained energies have shown such dimples
-#: (0.04-0.06 kT, 0.6 % of the time) where three wells meet, beside states at
-#: 3.3-5 kT; a poorly separated but real state (18 %) was left over 0.46 kT.
-MIN_BARRIER_KT = 0.25
+#: A small well (below) whose lowest barrier out is below this many kT
+#: (``1 / beta``) is no state: thermal noise leaves it within a few
+#: relaxation times. Trained energies have shown such wells as dimples where
+#: three wells meet (0.04-0.06 kT, 0.6 % of the time) and, on simulated
+#: recordings of motion, as wells holding only the steps just after a switch
+#: (0.83-1.92 kT, 0.2-1.9 %; four default fits), beside states at 4.3-8.6 kT.
+#: The smallest real states of default fits were left over 2.53-3.41 kT (the
+#: 0.4-1 % state of ``langevin``, three fits) and 3.72 kT (a 3 % state); a
+#: large real state (18 %) of a long fit over 0.46 kT. The floor lies in the
+#: gap, nearer the spurious side: a lost real state costs more than a spare one.
+MIN_BARRIER_KT = 2.0
 #: ... and that holds less than this share of the encoded data (a short fit's
-#: real states can sit in wells that shallow; the dimple held 0.6 %).
+#: real states sit in wells that shallow: 0.5-2 kT after 72-200 steps).
 MAX_DIMPLE_FRACTION = 0.05
 
 

@@ -1,6 +1,7 @@
 """Landscape functions on hand-written energies with known answers."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -158,6 +159,48 @@ def test_a_dimple_below_the_barrier_floor_is_no_state():
                                n_states=None, min_barrier=1.1 * dimple,
                                dimple_fraction=0.05)
         assert len(set(state)) == n_kept
+
+
+class RidgeDimple(nn.Module):
+    """4 (x^2 - 1)^2 + y^2 - 1.5 exp(-x^2 / 0.02) + 0.01 |z|^2: two wells left over
+    about 3.5 energy units, and a small well on the ridge left over about 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = torch.tensor(0.01)  # The confining term's weight, as the MLP has.
+
+    def forward(self, z):
+        x, y = z[..., 0], z[..., 1]
+        return (4 * (x * x - 1) ** 2 + y * y - 1.5 * torch.exp(-x * x / 0.02)
+                + 0.01 * (z * z).sum(-1))
+
+    def grad(self, z):
+        x, y = z[..., 0], z[..., 1]
+        gx = 16 * x * (x * x - 1) + 150 * x * torch.exp(-x * x / 0.02)
+        return torch.stack([gx, 2 * y], -1) + 0.02 * z
+
+
+@pytest.mark.parametrize("beta, n_states", [(1.0, 2), (3.0, 3)])
+def test_a_small_well_left_within_two_kt_is_no_state(beta, n_states):
+    """The default floor, in kT: at beta 1 the ridge well (2 % of the codes, left
+    over about 1 kT) joins a deep well; at beta 3 the same barrier is about 3 kT and
+    it is a state of its own. The deep wells are states either way."""
+    energy = RidgeDimple()
+    minima = np.array([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    exit_ = L.straight_line_barrier(energy, minima[1], minima[2])
+    assert 0.9 < exit_ < 1.1 and L.straight_line_barrier(energy, minima[2], minima[1]) > 3
+    assert exit_ < L.MIN_BARRIER_KT < 3 * exit_
+    rng = np.random.default_rng(0)
+    codes = np.vstack([rng.normal(size=(490, 2)) * 0.2 + [-1, 0],
+                       rng.normal(size=(490, 2)) * 0.2 + [1, 0],
+                       rng.normal(size=(20, 2)) * 0.01])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        land = L.build_landscape(energy, beta, codes, min_state_fraction=0.005,
+                                 n_states=None, rng=rng, n_occupancy_draws=2000)
+    assert land.n_states == n_states and len(land.all_minima) == 3
+    deep = land.predict(np.array([[-1.0, 0.0], [1.0, 0.0]]))
+    assert deep[0] != deep[1]
 
 
 def test_group_points():
