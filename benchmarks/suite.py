@@ -216,7 +216,11 @@ def score_labels(y_test: list, labels: list) -> dict:
 #: Other ways to label the test set with the same fit (``--also``): parameters.
 LABELLINGS = {"paths": {"inference": "paths"},
               "w0": {"prior_weight": 0.0},
-              "w1": {"prior_weight": 1.0}}
+              "w1": {"prior_weight": 1.0},
+              # Hysteresis of the labels (the default is 0.2; 0 is the argmax).
+              "margin0": {"switch_margin": 0.0},
+              "margin0.1": {"switch_margin": 0.1},
+              "margin0.3": {"switch_margin": 0.3}}
 
 
 def run_nldseg(train: list, test: list, seed: int, overrides: dict,

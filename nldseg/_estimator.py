@@ -330,8 +330,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         only). 0 gives the argmax of :meth:`predict_proba` at every step.
         Near a switch the probabilities of two states can cross back and
         forth over a few steps; each crossing would be a label change. On
-        the suite's cases 0.2 cut the label changes by 5-55 % and cost at
-        most 0.25 points of accuracy (see ``benchmarks/RESULTS.md``).
+        the suite's default cases (seed 0) 0.2 removed 0.2-12.5 % of the
+        label changes for 0.00-0.10 points of accuracy, and 15-56 % on
+        simulated recordings of motion (see ``benchmarks/RESULTS.md``).
         :meth:`predict_proba` is not affected.
     min_state_fraction : float, default=0.005
         Wells into which less than this fraction of the encoded training data
