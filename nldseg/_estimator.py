@@ -281,7 +281,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         training early. ``False`` trains on all data for the whole budget.
     validation_fraction : float, default=0.1
         Share held out for ``early_stopping``: whole sequences when there are
-        10 or more, else the last part of each sequence.
+        10 or more; else that share of each sequence, in blocks spread over
+        it (the end of each of up to 10 equal parts, each block at least two
+        windows long; the end alone when ``window_length`` is None or the
+        share is shorter), so that restarts and early stopping are judged on
+        all of a long recording, not on its last states.
     decoder_covariance : {"latent", "full", "diag"}, default="latent"
         Noise of the decoder ``p(x_t | z_t) = N(g(z_t), Sigma)``.
         ``"latent"``: a full covariance that depends on the latent state,

@@ -7,6 +7,7 @@ import torch
 from nldseg._model import NeuralLangevinVAE
 from nldseg._training import (
     LR_FLOOR,
+    MAX_HELD_BLOCKS,
     RollbackSnapshot,
     _ProgressBar,
     kl_weight,
@@ -116,6 +117,29 @@ def test_validation_holds_out_whole_sequences_or_the_end_of_each():
     assert val == [(900, 100), (1270, 30)]
     assert train == [(0, 900), (1000, 270), (1300, 15)]
     assert split_validation(few, 0.0, rng) == (_segments(few), [])
+
+
+def test_a_long_recording_is_held_out_in_blocks_spread_over_it():
+    rng = np.random.default_rng(0)
+    lengths = np.array([8000, 300])
+    train, val = split_validation(lengths, 0.1, rng, window_length=50)
+    # Train and held-out segments tile every sequence without overlap.
+    rows = np.zeros(8300, dtype=int)
+    for a, n in train + val:
+        rows[a:a + n] += 1
+    assert (rows == 1).all()
+    first = [(a, n) for a, n in val if a < 8000]
+    # The 8,000 steps: 800 held out as 8 blocks of 100 (two windows each), one
+    # at the end of each eighth; 300 steps hold out 30, too few for two blocks.
+    assert first == [(1000 * j + 900, 100) for j in range(8)]
+    assert [(a, n) for a, n in val if a >= 8000] == [(8270, 30)]
+    # A state held only in the first half is judged too (not only the end).
+    assert any(a + n <= 4000 for a, n in first)
+    # At most MAX_HELD_BLOCKS blocks; whole-sequence training keeps the end.
+    _, val = split_validation(np.array([50_000]), 0.1, rng, window_length=50)
+    assert len(val) == MAX_HELD_BLOCKS and sum(n for _, n in val) == 5000
+    assert split_validation(np.array([8000]), 0.1, rng, window_length=None) == (
+        [(0, 7200)], [(7200, 800)])
 
 
 def test_kl_weight_rises_linearly_to_one():
