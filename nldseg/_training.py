@@ -658,13 +658,19 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     train_segments, val_segments = split_validation(lengths, fraction, rng,
                                                      s.window_length)
     first_rows = segment_first_rows(datas[0].shape[0], train_segments + val_segments)
+    # A held-out window reads the observations before it in its sequence, as
+    # predict does, held out or not (they are read, not scored): a block's
+    # first window read none, and such a window scores a model that tells
+    # states apart below one that does not, whose start costs nothing.
+    sequence_first_rows = segment_first_rows(
+        datas[0].shape[0], split_validation(lengths, 0.0, rng)[0])
     # Every restart is judged on the same held-out windows and noise (one set
     # of windows per embedding of the rows, drawn alike).
     held_outs = {}
     for module, x in zip(modules, datas):
         if id(x) not in held_outs:
             held_outs[id(x)] = _HeldOut(module, x, val_segments, s, device,
-                                        int(seed) + 1, first_rows)
+                                        int(seed) + 1, sequence_first_rows)
     runs = []
     for i, (module, x) in enumerate(zip(modules, datas)):
         # The first run draws exactly what a single fit draws.

@@ -331,6 +331,41 @@ def test_window_elbos_add_up_to_the_held_out_elbo():
     assert elbos.sum() / steps.sum() == pytest.approx(held.elbo(models[0]), rel=1e-5)
 
 
+def test_held_out_windows_read_the_steps_before_them(monkeypatch):
+    import dataclasses
+    import warnings
+
+    from nldseg import _training
+
+    models, data, _, s = _restart_setup(1)
+    s = dataclasses.replace(s, max_iter=2, validation_fraction=0.2)
+    seen = {}
+    real = _training._HeldOut
+
+    def spy(module, x, segments, settings, device, seed, first_rows=None):
+        seen.update(segments=segments, first_rows=first_rows)
+        return real(module, x, segments, settings, device, seed, first_rows)
+
+    def run_spy(module, x, segments, first_rows, *args):
+        seen.update(train_segments=segments, train_first_rows=first_rows)
+        return real_run(module, x, segments, first_rows, *args)
+
+    real_run = _training._training_run
+    monkeypatch.setattr(_training, "_HeldOut", spy)
+    monkeypatch.setattr(_training, "_training_run", run_spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # One recording of 480 steps: held out in two blocks of 48 steps.
+        _training.train(models, data, np.array([480]), s, torch.device("cpu"), 0)
+    assert seen["segments"] == [(192, 48), (432, 48)]
+    # Each block's windows may read back to the recording's start, training
+    # rows included, as predict reads them; training windows stop at theirs.
+    assert (seen["first_rows"] == 0).all()
+    assert seen["train_segments"] == [(0, 192), (240, 192)]
+    train_rows = seen["train_first_rows"]
+    assert train_rows[240] == 240 and train_rows[431] == 240 and train_rows[100] == 0
+
+
 @pytest.mark.parametrize("gain, se, kept", [
     (0.50, 0.10, 1),    # Five standard errors better: the lag is kept.
     (0.15, 0.10, 0),    # Higher, but within two standard errors: the simpler.
