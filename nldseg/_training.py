@@ -181,7 +181,8 @@ def _held_blocks(n: int, n_val: int, window_length: int | None) -> list:
     each are held out, ``n_val`` in all. ``k`` is as many blocks of at least
     ``HELD_BLOCK_WINDOWS`` training windows as ``n_val`` allows, at most
     ``MAX_HELD_BLOCKS``; one block (the end of the sequence) when
-    ``window_length`` is None (whole sequences are trained on).
+    ``window_length`` is None (whole sequences are trained on) or ``n_val``
+    is too short for two.
     """
     k = 1
     if window_length:
@@ -659,9 +660,10 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
                                                      s.window_length)
     first_rows = segment_first_rows(datas[0].shape[0], train_segments + val_segments)
     # A held-out window reads the observations before it in its sequence, as
-    # predict does, held out or not (they are read, not scored): a block's
-    # first window read none, and such a window scores a model that tells
-    # states apart below one that does not, whose start costs nothing.
+    # predict does, held out or not (they are read, not scored). A block's
+    # first window read none before: it started blind, which charges a model
+    # whose states must be recognised and not one that merges them (a
+    # reason, not measured alone).
     sequence_first_rows = segment_first_rows(
         datas[0].shape[0], split_validation(lengths, 0.0, rng)[0])
     # Every restart is judged on the same held-out windows and noise (one set
