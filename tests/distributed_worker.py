@@ -5,7 +5,8 @@ tests/distributed_worker.py OUT`` runs three fits on every rank and saves
 ``OUT/rank<r>.pt``: a data-parallel fit with ``random_state=0`` (parameters,
 loss curve, held-out ELBOs, labels), one with ``random_state=None``
 (parameters), and the message of the ValueError raised when each rank is
-given different data.
+given different data. Each rank prints ``rank <r> saved`` once its file is
+written.
 """
 
 import sys
@@ -45,6 +46,10 @@ def main(out: Path) -> None:
     except ValueError as exc:
         saved["mismatch"] = str(exc)
     torch.save(saved, out / f"rank{rank}.pt")
+    print(f"rank {rank} saved", flush=True)
+    # Leave together: no rank tears its connections down while another still
+    # talks over them.
+    dist.barrier()
     dist.destroy_process_group()
 
 

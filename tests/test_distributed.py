@@ -1,6 +1,7 @@
 """Data-parallel training: shares of a batch, and two processes under torchrun."""
 
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -154,7 +155,7 @@ def test_nccl_needs_a_gpu_per_process(monkeypatch):
     assert Replicas.from_default_group(torch.device("cpu")).device.type == "cpu"
 
 
-def _torchrun(*args, timeout=300, processes=2):
+def _torchrun(*args, timeout=300, processes=2, check=True):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={processes}", *map(str, args)]
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
@@ -163,14 +164,43 @@ def _torchrun(*args, timeout=300, processes=2):
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=HERE.parent)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+#: How torchrun reports a rank killed by a signal (SIGABRT: "exitcode : -6").
+_KILLED_BY_SIGNAL = re.compile(r"exitcode\s*:\s*-\d+")
+
+
+def _run_worker(out: Path, processes: int = 2, attempts: int = 2) -> None:
+    """Run tests/distributed_worker.py until every rank has saved its file.
+
+    Once (CI, 2026-12-05, not reproduced in 40 runs here) a rank died of
+    SIGABRT in gloo's C++ ("terminate called without an active exception")
+    after its fits, with nothing raised in Python. A rank killed by a signal
+    before every rank saved is run again, once, with a warning; any other
+    failure (a Python exception, a timeout) fails at once.
+    """
+    for attempt in range(attempts):
+        done = _torchrun(HERE / "distributed_worker.py", out, processes=processes,
+                         check=False)
+        report = done.stdout[-3000:] + done.stderr[-3000:]
+        saved = all(f"rank {r} saved" in done.stdout for r in range(processes))
+        if done.returncode == 0 or (saved and _KILLED_BY_SIGNAL.search(done.stderr)):
+            if done.returncode != 0:
+                warnings.warn("a torchrun rank died by a signal after every rank "
+                              "saved its results:\n" + report, stacklevel=2)
+            return
+        assert _KILLED_BY_SIGNAL.search(done.stderr) and attempt + 1 < attempts, report
+        warnings.warn("a torchrun rank died by a signal; running the worker again:\n"
+                      + report, stacklevel=2)
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    _torchrun(HERE / "distributed_worker.py", out)
+    _run_worker(out)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
@@ -211,7 +241,7 @@ def test_mismatched_data_raises_on_every_rank(two_ranks):
 
 def test_example_runs_under_torchrun(tmp_path):
     out = _torchrun(HERE.parent / "examples" / "distributed_fit.py", "--max-iter", 6,
-                    "--out", tmp_path)
+                    "--out", tmp_path).stdout
     assert "2 processes: fit" in out and "states found" in out
     loaded = LangevinSegmenter.load(tmp_path / "distributed_model.pt")
     assert loaded.distributed and loaded.n_iter_ == 6
@@ -222,6 +252,6 @@ def test_example_runs_under_torchrun(tmp_path):
 def test_example_trains_over_nccl_on_a_gpu(tmp_path):
     """One process per GPU over NCCL: the seeds and checks travel on the GPU."""
     out = _torchrun(HERE.parent / "examples" / "distributed_fit.py", "--max-iter", 6,
-                    "--out", tmp_path, processes=1)
+                    "--out", tmp_path, processes=1).stdout
     assert "1 processes: fit" in out and "states found" in out
     assert (tmp_path / "distributed_model.pt").exists()
