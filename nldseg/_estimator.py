@@ -1308,8 +1308,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """Eyring-Kramers transition rates between neighbouring states.
 
         For each pair of states, a minimum energy path joins their deepest
-        minima (simplified string method) and its highest point is refined by
-        Newton's method to the saddle ``s``. The rate from state ``i`` over
+        minima (simplified string method); the states are neighbours where the
+        path steps from one's basin straight into the other's, and the top of
+        that crossing is refined by Newton's method to the saddle ``s`` (a
+        state of several merged wells has dips and barriers inside its basin,
+        which are not transitions). The rate from state ``i`` over
         ``s`` is ``lambda_+ / (2 pi) sqrt(det H(m_i) / |det H(s)|)
         exp(-beta (E(s) - E(m_i)))``: overdamped, ``lambda_+ = |lambda_-(H(s))|
         / gamma`` (the Eyring-Kramers formula); underdamped, ``lambda_+`` is
@@ -1357,8 +1360,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """Minimum energy paths and saddles between the states' minima.
 
         The paths of :meth:`kramers_rates` (simplified string method between
-        the deepest minima of each pair of states, the top refined to the
-        saddle by Newton's method).
+        the deepest minima of each pair of states, the top of the step from
+        one state's basin into the other's refined to the saddle by Newton's
+        method).
 
         Returns
         -------
@@ -1366,8 +1370,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             ``"paths"``: dict ``(i, j) -> ndarray (n_images, latent_dim)``
             for ``i < j``, from state ``i``'s minimum to ``j``'s;
             ``"saddles"`` (n_states_, n_states_, latent_dim), NaN between
-            states whose path passes through a third state's well (they are
-            not neighbours); ``"barriers"`` (n_states_, n_states_):
+            states whose path reaches the other only through a third state's
+            basin (they are not neighbours); ``"barriers"`` (n_states_, n_states_):
             ``E(saddle) - E(minimum of the row's state)``, ``inf`` where
             there is no saddle; ``"is_saddle"`` (n_states_, n_states_):
             whether the refined point is an index-1 saddle.

@@ -440,22 +440,63 @@ def has_interior_minimum(profile: np.ndarray) -> bool:
     return bool(((e[1:-1] < e[:-2]) & (e[1:-1] < e[2:])).any())
 
 
+def _crossing_segment(profile: np.ndarray, states: np.ndarray, i: int,
+                      j: int) -> slice | None:
+    """The part of a path that crosses straight from state ``i``'s basin to ``j``'s.
+
+    ``states`` labels every image of the path. Each place where one image is
+    in ``i``'s basin and the next in ``j``'s (or the reverse) is a crossing;
+    its segment runs from the last local minimum of ``profile`` before it to
+    the first one after it, within the two runs of images that meet there
+    (the path's ends or the neighbouring changes of state where there is no
+    dip), so that its top is the crossing's, not that of a dip within one
+    state's basin (a state made of several minima has barriers inside it).
+    Of several crossings, the one with the lowest top; ``None`` when the
+    path never steps from one basin straight into the other.
+    """
+    e = np.asarray(profile, dtype=float)
+    dips = np.flatnonzero((e[1:-1] < e[:-2]) & (e[1:-1] < e[2:])) + 1
+    changes = np.flatnonzero(states[1:] != states[:-1]) + 1
+    best, best_top = None, np.inf
+    for n, c in enumerate(changes):
+        if {int(states[c - 1]), int(states[c])} != {i, j}:
+            continue
+        run_start = int(changes[n - 1]) if n > 0 else 0
+        run_end = int(changes[n + 1]) - 1 if n + 1 < len(changes) else len(e) - 1
+        lo = int(dips[(dips < c) & (dips >= run_start)].max(initial=run_start))
+        hi = int(dips[(dips >= c) & (dips <= run_end)].min(initial=run_end))
+        if e[lo:hi + 1].max() < best_top:
+            best, best_top = slice(lo, hi + 1), e[lo:hi + 1].max()
+    return best
+
+
 def state_saddles(energy, gradient, hessian, minima: np.ndarray, *,
-                  n_images: int = 33) -> dict:
+                  state_of=None, n_images: int = 33) -> dict:
     """Saddles between every pair of neighbouring states.
 
     For each pair ``i < j`` a minimum energy path joins the states' minima
-    (:func:`minimum_energy_path`) and its top is refined
-    (:func:`path_saddle`). The states are neighbours unless the path's energy
-    profile has an interior local minimum (:func:`has_interior_minimum`): a
-    minimum energy path that dips passes through another well, so the way
-    from ``i`` to ``j`` is two transitions, not one.
+    (:func:`minimum_energy_path`) and the top of its crossing is refined
+    (:func:`path_saddle`).
+
+    With ``state_of`` (the state of points), the states are neighbours when
+    the path steps from ``i``'s basin straight into ``j``'s somewhere, and
+    the saddle is the top of that crossing (:func:`_crossing_segment`): a
+    state that holds several minima (wells merged into one state) has dips
+    and barriers of its own along the way, which are not transitions, and a
+    path that reaches ``j`` only through a third state's basin makes them no
+    neighbours. Without ``state_of`` every minimum is a state of its own:
+    the states are neighbours unless the profile has an interior local
+    minimum (:func:`has_interior_minimum`), which is then a third well, and
+    the saddle is the path's top.
 
     Parameters
     ----------
     energy, gradient, hessian : callable
         ``E``, ``grad E`` and the Hessian of points (n, d), as ndarrays.
     minima : ndarray of shape (n_states, d)
+        One minimum per state (its deepest).
+    state_of : callable or None, default=None
+        State of points (n, d) -> int array (n,), numbered as ``minima``.
     n_images : int, default=33
 
     Returns
@@ -479,9 +520,17 @@ def state_saddles(energy, gradient, hessian, minima: np.ndarray, *,
             path = minimum_energy_path(gradient, hessian, minima[i], minima[j],
                                        n_images=n_images)
             paths[i, j] = path
-            if has_interior_minimum(energy(path)):
-                continue
-            z, ok = path_saddle(energy, gradient, hessian, path)
+            profile = energy(path)
+            if state_of is None:
+                if has_interior_minimum(profile):
+                    continue
+                crossing = path
+            else:
+                segment = _crossing_segment(profile, np.asarray(state_of(path)), i, j)
+                if segment is None:
+                    continue
+                crossing = path[segment]
+            z, ok = path_saddle(energy, gradient, hessian, crossing)
             e_s = float(energy(z[None])[0])
             points[i, j] = points[j, i] = z
             is_saddle[i, j] = is_saddle[j, i] = ok
@@ -565,7 +614,7 @@ def landscape_saddles(landscape) -> dict:
     The paths join the deepest minimum of each state (``landscape.minima``).
     """
     return state_saddles(landscape, landscape.gradient, landscape.hessian,
-                         landscape.minima)
+                         landscape.minima, state_of=landscape.predict)
 
 
 def kramers_rate_matrix(landscape, saddles: dict, *, beta: float, gamma: float,

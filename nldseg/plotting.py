@@ -110,7 +110,7 @@ def plot_energy_landscape(estimator, X=None, *, ax=None, resolution: int = 120,
         mep = estimator.minimum_energy_paths()
         for (i, j), path in mep["paths"].items():
             if not np.isfinite(mep["barriers"][i, j]):
-                continue  # Not neighbours: the path runs through a third well.
+                continue  # Not neighbours: the path runs through a third state.
             p = (path - origin) @ basis.T
             ax.plot(p[:, 0], p[:, 1], "-", color="w", lw=1.5)
             s = (mep["saddles"][i, j] - origin) @ basis.T

@@ -24,6 +24,7 @@ from nldseg._kinetics import (
     eyring_kramers_rate,
     has_interior_minimum,
     initial_states,
+    landscape_saddles,
     mean_visit_lengths,
     minimum_energy_path,
     prior_state_paths,
@@ -252,25 +253,34 @@ def test_straight_line_start_is_not_the_answer():
     assert _curved_energy(path).max() == pytest.approx(A + B * C * C)
 
 
+# E = x^2 (x^2 - 4)^2 / 16 + y^2: minima at x = -2, 0, 2 (E = 0), saddles at
+# x = +-2/sqrt(3), all three minima equally deep.
+def _triple_energy(z):
+    return z[:, 0] ** 2 * (z[:, 0] ** 2 - 4) ** 2 / 16 + z[:, 1] ** 2
+
+
+def _triple_gradient(z):
+    x = z[:, 0]
+    return np.stack([x * (x * x - 4) * (3 * x * x - 4) / 8, 2 * z[:, 1]], 1)
+
+
+def _triple_hessian(z):
+    x = z[:, 0]
+    h = np.zeros((len(z), 2, 2))
+    h[:, 0, 0] = (15 * x ** 4 - 48 * x * x + 16) / 8
+    h[:, 1, 1] = 2.0
+    return h
+
+
+TRIPLE_SADDLE_X = 2 / math.sqrt(3)
+TRIPLE_BARRIER = (4 / 3) * (4 / 3 - 4) ** 2 / 16
+
+
 def test_outer_wells_of_a_triple_well_are_not_neighbours():
-    # E = x^2 (x^2 - 4)^2 / 16 + y^2: minima at x = -2, 0, 2, saddles at +-2/sqrt(3).
-    def energy(z):
-        return z[:, 0] ** 2 * (z[:, 0] ** 2 - 4) ** 2 / 16 + z[:, 1] ** 2
-
-    def gradient(z):
-        x = z[:, 0]
-        return np.stack([x * (x * x - 4) * (3 * x * x - 4) / 8, 2 * z[:, 1]], 1)
-
-    def hessian(z):
-        x = z[:, 0]
-        h = np.zeros((len(z), 2, 2))
-        h[:, 0, 0] = (15 * x ** 4 - 48 * x * x + 16) / 8
-        h[:, 1, 1] = 2.0
-        return h
-
+    energy, gradient, hessian = _triple_energy, _triple_gradient, _triple_hessian
     minima = np.array([[-2.0, 0.0], [0.0, 0.0], [2.0, 0.0]])
     saddles = state_saddles(energy, gradient, hessian, minima)
-    barrier = (4 / 3) * (4 / 3 - 4) ** 2 / 16
+    barrier = TRIPLE_BARRIER
     assert np.isinf(saddles["barriers"][0, 2]) and np.isinf(saddles["barriers"][2, 0])
     assert has_interior_minimum(energy(saddles["paths"][0, 2]))
     assert not has_interior_minimum(energy(saddles["paths"][0, 1]))
@@ -280,6 +290,57 @@ def test_outer_wells_of_a_triple_well_are_not_neighbours():
                                atol=1e-8)
     np.testing.assert_allclose(core_thresholds(energy(minima), saddles["barriers"],
                                                0.5), 0.5 * barrier)
+
+
+def test_a_state_of_two_minima_has_the_saddle_where_its_basin_ends():
+    """Wells merged into one state: the dip between them is no third state.
+
+    The triple well's minima at x = -2 and 0 form state 0, the one at 2
+    state 1. The path from -2 to 2 dips at 0, inside state 0's basin; the
+    states are neighbours over the saddle at 2/sqrt(3), not over the one
+    inside state 0 at -2/sqrt(3) (equally high here, so the point tells).
+    """
+    def two_states(z):
+        return (np.asarray(z)[:, 0] > TRIPLE_SADDLE_X).astype(np.int64)
+
+    def three_states(z):
+        x = np.asarray(z)[:, 0]
+        return np.where(x < -TRIPLE_SADDLE_X, 0, np.where(x < TRIPLE_SADDLE_X, 1, 2))
+
+    minima = np.array([[-2.0, 0.0], [2.0, 0.0]])
+    merged = state_saddles(_triple_energy, _triple_gradient, _triple_hessian, minima,
+                           state_of=two_states)
+    assert has_interior_minimum(_triple_energy(merged["paths"][0, 1]))
+    np.testing.assert_allclose(merged["barriers"], [[np.inf, TRIPLE_BARRIER],
+                                                    [TRIPLE_BARRIER, np.inf]], rtol=1e-8)
+    np.testing.assert_allclose(merged["points"][0, 1], [TRIPLE_SADDLE_X, 0], atol=1e-8)
+    assert merged["is_saddle"][0, 1]
+    # Without the states every minimum is one, and the dip cuts the pair.
+    assert np.isinf(state_saddles(_triple_energy, _triple_gradient, _triple_hessian,
+                                  minima)["barriers"]).all()
+    # A path through a third state's basin still does.
+    three = state_saddles(_triple_energy, _triple_gradient, _triple_hessian,
+                          np.array([[-2.0, 0.0], [0.0, 0.0], [2.0, 0.0]]),
+                          state_of=three_states)
+    assert np.isinf(three["barriers"][0, 2]) and np.isinf(three["barriers"][2, 0])
+    np.testing.assert_allclose(three["barriers"][[0, 1, 1, 2], [1, 0, 2, 1]],
+                               TRIPLE_BARRIER, rtol=1e-8)
+
+
+def test_landscape_saddles_read_the_states_of_the_landscape():
+    """An EnergyLandscape's states, not its minima, decide who is a neighbour."""
+    class TwoStateTriple:  # The landscape's interface, on the triple well.
+        minima = np.array([[-2.0, 0.0], [2.0, 0.0]])
+        __call__ = staticmethod(_triple_energy)
+        gradient = staticmethod(_triple_gradient)
+        hessian = staticmethod(_triple_hessian)
+
+        @staticmethod
+        def predict(z):
+            return (np.asarray(z)[:, 0] > TRIPLE_SADDLE_X).astype(np.int64)
+
+    saddles = landscape_saddles(TwoStateTriple())
+    np.testing.assert_allclose(saddles["barriers"][0, 1], TRIPLE_BARRIER, rtol=1e-8)
 
 
 # ------------------------------------------------------------ labels, counts
