@@ -176,7 +176,7 @@ _KILLED_BY_SIGNAL = re.compile(r"exitcode\s*:\s*-\d+")
 def _run_worker(out: Path, processes: int = 2, attempts: int = 2) -> None:
     """Run tests/distributed_worker.py until every rank has saved its file.
 
-    Once (CI, 2026-12-05, not reproduced in 40 runs here) a rank died of
+    Once (CI, 2026-12-05; not reproduced in 49 runs here) a rank died of
     SIGABRT in gloo's C++ ("terminate called without an active exception")
     after its fits, with nothing raised in Python. A rank killed by a signal
     before every rank saved is run again, once, with a warning; any other
