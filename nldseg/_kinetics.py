@@ -430,14 +430,19 @@ def path_saddle(energy, gradient, hessian, path: np.ndarray) -> tuple[np.ndarray
     return (z, True) if ok else (path[top].copy(), False)
 
 
+def _interior_minima(profile: np.ndarray) -> np.ndarray:
+    """Indices of the interior images lower than both their neighbours."""
+    e = np.asarray(profile, dtype=float)
+    return np.flatnonzero((e[1:-1] < e[:-2]) & (e[1:-1] < e[2:])) + 1
+
+
 def has_interior_minimum(profile: np.ndarray) -> bool:
     """Whether an energy profile along a path dips between its ends.
 
     True when some interior image is lower than both its neighbours: a
     minimum energy path that passes through a third well.
     """
-    e = np.asarray(profile, dtype=float)
-    return bool(((e[1:-1] < e[:-2]) & (e[1:-1] < e[2:])).any())
+    return len(_interior_minima(profile)) > 0
 
 
 def _crossing_segment(profile: np.ndarray, states: np.ndarray, i: int,
@@ -455,7 +460,7 @@ def _crossing_segment(profile: np.ndarray, states: np.ndarray, i: int,
     path never steps from one basin straight into the other.
     """
     e = np.asarray(profile, dtype=float)
-    dips = np.flatnonzero((e[1:-1] < e[:-2]) & (e[1:-1] < e[2:])) + 1
+    dips = _interior_minima(e)
     changes = np.flatnonzero(states[1:] != states[:-1]) + 1
     best, best_top = None, np.inf
     for n, c in enumerate(changes):
