@@ -47,12 +47,11 @@ from nldseg._kinetics import kramers_rate_matrix, landscape_saddles, state_saddl
 KRAMERS_BAR = 2.0
 
 
-def _fitted(case: str, seed: int, load_dir, save_dir) -> tuple:
+def _fitted(case: str, seed: int, train, load_dir, save_dir) -> tuple:
     """``(segmenter, fit seconds)``: read it from ``load_dir``, else fit defaults."""
     name = f"{case}_seed{seed}.nldseg"
     if load_dir:
         return LangevinSegmenter.load(os.path.join(load_dir, name)), float("nan")
-    train = CASES[case].draw(seed)[0]
     t0 = time.perf_counter()
     seg = LangevinSegmenter(random_state=seed).fit(train)
     t_fit = time.perf_counter() - t0
@@ -74,8 +73,8 @@ def _escape(seg, saddles: dict) -> np.ndarray:
 
 def run(case: str, seed: int, load_dir, save_dir, n_trajectories: int,
         n_steps: int) -> dict:
-    seg, t_fit = _fitted(case, seed, load_dir, save_dir)
-    truth = CASES[case].draw(seed)[3]
+    train, _, _, truth = CASES[case].draw(seed)
+    seg, t_fit = _fitted(case, seed, train, load_dir, save_dir)
     land = seg.energy_
     old = state_saddles(land, land.gradient, land.hessian, land.minima)
     new = landscape_saddles(land)

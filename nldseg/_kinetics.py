@@ -470,8 +470,9 @@ def _crossing_segment(profile: np.ndarray, states: np.ndarray, i: int,
         run_end = int(changes[n + 1]) - 1 if n + 1 < len(changes) else len(e) - 1
         lo = int(dips[(dips < c) & (dips >= run_start)].max(initial=run_start))
         hi = int(dips[(dips >= c) & (dips <= run_end)].min(initial=run_end))
-        if e[lo:hi + 1].max() < best_top:
-            best, best_top = slice(lo, hi + 1), e[lo:hi + 1].max()
+        top = e[lo:hi + 1].max()
+        if top < best_top:
+            best, best_top = slice(lo, hi + 1), top
     return best
 
 
