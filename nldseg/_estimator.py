@@ -32,14 +32,16 @@ from nldseg._kinetics import (
     calibrate_clock,
     decode_observations,
     kramers_rate_matrix,
+    label_paths,
     landscape_saddles,
     mean_visit_lengths,
+    metastable_state_map,
     prior_state_paths,
     row_stochastic,
     transition_counts,
     visit_lengths,
 )
-from nldseg._landscape import EnergyLandscape, build_landscape
+from nldseg._landscape import EnergyLandscape, build_landscape, join_states
 from nldseg._model import NeuralLangevinVAE, build_model, freeze
 from nldseg._threads import check_threads, torch_threads
 from nldseg._training import LEARNING_RATES, TrainingSettings, train
@@ -806,8 +808,12 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                        ) -> tuple[EnergyLandscape, float]:
         """Find the wells in the latent codes of part of the training data.
 
-        Returns the :class:`EnergyLandscape` and the prior's calibrated clock
-        (:func:`nldseg._kinetics.calibrate_clock`, on the same posterior paths).
+        Wells between which the posterior paths take turns much faster than
+        they leave the pair are then joined into one state
+        (:func:`nldseg._kinetics.metastable_state_map`), unless ``n_states``
+        was given. Returns the :class:`EnergyLandscape` and the prior's
+        calibrated clock (:func:`nldseg._kinetics.calibrate_clock`, on the
+        same posterior paths).
         """
         rng = np.random.default_rng(int(seeds[0]))
         sampler = PosteriorSampler(module, self.dt, 1, int(seeds[1]), self.solver)
@@ -816,6 +822,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                     np.concatenate(paths),
                                     min_state_fraction=min_state_fraction,
                                     n_states=self.n_states, rng=rng)
+        if self.n_states is None and landscape.n_states >= 3:
+            labels = label_paths(module, landscape, paths, _CLOCK_CORE_FRACTION)
+            state_map = metastable_state_map(labels, landscape.n_states)
+            if state_map.max() + 1 < landscape.n_states:
+                join_states(landscape, state_map)
         generator = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
         time_scale = calibrate_clock(module, landscape, paths, dt=self.dt,
                                      core_fraction=_CLOCK_CORE_FRACTION,

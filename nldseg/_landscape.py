@@ -208,6 +208,13 @@ class EnergyLandscape:
         self.capture_radius = np.asarray(capture_radius, dtype=float)
         self.step_size = float(step_size)
         self.max_step = float(max_step)
+        self._set_state_minima()
+        self.occupancies: dict[str, np.ndarray] = {}
+        self.effective_sample_size = float("nan")
+        self.lookup_lo = self.lookup_step = self.lookup_minimum = None
+
+    def _set_state_minima(self) -> None:
+        """``n_states``, and each state's deepest minimum, its energy and Hessian."""
         self.n_states = int(self.state_of_minimum.max()) + 1
         e_all = self(self.all_minima)
         deepest = [np.flatnonzero(self.state_of_minimum == s)[
@@ -215,9 +222,6 @@ class EnergyLandscape:
         self.minima = self.all_minima[deepest]
         self.minima_energies = e_all[deepest]
         self.hessians = self.hessian(self.minima)
-        self.occupancies: dict[str, np.ndarray] = {}
-        self.effective_sample_size = float("nan")
-        self.lookup_lo = self.lookup_step = self.lookup_minimum = None
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -751,8 +755,34 @@ def build_landscape(energy: torch.nn.Module, beta: float, codes: np.ndarray, *,
                                 found["step_size"], found["max_step"])
     landscape.build_lookup(codes)
     compute_occupancies(landscape, codes, n_occupancy_draws, rng)
+    _order_by_occupancy(landscape)
+    return landscape
+
+
+def _order_by_occupancy(landscape: EnergyLandscape) -> None:
+    """Number states by sampled occupancy, largest first (ties: the minima's places)."""
     occ = landscape.occupancies["sampled"]
-    # Largest occupancy first; ties broken by the minimum's coordinates.
     order = np.lexsort((*landscape.minima.T[::-1], -np.round(occ, 12)))
     relabel_states(landscape, order)
-    return landscape
+
+
+def join_states(landscape: EnergyLandscape, state_map: np.ndarray) -> None:
+    """Join states in place: old state ``s`` becomes part of state ``state_map[s]``.
+
+    ``state_map`` (n_states,) takes the values ``0..k-1``, each at least once.
+    The minima keep their basins; a joined state's occupancies (every
+    method) are the sums of its parts', its minimum is the deepest of its
+    parts'; the states are then numbered by sampled occupancy, largest first,
+    as :func:`build_landscape` numbers them. Labels of latent points change
+    only by the map. The lookup grid stays valid (it stores minima).
+    """
+    state_map = np.asarray(state_map, dtype=np.int64)
+    k = int(state_map.max()) + 1
+    if state_map.shape != (landscape.n_states,) or np.unique(state_map).size != k:
+        raise ValueError(f"state_map must map the {landscape.n_states} states onto "
+                         f"0..k-1, got {state_map.tolist()!r}.")
+    landscape.state_of_minimum = state_map[landscape.state_of_minimum]
+    landscape._set_state_minima()
+    landscape.occupancies = {name: np.bincount(state_map, weights=occ, minlength=k)
+                             for name, occ in landscape.occupancies.items()}
+    _order_by_occupancy(landscape)

@@ -23,9 +23,11 @@ from nldseg._kinetics import (
     core_thresholds,
     eyring_kramers_rate,
     has_interior_minimum,
+    implied_timescales,
     initial_states,
     landscape_saddles,
     mean_visit_lengths,
+    metastable_state_map,
     minimum_energy_path,
     prior_state_paths,
     row_stochastic,
@@ -360,6 +362,83 @@ def test_transition_counts_and_rows():
                                   [[1, 1, 0], [0, 2, 0], [0, 0, 0]])
     np.testing.assert_allclose(row_stochastic(transition_counts(labels, 3, 1)),
                                [[0.5, 0.5, 0], [1 / 6, 5 / 6, 0], [0, 0, 1]])
+
+
+def _markov_chain(p: np.ndarray, n_steps: int, seed: int) -> np.ndarray:
+    """A path of the Markov chain with transition matrix ``p``, from state 0."""
+    rng = np.random.default_rng(seed)
+    cum = np.cumsum(p, axis=1)
+    u = rng.random(n_steps)
+    path = np.empty(n_steps, dtype=np.int64)
+    state = 0
+    for t in range(n_steps):
+        path[t] = state
+        state = min(int(np.searchsorted(cum[state], u[t], side="right")), len(p) - 1)
+    return path
+
+
+def _sticky(stays) -> np.ndarray:
+    """Stay in state i with probability stays[i], else jump to any other alike."""
+    k = len(stays)
+    p = np.array([[(1 - s) / (k - 1)] * k for s in stays])
+    p[np.diag_indices(k)] = stays
+    return p
+
+
+def test_implied_timescales_of_known_chains():
+    p = _sticky([0.9, 0.9])
+    t = implied_timescales(np.round(p * 1e6))
+    np.testing.assert_allclose(t, [-1 / np.log(0.8)], rtol=1e-9)
+    # Lag 3 of the same chain: eigenvalue 0.8^3, the same time scale.
+    np.testing.assert_allclose(implied_timescales(np.round(p @ p @ p * 1e6), lag=3),
+                               t, rtol=1e-6)
+    p = _sticky([0.99, 0.99, 0.8])
+    ev = np.sort(np.linalg.eigvals(p).real)[::-1][1:]
+    pi = 1 / (1 - np.diag(p))  # Stationary law of this chain: time per visit.
+    flux = pi[:, None] * p / pi.sum()  # What a long path counts, per step.
+    np.testing.assert_allclose(implied_timescales(np.round(flux * 1e9)),
+                               -1 / np.log(ev), rtol=1e-5)
+    # Two parts never joined by a transition: one infinite time scale.
+    counts = np.array([[9, 1, 0], [1, 9, 0], [0, 0, 5]])
+    t = implied_timescales(counts)
+    assert np.isinf(t[0]) and np.isfinite(t[1])
+    # A state never visited is left out.
+    assert implied_timescales(np.array([[9, 1, 0], [1, 9, 0], [0, 0, 0]])).shape == (1,)
+
+
+def test_two_wells_taking_turns_inside_one_state_are_joined():
+    # Four activities of ~500 steps; in activity 0 the path takes turns
+    # between wells 0 and 4 every ~20 steps (one phase of a cycle each).
+    rng = np.random.default_rng(0)
+    parts = []
+    for activity in np.tile([0, 1, 2, 3], 6)[rng.permutation(24)]:
+        n = int(rng.integers(300, 700))
+        if activity == 0:
+            parts.append(np.where((np.arange(n) // 20) % 2 == 0, 0, 4))
+        else:
+            parts.append(np.full(n, activity))
+    path = np.concatenate(parts)
+    state_map = metastable_state_map([path], 5)
+    assert state_map.max() + 1 == 4
+    assert state_map[0] == state_map[4]
+    assert len(set(state_map[[0, 1, 2, 3]])) == 4
+    # The same labels as one 2-D array of paths.
+    np.testing.assert_array_equal(metastable_state_map(path[None], 5), state_map)
+
+
+@pytest.mark.parametrize("stays", [[0.98] * 4, [0.99, 0.99, 0.99, 0.8],
+                                   [0.995, 0.99, 0.95, 0.9]])
+def test_states_of_a_markov_chain_are_kept(stays):
+    # Metastable states, a less sticky one among them (time scales 17 times
+    # apart in the second chain): every state stays, whatever the gap.
+    path = _markov_chain(_sticky(stays), 40_000, seed=1)
+    np.testing.assert_array_equal(metastable_state_map([path], len(stays)),
+                                  np.arange(len(stays)))
+
+
+def test_two_states_taking_turns_are_kept_with_nothing_else():
+    path = np.where((np.arange(2000) // 20) % 2 == 0, 0, 1)
+    np.testing.assert_array_equal(metastable_state_map([path], 2), [0, 1])
 
 
 def test_visit_lengths_drop_censored_visits():

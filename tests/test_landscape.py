@@ -224,6 +224,49 @@ def test_relabel_states_permutes_everything():
         np.testing.assert_array_equal(land.occupancies[k], before[k][::-1])
 
 
+class FlowingDimpledDoubleWell(DimpledDoubleWell):
+    """:class:`DimpledDoubleWell` whose gradient (by autograd) sees the dimple."""
+
+    def grad(self, z):
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            return torch.autograd.grad(self.forward(z).sum(), z)[0]
+
+
+def test_join_states_sums_occupancy_and_keeps_the_deepest_minimum():
+    energy = FlowingDimpledDoubleWell(tilt=0.2)
+    codes = np.concatenate([_codes(), np.random.default_rng(1).normal(0, 0.05, (100, 2))])
+    found = L.find_minima(energy, codes)
+    order = np.argsort(found["minima"][:, 0])
+    assert len(order) == 3  # x = -1, 0 (the dimple), 1
+    land = L.EnergyLandscape(energy, 1.0, found["minima"][order], np.arange(3),
+                             found["capture_radius"][order], found["step_size"],
+                             found["max_step"])
+    L.compute_occupancies(land, codes, 4000, np.random.default_rng(0))
+    before = {k: v.copy() for k, v in land.occupancies.items()}
+    pts = np.array([[-1.5, 0.0], [-0.02, 0.0], [1.2, 0.0]])
+    assert land.predict(pts).tolist() == [0, 1, 2]
+    # Join the dimple (state 1) with the right well (state 2).
+    L.join_states(land, np.array([0, 1, 1]))
+    assert land.n_states == 2
+    new = land.predict(pts)
+    assert new[1] == new[2] != new[0]
+    for k, occ in before.items():
+        joined = np.sort([occ[0], occ[1] + occ[2]])
+        np.testing.assert_allclose(np.sort(land.occupancies[k]), joined)
+    # Numbered by sampled occupancy, largest first; the joined state's
+    # minimum is the deeper of its two (x = 1, below the dimple's).
+    assert land.occupancies["sampled"][0] >= land.occupancies["sampled"][1]
+    joined_state = new[2]
+    assert land.minima[joined_state][0] > 0.5
+    assert land.minima_energies[joined_state] == pytest.approx(
+        float(energy(torch.as_tensor(land.minima[joined_state]))), abs=1e-9)
+    with pytest.raises(ValueError, match="state_map"):
+        L.join_states(land, np.array([0, 2]))
+    with pytest.raises(ValueError, match="state_map"):
+        L.join_states(land, np.array([0, 0, 1]))
+
+
 def _around_grid(landscape, n: int, seed: int) -> torch.Tensor:
     """Uniform float32 points over the lookup grid and 30% beyond it on every side."""
     lo = landscape.lookup_lo
