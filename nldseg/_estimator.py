@@ -30,6 +30,7 @@ from nldseg._inference import (
 )
 from nldseg._kinetics import (
     calibrate_clock,
+    core_thresholds,
     decode_observations,
     kramers_rate_matrix,
     label_paths,
@@ -144,9 +145,14 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     ----------
     n_states : int or None, default=None
         Number of states. ``None`` keeps every well found (after merging wells
-        holding less than ``min_state_fraction`` of the data). An integer merges
-        the least-populated wells into the neighbour behind the lowest barrier
-        until that many remain, and warns if fewer were found.
+        holding less than ``min_state_fraction`` of the data), except that
+        two wells between which the posterior paths through the training
+        data take turns quickly are one state: when the paths' implied time
+        scales have a gap of 6 or more and they cross between the two at
+        least 3 times per exit from the pair (each well then holds one phase
+        of a slow cycle; see Notes). An integer merges the least-populated
+        wells into the neighbour behind the lowest barrier until that many
+        remain, and warns if fewer were found.
     dynamics : {"overdamped", "underdamped"}, default="overdamped"
         Langevin dynamics of the prior (see Notes).
     latent_dim : int, default=3
@@ -562,6 +568,24 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     states: the relative rates stay the landscape's (``unequal``: 81 / 44 /
     54 / 20 steps; see ``benchmarks/RESULTS.md``).
 
+    A well is a state when the system, once in it, stays for a while and
+    leaves in no fixed direction. A latent path can instead go round a cycle
+    through two wells, each holding one phase of a slow oscillation: on
+    simulated recordings of motion, a period-80 activity alternated between
+    two wells every 30-50 steps inside its 800-step segments, and the fit
+    counted one state too many, its labels changing at every half period.
+    So after the wells are found, the posterior paths through the training
+    data are labelled by core sets (as for the kinetics) and two wells are
+    joined into one state when the paths' implied time scales (of the
+    reversible chain estimated from the labels at lag 1) have a gap of a
+    factor 6 or more and the paths cross between the two wells at least 3
+    times for every time they leave the pair. Both are needed: a state of a
+    Markov chain that is merely less sticky than the others also opens a gap
+    (a factor 17 for one left 20 times as often), but its exits spread over
+    the other states, one crossing per exit or fewer; wells that are states
+    relaxed on time scales 1.1-3 times apart on every fit of the benchmark
+    suite measured. Not with ``n_states`` given.
+
     Monte-Carlo inference uses the same noise draws for every sequence, so
     the output for one sequence does not depend on the other sequences
     passed with it, and :meth:`stream` reproduces it step by step: the same
@@ -822,15 +846,21 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                     np.concatenate(paths),
                                     min_state_fraction=min_state_fraction,
                                     n_states=self.n_states, rng=rng)
+        thresholds = None  # Of the core sets, once the states are final.
         if self.n_states is None and landscape.n_states >= 3:
-            labels = label_paths(module, landscape, paths, _CLOCK_CORE_FRACTION)
+            thresholds = core_thresholds(landscape.minima_energies,
+                                         landscape_saddles(landscape)["barriers"],
+                                         _CLOCK_CORE_FRACTION)
+            labels = label_paths(module, landscape, paths, _CLOCK_CORE_FRACTION,
+                                 thresholds=thresholds)
             state_map = metastable_state_map(labels, landscape.n_states)
             if state_map.max() + 1 < landscape.n_states:
                 join_states(landscape, state_map)
+                thresholds = None
         generator = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
         time_scale = calibrate_clock(module, landscape, paths, dt=self.dt,
                                      core_fraction=_CLOCK_CORE_FRACTION,
-                                     generator=generator)
+                                     generator=generator, thresholds=thresholds)
         return landscape, time_scale
 
     # -------------------------------------------------------------- inference

@@ -897,7 +897,7 @@ def switches(labels) -> tuple[int, int]:
 def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
                     core_fraction: float, generator: torch.Generator,
                     budget: int = CLOCK_BUDGET, piece: int = CLOCK_PIECE,
-                    n_iter: int = 3) -> float:
+                    n_iter: int = 3, thresholds: np.ndarray | None = None) -> float:
     r"""How much faster the prior's clock must run to switch as the posterior does.
 
     Training fits the prior to the posterior paths *locally*: the path KL
@@ -943,6 +943,9 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
     n_iter : int, default=3
         Rounds: each simulates the prior on the current clock and takes one
         secant step from it (``n_iter`` simulations).
+    thresholds : ndarray of shape (n_states,) or None, default=None
+        The core thresholds (:func:`core_thresholds` at ``core_fraction``),
+        when already computed; else they are, from :func:`landscape_saddles`.
 
     Returns
     -------
@@ -957,8 +960,10 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
               if len(p) - a >= 2]
     if not pieces:
         return 1.0
-    thresholds = core_thresholds(landscape.minima_energies,
-                                 landscape_saddles(landscape)["barriers"], core_fraction)
+    if thresholds is None:
+        thresholds = core_thresholds(landscape.minima_energies,
+                                     landscape_saddles(landscape)["barriers"],
+                                     core_fraction)
     changes, steps = switches(label_paths(module, landscape, pieces, core_fraction,
                                           thresholds=thresholds))
     if changes == 0:
