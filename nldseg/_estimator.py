@@ -413,7 +413,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     Attributes
     ----------
     n_states_ : int
-        Number of states (wells) kept.
+        Number of states kept: wells, or groups of wells (see ``n_states``;
+        ``energy_.state_of_minimum`` says which minimum belongs to which).
     state_occupancy_ : ndarray of shape (n_states_,)
         Stationary fraction of time in each state under the learned prior, by
         the *sampled* estimate: draws of ``exp(-beta E)`` (importance sampling)
