@@ -30,10 +30,10 @@ from nldseg._inference import (
 )
 from nldseg._kinetics import (
     calibrate_clock,
-    core_thresholds,
     decode_observations,
     kramers_rate_matrix,
     label_paths,
+    landscape_core_thresholds,
     landscape_saddles,
     mean_visit_lengths,
     metastable_state_map,
@@ -851,9 +851,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                     n_states=self.n_states, rng=rng)
         thresholds = None  # Of the core sets, once the states are final.
         if self.n_states is None and landscape.n_states >= 3:
-            thresholds = core_thresholds(landscape.minima_energies,
-                                         landscape_saddles(landscape)["barriers"],
-                                         _CLOCK_CORE_FRACTION)
+            thresholds = landscape_core_thresholds(landscape, _CLOCK_CORE_FRACTION)
             labels = label_paths(module, landscape, paths, _CLOCK_CORE_FRACTION,
                                  thresholds=thresholds)
             state_map = metastable_state_map(labels, landscape.n_states)

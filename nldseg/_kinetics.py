@@ -747,6 +747,12 @@ def landscape_saddles(landscape) -> dict:
                          landscape.minima, state_of=landscape.predict)
 
 
+def landscape_core_thresholds(landscape, core_fraction: float) -> np.ndarray:
+    """:func:`core_thresholds` of the states of a landscape (:func:`landscape_saddles`)."""
+    return core_thresholds(landscape.minima_energies,
+                           landscape_saddles(landscape)["barriers"], core_fraction)
+
+
 def kramers_rate_matrix(landscape, saddles: dict, *, beta: float, gamma: float,
                         mass: np.ndarray | None = None) -> np.ndarray:
     """Eyring-Kramers rates between the states of a landscape.
@@ -870,9 +876,7 @@ def label_paths(module, landscape, paths: list, core_fraction: float, *,
                               for i in range(0, max(flat.shape[0], 1), 65536)])
     energies = energies.double().numpy().reshape(-1)
     if thresholds is None:
-        thresholds = core_thresholds(landscape.minima_energies,
-                                     landscape_saddles(landscape)["barriers"],
-                                     core_fraction)
+        thresholds = landscape_core_thresholds(landscape, core_fraction)
     if len(set(lengths)) == 1:
         shape = (len(paths), lengths[0])
         return core_set_labels(basins.reshape(shape), energies.reshape(shape), thresholds)
@@ -961,9 +965,7 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
     if not pieces:
         return 1.0
     if thresholds is None:
-        thresholds = core_thresholds(landscape.minima_energies,
-                                     landscape_saddles(landscape)["barriers"],
-                                     core_fraction)
+        thresholds = landscape_core_thresholds(landscape, core_fraction)
     changes, steps = switches(label_paths(module, landscape, pieces, core_fraction,
                                           thresholds=thresholds))
     if changes == 0:
