@@ -573,7 +573,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     leaves in no fixed direction. A latent path can instead go round a cycle
     through two wells, each holding one phase of a slow oscillation: on
     simulated recordings of motion, a period-80 activity alternated between
-    two wells every 30-50 steps inside its 800-step segments, and the fit
+    two wells every 29-53 steps inside its 800-step segments, and the fit
     counted one state too many, its labels changing at every half period.
     So after the wells are found, the posterior paths through the training
     data are labelled by core sets (as for the kinetics) and two wells are
