@@ -8,7 +8,10 @@ sequences of 500 steps, then compares with the true chain:
 * mean dwell time per state: ``seg.mean_dwell_times()`` (prior paths, core-set
   labels) against ``1 / (1 - P_ii)`` = 20 steps (bar: within 15 % per state);
 * lag-1 transition matrix: ``seg.transition_matrix(1)`` against the true ``P``
-  (bar: max abs difference <= 0.02).
+  (bar: max abs difference <= 0.02);
+* mean first-passage times between states (``seg.mean_first_passage_times()``)
+  and implied time scales (``seg.implied_timescales()``) against those of the
+  true ``P`` (no bar; median and worst relative error).
 
 Both are read on the library's default clock, calibrated to the posterior
 paths (``prior_time_scale_``); the prior as trained (``clock="model"``) is
@@ -63,6 +66,7 @@ from nldseg import LangevinSegmenter
 from nldseg._kinetics import (
     core_set_labels,
     landscape_saddles,
+    mean_first_passage_times,
     mean_visit_lengths,
     prior_state_paths,
     row_stochastic,
@@ -150,7 +154,10 @@ def _kinetics(seg, y_test, y_pred, k_true: int, seed: int) -> dict:
                              generator=torch.Generator().manual_seed(seed))[1]
     k = seg.n_states_
     pred = np.stack(y_pred)
+    mfpt, out["t_mfpt"] = _timed(seg.mean_first_passage_times)
+    out["its_prior"] = seg.implied_timescales()
     out.update(P_prior=P, dwell_prior=dwell, dwell_kramers=1 / rates.sum(1),
+               mfpt_prior=mfpt,
                P_model=P_model, dwell_model=dwell_model,
                barriers=landscape_saddles(seg.energy_)["barriers"],
                dwell_fine=mean_visit_lengths(fine, k),
@@ -159,7 +166,7 @@ def _kinetics(seg, y_test, y_pred, k_true: int, seed: int) -> dict:
     if k == k_true:
         order = _learned_order(y_test, y_pred, k)
         for key in ("P_prior", "P_pred", "barriers", "dwell_prior", "dwell_fine",
-                    "dwell_kramers", "dwell_pred", "P_model", "dwell_model"):
+                    "dwell_kramers", "dwell_pred", "P_model", "dwell_model", "mfpt_prior"):
             out[key] = _in_true_order(out[key], order)
     return out
 
@@ -198,6 +205,7 @@ def report(r: dict) -> None:
     print("prior P (lag 1):\n", np.round(r["P_prior"], 4))
     print("predicted-label P (lag 1):\n", np.round(r["P_pred"], 4))
     _print_clock(r)
+    _print_passages(r)
     print(f"BAR dwell within {DWELL_BAR:.0%} per state: "
           f"{'met' if (rel <= DWELL_BAR).all() else 'NOT met'} "
           f"(worst {rel.max():.2f}); BAR max|P - P_true| <= {MATRIX_BAR}: "
@@ -318,6 +326,7 @@ def report_case(r: dict) -> None:
         print("prior P (lag 1):\n", np.round(r["P_prior"], 4))
         print("predicted-label P (lag 1):\n", np.round(r["P_pred"], 4))
         _print_clock(r)
+        _print_passages(r)
         kramers_met = np.all(np.abs(np.log(ratio)) <= np.log(KRAMERS_BAR))
         print(f"BAR dwell within {DWELL_BAR:.0%}: "
               f"{'met' if (rel <= DWELL_BAR).all() else 'NOT met'} (worst "
@@ -342,6 +351,27 @@ def report_case(r: dict) -> None:
               f"shares: {t['l1_to_sample']:.3f}); BAR "
               f"{'met' if met else 'NOT met'}"
               f"{' (one state: nothing to compare)' if r['n_states'] == 1 else ''}")
+
+
+def _print_passages(r: dict) -> None:
+    """Mean first-passage times and implied time scales of the prior vs the truth.
+
+    Both from ``P_true`` for the truth (the Markov state model's formula,
+    :func:`nldseg._kinetics.mean_first_passage_times`; time scales
+    ``-1 / ln |lambda_k|`` of its eigenvalues), from the calibrated prior's
+    ``mean_first_passage_times()`` and ``implied_timescales()`` for the model.
+    """
+    true = mean_first_passage_times(r["P_true"])
+    off = ~np.eye(len(true), dtype=bool)
+    rel = np.abs(r["mfpt_prior"][off] - true[off]) / true[off]
+    ev = np.sort(np.abs(np.linalg.eigvals(r["P_true"])))[::-1][1:]
+    print("true mean first-passage times (row: from, column: to):\n",
+          np.round(true, 1))
+    print("prior mean_first_passage_times():\n", np.round(r["mfpt_prior"], 1))
+    print(f"mean first-passage time, relative error: median {np.median(rel):.2f}, "
+          f"worst {rel.max():.2f}; implied time scales, true "
+          f"{_fmt(-1 / np.log(ev))}, prior {_fmt(r['its_prior'])} "
+          f"(mean_first_passage_times {r['t_mfpt']:.1f} s)")
 
 
 def _print_clock(r: dict) -> None:

@@ -31,10 +31,12 @@ from nldseg._inference import (
 from nldseg._kinetics import (
     calibrate_clock,
     decode_observations,
+    implied_timescales,
     kramers_rate_matrix,
     label_paths,
     landscape_core_thresholds,
     landscape_saddles,
+    mean_first_passage_times,
     mean_visit_lengths,
     metastable_state_map,
     prior_state_paths,
@@ -119,6 +121,9 @@ _MAX_PRIOR_POINTS = 20_000_000
 def _check_kinetics(**values) -> None:
     """Check the named arguments of a prior simulation against their rules."""
     check_params(values, {name: _KINETICS_RULES[name] for name in values})
+    if "lag" in values and "n_steps" in values and values["lag"] > values["n_steps"]:
+        raise ValueError(f"lag must be at most n_steps={values['n_steps']}, "
+                         f"got {values['lag']}.")
 
 
 def _restart_seeds(seed: int, n_init: int) -> list[int]:
@@ -432,8 +437,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     prior_time_scale_ : float
         How much faster the prior's clock runs, under ``clock="calibrated"``
         in the kinetics methods (:meth:`transition_matrix`,
-        :meth:`mean_dwell_times`, :meth:`dwell_times`, :meth:`sample`,
-        :meth:`kramers_rates`), than the trained one, so that prior paths
+        :meth:`mean_dwell_times`, :meth:`dwell_times`,
+        :meth:`mean_first_passage_times`, :meth:`implied_timescales`,
+        :meth:`sample`, :meth:`kramers_rates`), than the trained one, so that prior paths
         switch states as often as the posterior paths through the training
         data do (measured at the end of :term:`fit` on the paths that found
         the wells). Training matches the prior's drift and stationary law
@@ -1183,8 +1189,6 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         True
         """
         _check_kinetics(lag=lag, n_trajectories=n_trajectories, n_steps=n_steps)
-        if lag > n_steps:
-            raise ValueError(f"lag must be at most n_steps={n_steps}, got {lag}.")
         _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
                                       random_state, clock)
         return row_stochastic(transition_counts(labels, self.n_states_, lag))
@@ -1281,6 +1285,121 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
                                       random_state, clock)
         return mean_visit_lengths(labels, self.n_states_)
+
+    def mean_first_passage_times(self, lag: int = 1, *, n_trajectories: int = 256,
+                                 n_steps: int = 2000, core_fraction: float = 0.5,
+                                 clock: str = "calibrated",
+                                 random_state=None) -> np.ndarray:
+        """Mean time to first reach each state from each other one, by the prior.
+
+        The Markov state model's estimate (as deeptime's ``mfpt``): the
+        transition matrix ``P`` of :meth:`transition_matrix` at ``lag``, with
+        the same arguments, solved for ``m[i, j] = lag + sum_{k != j}
+        P[i, k] m[k, j]``. The core-set labels make the chain close to
+        Markov at lag 1 (a recrossing of a barrier top is no transition); a
+        larger ``lag`` checks that (the times should not change much) and
+        resolves them to multiples of ``lag``.
+
+        Parameters
+        ----------
+        lag : int, default=1
+            Observation steps per transition; at most ``n_steps``.
+        n_trajectories : int, default=256
+            Simulated paths.
+        n_steps : int, default=2000
+            Observation steps per path.
+        core_fraction : float, default=0.5
+            Height of the cores as a fraction of the lowest barrier, in (0, 1).
+        clock : {"calibrated", "model"}, default="calibrated"
+            The prior's clock, as in :meth:`transition_matrix`.
+        random_state : int, RandomState instance or None, default=None
+            Seeds the simulation; ``None`` uses the estimator's.
+
+        Returns
+        -------
+        mfpt : ndarray of shape (n_states_, n_states_)
+            ``[i, j]``: mean observation steps from state ``i`` until state
+            ``j`` is first reached; 0 on the diagonal, ``inf`` where the
+            simulated paths never lead from ``i`` to ``j``.
+
+        See Also
+        --------
+        transition_matrix : The chain the times are solved from.
+        kramers_rates : Rates from the landscape's saddles (``1 / rate`` is a
+            passage time between neighbouring wells).
+
+        Examples
+        --------
+        >>> from nldseg import LangevinSegmenter
+        >>> from nldseg.datasets import make_markov_chain_sequences
+        >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+        >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+        >>> m = seg.mean_first_passage_times(n_trajectories=16, n_steps=50)
+        >>> m.shape == (seg.n_states_, seg.n_states_)
+        True
+        """
+        return mean_first_passage_times(
+            self.transition_matrix(lag, n_trajectories=n_trajectories, n_steps=n_steps,
+                                   core_fraction=core_fraction, clock=clock,
+                                   random_state=random_state), lag)
+
+    def implied_timescales(self, lag: int = 1, *, n_trajectories: int = 256,
+                           n_steps: int = 2000, core_fraction: float = 0.5,
+                           clock: str = "calibrated",
+                           random_state=None) -> np.ndarray:
+        """Relaxation times of the slow processes of the prior, in observation steps.
+
+        The transitions of the core-set labelled prior paths of
+        :meth:`transition_matrix` (same arguments) are counted at ``lag``
+        and symmetrised (detailed balance, which the overdamped prior obeys
+        exactly), and each eigenvalue ``lambda_k`` of the resulting chain
+        beyond the first gives ``t_k = -lag / ln(lambda_k)`` (deeptime's
+        ``timescales``). A gap between consecutive times separates the slow
+        exchanges between groups of states from the fast ones within them;
+        times that stay put as ``lag`` grows show a chain that is Markov at
+        that lag.
+
+        Parameters
+        ----------
+        lag : int, default=1
+            Observation steps between counted labels; at most ``n_steps``.
+        n_trajectories : int, default=256
+            Simulated paths.
+        n_steps : int, default=2000
+            Observation steps per path.
+        core_fraction : float, default=0.5
+            Height of the cores as a fraction of the lowest barrier, in (0, 1).
+        clock : {"calibrated", "model"}, default="calibrated"
+            The prior's clock, as in :meth:`transition_matrix`.
+        random_state : int, RandomState instance or None, default=None
+            Seeds the simulation; ``None`` uses the estimator's.
+
+        Returns
+        -------
+        timescales : ndarray of shape (n_visited - 1,)
+            Slowest first; ``n_visited`` is the number of states the paths
+            visit (``n_states_`` unless a state is too shallow to be
+            reached). ``inf`` for groups of states the paths never cross
+            between.
+
+        See Also
+        --------
+        transition_matrix, mean_first_passage_times
+
+        Examples
+        --------
+        >>> from nldseg import LangevinSegmenter
+        >>> from nldseg.datasets import make_markov_chain_sequences
+        >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+        >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+        >>> t = seg.implied_timescales(n_trajectories=16, n_steps=50)
+        >>> t.shape[0] <= seg.n_states_ - 1
+        True
+        """
+        _check_kinetics(lag=lag, n_trajectories=n_trajectories, n_steps=n_steps)
+        _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
+                                      random_state, clock)
+        return implied_timescales(transition_counts(labels, self.n_states_, lag), lag)
 
     def sample(self, n_sequences: int, n_timesteps: int, *, core_fraction: float = 0.5,
                clock: str = "calibrated",

@@ -15,7 +15,9 @@ What the landscape says about time, beyond occupancy:
   (see its docstring for the rule).
 * :func:`transition_counts`, :func:`row_stochastic`, :func:`visit_lengths`
   and :func:`mean_visit_lengths` read transition matrices and dwell times off
-  labelled paths.
+  labelled paths; :func:`implied_timescales` and
+  :func:`mean_first_passage_times` read relaxation and passage times off
+  the transition counts and matrices.
 * :func:`minimum_energy_path` (a simplified string method),
   :func:`refine_saddle` and :func:`state_saddles` find the saddle between two
   wells, and :func:`eyring_kramers_rate` turns it into a rate.
@@ -324,6 +326,63 @@ def implied_timescales(counts: np.ndarray, lag: int = 1) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return np.where(ev >= 1.0 - 1e-12, np.inf,
                         np.where(ev > 0, -lag / np.log(np.where(ev > 0, ev, 0.5)), 0.0))
+
+
+def mean_first_passage_times(transition: np.ndarray, lag: int = 1) -> np.ndarray:
+    """Mean first-passage times between the states of a Markov chain, in steps.
+
+    ``m[i, j]`` is the expected time for the chain started in ``i`` to
+    first reach ``j``: ``m[j, j] = 0`` and, for ``i != j``,
+    ``m[i, j] = lag + sum_{k != j} P[i, k] m[k, j]``, with ``P`` the
+    transition matrix at ``lag`` steps (the Markov state model's estimate,
+    as deeptime's ``mfpt``; the time is resolved to multiples of ``lag``).
+    A state from which the chain may never reach ``j`` (it can get to a
+    state that has no path to ``j`` without passing ``j``) gets ``inf``.
+
+    Parameters
+    ----------
+    transition : ndarray of shape (n_states, n_states)
+        Row-stochastic.
+    lag : int, default=1
+        Steps per transition of ``transition``.
+
+    Returns
+    -------
+    mfpt : ndarray of shape (n_states, n_states)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> P = np.array([[0.9, 0.1], [0.3, 0.7]])
+    >>> mean_first_passage_times(P).round(6).tolist()  # 1 / 0.1 and 1 / 0.3
+    [[0.0, 10.0], [3.333333, 0.0]]
+    """
+    p = np.asarray(transition, dtype=float)
+    n = p.shape[0]
+    edge = p > 0
+    out = np.zeros((n, n))
+    for j in range(n):
+        # States with a path to j (any path: reaching j ends the passage).
+        reach = np.zeros(n, dtype=bool)
+        reach[j] = True
+        while True:
+            more = reach | edge[:, reach].any(1)
+            if (more == reach).all():
+                break
+            reach = more
+        # Lost: a state that can get to one without a path to j, avoiding j.
+        lost = ~reach
+        while True:
+            more = lost | (edge[:, lost].any(1) & (np.arange(n) != j))
+            if (more == lost).all():
+                break
+            lost = more
+        rest = np.flatnonzero(~lost & (np.arange(n) != j))
+        out[lost, j] = np.inf
+        if rest.size:
+            a = np.eye(rest.size) - p[np.ix_(rest, rest)]
+            out[rest, j] = np.linalg.solve(a, np.full(rest.size, float(lag)))
+    return out
 
 
 def metastable_state_map(labels, n_states: int, *,

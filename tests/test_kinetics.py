@@ -26,6 +26,7 @@ from nldseg._kinetics import (
     implied_timescales,
     initial_states,
     landscape_saddles,
+    mean_first_passage_times,
     mean_visit_lengths,
     metastable_state_map,
     minimum_energy_path,
@@ -441,6 +442,43 @@ def test_two_states_taking_turns_are_kept_with_nothing_else():
     np.testing.assert_array_equal(metastable_state_map([path], 2), [0, 1])
 
 
+def _first_passages(path: np.ndarray, target: int) -> dict:
+    """Mean steps from each time in each state until ``path`` first hits ``target``."""
+    times: dict = {}
+    hits = np.flatnonzero(path == target)
+    nxt = np.searchsorted(hits, np.arange(len(path)))
+    for t in range(len(path)):
+        if nxt[t] < len(hits) and path[t] != target:
+            times.setdefault(int(path[t]), []).append(hits[nxt[t]] - t)
+    return {k: float(np.mean(v)) for k, v in times.items()}
+
+
+def test_mean_first_passage_times_against_a_simulated_chain():
+    p = np.array([[0.95, 0.04, 0.01], [0.02, 0.9, 0.08], [0.05, 0.05, 0.9]])
+    m = mean_first_passage_times(p)
+    np.testing.assert_array_equal(np.diag(m), 0.0)
+    path = _markov_chain(p, 200_000, seed=0)
+    for j in range(3):
+        for i, mean in _first_passages(path, j).items():
+            np.testing.assert_allclose(m[i, j], mean, rtol=0.05)
+    # Kemeny's constant: sum_j pi_j m_ij is the same from every state.
+    w, v = np.linalg.eig(p.T)
+    pi = np.real(v[:, np.argmax(np.real(w))])
+    kemeny = m @ (pi / pi.sum())
+    np.testing.assert_allclose(kemeny, kemeny[0], rtol=1e-10)
+    # At lag 2 the chain P^2 takes two steps per transition.
+    m2 = mean_first_passage_times(p @ p, lag=2)
+    assert (np.abs(m2 - m) < 0.15 * m + 1.0).all(), (m2, m)
+
+
+def test_mean_first_passage_times_of_states_never_reached():
+    # State 1 is absorbing; from 2 the chain may fall into 1 before reaching 0.
+    p = np.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.2, 0.2, 0.6]])
+    m = mean_first_passage_times(p)
+    np.testing.assert_allclose([m[0, 1], m[2, 1]], [2.0, 3.5], rtol=1e-12)
+    assert np.isinf([m[0, 2], m[1, 0], m[1, 2], m[2, 0]]).all()
+
+
 def test_visit_lengths_drop_censored_visits():
     labels = np.array([[0, 0, 1, 1, 1, 0, 0, 2],
                        [2, 2, 2, 2, 2, 2, 2, 2],
@@ -484,6 +522,34 @@ def test_transition_matrix_is_deterministic(tiny_fitted, tiny_prior):
     # random_state=None falls back on the estimator's (an int in the fixture).
     np.testing.assert_array_equal(tiny_fitted.transition_matrix(**KW),
                                   tiny_fitted.transition_matrix(**KW))
+
+
+def test_mean_first_passage_times_of_the_prior(tiny_fitted, tiny_prior):
+    P, dwell = tiny_prior
+    m = tiny_fitted.mean_first_passage_times(**KW, random_state=0)
+    # Solved from the same chain as transition_matrix gives.
+    np.testing.assert_allclose(m, mean_first_passage_times(P), rtol=1e-12)
+    np.testing.assert_array_equal(np.diag(m), 0.0)
+    # A passage out of i cannot take less than a visit to i.
+    off = ~np.eye(3, dtype=bool)
+    assert np.isfinite(m).all() and (m[off] >= np.repeat(dwell, 2) - 1e-9).all(), m
+    m3 = tiny_fitted.mean_first_passage_times(3, **KW, random_state=0)
+    assert m3.shape == (3, 3) and (m3[off] > 0).all()
+    with pytest.raises(ValueError, match="lag must be at most n_steps=400"):
+        tiny_fitted.mean_first_passage_times(401, **KW)
+
+
+def test_implied_timescales_of_the_prior(tiny_fitted, tiny_prior):
+    t = tiny_fitted.implied_timescales(**KW, random_state=0)
+    assert t.shape == (2,) and (t > 0).all() and t[0] >= t[1]
+    # The reversible estimate agrees with the plain matrix's eigenvalues.
+    ev = np.sort(np.abs(np.linalg.eigvals(tiny_prior[0])))[::-1][1:]
+    np.testing.assert_allclose(t, -1 / np.log(ev), rtol=0.1)
+    # Markov at the label's lag: lag 4 reads about the same slow time.
+    t4 = tiny_fitted.implied_timescales(4, **KW, random_state=0)
+    np.testing.assert_allclose(t4[0], t[0], rtol=0.25)
+    with pytest.raises(ValueError, match="lag must be at most n_steps=400"):
+        tiny_fitted.implied_timescales(401, **KW)
 
 
 def test_dwell_times(tiny_fitted, tiny_prior):
@@ -548,7 +614,8 @@ def test_other_methods_bad_arguments(tiny_fitted):
 
 @pytest.mark.parametrize("method, args", [
     ("transition_matrix", ()), ("dwell_times", ()), ("mean_dwell_times", ()),
-    ("sample", (2, 5)), ("kramers_rates", ()),
+    ("sample", (2, 5)), ("kramers_rates", ()), ("mean_first_passage_times", ()),
+    ("implied_timescales", ()),
 ])
 def test_kinetics_need_a_fitted_model(method, args):
     with pytest.raises(NotFittedError):
