@@ -118,6 +118,32 @@ _CLOCK_CORE_FRACTION = 0.5
 _MAX_PRIOR_POINTS = 20_000_000
 
 
+#: The arguments of the prior simulation that the kinetics methods share, as
+#: documented once; :func:`_prior_path_docs` puts them into each docstring.
+_PRIOR_PATH_PARAMETERS = """\
+n_trajectories : int, default=256
+    Simulated paths.
+n_steps : int, default=2000
+    Observation steps per path.
+core_fraction : float, default=0.5
+    Height of the cores as a fraction of the lowest barrier, in (0, 1).
+clock : {"calibrated", "model"}, default="calibrated"
+    The prior's clock, as in :meth:`transition_matrix`.
+random_state : int, RandomState instance or None, default=None
+    Seeds the simulation; ``None`` uses the estimator's."""
+
+
+def _prior_path_docs(method):
+    """Put :data:`_PRIOR_PATH_PARAMETERS` into ``method``'s docstring.
+
+    (None under ``python -OO``, which strips docstrings.)
+    """
+    if method.__doc__:
+        text = _PRIOR_PATH_PARAMETERS.replace("\n", "\n" + " " * 8)
+        method.__doc__ = method.__doc__.replace("{prior_path_parameters}", text)
+    return method
+
+
 def _check_kinetics(**values) -> None:
     """Check the named arguments of a prior simulation against their rules."""
     check_params(values, {name: _KINETICS_RULES[name] for name in values})
@@ -1193,6 +1219,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                       random_state, clock)
         return row_stochastic(transition_counts(labels, self.n_states_, lag))
 
+    @_prior_path_docs
     def dwell_times(self, *, n_trajectories: int = 256, n_steps: int = 2000,
                     core_fraction: float = 0.5, clock: str = "calibrated",
                     random_state=None) -> list[np.ndarray]:
@@ -1209,16 +1236,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        n_trajectories : int, default=256
-            Simulated paths.
-        n_steps : int, default=2000
-            Observation steps per path.
-        core_fraction : float, default=0.5
-            Height of the cores as a fraction of the lowest barrier, in (0, 1).
-        clock : {"calibrated", "model"}, default="calibrated"
-            The prior's clock, as in :meth:`transition_matrix`.
-        random_state : int, RandomState instance or None, default=None
-            Seeds the simulation; ``None`` uses the estimator's.
+        {prior_path_parameters}
 
         Returns
         -------
@@ -1241,6 +1259,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                       random_state, clock)
         return visit_lengths(labels, self.n_states_)
 
+    @_prior_path_docs
     def mean_dwell_times(self, *, n_trajectories: int = 256, n_steps: int = 2000,
                          core_fraction: float = 0.5, clock: str = "calibrated",
                          random_state=None) -> np.ndarray:
@@ -1256,16 +1275,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
         Parameters
         ----------
-        n_trajectories : int, default=256
-            Simulated paths.
-        n_steps : int, default=2000
-            Observation steps per path.
-        core_fraction : float, default=0.5
-            Height of the cores as a fraction of the lowest barrier, in (0, 1).
-        clock : {"calibrated", "model"}, default="calibrated"
-            The prior's clock, as in :meth:`transition_matrix`.
-        random_state : int, RandomState instance or None, default=None
-            Seeds the simulation; ``None`` uses the estimator's.
+        {prior_path_parameters}
 
         Returns
         -------
@@ -1286,6 +1296,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                       random_state, clock)
         return mean_visit_lengths(labels, self.n_states_)
 
+    @_prior_path_docs
     def mean_first_passage_times(self, lag: int = 1, *, n_trajectories: int = 256,
                                  n_steps: int = 2000, core_fraction: float = 0.5,
                                  clock: str = "calibrated",
@@ -1304,16 +1315,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         ----------
         lag : int, default=1
             Observation steps per transition; at most ``n_steps``.
-        n_trajectories : int, default=256
-            Simulated paths.
-        n_steps : int, default=2000
-            Observation steps per path.
-        core_fraction : float, default=0.5
-            Height of the cores as a fraction of the lowest barrier, in (0, 1).
-        clock : {"calibrated", "model"}, default="calibrated"
-            The prior's clock, as in :meth:`transition_matrix`.
-        random_state : int, RandomState instance or None, default=None
-            Seeds the simulation; ``None`` uses the estimator's.
+        {prior_path_parameters}
 
         Returns
         -------
@@ -1343,6 +1345,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                    core_fraction=core_fraction, clock=clock,
                                    random_state=random_state), lag)
 
+    @_prior_path_docs
     def implied_timescales(self, lag: int = 1, *, n_trajectories: int = 256,
                            n_steps: int = 2000, core_fraction: float = 0.5,
                            clock: str = "calibrated",
@@ -1363,16 +1366,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         ----------
         lag : int, default=1
             Observation steps between counted labels; at most ``n_steps``.
-        n_trajectories : int, default=256
-            Simulated paths.
-        n_steps : int, default=2000
-            Observation steps per path.
-        core_fraction : float, default=0.5
-            Height of the cores as a fraction of the lowest barrier, in (0, 1).
-        clock : {"calibrated", "model"}, default="calibrated"
-            The prior's clock, as in :meth:`transition_matrix`.
-        random_state : int, RandomState instance or None, default=None
-            Seeds the simulation; ``None`` uses the estimator's.
+        {prior_path_parameters}
 
         Returns
         -------
