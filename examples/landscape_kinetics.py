@@ -83,6 +83,11 @@ observed = (stacked == states).sum((1, 2)) / (
 print(f"prior clock: {seg.prior_time_scale_:.2f}x the trained one; mean dwell "
       f"times {np.round(dwell, 1)} (as trained {np.round(trained, 1)}; "
       f"predicted labels of the test data {np.round(observed, 1)}; true 20 each)")
+# How long from one state until another is first reached (true: 40 steps for
+# every pair), and the relaxation times of the chain (true: about 12.8 steps).
+print("mean first-passage times (row: from, column: to):\n"
+      f"{np.round(seg.mean_first_passage_times(random_state=0), 1)}")
+print(f"implied time scales {np.round(seg.implied_timescales(random_state=0), 1)}")
 
 # %%
 # One test sequence: labels against the truth, observations beneath.
