@@ -296,12 +296,14 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Initial Adam learning rate.
     kl_warmup : int, default=200
         Gradient steps over which the KL weight rises linearly from 0 to 1.
-        A model reading lags (``n_lags``) takes 5 times as long, at most
-        ``max_iter / 2`` steps: its autoregressive decoder explains much of
-        an observation from the one before, and a short warm-up let the KL
-        term collapse its latent path onto fewer wells (activities merged
-        on 2 of 8 seeds of a simulated recording of motion, none with the
-        longer one; see ``benchmarks/RESULTS.md``).
+        With ``n_lags="auto"`` the candidates reading one lag take 5 times
+        as long, at most ``max_iter / 2`` steps: their autoregressive
+        decoder explains much of an observation from the one before, and a
+        short warm-up let the KL term collapse the latent path onto fewer
+        wells (activities merged on 2 of 8 seeds of a simulated recording
+        of motion, none with the longer one; see ``benchmarks/RESULTS.md``).
+        An integer ``n_lags`` trains every model with ``kl_warmup`` as
+        given.
     density_weight : float, default=1.0
         Weight, beside the ELBO, of a maximum-likelihood fit of the stationary
         law ``exp(-beta E) / Z`` to the points each training window's
