@@ -362,27 +362,31 @@ def mean_first_passage_times(transition: np.ndarray, lag: int = 1) -> np.ndarray
     edge = p > 0
     out = np.zeros((n, n))
     for j in range(n):
+        others = np.arange(n) != j
         # States with a path to j (any path: reaching j ends the passage).
-        reach = np.zeros(n, dtype=bool)
-        reach[j] = True
-        while True:
-            more = reach | edge[:, reach].any(1)
-            if (more == reach).all():
-                break
-            reach = more
+        reach = _reaching(edge, ~others, np.ones(n, dtype=bool))
         # Lost: a state that can get to one without a path to j, avoiding j.
-        lost = ~reach
-        while True:
-            more = lost | (edge[:, lost].any(1) & (np.arange(n) != j))
-            if (more == lost).all():
-                break
-            lost = more
-        rest = np.flatnonzero(~lost & (np.arange(n) != j))
+        lost = _reaching(edge, ~reach, others)
+        rest = np.flatnonzero(~lost & others)
         out[lost, j] = np.inf
         if rest.size:
             a = np.eye(rest.size) - p[np.ix_(rest, rest)]
             out[rest, j] = np.linalg.solve(a, np.full(rest.size, float(lag)))
     return out
+
+
+def _reaching(edge: np.ndarray, targets: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """States with a path into ``targets`` that steps out of ``allowed`` states only.
+
+    ``edge[a, b]``: a step from ``a`` to ``b`` is possible. ``targets`` and
+    ``allowed`` are boolean masks; the result includes ``targets``.
+    """
+    found = targets.copy()
+    while True:
+        more = found | (edge[:, found].any(1) & allowed)
+        if (more == found).all():
+            return found
+        found = more
 
 
 def metastable_state_map(labels, n_states: int, *,
