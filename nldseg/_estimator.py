@@ -1156,6 +1156,14 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                      generator=self._prior_generator(random_state),
                                      time_scale=time_scale)
 
+    def _prior_counts(self, lag, n_trajectories, n_steps, core_fraction, random_state,
+                      clock) -> np.ndarray:
+        """Lag-``lag`` transition counts of labelled prior paths (arguments checked)."""
+        _check_kinetics(lag=lag, n_trajectories=n_trajectories, n_steps=n_steps)
+        _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
+                                      random_state, clock)
+        return transition_counts(labels, self.n_states_, lag)
+
     def transition_matrix(self, lag: int = 1, *, n_trajectories: int = 256,
                           n_steps: int = 2000, core_fraction: float = 0.5,
                           clock: str = "calibrated", random_state=None) -> np.ndarray:
@@ -1222,10 +1230,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         >>> bool(abs(P.sum(1) - 1).max() < 1e-12)
         True
         """
-        _check_kinetics(lag=lag, n_trajectories=n_trajectories, n_steps=n_steps)
-        _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
-                                      random_state, clock)
-        return row_stochastic(transition_counts(labels, self.n_states_, lag))
+        return row_stochastic(self._prior_counts(lag, n_trajectories, n_steps,
+                                                 core_fraction, random_state, clock))
 
     @_prior_path_docs
     def dwell_times(self, *, n_trajectories: int = 256, n_steps: int = 2000,
@@ -1398,10 +1404,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         >>> t.shape[0] <= seg.n_states_ - 1
         True
         """
-        _check_kinetics(lag=lag, n_trajectories=n_trajectories, n_steps=n_steps)
-        _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
-                                      random_state, clock)
-        return implied_timescales(transition_counts(labels, self.n_states_, lag), lag)
+        return implied_timescales(self._prior_counts(lag, n_trajectories, n_steps,
+                                                     core_fraction, random_state, clock),
+                                  lag)
 
     def sample(self, n_sequences: int, n_timesteps: int, *, core_fraction: float = 0.5,
                clock: str = "calibrated",
