@@ -26,6 +26,7 @@ from nldseg._inference import (
     ParticleFilter,
     PosteriorSampler,
     SegmentationStream,
+    hold_steps,
     hysteresis_labels,
 )
 from nldseg._kinetics import (
@@ -37,6 +38,7 @@ from nldseg._kinetics import (
     landscape_core_thresholds,
     landscape_saddles,
     mean_first_passage_times,
+    mean_switch_interval,
     mean_visit_lengths,
     metastable_state_map,
     prior_state_paths,
@@ -98,6 +100,7 @@ _PARAMETER_RULES = {
     "inference": OptionParam(INFERENCES),
     "prior_weight": RealParam(0.0, 1.0, low_closed=True, high_closed=True),
     "switch_margin": RealParam(0.0, 1.0, low_closed=True),
+    "switch_hold": IntParam(0, words=("auto",)),
     "min_state_fraction": RealParam(0.0, 1.0, low_closed=True),
     "initial_prior": OptionParam(INITIAL_PRIORS), "solver": OptionParam(SOLVERS),
     "distributed": BoolParam(), "verbose": IntParam(0),
@@ -105,7 +108,7 @@ _PARAMETER_RULES = {
 
 #: Parameters that inference reads and that may be changed on a fitted model.
 _INFERENCE_PARAMETERS = ("n_paths", "n_particles", "inference", "prior_weight",
-                         "switch_margin")
+                         "switch_margin", "switch_hold")
 
 #: Arguments of the prior simulations (:meth:`LangevinSegmenter.transition_matrix`).
 _KINETICS_RULES = {"n_trajectories": IntParam(1), "n_steps": IntParam(1),
@@ -385,6 +388,23 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         label changes for 0.00-0.10 points of accuracy, and 15-56 % on
         simulated recordings of motion (see ``benchmarks/RESULTS.md``).
         :meth:`predict_proba` is not affected.
+    switch_hold : "auto" or int >= 0, default="auto"
+        Further consecutive steps on which the same other state must lead the
+        current label (by more than ``switch_margin``) before the label moves
+        to it (:meth:`predict`, :meth:`stream`): it moves on the
+        ``switch_hold + 1``-th such step. A visit that leads for fewer steps
+        is not reported, and a reported switch comes ``switch_hold`` steps
+        after the new state began to lead; the labels stay online.
+        ``"auto"``: 0.2 % of ``training_dwell_time_``, rounded down, so 0
+        where the states change more often than every 500 steps (every
+        case of the default suite), 1 for mean dwell times of 500-999 steps,
+        and so on. Under the learned kinetics about 0.2 % of real visits are
+        that short (for exponential dwell times), and every switch is
+        reported that late, so the hold costs about 0.2 % of accuracy at
+        most. Where states last long, a change of state can move the latent
+        path past a third well for a few steps, and each pass would be two
+        label changes (see ``benchmarks/RESULTS.md``). 0 turns the hold off.
+        :meth:`predict_proba` is not affected.
     min_state_fraction : float, default=0.005
         Wells into which less than this fraction of the encoded training data
         flows are merged into a neighbour (as is, before that, a well of
@@ -480,6 +500,12 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         to the posterior's, not its switching rate, and the trained prior
         switches 2-9 times too slowly; see Notes. 1.0 with a single state.
         NaN for a model saved before it existed.
+    training_dwell_time_ : float
+        Mean observation steps between state changes of the posterior paths
+        through the training data (the paths that found the wells, labelled
+        by core sets as in :meth:`transition_matrix`): the mean time spent in
+        a state per visit, over all states. ``switch_hold="auto"`` reads it.
+        NaN for a model saved before it existed (which holds 0 steps).
     n_features_in_ : int
         Number of features seen during :term:`fit`.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -666,7 +692,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                  n_iter_no_change=5, early_stopping=True, validation_fraction=0.1,
                  decoder_covariance="latent", n_paths=8, inference="filter",
                  prior_weight=0.5, n_particles=64, switch_margin=0.2,
-                 min_state_fraction=0.005,
+                 switch_hold="auto", min_state_fraction=0.005,
                  initial_prior="stationary",
                  solver="euler", device="auto", n_threads=None,
                  distributed=False, random_state=None, verbose=0):
@@ -699,6 +725,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.inference = inference
         self.prior_weight = prior_weight
         self.switch_margin = switch_margin
+        self.switch_hold = switch_hold
         self.n_particles = n_particles
         self.min_state_fraction = min_state_fraction
         self.initial_prior = initial_prior
@@ -836,8 +863,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         del modules
         z_data = frames[n_lags].cpu().numpy()
         del frames
-        landscape, time_scale = self._fit_landscape(module, z_data, seqs, seeds[2:],
-                                                    self.min_state_fraction)
+        landscape, time_scale, dwell = self._fit_landscape(
+            module, z_data, seqs, seeds[2:], self.min_state_fraction)
         beta, gamma, mass = (t.detach() for t in module.langevin_params())
         scores = np.full(len(candidates), np.nan)
         scores[:len(result.restart_scores)] = result.restart_scores
@@ -846,6 +873,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             "module_": module, "energy_": landscape,
             "beta_": float(beta), "gamma_": float(gamma), "mass_": float(mass.mean()),
             "prior_time_scale_": time_scale,
+            "training_dwell_time_": dwell,
             "n_states_": landscape.n_states,
             "state_occupancy_": landscape.occupancy("sampled"),
             "loss_curve_": result.loss_curve, "n_iter_": result.n_iter,
@@ -872,15 +900,17 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
     def _fit_landscape(self, module, z_data: np.ndarray, seqs: Sequences,
                        seeds, min_state_fraction: float,
-                       ) -> tuple[EnergyLandscape, float]:
+                       ) -> tuple[EnergyLandscape, float, float]:
         """Find the wells in the latent codes of part of the training data.
 
         Wells between which the posterior paths take turns much faster than
         they leave the pair are then joined into one state
         (:func:`nldseg._kinetics.metastable_state_map`), unless ``n_states``
-        was given. Returns the :class:`EnergyLandscape` and the prior's
-        calibrated clock (:func:`nldseg._kinetics.calibrate_clock`, on the
-        same posterior paths).
+        was given. Returns the :class:`EnergyLandscape`, the prior's
+        calibrated clock (:func:`nldseg._kinetics.calibrate_clock`) and the
+        mean steps between the states' changes
+        (:func:`nldseg._kinetics.mean_switch_interval`), both on the same
+        posterior paths.
         """
         rng = np.random.default_rng(int(seeds[0]))
         sampler = PosteriorSampler(module, self.dt, 1, int(seeds[1]), self.solver)
@@ -898,11 +928,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             if state_map.max() + 1 < landscape.n_states:
                 join_states(landscape, state_map)
                 thresholds = None
+        if thresholds is None and landscape.n_states > 1:
+            thresholds = landscape_core_thresholds(landscape, _CLOCK_CORE_FRACTION)
+        dwell = mean_switch_interval(module, landscape, paths, _CLOCK_CORE_FRACTION,
+                                     thresholds=thresholds)
         generator = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
         time_scale = calibrate_clock(module, landscape, paths, dt=self.dt,
                                      core_fraction=_CLOCK_CORE_FRACTION,
                                      generator=generator, thresholds=thresholds)
-        return landscape, time_scale
+        return landscape, time_scale, dwell
 
     # -------------------------------------------------------------- inference
     def _check_inference_params(self) -> None:
@@ -990,7 +1024,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         The argmax of :meth:`predict_proba`, held by a hysteresis: the label
         moves from the current state to the most probable one only when that
         one's probability leads the current one's by more than
-        ``switch_margin`` (0: the argmax at every step).
+        ``switch_margin``, on ``switch_hold + 1`` consecutive steps
+        (``switch_margin=0`` and ``switch_hold=0``: the argmax at every step).
 
         Parameters
         ----------
@@ -1007,7 +1042,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             Integer states in ``0..n_states_-1``; mirrors the form of ``X``.
         """
         seqs = self._prepare(X, lengths)
-        labels = [hysteresis_labels(p, self.switch_margin)
+        hold = hold_steps(self.switch_hold, self.training_dwell_time_)
+        labels = [hysteresis_labels(p, self.switch_margin, hold=hold)
                   for p in seqs.split(self._proba(seqs))]
         return format_output(seqs, np.concatenate(labels))
 
@@ -1591,7 +1627,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                   oldest_first=self._oldest_first,
                                   n_threads=self.n_threads,
                                   particle_filter=self._filter(),
-                                  switch_margin=self.switch_margin)
+                                  switch_margin=self.switch_margin,
+                                  switch_hold=hold_steps(self.switch_hold,
+                                                         self.training_dwell_time_))
 
     def save(self, path) -> None:
         """Write the fitted model to ``path`` in a safe, pickle-free format.

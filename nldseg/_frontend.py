@@ -15,7 +15,7 @@ import sklearn
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from nldseg._inference import hysteresis_labels
+from nldseg._inference import hold_steps, hysteresis_labels
 from nldseg._version import __version__
 
 
@@ -57,10 +57,11 @@ def label_sequences(estimator, sequences: list, with_proba: bool) -> tuple:
     """``(labels, proba)`` of a list of 2-D sequences; ``proba`` is None unless asked.
 
     With probabilities, ``predict_proba`` runs once and the labels are read
-    from it by the estimator's ``switch_margin``, which is what ``predict``
-    returns.
+    from it by the estimator's ``switch_margin`` and ``switch_hold``, which is
+    what ``predict`` returns.
     """
     if not with_proba:
         return estimator.predict(sequences), None
     proba = estimator.predict_proba(sequences)
-    return [hysteresis_labels(p, estimator.switch_margin) for p in proba], proba
+    hold = hold_steps(estimator.switch_hold, estimator.training_dwell_time_)
+    return [hysteresis_labels(p, estimator.switch_margin, hold=hold) for p in proba], proba

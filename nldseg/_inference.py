@@ -29,6 +29,8 @@ from nldseg._validation import Sequences, check_observation, delay_embed, pad_wi
 
 _SCORE_PARTITION_DRAWS = 8192  # Importance draws of log Z for score().
 BLOCK_STEPS = 2048  # Observations simulated at once (memory per chunk of sequences).
+#: ``switch_hold="auto"``: the hold, as a fraction of the mean dwell time.
+AUTO_HOLD_FRACTION = 0.002
 
 
 def _stepwise_noise(gen: torch.Generator, t_max: int, n_sub: int, rows: int,
@@ -462,16 +464,132 @@ def _resample(particles: Particles, u: torch.Tensor) -> Particles:
     return Particles(h, z[rows], log_w)
 
 
+class LabelState(NamedTuple):
+    """Where the labelling of a sequence stands after a step (what a stream carries).
+
+    ``label``: the current label; ``candidate``: the state that has led it
+    (see :func:`held_labels`) on the last ``run`` steps, -1 (and ``run`` 0)
+    when none has.
+    """
+
+    label: int
+    candidate: int = -1
+    run: int = 0
+
+
+def hold_steps(switch_hold, dwell_time: float) -> int:
+    """Steps a new state must lead beyond the first: ``switch_hold`` as a number.
+
+    ``"auto"``: ``AUTO_HOLD_FRACTION`` of ``dwell_time`` (the mean steps
+    between label changes of the posterior paths through the training data),
+    rounded down; 0 when it is not known (NaN, a model fitted before it was
+    measured). An integer is taken as it is.
+
+    Examples
+    --------
+    >>> hold_steps("auto", 1200.0), hold_steps("auto", 40.0), hold_steps(3, 40.0)
+    (2, 0, 3)
+    """
+    if isinstance(switch_hold, str):
+        return int(AUTO_HOLD_FRACTION * dwell_time) if np.isfinite(dwell_time) else 0
+    return int(switch_hold)
+
+
+def held_labels(proba: np.ndarray, margin: float, hold: int = 0,
+                state: LabelState | None = None) -> tuple[np.ndarray, LabelState]:
+    """Online labels of one sequence from its state probabilities, and the state after.
+
+    Another state *leads* the current label at a step when it is the most
+    probable state and its probability exceeds the current one's by more than
+    ``margin``. The label moves to it at the ``hold + 1``-th consecutive step
+    on which the same state leads (``hold=0``: at the first), and stays
+    otherwise. The first step takes the most probable state, unless
+    ``state`` (where a stream stands, :class:`LabelState`) is given. With
+    ``margin <= 0`` and ``hold=0`` the labels are the argmax at every step.
+    Each label uses the probabilities up to its own step only, so the labels
+    stay online; a switch is reported ``hold`` steps after the step the new
+    state began to lead.
+
+    Parameters
+    ----------
+    proba : ndarray of shape (n_steps, n_states)
+        State probabilities of consecutive steps of one sequence.
+    margin : float
+        Lead, in probability, that another state needs over the current one.
+    hold : int, default=0
+        Further consecutive steps of lead needed before the label moves.
+    state : LabelState or None, default=None
+        Where the labelling stood before the first row.
+
+    Returns
+    -------
+    labels : ndarray of shape (n_steps,), int64
+    state : LabelState or None
+        Where it stands after the last row (``state`` itself for no rows).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p1 = np.array([[0.9, 0.1, 0.0], [0.1, 0.0, 0.9], [0.0, 0.1, 0.9]])
+    >>> held_labels(p1, 0.2)[0].tolist(), held_labels(p1, 0.2, hold=1)[0].tolist()
+    ([0, 2, 2], [0, 0, 2])
+    >>> p2 = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.0, 0.1, 0.9]])
+    >>> held_labels(p2, 0.2, hold=1)[0].tolist()  # a one-step visit is not a switch
+    [0, 0, 0]
+    """
+    best = proba.argmax(1)
+    n = len(best)
+    if n == 0:
+        return best, state
+    if margin <= 0 and hold == 0:
+        return best, LabelState(int(best[-1]))
+    lead = proba[np.arange(n), best]
+    labels = np.empty(n, dtype=np.int64)
+    if state is None:
+        t, (current, candidate, run) = 1, LabelState(int(best[0]))
+        labels[0] = current
+    else:
+        t, (current, candidate, run) = 0, state
+    block = 64
+    while t < n:
+        if candidate < 0:
+            # Scan ahead in growing blocks for the next step on which a state leads.
+            end = min(n, t + block)
+            hits = np.flatnonzero(lead[t:end] - proba[t:end, current] > margin)
+            if len(hits) == 0:
+                labels[t:end] = current
+                t, block = end, min(2 * block, 1 << 16)
+                continue
+            s = t + int(hits[0])
+            labels[t:s] = current
+            t, candidate, run, block = s, int(best[s]), 0, 64
+        # The candidate leads from step t on; does it for the steps still needed?
+        end = min(n, t + hold + 1 - run)
+        leads = (best[t:end] == candidate) & (lead[t:end] - proba[t:end, current] > margin)
+        stop = int(np.argmin(leads)) if not leads.all() else end - t
+        labels[t:t + stop] = current
+        if stop < end - t:  # Another state, or none, leads at t + stop: look again.
+            t, candidate, run = t + stop, -1, 0
+        elif run + stop == hold + 1:  # Held long enough: the label moves.
+            current, candidate, run = candidate, -1, 0
+            labels[end - 1] = current
+            t = end
+        else:  # The sequence ends while the candidate still leads.
+            t, run = end, run + stop
+    return labels, LabelState(current, candidate, run)
+
+
 def hysteresis_labels(proba: np.ndarray, margin: float,
-                      previous: int | None = None) -> np.ndarray:
+                      previous: int | None = None, hold: int = 0) -> np.ndarray:
     """Online labels of one sequence from its state probabilities, with hysteresis.
 
-    The label stays on the current state until another state's probability
-    exceeds the current one's by more than ``margin``; it then moves to the most
-    probable state. The first step takes the most probable state, unless
-    ``previous`` (the label of the step before, as a stream carries it) is
-    given. ``margin=0`` gives the argmax at every step. Each label uses the
-    probabilities up to its own step only, so the labels stay online.
+    The labels of :func:`held_labels`: the label stays on the current state
+    until another state's probability exceeds the current one's by more than
+    ``margin`` on ``hold + 1`` consecutive steps; it then moves to that state.
+    The first step takes the most probable state, unless ``previous`` (the
+    label of the step before) is given. ``margin=0`` and ``hold=0`` give the
+    argmax at every step. Each label uses the probabilities up to its own step
+    only, so the labels stay online.
 
     Parameters
     ----------
@@ -481,34 +599,15 @@ def hysteresis_labels(proba: np.ndarray, margin: float,
         Lead, in probability, that another state needs over the current one.
     previous : int or None, default=None
         Label of the step before the first row.
+    hold : int, default=0
+        Further consecutive steps of lead needed before the label moves.
 
     Returns
     -------
     labels : ndarray of shape (n_steps,), int64
     """
-    best = proba.argmax(1)
-    n = len(best)
-    if margin <= 0 or n == 0:
-        return best
-    lead = proba[np.arange(n), best]
-    labels = np.empty(n, dtype=np.int64)
-    t, current = (1, int(best[0])) if previous is None else (0, int(previous))
-    labels[:t] = best[:t]
-    block = 64
-    while t < n:
-        # Scan ahead in growing blocks for the next step that overturns the label.
-        end = min(n, t + block)
-        hits = np.flatnonzero(lead[t:end] - proba[t:end, current] > margin)
-        if len(hits) == 0:
-            labels[t:end] = current
-            t, block = end, min(2 * block, 1 << 16)
-            continue
-        s = t + int(hits[0])
-        labels[t:s] = current
-        current = int(best[s])
-        labels[s] = current
-        t, block = s + 1, 64
-    return labels
+    state = None if previous is None else LabelState(int(previous))
+    return held_labels(proba, margin, hold, state)[0]
 
 
 class SegmentationStream:
@@ -547,8 +646,11 @@ class SegmentationStream:
         default ``inference="filter"``); ``None``: by the fractions of the
         sampler's posterior paths.
     switch_margin : float, default=0.0
-        Hysteresis of the labels (see :func:`hysteresis_labels`); the
-        segmenter passes its own.
+        Hysteresis of the labels (see :func:`held_labels`); the segmenter
+        passes its own.
+    switch_hold : int, default=0
+        Further steps a new state must lead before the label moves to it (see
+        :func:`held_labels`); the segmenter passes its own, in steps.
 
     Attributes
     ----------
@@ -572,9 +674,10 @@ class SegmentationStream:
                  scale: np.ndarray, *, n_lags: int = 0, oldest_first: bool = False,
                  n_threads: int | None = None,
                  particle_filter: ParticleFilter | None = None,
-                 switch_margin: float = 0.0) -> None:
+                 switch_margin: float = 0.0, switch_hold: int = 0) -> None:
         check_threads(n_threads)
         self._switch_margin = float(switch_margin)
+        self._switch_hold = int(switch_hold)
         self._n_lags = n_lags
         self._oldest_first = oldest_first
         self._n_threads = n_threads
@@ -599,7 +702,7 @@ class SegmentationStream:
         self : SegmentationStream
         """
         self._gen = (self._sampler if self._filter is None else self._filter).generator()
-        self._state = self._label = None
+        self._state = self._labelling = None
         self._recent = np.zeros((0, len(self._mean)), dtype=np.float32)
         self.n_steps_ = 0
         return self
@@ -616,7 +719,8 @@ class SegmentationStream:
         -------
         label : int
             State of the newest step: the argmax of ``proba``, held by the
-            hysteresis ``switch_margin`` from the label of the step before.
+            hysteresis ``switch_margin`` and ``switch_hold`` from the steps
+            before.
         proba : ndarray of shape (n_states_,)
             Probability of each state at the newest step.
         """
@@ -634,11 +738,12 @@ class SegmentationStream:
         except BaseException:
             self._gen.set_state(gen_state)
             raise
-        label = int(hysteresis_labels(proba[None], self._switch_margin, self._label)[0])
+        labels, labelling = held_labels(proba[None], self._switch_margin,
+                                        self._switch_hold, self._labelling)
         # Commit the new state only once everything above has succeeded.
-        self._state, self._recent, self._label = state, recent, label
+        self._state, self._recent, self._labelling = state, recent, labelling
         self.n_steps_ += 1
-        return label, proba
+        return int(labels[0]), proba
 
     def _step(self, x: torch.Tensor) -> tuple:
         """Encoder step and posterior paths' update for one observation, and the

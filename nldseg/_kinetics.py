@@ -962,6 +962,36 @@ def switches(labels) -> tuple[int, int]:
     return changes, steps
 
 
+def mean_switch_interval(module, landscape, paths: list, core_fraction: float, *,
+                         thresholds: np.ndarray | None = None) -> float:
+    """Observation steps per label change along latent paths (core-set labels).
+
+    The paths' steps (:func:`switches`) over their label changes
+    (:func:`label_paths`): the mean dwell time of a state, over all states.
+    With no change, the steps themselves (the dwell is at least that long).
+
+    Parameters
+    ----------
+    module : NeuralLangevinVAE
+    landscape : EnergyLandscape
+    paths : list of ndarray of shape (n_steps_i, latent_dim)
+    core_fraction : float
+    thresholds : ndarray of shape (n_states,) or None, default=None
+        The core thresholds, when already computed.
+
+    Returns
+    -------
+    interval : float
+        NaN for no steps.
+    """
+    if landscape.n_states < 2:
+        changes, steps = 0, sum(max(len(p) - 1, 0) for p in paths)
+    else:
+        changes, steps = switches(label_paths(module, landscape, paths, core_fraction,
+                                              thresholds=thresholds))
+    return steps / max(changes, 1) if steps else float("nan")
+
+
 def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
                     core_fraction: float, generator: torch.Generator,
                     budget: int = CLOCK_BUDGET, piece: int = CLOCK_PIECE,

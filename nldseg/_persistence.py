@@ -27,6 +27,7 @@ FORMAT = "nldseg-model"
 FORMAT_VERSION = 1
 
 _FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "prior_time_scale_",
+                   "training_dwell_time_",
                    "n_iter_", "converged_", "n_features_in_", "loss_curve_",
                    "validation_scores_", "_oldest_first", "n_lags_")
 _FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_",
@@ -42,11 +43,14 @@ _ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
                  "inference": "paths", "prior_weight": 0.5, "n_particles": 64,
                  "density_weight": 0.0,
                  "n_init": 1,
-                 "switch_margin": 0.0}  # Labels were the argmax.
+                 "switch_margin": 0.0,  # Labels were the argmax.
+                 "switch_hold": 0}
 # Fitted attributes added since: a factory of the value an older fit stands for.
 _ADDED_FITTED = {"validation_scores_": list,
                  # Fitted before the clock was calibrated: none to use.
                  "prior_time_scale_": lambda: float("nan"),
+                 # Fitted before it was measured: switch_hold="auto" holds 0 steps.
+                 "training_dwell_time_": lambda: float("nan"),
                  # Delay embeddings were newest first, and the decoder
                  # explained the whole embedded frame.
                  "_oldest_first": lambda: False,

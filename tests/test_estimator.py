@@ -12,7 +12,7 @@ from conftest import TINY
 from sklearn.exceptions import ConvergenceWarning
 
 from nldseg import LangevinSegmenter
-from nldseg._inference import hysteresis_labels
+from nldseg._inference import hold_steps, hysteresis_labels
 from nldseg.datasets import make_markov_chain_sequences
 from nldseg.metrics import n_label_changes, segmentation_accuracy
 
@@ -130,6 +130,37 @@ def test_predict_reads_proba_with_hysteresis(fitted, chain):
     # The margin only removes label changes, here some: the test can fail.
     changes = n_label_changes(list(labels))
     assert 0 < changes < n_label_changes(list(proba.argmax(-1)))
+
+
+def test_switch_hold_drops_short_visits_and_auto_reads_the_training_dwell(fitted,
+                                                                          chain):
+    """``switch_hold`` steps of lead before a switch: ``predict`` and the stream
+    apply it as :func:`hysteresis_labels` does; ``"auto"`` takes 0.2 % of
+    ``training_dwell_time_``, which is the training data's mean dwell as the
+    posterior paths see it."""
+    X, y, X_test, _ = chain
+    true_dwell = sum(len(r) - 1 for r in y) / sum(int((np.diff(r) != 0).sum()) for r in y)
+    assert 0.5 * true_dwell < fitted.training_dwell_time_ < 2.0 * true_dwell
+    assert fitted.switch_hold == "auto"
+    # States that change every ~20 steps: "auto" holds no step.
+    assert hold_steps("auto", fitted.training_dwell_time_) == 0
+    proba = fitted.predict_proba(X_test[:6])
+    held = copy.copy(fitted).set_params(switch_hold=3)
+    labels = held.predict(X_test[:6])
+    np.testing.assert_array_equal(
+        labels, [hysteresis_labels(p, fitted.switch_margin, hold=3) for p in proba])
+    # Fewer changes than without the hold, not none: the test can fail.
+    changes = n_label_changes(list(labels))
+    assert 0 < changes < n_label_changes(list(fitted.predict(X_test[:6])))
+    stream = held.stream()
+    online = [stream.update(x_t)[0] for x_t in X_test[0]]
+    np.testing.assert_array_equal(online, labels[0])
+    # "auto" on a model of long-lived states holds for 0.2 % of their dwell.
+    slow = copy.copy(fitted)
+    slow.training_dwell_time_ = 1500.0
+    np.testing.assert_array_equal(
+        slow.predict(X_test[:6]),
+        [hysteresis_labels(p, fitted.switch_margin, hold=3) for p in proba])
 
 
 def test_causality(fitted, chain):
@@ -340,6 +371,9 @@ def test_unrecoverable_nan_raises_and_leaves_estimator_unfitted(chain, monkeypat
     ({"learning_rate": 0.01}, TypeError, "learning_rate must be one of"),
     ({"learn_langevin_params": "yes"}, TypeError, "learn_langevin_params must be a bool"),
     ({"kl_warmup": -1}, ValueError, "kl_warmup must be an integer >= 0"),
+    ({"switch_hold": -1}, ValueError, "switch_hold must be"),
+    ({"switch_hold": 1.5}, TypeError, "switch_hold must be"),
+    ({"switch_hold": "long"}, TypeError, "switch_hold must be an integer >= 0 or .auto."),
 ])
 def test_bad_parameters_raise(params, err, match):
     X = np.zeros((10, 2))

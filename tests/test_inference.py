@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nldseg import SegmentationStream
-from nldseg._inference import hysteresis_labels
+from nldseg._inference import LabelState, held_labels, hysteresis_labels
 
 
 @pytest.mark.parametrize("model", ["tiny_fitted", "tiny_underdamped"])
@@ -300,13 +300,21 @@ def test_particle_filter_weights_stay_finite_when_the_likelihood_is_not(tiny_fit
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=0, atol=1e-12)
 
 
-def _held_by_loop(proba, margin, previous=None):
-    """The hysteresis rule written as the plain loop over steps."""
-    labels, current = [], previous
+def _held_by_loop(proba, margin, previous=None, hold=0):
+    """The hysteresis rule written as the plain loop over steps: a state that
+    leads on ``hold + 1`` consecutive steps takes the label."""
+    labels, current, candidate, run = [], previous, -1, 0
     for row in proba:
         best = int(row.argmax())
-        if current is None or row[best] - row[current] > margin:
+        if current is None:
             current = best
+        elif best != current and row[best] - row[current] > margin:
+            run = run + 1 if best == candidate else 1
+            candidate = best
+            if run > hold:
+                current, candidate, run = best, -1, 0
+        else:
+            candidate, run = -1, 0
         labels.append(current)
     return np.array(labels, dtype=np.int64)
 
@@ -323,8 +331,57 @@ def test_hysteresis_labels_hold_the_current_state_until_another_leads():
     assert hysteresis_labels(np.zeros((0, 3)), 0.2).shape == (0,)
 
 
+def test_a_hold_drops_visits_shorter_than_it_and_delays_switches_by_it():
+    """A state that leads for one step is no switch with ``hold=1``; one that
+    keeps leading takes the label exactly ``hold`` steps after it began."""
+    k = 3
+    states = [0] * 5 + [1] + [2] * 10 + [1, 1] + [2] * 4
+    proba = 0.05 + 0.85 * np.eye(k)[states]
+    np.testing.assert_array_equal(hysteresis_labels(proba, 0.2), states)
+    held = hysteresis_labels(proba, 0.2, hold=1)
+    # The one-step visit to 1 is dropped; the switch to 2 comes one step late;
+    # the two-step return to 1 is a switch (at its second step).
+    np.testing.assert_array_equal(
+        held, [0] * 5 + [0, 0] + [2] * 9 + [2, 1] + [1] + [2] * 3)
+    # With hold=2 the two-step return to 1 is dropped too.
+    np.testing.assert_array_equal(hysteresis_labels(proba, 0.2, hold=2),
+                                  [0] * 8 + [2] * 14)
+    # The lead must be by the same state on consecutive steps.
+    alternating = 0.05 + 0.85 * np.eye(k)[[0, 1, 2, 1, 2, 1, 2]]
+    np.testing.assert_array_equal(hysteresis_labels(alternating, 0.2, hold=1), [0] * 7)
+    # A hold longer than the sequence: no switch, and where it stands is carried.
+    labels, state = held_labels(proba[:8], 0.2, hold=50)
+    np.testing.assert_array_equal(labels, [0] * 8)
+    assert state == LabelState(0, 2, 2)
+
+
+def test_held_labels_carry_their_state_across_pieces():
+    """Labelling a sequence piece by piece, carrying ``LabelState`` (as a stream
+    does one row at a time), gives the labels of one call."""
+    rng = np.random.default_rng(1)
+    n, k = 3000, 4
+    sticky = np.repeat(rng.integers(k, size=n // 20 + 1), 20)[:n]
+    proba = rng.dirichlet(np.ones(k), size=n) + 1.5 * np.eye(k)[sticky]
+    proba /= proba.sum(1, keepdims=True)
+    for margin, hold in ((0.0, 0), (0.2, 0), (0.2, 3), (0.0, 2), (0.5, 7)):
+        whole, end = held_labels(proba, margin, hold)
+        cuts = np.sort(rng.choice(np.arange(1, n), size=40, replace=False))
+        pieces, state = [], None
+        for piece in np.split(proba, cuts):
+            labels, state = held_labels(piece, margin, hold, state)
+            pieces.append(labels)
+        np.testing.assert_array_equal(np.concatenate(pieces), whole)
+        assert state == end
+        rows, state = [], None
+        for row in proba[:300]:
+            labels, state = held_labels(row[None], margin, hold, state)
+            rows.append(int(labels[0]))
+        np.testing.assert_array_equal(rows, whole[:300])
+
+
+@pytest.mark.parametrize("hold", [0, 1, 4])
 @pytest.mark.parametrize("margin", [0.0, 0.05, 0.3, 0.9])
-def test_hysteresis_labels_equal_the_loop_and_stay_online(margin):
+def test_hysteresis_labels_equal_the_loop_and_stay_online(margin, hold):
     """Long random sequences (the block scan) against the loop; a prefix's labels
     are the first labels of the whole; never more changes than the argmax."""
     rng = np.random.default_rng(0)
@@ -332,11 +389,11 @@ def test_hysteresis_labels_equal_the_loop_and_stay_online(margin):
         sticky = np.repeat(rng.integers(k, size=n // 50 + 1), 50)[:n]
         proba = rng.dirichlet(np.ones(k), size=n) + 2.0 * np.eye(k)[sticky]
         proba /= proba.sum(1, keepdims=True)
-        labels = hysteresis_labels(proba, margin)
-        np.testing.assert_array_equal(labels, _held_by_loop(proba, margin))
-        np.testing.assert_array_equal(hysteresis_labels(proba[:n // 3], margin),
+        labels = hysteresis_labels(proba, margin, hold=hold)
+        np.testing.assert_array_equal(labels, _held_by_loop(proba, margin, hold=hold))
+        np.testing.assert_array_equal(hysteresis_labels(proba[:n // 3], margin, hold=hold),
                                       labels[:n // 3])
         assert (np.diff(labels) != 0).sum() <= (np.diff(proba.argmax(1)) != 0).sum()
         previous = int(rng.integers(k))
-        np.testing.assert_array_equal(hysteresis_labels(proba, margin, previous),
-                                      _held_by_loop(proba, margin, previous))
+        np.testing.assert_array_equal(hysteresis_labels(proba, margin, previous, hold),
+                                      _held_by_loop(proba, margin, previous, hold))

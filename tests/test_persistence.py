@@ -18,6 +18,7 @@ from sklearn.exceptions import NotFittedError
 
 import nldseg
 from nldseg import InconsistentVersionWarning, LangevinSegmenter
+from nldseg._inference import hysteresis_labels
 
 
 def _same_outputs(a, b, X):
@@ -41,7 +42,8 @@ def test_safe_save_load_round_trip(model, tiny_data, tmp_path, request):
     _same_outputs(seg, loaded, tiny_data[1])
     assert loaded.get_params() == seg.get_params()
     for name in ("n_states_", "n_features_in_", "n_iter_", "converged_", "beta_",
-                 "gamma_", "mass_", "loss_curve_", "prior_time_scale_"):
+                 "gamma_", "mass_", "loss_curve_", "prior_time_scale_",
+                 "training_dwell_time_"):
         assert getattr(loaded, name) == getattr(seg, name), name
     np.testing.assert_array_equal(loaded.state_occupancy_, seg.state_occupancy_)
     np.testing.assert_array_equal(loaded.energy_.minima, seg.energy_.minima)
@@ -153,6 +155,24 @@ def test_model_file_from_before_the_calibrated_clock_runs_the_prior_as_trained(
     with pytest.warns(UserWarning, match="calibrated the prior's clock"):
         P = loaded.transition_matrix(**kw)
     np.testing.assert_array_equal(P, tiny_fitted.transition_matrix(**kw, clock="model"))
+
+
+def test_model_file_from_before_the_switch_hold_labels_as_it_did(tiny_fitted,
+                                                                 tiny_data, tmp_path):
+    """A file without ``switch_hold`` nor ``training_dwell_time_`` holds no step."""
+    def drop_hold(params, fitted):
+        del params["switch_hold"], fitted["training_dwell_time_"]
+
+    loaded = _resaved(tiny_fitted, tmp_path, "old.nldseg", drop_hold)
+    assert loaded.switch_hold == 0 and np.isnan(loaded.training_dwell_time_)
+    proba = loaded.predict_proba(tiny_data[1])
+    np.testing.assert_array_equal(
+        loaded.predict(tiny_data[1]),
+        [hysteresis_labels(p, loaded.switch_margin) for p in proba])
+    loaded.set_params(switch_hold="auto")  # No dwell measured: "auto" holds 0 steps.
+    np.testing.assert_array_equal(
+        loaded.predict(tiny_data[1]),
+        [hysteresis_labels(p, loaded.switch_margin) for p in proba])
 
 
 def test_model_file_from_before_the_quadratic_encoder_loads_as_linear(tiny_data,
