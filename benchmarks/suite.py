@@ -220,7 +220,13 @@ LABELLINGS = {"paths": {"inference": "paths"},
               # Hysteresis of the labels (the default is 0.2; 0 is the argmax).
               "margin0": {"switch_margin": 0.0},
               "margin0.1": {"switch_margin": 0.1},
-              "margin0.3": {"switch_margin": 0.3}}
+              "margin0.3": {"switch_margin": 0.3},
+              "margin0.5": {"switch_margin": 0.5},
+              # Steps a new state must lead before a switch (the default "auto"
+              # holds 0.2 % of the fit's training_dwell_time_).
+              "hold0": {"switch_hold": 0},
+              "hold2": {"switch_hold": 2},
+              "hold4": {"switch_hold": 4}}
 
 
 def run_nldseg(train: list, test: list, seed: int, overrides: dict,
@@ -254,6 +260,7 @@ def run_nldseg(train: list, test: list, seed: int, overrides: dict,
                                 for w in caught
                                 if "jit.script" not in str(w.message)}),
             "steps": seg.n_iter_,
+            "dwell": seg.training_dwell_time_,
             # Each candidate model's lags and held-out ELBO when they were compared.
             "candidates": " ".join(f"{lag}:{score:.4f}" for lag, score in zip(
                 seg.candidate_lags_, seg.candidate_scores_)),
@@ -300,6 +307,9 @@ def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
         nld["n_states"])
     rows[-1]["warnings"] = "; ".join(nld["warnings"])
     rows[-1]["steps"] = nld["steps"]
+    # Mean steps between state changes of the fit's posterior paths (the
+    # default switch_hold is 0.2 % of it).
+    rows[-1]["dwell"] = nld["dwell"]
     rows[-1]["n_lags"] = nld["n_lags"]  # The lags kept (n_lags="auto" may add one).
     rows[-1]["candidates"] = nld["candidates"]
     rows[-1]["lag_gain"] = nld["lag_gain"]
@@ -477,7 +487,8 @@ def main(argv: list | None = None) -> None:
         rows.extend(new)
         nld = new[0]
         print(f"# done {name} seed {seed} in {took:.0f} s: nldseg {nld['K']} states, "
-              f"acc {nld['acc']:.3f}, {nld['steps']} steps"
+              f"acc {nld['acc']:.3f}, {nld['changes']} label changes, {nld['steps']} "
+              f"steps, training dwell {nld['dwell']:.1f}"
               + (f"; warnings: {nld['warnings']}" if nld.get("warnings") else ""),
               flush=True)
     summary = summarise(rows)
