@@ -593,14 +593,12 @@ def hysteresis_labels(proba: np.ndarray, margin: float,
 
     Parameters
     ----------
-    proba : ndarray of shape (n_steps, n_states)
-        State probabilities of consecutive steps of one sequence.
-    margin : float
-        Lead, in probability, that another state needs over the current one.
+    proba, margin
+        As in :func:`held_labels`.
     previous : int or None, default=None
         Label of the step before the first row.
     hold : int, default=0
-        Further consecutive steps of lead needed before the label moves.
+        As in :func:`held_labels`.
 
     Returns
     -------
