@@ -504,8 +504,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Mean observation steps between state changes of the posterior paths
         through the training data (the paths that found the wells, labelled
         by core sets as in :meth:`transition_matrix`): the mean time spent in
-        a state per visit, over all states. ``switch_hold="auto"`` reads it.
-        NaN for a model saved before it existed (which holds 0 steps).
+        a state per visit, over all states, and at most the steps of the
+        longest of those paths (short sequences that each stay in one state
+        tell only that the dwell is at least that long).
+        ``switch_hold="auto"`` reads it. NaN for a model saved before it
+        existed (which holds 0 steps).
     n_features_in_ : int
         Number of features seen during :term:`fit`.
     feature_names_in_ : ndarray of shape (n_features_in_,)

@@ -962,13 +962,43 @@ def switches(labels) -> tuple[int, int]:
     return changes, steps
 
 
+def switch_interval(labels) -> float:
+    """Mean steps between label changes of labelled paths, at most the longest path.
+
+    The paths' steps over their label changes (:func:`switches`): the
+    maximum-likelihood mean dwell of exponential visits cut off by the ends
+    of the paths, over all states. It is capped at the steps of the longest
+    path: a visit longer than every path is never seen, so paths that
+    rarely or never change (many short sequences, each in one state) tell
+    only that the dwell is at least about that long.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_paths, n_steps) or list of 1-D arrays
+
+    Returns
+    -------
+    interval : float
+        NaN for no steps.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> switch_interval([np.array([0, 0, 1, 1, 1]), np.array([1, 1, 1, 0, 0])])
+    4.0
+    >>> switch_interval(np.zeros((5, 200), dtype=int))  # no change: the longest path
+    199.0
+    """
+    changes, steps = switches(labels)
+    if steps == 0:
+        return float("nan")
+    longest = max(len(row) - 1 for row in labels)
+    return float(min(steps / max(changes, 1), longest))
+
+
 def mean_switch_interval(module, landscape, paths: list, core_fraction: float, *,
                          thresholds: np.ndarray | None = None) -> float:
-    """Observation steps per label change along latent paths (core-set labels).
-
-    The paths' steps (:func:`switches`) over their label changes
-    (:func:`label_paths`): the mean dwell time of a state, over all states.
-    With no change, the steps themselves (the dwell is at least that long).
+    """:func:`switch_interval` of latent paths labelled by core sets.
 
     Parameters
     ----------
@@ -977,7 +1007,7 @@ def mean_switch_interval(module, landscape, paths: list, core_fraction: float, *
     paths : list of ndarray of shape (n_steps_i, latent_dim)
     core_fraction : float
     thresholds : ndarray of shape (n_states,) or None, default=None
-        The core thresholds, when already computed.
+        The core thresholds (:func:`label_paths`), when already computed.
 
     Returns
     -------
@@ -985,11 +1015,9 @@ def mean_switch_interval(module, landscape, paths: list, core_fraction: float, *
         NaN for no steps.
     """
     if landscape.n_states < 2:
-        changes, steps = 0, sum(max(len(p) - 1, 0) for p in paths)
-    else:
-        changes, steps = switches(label_paths(module, landscape, paths, core_fraction,
-                                              thresholds=thresholds))
-    return steps / max(changes, 1) if steps else float("nan")
+        return switch_interval([np.zeros(len(p), dtype=np.int64) for p in paths])
+    return switch_interval(label_paths(module, landscape, paths, core_fraction,
+                                       thresholds=thresholds))
 
 
 def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,

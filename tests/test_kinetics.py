@@ -34,6 +34,7 @@ from nldseg._kinetics import (
     row_stochastic,
     simulate_prior,
     state_saddles,
+    switch_interval,
     switches,
     transition_counts,
     visit_lengths,
@@ -755,3 +756,15 @@ def test_sample_with_latent_noise_draws_from_its_own_covariance(tiny_latent_nois
         np.testing.assert_allclose(got, cov, atol=0.05 * np.abs(cov).max())
     X2, y2 = tiny_latent_noise.sample(4, 50, random_state=0)
     assert X2.shape == (4, 50, 8) and np.isfinite(X2).all()
+
+
+def test_switch_interval_is_steps_per_change_capped_at_the_longest_path():
+    """The mean dwell over all states; paths that hardly change (short
+    sequences each in one state) give at most their own length, not the
+    sum of all their steps."""
+    two_visits = [np.array([0] * 30 + [1] * 70), np.array([1] * 100)]
+    assert switch_interval(two_visits) == 99.0  # 198 steps, 1 change: capped at 99.
+    lively = np.tile(np.repeat([0, 1, 2, 1], 10), (3, 5))  # 200 steps per row
+    assert switch_interval(lively) == pytest.approx(3 * 199 / (3 * 19))
+    assert switch_interval(np.zeros((500, 200), dtype=np.int64)) == 199.0
+    assert np.isnan(switch_interval([np.array([], dtype=np.int64)]))
