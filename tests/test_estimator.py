@@ -12,6 +12,7 @@ from conftest import TINY
 from sklearn.exceptions import ConvergenceWarning
 
 from nldseg import LangevinSegmenter
+from nldseg._frontend import label_sequences
 from nldseg._inference import hold_steps, hysteresis_labels
 from nldseg.datasets import make_markov_chain_sequences
 from nldseg.metrics import n_label_changes, segmentation_accuracy
@@ -155,6 +156,9 @@ def test_switch_hold_drops_short_visits_and_auto_reads_the_training_dwell(fitted
     stream = held.stream()
     online = [stream.update(x_t)[0] for x_t in X_test[0]]
     np.testing.assert_array_equal(online, labels[0])
+    # The command line and the service label by the same rule.
+    served, _ = label_sequences(held, X_test[:6], with_proba=True)
+    np.testing.assert_array_equal(served, labels)
     # "auto" on a model of long-lived states holds for 0.2 % of their dwell.
     slow = copy.copy(fitted)
     slow.training_dwell_time_ = 1500.0
