@@ -562,6 +562,10 @@ def held_labels(proba: np.ndarray, margin: float, hold: int = 0,
                 continue
             s = t + int(hits[0])
             labels[t:s] = current
+            if hold == 0:  # No hold: the label moves at once.
+                current = labels[s] = int(best[s])
+                t, block = s + 1, 64
+                continue
             t, candidate, run, block = s, int(best[s]), 0, 64
         # The candidate leads from step t on; does it for the steps still needed?
         end = min(n, t + hold + 1 - run)
