@@ -161,6 +161,31 @@ def test_a_dimple_below_the_barrier_floor_is_no_state():
         assert len(set(state)) == n_kept
 
 
+def test_a_well_far_shallower_than_the_others_is_no_state_whatever_its_share():
+    """``relative_barrier``: a well of any share left over less than that
+    fraction of the highest lowest-barrier out of any well joins a neighbour;
+    the two deep wells, each other's equal, stay apart."""
+    energy = DimpledDoubleWell()
+    minima = np.array([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    dimple = min(L.straight_line_barrier(energy, minima[1], m) for m in minima[::2])
+    # The deep wells' lowest exits lead into the dimple, from their own bottoms.
+    top = max(L.straight_line_barrier(energy, minima[i], minima[1]) for i in (0, 2))
+    shares = np.array([500, 400, 480])  # The dimple holds much: not a small well.
+    kept = L.merge_minima(energy, minima, shares, min_fraction=0.0, n_states=None,
+                          min_barrier=10.0, dimple_fraction=0.05,
+                          relative_barrier=0.9 * dimple / top)
+    assert sorted(kept) == [0, 1, 2]
+    state = L.merge_minima(energy, minima, shares, min_fraction=0.0, n_states=None,
+                           min_barrier=10.0, dimple_fraction=0.05,
+                           relative_barrier=1.1 * dimple / top)
+    assert state[0] != state[2] and state[1] in (state[0], state[2])
+    # Once the dimple is gone the two wells' exits are alike: even a floor of
+    # half the highest exit keeps both.
+    state = L.merge_minima(energy, minima, shares, min_fraction=0.0, n_states=None,
+                           relative_barrier=0.5)
+    assert len(set(state)) == 2
+
+
 class RidgeDimple(nn.Module):
     """4 (x^2 - 1)^2 + y^2 - 1.5 exp(-x^2 / 0.02) + 0.01 |z|^2: two wells left over
     about 3.5 energy units, and a small well on the ridge left over about 1."""
