@@ -409,7 +409,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Wells into which less than this fraction of the encoded training data
         flows are merged into a neighbour (as is, before that, a well of
         under 5 % left over a barrier under 2 kT: no metastable state, such
-        as a well of the steps just after each switch). The wells are
+        as a well of the steps just after each switch; and a well of any
+        share left over less than 5 % of the highest barrier out of any
+        well: a dimple of a flat basin). The wells are
         found from at most 20,000 encoded training steps: whole sequences
         drawn at random, and pieces of 2,000 steps spread over any recording
         longer than that.
