@@ -708,9 +708,10 @@ MAX_DIMPLE_FRACTION = 0.05
 #: it as freely as flat ground next to wells it leaves rarely. On a simulated
 #: recording of motion (``motion`` seed 8) one activity sat in three such
 #: dimples (10-22 % of the time each, 0.4 % and 1.7 % of the highest exit,
-#: straight-line barriers). Real states of the default fits were left over
-#: 35 % or more of it (46 % for ``langevin``'s 1 % state), and the shallowest
-#: real state of the test suite's short fits over 11 % (0.21 against 1.9 kT).
+#: straight-line barriers). Real states of the default fits (seed 0) were left
+#: over 34 % or more of it by saddles (``langevin``'s 1 % state; 46 % by
+#: straight lines), and the shallowest real state of the test suite's short
+#: fits over 11 % (0.21 against 1.9 kT, saddles).
 MIN_RELATIVE_BARRIER = 0.05
 
 
