@@ -135,7 +135,8 @@ SINGLE = Replicas()
 
 
 #: Parameters that may differ between the processes of one fit.
-_PER_PROCESS_PARAMS = frozenset({"device", "n_threads", "random_state", "verbose"})
+_PER_PROCESS_PARAMS = frozenset({"device", "n_threads", "n_jobs", "random_state",
+                                 "verbose"})
 
 
 def fit_fingerprint(data: np.ndarray, lengths: np.ndarray, params: dict) -> np.ndarray:

@@ -38,6 +38,7 @@ _RENAMED_PARAMS = {"n_samples": "n_paths"}
 _ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
                  "validation_fraction": 0.1,
                  "n_threads": None,  # Not part of the model: today's default.
+                 "n_jobs": "auto",  # Not part of the model either.
                  "distributed": False, "n_lags": 0,
                  "encoder_input": "linear",
                  "inference": "paths", "prior_weight": 0.5, "n_particles": 64,

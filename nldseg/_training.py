@@ -39,6 +39,8 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from nldseg._distributed import SINGLE, Replicas
+from nldseg._fused import release_buffers
+from nldseg._parallel import run_in_workers, worker_count
 from nldseg._validation import pad_windows
 
 LEARNING_RATES = frozenset({"cosine", "constant"})
@@ -94,6 +96,7 @@ class TrainingSettings:
     dt: float
     solver: str
     verbose: int
+    n_jobs: int | str | None = 1
 
     @classmethod
     def from_params(cls, params: dict) -> TrainingSettings:
@@ -506,6 +509,10 @@ class RollbackSnapshot:
         """The saved parameter tensors, in ``module.parameters()`` order."""
         return self._params
 
+    def follow(self, same: dict) -> None:
+        """Key Adam's saved state by other parameters: ``same`` maps old to new."""
+        self._state = {same[p]: saved for p, saved in self._state.items()}
+
 
 class _HeldOut:
     """Held-out windows whose ELBO per step is measured with the same draws each time."""
@@ -642,10 +649,18 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     the best lowest-level one; ``restart_scores`` holds NaN for the models
     never trained.
 
+    The models that train to the comparison point together do so side by
+    side in ``settings.n_jobs`` worker processes
+    (:func:`nldseg._parallel.worker_count`; on CPU with one process only), and
+    come back to continue in ``modules`` (:func:`_to_comparison`): the same
+    steps, losses and scores as one after the other.
+
     A non-finite loss or gradient rolls back to the parameters before the
     last update, halves the learning rate (for the rest of training),
     retries the batch with fresh noise and warns. Ctrl-C keeps the model
-    with the best held-out ELBO so far (else the last good step) and warns.
+    with the best held-out ELBO so far (else the last good step) and warns;
+    while models train in worker processes it stops with
+    ``KeyboardInterrupt``.
     Warns when ``max_iter`` ends before the KL warm-up, and when the held-out
     ELBO was still improving when the budget ran out.
 
@@ -694,9 +709,9 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
         run_rng = rng if i == 0 else np.random.default_rng([int(seed), i])
         run_seed = int(seed) if i == 0 else int(run_rng.integers(2**31 - 1))
         label = f"run {i + 1}/{len(modules)}: " if len(modules) > 1 else ""
-        runs.append(_training_run(module, x, train_segments, first_rows,
-                                  held_outs[id(x)], s if levels[i] == base else lagged,
-                                  device, run_rng, run_seed, replicas, label))
+        runs.append(_TrainingRun(module, x, train_segments, first_rows,
+                                 held_outs[id(x)], s if levels[i] == base else lagged,
+                                 device, run_rng, run_seed, replicas, label))
     # A higher level's first model competes at once; its other restarts are
     # trained only if that level wins (see the docstring).
     first_of = {lev: levels.index(lev) for lev in set(levels)}
@@ -704,16 +719,21 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
                 if levels[i] != base and first_of[levels[i]] != i]
     scores, done = [float("nan")] * len(modules), {}
 
+    side_by_side = device.type == "cpu" and not replicas.distributed
+
     def advance(indices):
-        for i in indices:
-            try:
-                scores[i] = next(runs[i])
-            except StopIteration as stop:  # No annealing left (or interrupted).
-                done[i] = stop.value
-                if done[i].interrupted:
-                    return i
-                scores[i] = _selection_score(done[i].validation_scores,
-                                             done[i].loss_curve, s)
+        jobs = worker_count(s.n_jobs, len(indices)) if side_by_side else 1
+        trained = _to_comparison([runs[i] for i in indices], jobs)
+        for i, (run, outcome) in zip(indices, trained):
+            runs[i] = run
+            if not isinstance(outcome, TrainingResult):
+                scores[i] = outcome
+                continue
+            done[i] = outcome  # No annealing left (or interrupted).
+            if outcome.interrupted:
+                return i
+            scores[i] = _selection_score(outcome.validation_scores,
+                                         outcome.loss_curve, s)
         return None
 
     stopped = advance([i for i in range(len(modules)) if i not in deferred])
@@ -751,17 +771,46 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
             kept = best([other, *rivals])
             if kept != other and held_simple:
                 gain = level_gain(kept)
-    for i, run in enumerate(runs):
-        if i != kept:
-            run.close()
     if kept not in done:
-        try:
-            while True:
-                next(runs[kept])
-        except StopIteration as stop:
-            done[kept] = stop.value
+        done[kept] = runs[kept].finish()
     done[kept].level_gain = gain
     return _kept(done[kept], kept, scores)
+
+
+def _to_comparison(runs: list, n_jobs: int) -> list:
+    """``(run, outcome)`` of each run trained to its comparison point.
+
+    The outcome is :meth:`_TrainingRun.to_comparison`'s. With ``n_jobs`` > 1
+    the runs train side by side in that many worker processes
+    (:func:`nldseg._parallel.run_in_workers`), each on as many torch threads
+    as the caller's, and come back as copies that continue in the caller's
+    modules (:meth:`_TrainingRun.adopt`): the same steps as one after the
+    other here.
+    """
+    if n_jobs <= 1 or len(runs) <= 1:
+        return [(run, run.to_comparison()) for run in runs]
+    trained = run_in_workers(_run_to_comparison,
+                             [(run, run.data, run.held_out) for run in runs], n_jobs)
+    for run, (copy, _) in zip(runs, trained):
+        copy.attach(run.data, run.held_out)
+        copy.adopt(run.module)
+    return trained
+
+
+def _run_to_comparison(run: _TrainingRun, data: torch.Tensor,
+                       held_out: _HeldOut) -> tuple:
+    """In a worker process: ``(run, outcome)`` of :meth:`_TrainingRun.to_comparison`.
+
+    The run comes back without its training rows and held-out windows, and
+    the training kernels' work space is freed.
+    """
+    run.attach(data, held_out, show_progress=False)
+    try:
+        outcome = run.to_comparison()
+    finally:
+        release_buffers()
+    run.attach(None, None)
+    return run, outcome
 
 
 def _lagged_settings(s: TrainingSettings) -> TrainingSettings:
@@ -816,133 +865,206 @@ def _selection_score(scores: list, loss_curve: list, s: TrainingSettings) -> flo
     return -np.inf
 
 
-def _training_run(module, data: torch.Tensor, train_segments: list,
-                  first_rows: np.ndarray, held_out: _HeldOut, s: TrainingSettings,
-                  device, rng: np.random.Generator, seed: int, replicas: Replicas,
-                  label: str):
-    """One model's training, as a generator (see :func:`train`).
+class _TrainingRun:
+    """One model's training, resumable and picklable (see :func:`train`).
 
-    Yields once, when its constant-rate phase ends or half of ``max_iter``
-    is spent, whichever comes first, the run's :func:`_selection_score`;
-    resumed, it trains on as a single run would and returns its
-    :class:`TrainingResult`.
+    :meth:`to_comparison` trains until its constant-rate phase ends or half
+    of ``max_iter`` is spent, whichever comes first, and returns the run's
+    :func:`_selection_score`; :meth:`finish` trains on as a single run would
+    and returns its :class:`TrainingResult` (so does :meth:`to_comparison`
+    when training ends first, or on Ctrl-C). The run's whole state (model,
+    optimiser, noise generator, window draws, curves) lives on the object,
+    so that it can be pickled to a worker process between the two, apart
+    from the training rows and held-out windows (:meth:`attach`).
     """
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
-    # The stationary prior is fitted to the codes of window starts the encoder
-    # read observations before; those of sequence starts (x_0 alone) train
-    # only the encoder, unless no window has any observation before it.
-    hold_starts = bool(s.lead) and any(n > s.lead for _, n in train_segments)
-    params = [p for p in module.parameters() if p.requires_grad]
-    lr_init = float(s.learning_rate_init)
-    lr_scale = 1.0  # Halved by every rollback.
-    lr = lr_init
-    opt = torch.optim.Adam(params, lr=lr, fused=True)
-    anneal_steps = s.anneal_steps
-    anneal_begin = s.max_iter - anneal_steps
-    compare_at = s.max_iter // 2  # Restarts are compared by half the budget at the latest.
-    interval = s.validation_interval
-    loss_curve: list[float] = []
-    kl_curve: list[float] = []
-    # A noise that follows the latent state is held at its start (shared, as
-    # with decoder_covariance="full") while the posterior is collapsed: free
-    # from the start, it could settle that plateau for good (one well).
-    held = tuple(module.latent_noise_parameters())
-    scores: list[float] = []
-    best, bad_checks, converged, best_state = -np.inf, 0, False, None
-    bad_in_a_row, step, compared = 0, 0, False
-    snapshot = RollbackSnapshot(module, opt)
-    verbose = s.verbose if replicas.rank == 0 else 0
-    bar = _ProgressBar(verbose)
-    windows: list = []
-    t_start = t_check = time.perf_counter()
-    try:
-        while step < min(s.max_iter, anneal_begin + anneal_steps):
-            if not compared and step >= min(anneal_begin, compare_at):
-                compared = True
-                bar.clear()
-                yield _selection_score(scores, loss_curve, s)
-                t_check = time.perf_counter()
-            if len(windows) < 1:
-                windows = sample_windows(train_segments, s.window_length, rng)
-                if not windows:
-                    raise ValueError("No training window of 2 steps or more is "
-                                     "left after holding out validation data.")
-            batch, windows = windows[:s.batch_size], windows[s.batch_size:]
-            share = BatchShare.of(data, batch, replicas, first_rows, s.lead, hold_starts)
-            while True:  # A non-finite step is rolled back and retried.
-                lr = lr_init * lr_scale * lr_multiplier(step, anneal_begin, anneal_steps)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                loss, kl_step, finite = gradient_step(
-                    module, params, opt, share, gen, s, kl_weight(step, s.kl_warmup),
-                    replicas, held)
-                if finite:
-                    break
-                bad_in_a_row += 1
-                if bad_in_a_row > MAX_BAD_STEPS:
-                    raise RuntimeError(
-                        f"Training diverged: {bad_in_a_row} non-finite losses or "
-                        f"gradients in a row even after lowering the learning rate "
-                        f"to {lr:.2e}. Try a smaller learning_rate_init or dt, or "
-                        f"standardise X.")
-                lr_scale *= 0.5
-                snapshot.restore(module, opt)
-                warnings.warn(
-                    f"Non-finite loss or gradient at step {step}; rolled back to the "
-                    f"previous parameters and halved the learning rate (now "
-                    f"{0.5 * lr:.2e}).", RuntimeWarning, stacklevel=5)
-            bad_in_a_row = 0
-            snapshot.take(module, opt)
-            opt.step()
-            step += 1
-            loss_curve.append(float(loss.detach()))
-            kl_curve.append(kl_step)
-            bar.show(step, s.max_iter, loss_curve[-1], time.perf_counter() - t_start)
-            if step % interval:
-                continue
-            recent = float(np.mean(loss_curve[-interval:]))
-            if held and np.mean(kl_curve[-interval:]) > KL_COLLAPSED:
-                held = ()  # The latent path is in use: the noise may follow it.
-            checking = held_out and step < anneal_begin
-            if checking:
-                scores.append(held_out.elbo(module, replicas))
-                if step >= s.kl_warmup:
-                    if scores[-1] > best + s.tol:
-                        best, bad_checks = scores[-1], 0
-                        best_state = [p.detach().clone() for p in module.parameters()]
-                    else:
-                        bad_checks += 1
-                    if bad_checks >= s.n_iter_no_change:  # The plateau: anneal now.
-                        converged, anneal_begin = True, step
-            if verbose:
-                bar.clear()
-                shown = f", held-out ELBO {scores[-1]:.4f}" if checking else ""
-                print(f"{label}Step {step}/{s.max_iter}: loss {recent:.4f}{shown}, "
-                      f"lr {lr:.1e}, {time.perf_counter() - t_check:.1f}s", flush=True)
-                t_check = time.perf_counter()
-    except KeyboardInterrupt:
-        bar.clear()
-        if step == 0:
-            raise
-        if best_state is not None:
-            _load_parameters(module, best_state)
-            kept = f"the model of the best held-out ELBO so far ({best:.4f})"
-        else:
-            _load_parameters(module, snapshot.parameters())
-            kept = "the parameters before the last update"
-        warnings.warn(f"Training interrupted by the user after {step} step(s); keeping "
-                      f"{kept}.", UserWarning, stacklevel=5)
-        return TrainingResult(loss_curve, step, False, scores, interrupted=True)
-    bar.clear()
-    if step == 0:
-        raise RuntimeError("Training failed: no training step gave a finite loss "
-                           "and gradient. Try a smaller learning_rate_init or dt, "
-                           "or check X.")
-    if scores and not converged:
-        warnings.warn(
-            f"The held-out ELBO was still improving (by more than tol={s.tol:g} within "
-            f"n_iter_no_change={s.n_iter_no_change} checks) when the budget of "
-            f"max_iter={s.max_iter} gradient steps ran out; increase max_iter.",
-            ConvergenceWarning, stacklevel=5)
-    return TrainingResult(loss_curve, step, converged, scores)
+
+    def __init__(self, module, data: torch.Tensor, train_segments: list,
+                 first_rows: np.ndarray, held_out: _HeldOut, s: TrainingSettings,
+                 device, rng: np.random.Generator, seed: int, replicas: Replicas,
+                 label: str) -> None:
+        self.module, self.s, self.device = module, s, device
+        self.train_segments, self.first_rows = train_segments, first_rows
+        self.rng, self.replicas, self.label = rng, replicas, label
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(int(seed))
+        # The stationary prior is fitted to the codes of window starts the
+        # encoder read observations before; those of sequence starts (x_0
+        # alone) train only the encoder, unless no window has any observation
+        # before it.
+        self.hold_starts = bool(s.lead) and any(n > s.lead for _, n in train_segments)
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.lr_scale = 1.0  # Halved by every rollback.
+        self.opt = torch.optim.Adam(self.params, lr=float(s.learning_rate_init),
+                                    fused=True)
+        self.anneal_begin = s.max_iter - s.anneal_steps
+        # Restarts are compared by half the budget at the latest.
+        self.compare_at = s.max_iter // 2
+        self.loss_curve: list[float] = []
+        self.kl_curve: list[float] = []
+        # A noise that follows the latent state is held at its start (shared,
+        # as with decoder_covariance="full") while the posterior is collapsed:
+        # free from the start, it could settle that plateau for good (one well).
+        self.held = tuple(module.latent_noise_parameters())
+        self.scores: list[float] = []
+        self.best, self.bad_checks, self.converged = -np.inf, 0, False
+        self.best_state: list | None = None
+        self.step, self.compared = 0, False
+        self.snapshot = RollbackSnapshot(module, self.opt)
+        self.windows: list = []
+        self.elapsed = 0.0  # Seconds trained so far (the progress bar's clock).
+        self.attach(data, held_out)
+
+    def attach(self, data: torch.Tensor | None, held_out: _HeldOut | None,
+               show_progress: bool = True) -> None:
+        """Give the run its training rows and held-out windows (``None``: take them)."""
+        self.data, self.held_out = data, held_out
+        verbose = self.s.verbose if self.replicas.rank == 0 else 0
+        self.verbose = verbose
+        self.bar = _ProgressBar(verbose if show_progress else 0)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__, data=None, held_out=None)
+        del state["bar"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.bar = _ProgressBar(0)
+
+    def adopt(self, module) -> None:
+        """Continue in ``module``: its parameters take this run's values and roles.
+
+        ``module`` has this run's architecture (the model a worker process was
+        sent a copy of); the optimiser's state, the rollback snapshot and the
+        held noise parameters follow its parameters.
+        """
+        module.load_state_dict(self.module.state_dict())
+        same = dict(zip(self.module.parameters(), module.parameters()))
+        self.params = [same[p] for p in self.params]
+        self.held = tuple(same[p] for p in self.held)
+        for group in self.opt.param_groups:
+            group["params"] = [same[p] for p in group["params"]]
+        state = self.opt.state
+        moved = {same[p]: value for p, value in state.items()}
+        state.clear()
+        state.update(moved)
+        self.snapshot.follow(same)
+        self.module = module
+
+    def to_comparison(self) -> float | TrainingResult:
+        """Train to the comparison point; the selection score, or the result if it ended."""
+        return self._train(stop_at_comparison=True)
+
+    def finish(self) -> TrainingResult:
+        """Train to the end of the schedule."""
+        return self._train(stop_at_comparison=False)
+
+    def _train(self, stop_at_comparison: bool) -> float | TrainingResult:
+        s, module, opt = self.s, self.module, self.opt
+        lr_init = float(s.learning_rate_init)
+        interval = s.validation_interval
+        t_start = time.perf_counter() - self.elapsed
+        t_check = time.perf_counter()
+        try:
+            while self.step < min(s.max_iter, self.anneal_begin + s.anneal_steps):
+                if not self.compared and self.step >= min(self.anneal_begin,
+                                                          self.compare_at):
+                    self.compared = True
+                    if stop_at_comparison:
+                        self.bar.clear()
+                        self.elapsed = time.perf_counter() - t_start
+                        return _selection_score(self.scores, self.loss_curve, s)
+                if len(self.windows) < 1:
+                    self.windows = sample_windows(self.train_segments, s.window_length,
+                                                  self.rng)
+                    if not self.windows:
+                        raise ValueError("No training window of 2 steps or more is "
+                                         "left after holding out validation data.")
+                batch = self.windows[:s.batch_size]
+                self.windows = self.windows[s.batch_size:]
+                share = BatchShare.of(self.data, batch, self.replicas, self.first_rows,
+                                      s.lead, self.hold_starts)
+                bad_in_a_row = 0
+                while True:  # A non-finite step is rolled back and retried.
+                    lr = lr_init * self.lr_scale * lr_multiplier(
+                        self.step, self.anneal_begin, s.anneal_steps)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    loss, kl_step, finite = gradient_step(
+                        module, self.params, opt, share, self.gen, s,
+                        kl_weight(self.step, s.kl_warmup), self.replicas, self.held)
+                    if finite:
+                        break
+                    bad_in_a_row += 1
+                    if bad_in_a_row > MAX_BAD_STEPS:
+                        raise RuntimeError(
+                            f"Training diverged: {bad_in_a_row} non-finite losses or "
+                            f"gradients in a row even after lowering the learning "
+                            f"rate to {lr:.2e}. Try a smaller learning_rate_init or "
+                            f"dt, or standardise X.")
+                    self.lr_scale *= 0.5
+                    self.snapshot.restore(module, opt)
+                    warnings.warn(
+                        f"Non-finite loss or gradient at step {self.step}; rolled back "
+                        f"to the previous parameters and halved the learning rate "
+                        f"(now {0.5 * lr:.2e}).", RuntimeWarning, stacklevel=6)
+                self.snapshot.take(module, opt)
+                opt.step()
+                self.step += 1
+                step = self.step
+                self.loss_curve.append(float(loss.detach()))
+                self.kl_curve.append(kl_step)
+                self.bar.show(step, s.max_iter, self.loss_curve[-1],
+                              time.perf_counter() - t_start)
+                if step % interval:
+                    continue
+                recent = float(np.mean(self.loss_curve[-interval:]))
+                if self.held and np.mean(self.kl_curve[-interval:]) > KL_COLLAPSED:
+                    self.held = ()  # The latent path is in use: the noise may follow it.
+                checking = bool(self.held_out) and step < self.anneal_begin
+                if checking:
+                    self.scores.append(self.held_out.elbo(module, self.replicas))
+                    if step >= s.kl_warmup:
+                        if self.scores[-1] > self.best + s.tol:
+                            self.best, self.bad_checks = self.scores[-1], 0
+                            self.best_state = [p.detach().clone()
+                                               for p in module.parameters()]
+                        else:
+                            self.bad_checks += 1
+                        if self.bad_checks >= s.n_iter_no_change:  # The plateau: anneal.
+                            self.converged, self.anneal_begin = True, step
+                if self.verbose:
+                    self.bar.clear()
+                    shown = (f", held-out ELBO {self.scores[-1]:.4f}" if checking
+                             else "")
+                    print(f"{self.label}Step {step}/{s.max_iter}: loss {recent:.4f}"
+                          f"{shown}, lr {lr:.1e}, {time.perf_counter() - t_check:.1f}s",
+                          flush=True)
+                    t_check = time.perf_counter()
+        except KeyboardInterrupt:
+            self.bar.clear()
+            if self.step == 0:
+                raise
+            if self.best_state is not None:
+                _load_parameters(module, self.best_state)
+                kept = f"the model of the best held-out ELBO so far ({self.best:.4f})"
+            else:
+                _load_parameters(module, self.snapshot.parameters())
+                kept = "the parameters before the last update"
+            warnings.warn(f"Training interrupted by the user after {self.step} "
+                          f"step(s); keeping {kept}.", UserWarning, stacklevel=6)
+            return TrainingResult(self.loss_curve, self.step, False, self.scores,
+                                  interrupted=True)
+        self.bar.clear()
+        self.elapsed = time.perf_counter() - t_start
+        if self.step == 0:
+            raise RuntimeError("Training failed: no training step gave a finite loss "
+                               "and gradient. Try a smaller learning_rate_init or dt, "
+                               "or check X.")
+        if self.scores and not self.converged:
+            warnings.warn(
+                f"The held-out ELBO was still improving (by more than tol={s.tol:g} "
+                f"within n_iter_no_change={s.n_iter_no_change} checks) when the "
+                f"budget of max_iter={s.max_iter} gradient steps ran out; increase "
+                f"max_iter.", ConvergenceWarning, stacklevel=6)
+        return TrainingResult(self.loss_curve, self.step, self.converged, self.scores)

@@ -378,6 +378,8 @@ def test_unrecoverable_nan_raises_and_leaves_estimator_unfitted(chain, monkeypat
     ({"switch_hold": -1}, ValueError, "switch_hold must be"),
     ({"switch_hold": 1.5}, TypeError, "switch_hold must be"),
     ({"switch_hold": "long"}, TypeError, "switch_hold must be an integer >= 0 or .auto."),
+    ({"n_jobs": 0}, ValueError, "n_jobs must be 'auto', None or a nonzero int"),
+    ({"n_jobs": "all"}, TypeError, "n_jobs must be 'auto', None or a nonzero int"),
 ])
 def test_bad_parameters_raise(params, err, match):
     X = np.zeros((10, 2))
@@ -470,7 +472,8 @@ def test_ctrl_c_keeps_the_parameters_before_the_last_update(chain, monkeypatch):
 def test_ctrl_c_with_early_stopping_keeps_the_best_held_out_model(chain, monkeypatch):
     X = chain[0][:60, :40]
     kw = dict(FAST, kl_warmup=0, max_iter=200, early_stopping=True,
-              learning_rate="constant", n_lags="auto")  # Ctrl-C: no second try.
+              learning_rate="constant", n_lags="auto",  # Ctrl-C: no second try.
+              n_jobs=1)  # The patched ELBO is this process's only.
     calls = []
     from nldseg._training import _HeldOut
 
@@ -540,6 +543,33 @@ def test_restarts_print_which_run_and_keep_one_model(chain, capsys):
     same = all(torch.equal(a, b) for a, b in zip(seg.module_.parameters(),
                                                  one.module_.parameters()))
     assert same == (kept == "run 1/2:") == (seg.loss_curve_ == one.loss_curve_)
+
+
+def test_candidates_side_by_side_train_exactly_as_one_after_the_other(chain, capsys):
+    """n_jobs=2 trains the 3 candidates in worker processes: the same fit,
+    the same progress lines and warnings, only sooner."""
+    import re
+
+    X = chain[0][:30, :40]
+    kw = dict(FAST, max_iter=40, n_init=2, n_lags="auto", verbose=1)
+    fits, lines, said = {}, {}, {}
+    for jobs in (1, 2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fits[jobs] = LangevinSegmenter(**dict(kw, n_jobs=jobs)).fit(X)
+        said[jobs] = [(w.category, str(w.message)) for w in caught]
+        # The seconds each check took are the only thing allowed to differ.
+        lines[jobs] = re.sub(r", [0-9.]+s\n", "\n", capsys.readouterr().out)
+    one, two = fits[1], fits[2]
+    assert lines[1] == lines[2] and "run 3/4: Step 20/40" in lines[1]
+    assert said[1] == said[2]
+    assert one.loss_curve_ == two.loss_curve_
+    assert one.validation_scores_ == two.validation_scores_
+    np.testing.assert_array_equal(one.candidate_scores_, two.candidate_scores_)
+    assert np.isfinite(one.candidate_scores_[:3]).all()  # All three were trained.
+    for a, b in zip(one.module_.parameters(), two.module_.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    np.testing.assert_array_equal(one.predict(X[:3]), two.predict(X[:3]))
 
 
 def _record_learning_rates(monkeypatch) -> list:

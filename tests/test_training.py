@@ -204,7 +204,8 @@ def test_latent_noise_is_held_while_the_posterior_is_collapsed(monkeypatch, thre
     monkeypatch.setattr("nldseg._training.KL_COLLAPSED", threshold)
     X, _ = make_markov_chain_sequences(20, 30, n_features=3, random_state=0)
     kw = dict(hidden_size=8, context_size=4, max_iter=30, kl_warmup=5,
-              early_stopping=False, random_state=0, decoder_covariance="latent")
+              early_stopping=False, random_state=0, decoder_covariance="latent",
+              n_jobs=1)  # The constant is patched in this process only.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         seg = LangevinSegmenter(**kw).fit(X)
@@ -350,9 +351,9 @@ def test_held_out_windows_read_the_steps_before_them(monkeypatch):
         seen.update(train_segments=segments, train_first_rows=first_rows)
         return real_run(module, x, segments, first_rows, *args)
 
-    real_run = _training._training_run
+    real_run = _training._TrainingRun
     monkeypatch.setattr(_training, "_HeldOut", spy)
-    monkeypatch.setattr(_training, "_training_run", run_spy)
+    monkeypatch.setattr(_training, "_TrainingRun", run_spy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # One recording of 480 steps: held out in two blocks of 48 steps.
@@ -455,6 +456,7 @@ def test_a_higher_level_warms_its_kl_term_up_for_longer(monkeypatch):
 
     monkeypatch.setattr(_training, "kl_weight", spy)
     models, data, lengths, s = _restart_setup(2)
+    s = replace(s, n_jobs=1)  # The spy is in this process only.
     assert (s.kl_warmup, s.max_iter) == (10, 80)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

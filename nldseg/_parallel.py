@@ -1,0 +1,109 @@
+"""Independent work side by side in worker processes: how many, and what they say.
+
+nldseg trains its candidate models (the ``n_init`` restarts, and the lag
+candidates of ``n_lags="auto"``) independently up to the point where they
+are compared. Each runs on one torch thread by default (see
+:mod:`nldseg._threads`), so on a machine with a second idle core a second
+candidate can train at full speed beside the first. Threads would not do:
+the training step is hundreds of small operators whose Python overhead holds
+the interpreter lock (two fits in two threads of one process took 1.6 times
+as long as one, against 1.0 times in two processes, on the 2-core machine of
+``benchmarks/RESULTS.md``). So the work goes to joblib's ``loky`` worker
+processes, reused from one fit to the next.
+
+A worker computes exactly what the caller would: it runs on the caller's
+torch thread count, and the warnings it raises and the lines it prints are
+raised and printed again by the caller, in the order of the tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import warnings
+from collections.abc import Callable
+
+import joblib
+import numpy as np
+import torch
+
+from nldseg._threads import torch_threads
+
+
+def check_jobs(n_jobs) -> None:
+    """Raise unless ``n_jobs`` is "auto", None or a nonzero int.
+
+    A :class:`TypeError` for another type, a :class:`ValueError` for 0.
+    """
+    if n_jobs is None or (isinstance(n_jobs, str) and n_jobs == "auto"):
+        return
+    if isinstance(n_jobs, (bool, np.bool_)) or not isinstance(n_jobs, (int, np.integer)):
+        raise TypeError(f"n_jobs must be 'auto', None or a nonzero int (-1: all CPUs), "
+                        f"got {n_jobs!r} of type {type(n_jobs).__name__}.")
+    if n_jobs == 0:
+        raise ValueError("n_jobs must be 'auto', None or a nonzero int (-1: all CPUs), "
+                         "got 0.")
+
+
+def worker_count(n_jobs, n_tasks: int) -> int:
+    """How many processes run ``n_tasks`` independent tasks (1: the caller alone).
+
+    ``"auto"``: one per task, at most the CPUs this process may use
+    (``joblib.cpu_count()``), and 1 inside a joblib worker (a grid search's
+    parallel fits already use the cores). ``None`` or an int: as
+    ``joblib.effective_n_jobs`` reads it (``None`` is 1 outside a
+    ``joblib.parallel_config`` block, ``-1`` all CPUs), at most one per task.
+    """
+    check_jobs(n_jobs)
+    if n_tasks <= 1:
+        return 1
+    if isinstance(n_jobs, str):
+        if _inside_joblib_worker():
+            return 1
+        return int(min(n_tasks, joblib.cpu_count()))
+    return int(max(1, min(n_tasks, joblib.effective_n_jobs(int(n_jobs)
+                                                           if n_jobs is not None
+                                                           else None))))
+
+
+def _inside_joblib_worker() -> bool:
+    """Whether this code runs in a task of a joblib ``Parallel`` call."""
+    try:
+        from joblib.parallel import get_active_backend
+    except ImportError:  # pragma: no cover - an older or newer joblib
+        return False
+    backend, _ = get_active_backend()
+    return getattr(backend, "nesting_level", 0) > 0
+
+
+def run_in_workers(fn: Callable, calls: list, n_jobs: int) -> list:
+    """``[fn(*args) for args in calls]``, computed in ``n_jobs`` worker processes.
+
+    ``fn`` must be a module-level function and its arguments picklable. Each
+    call runs on the caller's torch thread count; its warnings are raised
+    again here and its printed lines printed here, call by call in order,
+    once all are done. An exception in a call is raised here.
+    """
+    n_threads = torch.get_num_threads()
+    done = joblib.Parallel(n_jobs=min(n_jobs, len(calls)), backend="loky")(
+        joblib.delayed(_captured)(fn, args, n_threads) for args in calls)
+    results = []
+    for result, caught, printed in done:
+        if printed:
+            sys.stdout.write(printed)
+            sys.stdout.flush()
+        for message, category in caught:
+            warnings.warn(message, category, stacklevel=2)
+        results.append(result)
+    return results
+
+
+def _captured(fn: Callable, args: tuple, n_threads: int) -> tuple:
+    """In a worker: ``(fn(*args), [(warning, category), ...], printed text)``."""
+    printed = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, \
+            contextlib.redirect_stdout(printed), torch_threads(n_threads):
+        warnings.simplefilter("always")
+        result = fn(*args)
+    return result, [(w.message, w.category) for w in caught], printed.getvalue()
