@@ -454,9 +454,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         in this process. Each worker runs on ``n_threads`` torch threads and
         takes exactly the steps this process would, so the fitted model is
         the same for every ``n_jobs``; only the time changes (the paper-size
-        fit, 3 candidates: 1.3 times faster on 2 cores, see
+        fit, 3 candidates: 1.4 times faster on 2 cores, see
         ``benchmarks/RESULTS.md``). ``"auto"`` uses one process per
-        candidate, at most the CPUs available, and none on a GPU, with
+        candidate, at most the CPUs available divided by ``n_threads``
+        (more threads than cores would slow every one of them down many
+        times over), and none on a GPU, with
         ``distributed=True`` or inside a joblib worker (e.g. the fits of
         ``GridSearchCV(n_jobs=...)``). ``None`` or an int as in
         scikit-learn (``None``: 1 outside ``joblib.parallel_config``, ``-1``:

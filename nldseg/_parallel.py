@@ -49,11 +49,16 @@ def check_jobs(n_jobs) -> None:
 def worker_count(n_jobs, n_tasks: int) -> int:
     """How many processes run ``n_tasks`` independent tasks (1: the caller alone).
 
-    ``"auto"``: one per task, at most the CPUs this process may use
-    (``joblib.cpu_count()``), and 1 inside a joblib worker (a grid search's
-    parallel fits already use the cores). ``None`` or an int: as
-    ``joblib.effective_n_jobs`` reads it (``None`` is 1 outside a
-    ``joblib.parallel_config`` block, ``-1`` all CPUs), at most one per task.
+    ``"auto"``: one per task, at most as many as the CPUs this process may
+    use (``joblib.cpu_count()``) hold workers on the caller's torch thread
+    count each, and 1 inside a joblib worker (a grid search's parallel fits
+    already use the cores). More threads than cores make these small-operator
+    loops many times slower, not faster: 80 steps of a tiny model took
+    11-12 s in each of two workers of two threads on 2 cores, 0.4-1.2 s in
+    one alone (measured).
+    ``None`` or an int: as ``joblib.effective_n_jobs`` reads it (``None`` is
+    1 outside a ``joblib.parallel_config`` block, ``-1`` all CPUs), at most
+    one per task.
     """
     check_jobs(n_jobs)
     if n_tasks <= 1:
@@ -61,7 +66,8 @@ def worker_count(n_jobs, n_tasks: int) -> int:
     if isinstance(n_jobs, str):
         if _inside_joblib_worker():
             return 1
-        return int(min(n_tasks, joblib.cpu_count()))
+        fit = joblib.cpu_count() // max(1, torch.get_num_threads())
+        return int(max(1, min(n_tasks, fit)))
     return int(max(1, min(n_tasks, joblib.effective_n_jobs(int(n_jobs)
                                                            if n_jobs is not None
                                                            else None))))

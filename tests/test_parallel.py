@@ -21,7 +21,10 @@ def test_bad_n_jobs_raises(bad, err):
 def test_worker_counts():
     cpus = joblib.cpu_count()
     assert worker_count("auto", 1) == 1  # One task: no worker.
-    assert worker_count("auto", 3) == min(3, cpus)
+    with torch_threads(1):
+        assert worker_count("auto", 3) == min(3, cpus)
+    with torch_threads(2):  # Never more threads in all than cores.
+        assert worker_count("auto", 3) == max(1, min(3, cpus // 2))
     assert worker_count(None, 3) == 1  # As scikit-learn reads None.
     assert worker_count(1, 3) == 1
     assert worker_count(-1, 3) == min(3, cpus)

@@ -266,20 +266,29 @@ def test_restarts_are_judged_on_their_held_out_elbo_and_the_best_is_annealed():
                    zip(before[1:], list(frozen.parameters())[1:]))
 
 
-def test_the_first_restart_draws_what_a_single_fit_draws():
-    """Restarts add runs; the first is the single fit, draw for draw."""
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_the_first_restart_draws_what_a_single_fit_draws(n_jobs):
+    """Restarts add runs; the first is the single fit, draw for draw, also
+    when the restarts train side by side in worker processes (and come back
+    into the models given)."""
     import warnings
+    from dataclasses import replace
 
+    from nldseg._threads import torch_threads
     from nldseg._training import train
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch_threads(1):
         warnings.simplefilter("ignore")
         one = train(*_restart_setup(1), torch.device("cpu"), seed=5)
         models, data, lengths, s = _restart_setup(3)
-        three = train(models, data, lengths, s, torch.device("cpu"), seed=5)
+        before = [p.detach().clone() for p in models[0].parameters()]
+        three = train(models, data, lengths, replace(s, n_jobs=n_jobs),
+                      torch.device("cpu"), seed=5)
     assert one.kept == 0 and len(one.restart_scores) == 1
     assert three.restart_scores[0] == one.restart_scores[0]
     assert len(set(three.restart_scores)) == 3  # Each run has its own draws.
+    trained = list(models[three.kept].parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(trained, before))
     if three.kept == 0:
         assert three.loss_curve == one.loss_curve
 
