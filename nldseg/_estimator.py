@@ -454,7 +454,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         in this process. Each worker runs on ``n_threads`` torch threads and
         takes exactly the steps this process would, so the fitted model is
         the same for every ``n_jobs``; only the time changes (the paper-size
-        fit, 3 candidates: 1.4 times faster on 2 cores, see
+        fit, 3 candidates: 1.3-1.4 times faster on 2 cores, see
         ``benchmarks/RESULTS.md``). ``"auto"`` uses one process per
         candidate, at most the CPUs available divided by ``n_threads``
         (more threads than cores would slow every one of them down many

@@ -34,9 +34,10 @@ def test_worker_counts():
         assert worker_count(None, 3) == 2
 
 
-def test_auto_is_one_inside_a_joblib_worker():
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_auto_is_one_inside_a_joblib_worker(backend):
     """A grid search's parallel fits already use the cores."""
-    counts = joblib.Parallel(n_jobs=2, backend="threading")(
+    counts = joblib.Parallel(n_jobs=2, backend=backend)(
         joblib.delayed(worker_count)("auto", 3) for _ in range(2))
     assert counts == [1, 1]
 
