@@ -463,7 +463,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         ``GridSearchCV(n_jobs=...)``). ``None`` or an int as in
         scikit-learn (``None``: 1 outside ``joblib.parallel_config``, ``-1``:
         all CPUs); ``1`` trains the candidates one after the other here.
-        Each worker holds a copy of the training data. With workers, the
+        Each worker holds torch and a copy of the training data (about
+        0.5 GB resident each after a small fit on the 2-core machine of
+        ``benchmarks/RESULTS.md``); joblib keeps the workers for the next
+        fit and ends them after 300 idle seconds. With workers, the
         progress lines (``verbose``) of the candidates trained side by side
         are printed when they reach the comparison point, and Ctrl-C in that
         phase stops ``fit`` with ``KeyboardInterrupt``, leaving the
