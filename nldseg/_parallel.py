@@ -20,15 +20,26 @@ from __future__ import annotations
 
 import contextlib
 import io
+import pickle
 import sys
 import warnings
 from collections.abc import Callable
+from concurrent.futures import BrokenExecutor
 
 import joblib
 import numpy as np
 import torch
 
 from nldseg._threads import torch_threads
+
+#: What joblib raises when its workers cannot run a call at all: they could
+#: not start (no semaphores, no processes left), a task could not be sent,
+#: or a worker died (killed for memory, a crash).
+_WORKER_FAILURES = (OSError, BrokenExecutor, pickle.PicklingError)
+
+
+class WorkersUnavailable(RuntimeError):
+    """The worker processes could not run the calls (see :func:`run_in_workers`)."""
 
 
 def check_jobs(n_jobs) -> None:
@@ -89,11 +100,17 @@ def run_in_workers(fn: Callable, calls: list, n_jobs: int) -> list:
     ``fn`` must be a module-level function and its arguments picklable. Each
     call runs on the caller's torch thread count; its warnings are raised
     again here and its printed lines printed here, call by call in order,
-    once all are done. An exception in a call is raised here.
+    once all are done. An exception in a call is raised here;
+    :class:`WorkersUnavailable` when the workers could not run the calls
+    (they did not start, a call could not be sent, a worker died), so that
+    the caller may run them itself.
     """
     n_threads = torch.get_num_threads()
-    done = joblib.Parallel(n_jobs=min(n_jobs, len(calls)), backend="loky")(
-        joblib.delayed(_captured)(fn, args, n_threads) for args in calls)
+    try:
+        done = joblib.Parallel(n_jobs=min(n_jobs, len(calls)), backend="loky")(
+            joblib.delayed(_captured)(fn, args, n_threads) for args in calls)
+    except _WORKER_FAILURES as exc:
+        raise WorkersUnavailable(f"{type(exc).__name__}: {exc}") from exc
     results = []
     for result, caught, printed in done:
         if printed:

@@ -40,7 +40,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from nldseg._distributed import SINGLE, Replicas
 from nldseg._fused import release_buffers
-from nldseg._parallel import run_in_workers, worker_count
+from nldseg._parallel import WorkersUnavailable, run_in_workers, worker_count
 from nldseg._validation import pad_windows
 
 LEARNING_RATES = frozenset({"cosine", "constant"})
@@ -785,12 +785,25 @@ def _to_comparison(runs: list, n_jobs: int) -> list:
     (:func:`nldseg._parallel.run_in_workers`), each on as many torch threads
     as the caller's, and come back as copies that continue in the caller's
     modules (:meth:`_TrainingRun.adopt`): the same steps as one after the
-    other here.
+    other here. When the workers cannot run them, they train here, one
+    after the other, with a warning.
     """
-    if n_jobs <= 1 or len(runs) <= 1:
-        return [(run, run.to_comparison()) for run in runs]
-    trained = run_in_workers(_run_to_comparison,
-                             [(run, run.data, run.held_out) for run in runs], n_jobs)
+    if n_jobs > 1 and len(runs) > 1:
+        try:
+            trained = run_in_workers(_run_to_comparison,
+                                     [(run, run.data, run.held_out) for run in runs],
+                                     n_jobs)
+        except WorkersUnavailable as exc:  # The runs here are untouched.
+            warnings.warn(
+                f"Could not train the candidate models in worker processes ({exc}); "
+                f"training them one after the other instead (the same fit, in more "
+                f"time). Set n_jobs=1 to skip the attempt.", UserWarning, stacklevel=4)
+        else:
+            for run, (copy, _) in zip(runs, trained):
+                copy.attach(run.data, run.held_out)
+                copy.adopt(run.module)
+            return trained
+    return [(run, run.to_comparison()) for run in runs]
     for run, (copy, _) in zip(runs, trained):
         copy.attach(run.data, run.held_out)
         copy.adopt(run.module)

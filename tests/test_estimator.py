@@ -572,6 +572,28 @@ def test_candidates_side_by_side_train_exactly_as_one_after_the_other(chain, cap
     np.testing.assert_array_equal(one.predict(X[:3]), two.predict(X[:3]))
 
 
+def test_without_worker_processes_the_candidates_train_here(chain, monkeypatch):
+    """Workers that cannot start (no semaphores, no processes left): the fit
+    says so and trains the candidates one after the other, the same fit."""
+    from nldseg import _parallel
+
+    X = chain[0][:30, :40]
+    kw = dict(FAST, max_iter=40, n_init=2, n_lags="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = LangevinSegmenter(**dict(kw, n_jobs=1)).fit(X)
+
+    def no_workers(*args, **kwargs):
+        raise OSError("sem_open is not available")
+
+    monkeypatch.setattr(_parallel.joblib, "Parallel", no_workers)
+    with pytest.warns(UserWarning, match=r"Could not train the candidate models in "
+                                         r"worker processes \(OSError: sem_open"):
+        two = LangevinSegmenter(**dict(kw, n_jobs=2)).fit(X)
+    assert one.loss_curve_ == two.loss_curve_
+    np.testing.assert_array_equal(one.candidate_scores_, two.candidate_scores_)
+
+
 def _record_learning_rates(monkeypatch) -> list:
     rates = []
     original = torch.optim.Adam.step

@@ -6,7 +6,7 @@ import joblib
 import pytest
 import torch
 
-from nldseg._parallel import check_jobs, run_in_workers, worker_count
+from nldseg._parallel import WorkersUnavailable, check_jobs, run_in_workers, worker_count
 from nldseg._threads import torch_threads
 
 
@@ -65,3 +65,15 @@ def test_results_warnings_and_lines_come_back_in_order(capsys):
 def test_an_error_in_a_worker_is_raised_here():
     with pytest.raises(ValueError, match="bad task"):
         run_in_workers(_fails, [(1,), (2,)], 2)
+
+
+def _dies(i):
+    import os
+
+    os._exit(3)  # As a worker killed for memory.
+
+
+def test_a_worker_that_dies_is_workers_unavailable():
+    with pytest.raises(WorkersUnavailable, match="TerminatedWorkerError"):
+        run_in_workers(_dies, [(1,), (2,)], 2)
+    assert run_in_workers(abs, [(-1,), (-2,)], 2) == [1, 2]  # Workers start again.
