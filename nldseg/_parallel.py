@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import multiprocessing
 import pickle
 import sys
 import warnings
@@ -63,10 +64,11 @@ def worker_count(n_jobs, n_tasks: int) -> int:
     ``"auto"``: one per task, at most as many as the CPUs this process may
     use (``joblib.cpu_count()``) hold workers on the caller's torch thread
     count each, and 1 inside a joblib worker (a grid search's parallel fits
-    already use the cores). More threads than cores make these small-operator
-    loops many times slower, not faster: 80 steps of a tiny model took
-    11-12 s in each of two workers of two threads on 2 cores, 0.4-1.2 s in
-    one alone (measured).
+    already use the cores) or a daemonic process (a ``multiprocessing.Pool``
+    worker, which may not start processes). More threads than cores make
+    these small-operator loops many times slower, not faster: 80 steps of a
+    tiny model took 11-12 s in each of two workers of two threads on 2
+    cores, 0.4-1.2 s in one alone (measured).
     ``None`` or an int: as ``joblib.effective_n_jobs`` reads it (``None`` is
     1 outside a ``joblib.parallel_config`` block, ``-1`` all CPUs), at most
     one per task.
@@ -75,8 +77,8 @@ def worker_count(n_jobs, n_tasks: int) -> int:
     if n_tasks <= 1:
         return 1
     if isinstance(n_jobs, str):
-        if _inside_joblib_worker():
-            return 1
+        if _inside_joblib_worker() or multiprocessing.current_process().daemon:
+            return 1  # A daemonic process (a multiprocessing.Pool's) has no children.
         fit = joblib.cpu_count() // max(1, torch.get_num_threads())
         return int(max(1, min(n_tasks, fit)))
     return int(max(1, min(n_tasks, joblib.effective_n_jobs(int(n_jobs)

@@ -594,6 +594,30 @@ def test_without_worker_processes_the_candidates_train_here(chain, monkeypatch):
     np.testing.assert_array_equal(one.candidate_scores_, two.candidate_scores_)
 
 
+def test_candidates_run_here_when_joblib_runs_the_calls_in_this_process(chain,
+                                                                       monkeypatch):
+    """joblib may run the calls in the calling process after all (it does in a
+    multiprocessing.Pool's worker): on the very runs, the same fit."""
+    from nldseg import _parallel
+
+    X = chain[0][:30, :40]
+    kw = dict(FAST, max_iter=40, n_init=2, n_lags="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = LangevinSegmenter(**dict(kw, n_jobs=1)).fit(X)
+
+    def here(n_jobs, backend):
+        return lambda calls: [f(*args, **kwargs) for f, args, kwargs in calls]
+
+    monkeypatch.setattr(_parallel.joblib, "Parallel", here)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        two = LangevinSegmenter(**dict(kw, n_jobs=2)).fit(X)
+    assert one.loss_curve_ == two.loss_curve_
+    for a, b in zip(one.module_.parameters(), two.module_.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def _record_learning_rates(monkeypatch) -> list:
     rates = []
     original = torch.optim.Adam.step

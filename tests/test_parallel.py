@@ -77,3 +77,12 @@ def test_a_worker_that_dies_is_workers_unavailable():
     with pytest.raises(WorkersUnavailable, match="TerminatedWorkerError"):
         run_in_workers(_dies, [(1,), (2,)], 2)
     assert run_in_workers(abs, [(-1,), (-2,)], 2) == [1, 2]  # Workers start again.
+
+
+def test_auto_is_one_in_a_daemonic_process():
+    """A multiprocessing.Pool's workers may not start processes of their own."""
+    import multiprocessing
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(1) as pool:
+        assert pool.apply(worker_count, ("auto", 3)) == 1
