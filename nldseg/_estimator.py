@@ -458,11 +458,13 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         ``benchmarks/RESULTS.md``). ``"auto"`` uses one process per
         candidate, at most the CPUs available divided by ``n_threads``
         (more threads than cores would slow every one of them down many
-        times over), and none on a GPU, with
-        ``distributed=True`` or inside a joblib worker (e.g. the fits of
-        ``GridSearchCV(n_jobs=...)``). ``None`` or an int as in
-        scikit-learn (``None``: 1 outside ``joblib.parallel_config``, ``-1``:
-        all CPUs); ``1`` trains the candidates one after the other here.
+        times over), and none on a GPU, with ``distributed=True``, inside
+        a joblib worker (e.g. the fits of ``GridSearchCV(n_jobs=...)``) or
+        in a daemonic process (a ``multiprocessing.Pool`` worker). Where
+        workers cannot start or die, ``fit`` warns and trains the
+        candidates here instead. ``None`` or an int as in scikit-learn
+        (``None``: 1 outside ``joblib.parallel_config``, ``-1``: all CPUs);
+        ``1`` trains the candidates one after the other here.
         Each worker holds torch and a copy of the training data (about
         0.5 GB resident each after a small fit on the 2-core machine of
         ``benchmarks/RESULTS.md``); joblib keeps the workers for the next

@@ -105,7 +105,8 @@ def run_in_workers(fn: Callable, calls: list, n_jobs: int) -> list:
     once all are done. An exception in a call is raised here;
     :class:`WorkersUnavailable` when the workers could not run the calls
     (they did not start, a call could not be sent, a worker died), so that
-    the caller may run them itself.
+    the caller may run them itself; an ``OSError`` raised by a call itself
+    is taken for one too.
     """
     n_threads = torch.get_num_threads()
     try:
