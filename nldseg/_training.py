@@ -898,7 +898,7 @@ class _TrainingRun:
                  first_rows: np.ndarray, held_out: _HeldOut, s: TrainingSettings,
                  device, rng: np.random.Generator, seed: int, replicas: Replicas,
                  label: str) -> None:
-        self.module, self.s, self.device = module, s, device
+        self.module, self.s = module, s
         self.train_segments, self.first_rows = train_segments, first_rows
         self.rng, self.replicas, self.label = rng, replicas, label
         self.gen = torch.Generator(device=device)
@@ -934,9 +934,8 @@ class _TrainingRun:
                show_progress: bool = True) -> None:
         """Give the run its training rows and held-out windows (``None``: take them)."""
         self.data, self.held_out = data, held_out
-        verbose = self.s.verbose if self.replicas.rank == 0 else 0
-        self.verbose = verbose
-        self.bar = _ProgressBar(verbose if show_progress else 0)
+        self.verbose = self.s.verbose if self.replicas.rank == 0 else 0
+        self.bar = _ProgressBar(self.verbose if show_progress else 0)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__, data=None, held_out=None)
