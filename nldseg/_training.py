@@ -789,43 +789,38 @@ def _to_comparison(runs: list, n_jobs: int) -> list:
     after the other, with a warning.
     """
     if n_jobs > 1 and len(runs) > 1:
-        # Kept here: joblib may run the calls in this process after all
-        # (sequentially), on these very runs.
-        given = [(run.module, run.data, run.held_out) for run in runs]
         try:
             trained = run_in_workers(_run_to_comparison,
-                                     [(run, data, held) for run, (_, data, held)
-                                      in zip(runs, given)], n_jobs)
+                                     [(run, run.data, run.held_out) for run in runs],
+                                     n_jobs)
         except WorkersUnavailable as exc:  # The runs here are untouched.
             warnings.warn(
                 f"Could not train the candidate models in worker processes ({exc}); "
                 f"training them one after the other instead (the same fit, in more "
                 f"time). Set n_jobs=1 to skip the attempt.", UserWarning, stacklevel=4)
         else:
-            for (module, data, held), (copy, _) in zip(given, trained):
-                copy.attach(data, held)
-                copy.adopt(module)
+            # A copy comes back without rows and held-out windows; joblib may
+            # also have run the calls here after all, on these very runs.
+            for run, (copy, _) in zip(runs, trained):
+                copy.attach(run.data, run.held_out)
+                copy.adopt(run.module)
             return trained
     return [(run, run.to_comparison()) for run in runs]
-    for run, (copy, _) in zip(runs, trained):
-        copy.attach(run.data, run.held_out)
-        copy.adopt(run.module)
-    return trained
 
 
 def _run_to_comparison(run: _TrainingRun, data: torch.Tensor,
                        held_out: _HeldOut) -> tuple:
     """In a worker process: ``(run, outcome)`` of :meth:`_TrainingRun.to_comparison`.
 
-    The run comes back without its training rows and held-out windows, and
-    the training kernels' work space is freed.
+    The run is pickled back without its training rows and held-out windows
+    (:meth:`_TrainingRun.__getstate__`), and the training kernels' work
+    space is freed.
     """
     run.attach(data, held_out, show_progress=False)
     try:
         outcome = run.to_comparison()
     finally:
         release_buffers()
-    run.attach(None, None)
     return run, outcome
 
 
