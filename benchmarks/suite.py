@@ -8,6 +8,7 @@ and JSON (the rows plus the run's settings and machine)::
     python benchmarks/suite.py --cases overlap long --seeds 0 1 2 3 4
     python benchmarks/suite.py --cases highdim       # not in the default run
     python benchmarks/suite.py --cases motion        # not in the default run
+    python benchmarks/suite.py --cases basic_motions  # recorded; pip install --no-deps aeon
     python benchmarks/suite.py --nldseg '{"max_iter": 80}'   # other parameters
 
 Each case draws a training set and a test set from one generator of
@@ -64,6 +65,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (_HERE, os.environ.get("PYTHONPATH")) if p)
 
 from _baselines import frame_baselines, hmm_baseline, oracle_labels  # noqa: E402
+from _recorded import BASIC_MOTIONS_CLASSES, basic_motions_recording  # noqa: E402
 
 from nldseg import LangevinSegmenter  # noqa: E402
 from nldseg._validation import delay_embed  # noqa: E402
@@ -119,6 +121,22 @@ class Case:
         return list(X), list(X_test), list(y_test), params
 
 
+class RecordedCase(Case):
+    """A case of recorded data: ``generator(split, random_state)`` gives one
+    recording ``(X, y)`` of the training or the test split.
+
+    The true occupancy is the activities' shares of the training recording
+    (so the l1 floor is 0).
+    """
+
+    def draw(self, seed: int) -> tuple:
+        X, y = self.generator("train", 10_000 + seed)
+        X_test, y_test = self.generator("test", 20_000 + seed)
+        shares = np.bincount(y, minlength=len(self.extra["classes"])) / len(y)
+        params = {"stationary_distribution": shares, "train_labels": [y]}
+        return [X], [X_test], [y_test], params
+
+
 CASES = {case.name: case for case in [
     Case("paper", make_markov_chain_sequences,
          dict(n_states=3, n_features=15, switch_prob=0.025), 200, 200, 100, 500,
@@ -170,6 +188,13 @@ CASES = {case.name: case for case in [
          "4 joint angles of recorded motion; one recording of 8,000 steps, "
          "segments of 800 steps on average",
          oracle=None, in_default_run=False),
+    RecordedCase("basic_motions", basic_motions_recording, {}, 1, 4000, 1, 4000,
+                 "recorded: a smart watch's 3-D accelerometer and gyroscope at "
+                 "10 Hz, 4 students doing 4 activities (standing, walking, "
+                 "running, badminton; UEA archive's BasicMotions, files from the "
+                 "aeon wheel); one recording = the split's 40 clips of 10 s in a "
+                 "random order", oracle=None,
+                 extra={"classes": BASIC_MOTIONS_CLASSES}, in_default_run=False),
 ]}
 
 
