@@ -12,7 +12,9 @@ and JSON (the rows plus the run's settings and machine)::
     python benchmarks/suite.py --nldseg '{"max_iter": 80}'   # other parameters
 
 Each case draws a training set and a test set from one generator of
-:mod:`nldseg.datasets` (same emission parameters, other sequences) per seed.
+:mod:`nldseg.datasets` (same emission parameters, other sequences) per seed;
+``basic_motions`` is recorded data instead (``benchmarks/_recorded.py``: the
+seed orders the clips of its training and test files).
 Every method is fitted on the training set without labels and labels the test
 set; nldseg and the forward filters online (step ``t`` sees ``x[:t+1]``),
 Viterbi offline. Columns:
@@ -489,6 +491,11 @@ def main(argv: list | None = None) -> None:
         except ImportError:
             sys.exit("hmmlearn is needed for the HMM baseline: pip install hmmlearn "
                      "(or pass --no-hmm)")
+    if any(isinstance(CASES[name], RecordedCase) for name in a.cases):
+        try:
+            basic_motions_recording("train", 0)
+        except RuntimeError as exc:
+            sys.exit(str(exc))
     print(f"# machine: {machine()}; commit {commit()}")
     print("# nldseg parameters: library defaults"
           + (f" with {overrides}" if overrides else ""))
