@@ -35,7 +35,7 @@ BASIC_MOTIONS_CLASSES = ("Standing", "Running", "Walking", "Badminton")
 _PACKAGES = ("aeon", "sktime")
 
 
-def _data_dir(name: str) -> str:
+def data_dir(name: str) -> str:
     """The folder of data set ``name`` inside an installed aeon or sktime."""
     for package in _PACKAGES:
         spec = importlib.util.find_spec(package)
@@ -83,7 +83,7 @@ def basic_motions_recording(split: str, random_state: int) -> tuple:
     :data:`BASIC_MOTIONS_CLASSES` order.
     """
     name = "BasicMotions"
-    X, y, classes = read_ts(os.path.join(_data_dir(name),
+    X, y, classes = read_ts(os.path.join(data_dir(name),
                                          f"{name}_{split.upper()}.ts"))
     if classes != BASIC_MOTIONS_CLASSES:
         raise RuntimeError(f"unexpected classes in {name}: {classes}")

@@ -67,7 +67,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (_HERE, os.environ.get("PYTHONPATH")) if p)
 
 from _baselines import frame_baselines, hmm_baseline, oracle_labels  # noqa: E402
-from _recorded import BASIC_MOTIONS_CLASSES, basic_motions_recording  # noqa: E402
+from _recorded import (  # noqa: E402
+    BASIC_MOTIONS_CLASSES,
+    basic_motions_recording,
+    data_dir,
+)
 
 from nldseg import LangevinSegmenter  # noqa: E402
 from nldseg._validation import delay_embed  # noqa: E402
@@ -491,9 +495,9 @@ def main(argv: list | None = None) -> None:
         except ImportError:
             sys.exit("hmmlearn is needed for the HMM baseline: pip install hmmlearn "
                      "(or pass --no-hmm)")
-    if any(isinstance(CASES[name], RecordedCase) for name in a.cases):
+    if "basic_motions" in a.cases:
         try:
-            basic_motions_recording("train", 0)
+            data_dir("BasicMotions")
         except RuntimeError as exc:
             sys.exit(str(exc))
     print(f"# machine: {machine()}; commit {commit()}")

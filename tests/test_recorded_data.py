@@ -48,7 +48,7 @@ def test_basic_motions_recording_joins_permuted_clips(tmp_path, monkeypatch):
         lines.append(":".join(",".join(repr(float(v)) for v in ch) for ch in clip)
                      + ":" + recorded.BASIC_MOTIONS_CLASSES[k])
     (tmp_path / "BasicMotions_TRAIN.ts").write_text("\n".join(lines) + "\n")
-    monkeypatch.setattr(recorded, "_data_dir", lambda name: str(tmp_path))
+    monkeypatch.setattr(recorded, "data_dir", lambda name: str(tmp_path))
     X, y = recorded.basic_motions_recording("train", random_state=3)
     assert X.shape == (800, 6) and y.shape == (800,)
     order = np.random.default_rng(3).permutation(8)
@@ -62,4 +62,4 @@ def test_basic_motions_recording_joins_permuted_clips(tmp_path, monkeypatch):
 def test_missing_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(RuntimeError, match="pip install --no-deps aeon"):
-        recorded._data_dir("BasicMotions")
+        recorded.data_dir("BasicMotions")
