@@ -572,16 +572,27 @@ def test_candidates_side_by_side_train_exactly_as_one_after_the_other(chain, cap
     np.testing.assert_array_equal(one.predict(X[:3]), two.predict(X[:3]))
 
 
-def test_without_worker_processes_the_candidates_train_here(chain, monkeypatch):
+# Three candidates (two restarts, one lag) of a short fit, for the fallbacks
+# of the side-by-side training.
+_CANDIDATES = dict(FAST, max_iter=40, n_init=2, n_lags="auto")
+
+
+@pytest.fixture(scope="module")
+def candidates_one_after_the_other(chain):
+    """``(X, fit)``: the candidates trained one after the other (``n_jobs=1``)."""
+    X = chain[0][:30, :40]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return X, LangevinSegmenter(**dict(_CANDIDATES, n_jobs=1)).fit(X)
+
+
+def test_without_worker_processes_the_candidates_train_here(
+        candidates_one_after_the_other, monkeypatch):
     """Workers that cannot start (no semaphores, no processes left): the fit
     says so and trains the candidates one after the other, the same fit."""
     from nldseg import _parallel
 
-    X = chain[0][:30, :40]
-    kw = dict(FAST, max_iter=40, n_init=2, n_lags="auto")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        one = LangevinSegmenter(**dict(kw, n_jobs=1)).fit(X)
+    X, one = candidates_one_after_the_other
 
     def no_workers(*args, **kwargs):
         raise OSError("sem_open is not available")
@@ -589,22 +600,18 @@ def test_without_worker_processes_the_candidates_train_here(chain, monkeypatch):
     monkeypatch.setattr(_parallel.joblib, "Parallel", no_workers)
     with pytest.warns(UserWarning, match=r"Could not train the candidate models in "
                                          r"worker processes \(OSError: sem_open"):
-        two = LangevinSegmenter(**dict(kw, n_jobs=2)).fit(X)
+        two = LangevinSegmenter(**dict(_CANDIDATES, n_jobs=2)).fit(X)
     assert one.loss_curve_ == two.loss_curve_
     np.testing.assert_array_equal(one.candidate_scores_, two.candidate_scores_)
 
 
-def test_candidates_run_here_when_joblib_runs_the_calls_in_this_process(chain,
-                                                                       monkeypatch):
+def test_candidates_run_here_when_joblib_runs_the_calls_in_this_process(
+        candidates_one_after_the_other, monkeypatch):
     """joblib may run the calls in the calling process after all (it does in a
     multiprocessing.Pool's worker): on the very runs, the same fit."""
     from nldseg import _parallel
 
-    X = chain[0][:30, :40]
-    kw = dict(FAST, max_iter=40, n_init=2, n_lags="auto")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        one = LangevinSegmenter(**dict(kw, n_jobs=1)).fit(X)
+    X, one = candidates_one_after_the_other
 
     def here(n_jobs, backend):
         return lambda calls: [f(*args, **kwargs) for f, args, kwargs in calls]
@@ -612,7 +619,7 @@ def test_candidates_run_here_when_joblib_runs_the_calls_in_this_process(chain,
     monkeypatch.setattr(_parallel.joblib, "Parallel", here)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        two = LangevinSegmenter(**dict(kw, n_jobs=2)).fit(X)
+        two = LangevinSegmenter(**dict(_CANDIDATES, n_jobs=2)).fit(X)
     assert one.loss_curve_ == two.loss_curve_
     for a, b in zip(one.module_.parameters(), two.module_.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
