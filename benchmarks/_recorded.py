@@ -14,12 +14,22 @@ bytes); nothing is downloaded at run time. Only the data files are read, so
 ``pip install --no-deps aeon`` (6 MB) is enough: the package is located with
 :func:`importlib.util.find_spec`, never imported.
 
+**JapaneseVowels** (UCI machine learning repository; Kudo, Toyama and
+Shimbo 1999, "Multidimensional curve classification using passing-through
+regions", Pattern Recognition Letters 20(11-13):1103-1111; also in the UEA
+archive): nine Japanese men each said the vowel pair /ae/ several times;
+each utterance is 7-29 frames of 12 LPC cepstrum coefficients (a 12-degree
+linear prediction analysis of the sound). The training file has 30
+utterances per speaker (270), the test file 24-88 per speaker (370). Here
+the speaker is the state: a recording of utterances end to end is a
+conversation of nine voices taking short turns (about 16 frames each).
+
 A recording is the clips of one file in a random order, end to end, as the
 Time Series Segmentation Benchmark builds its series from classification
-archives (Ermshaus et al. 2023): each clip is one activity, so the true
-segmentation is known, and clips of the same activity that come one after
-the other make one longer segment. The joins are where one recording of the
-watch ends and another begins (often a jump in the readings).
+archives (Ermshaus et al. 2023): each clip is one class (an activity, a
+speaker), so the true segmentation is known, and clips of the same class
+that come one after the other make one longer segment. The joins are where
+one recording ends and another begins (often a jump in the readings).
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ import numpy as np
 
 #: Activities in the files' class order.
 BASIC_MOTIONS_CLASSES = ("Standing", "Running", "Walking", "Badminton")
+#: Speakers in the files' class order.
+JAPANESE_VOWELS_CLASSES = tuple(str(k) for k in range(1, 10))
 
 _PACKAGES = ("aeon", "sktime")
 
@@ -51,10 +63,11 @@ def data_dir(name: str) -> str:
 
 
 def read_ts(path: str) -> tuple:
-    """Clips and class labels of an equal-length multivariate ``.ts`` file.
+    """Clips and class labels of a multivariate ``.ts`` file.
 
-    Returns ``(X, y, classes)``: ``X`` of shape (n_clips, length, n_channels),
-    ``y`` integer labels in the order of the file's ``@classLabel`` line.
+    Returns ``(X, y, classes)``: ``X`` a list of one array (length,
+    n_channels) per clip (lengths may differ between clips), ``y`` integer
+    labels in the order of the file's ``@classLabel`` line.
     """
     classes: list = []
     clips, labels = [], []
@@ -72,7 +85,21 @@ def read_ts(path: str) -> tuple:
             *channels, label = line.split(":")
             clips.append(np.array([[float(v) for v in c.split(",")] for c in channels]).T)
             labels.append(classes.index(label))
-    return np.stack(clips), np.array(labels), tuple(classes)
+    return clips, np.array(labels), tuple(classes)
+
+
+def _recording(name: str, split: str, expected: tuple, random_state: int) -> tuple:
+    """The clips of ``name``'s ``split`` file in a permuted order, end to end.
+
+    Returns ``(X (n_steps, n_channels), y (n_steps,))``, ``y`` in the order of
+    ``expected`` (the file's class labels, checked).
+    """
+    X, y, classes = read_ts(os.path.join(data_dir(name), f"{name}_{split.upper()}.ts"))
+    if classes != expected:
+        raise RuntimeError(f"unexpected classes in {name}: {classes}")
+    order = np.random.default_rng(random_state).permutation(len(X))
+    return (np.concatenate([X[i] for i in order]).astype(np.float64),
+            np.concatenate([np.full(len(X[i]), y[i]) for i in order]))
 
 
 def basic_motions_recording(split: str, random_state: int) -> tuple:
@@ -82,11 +109,15 @@ def basic_motions_recording(split: str, random_state: int) -> tuple:
     ``random_state``, end to end: ``(X (4000, 6), y (4000,))``; ``y`` in
     :data:`BASIC_MOTIONS_CLASSES` order.
     """
-    name = "BasicMotions"
-    X, y, classes = read_ts(os.path.join(data_dir(name),
-                                         f"{name}_{split.upper()}.ts"))
-    if classes != BASIC_MOTIONS_CLASSES:
-        raise RuntimeError(f"unexpected classes in {name}: {classes}")
-    order = np.random.default_rng(random_state).permutation(len(X))
-    return (np.concatenate(X[order]).astype(np.float64),
-            np.repeat(y[order], X.shape[1]))
+    return _recording("BasicMotions", split, BASIC_MOTIONS_CLASSES, random_state)
+
+
+def japanese_vowels_recording(split: str, random_state: int) -> tuple:
+    """One recording of JapaneseVowels ``split`` (``"train"`` or ``"test"``).
+
+    The split's utterances (270 for training, 370 for test; 7-29 frames of
+    12 LPC cepstrum coefficients each) in the order of a permutation drawn
+    with ``random_state``, end to end: ``(X (n_steps, 12), y (n_steps,))``,
+    4,274 training and 5,687 test frames; ``y`` is the speaker, 0-8.
+    """
+    return _recording("JapaneseVowels", split, JAPANESE_VOWELS_CLASSES, random_state)

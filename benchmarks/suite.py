@@ -9,12 +9,14 @@ and JSON (the rows plus the run's settings and machine)::
     python benchmarks/suite.py --cases highdim       # not in the default run
     python benchmarks/suite.py --cases motion        # not in the default run
     python benchmarks/suite.py --cases basic_motions  # recorded; pip install --no-deps aeon
+    python benchmarks/suite.py --cases japanese_vowels  # recorded, as basic_motions
     python benchmarks/suite.py --nldseg '{"max_iter": 80}'   # other parameters
 
 Each case draws a training set and a test set from one generator of
 :mod:`nldseg.datasets` (same emission parameters, other sequences) per seed;
-``basic_motions`` is recorded data instead (``benchmarks/_recorded.py``: the
-seed orders the clips of its training and test files).
+``basic_motions`` and ``japanese_vowels`` are recorded data instead
+(``benchmarks/_recorded.py``: the seed orders the clips of their training and
+test files).
 Every method is fitted on the training set without labels and labels the test
 set; nldseg and the forward filters online (step ``t`` sees ``x[:t+1]``),
 Viterbi offline. Columns:
@@ -69,8 +71,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 from _baselines import frame_baselines, hmm_baseline, oracle_labels  # noqa: E402
 from _recorded import (  # noqa: E402
     BASIC_MOTIONS_CLASSES,
+    JAPANESE_VOWELS_CLASSES,
     basic_motions_recording,
     data_dir,
+    japanese_vowels_recording,
 )
 
 from nldseg import LangevinSegmenter  # noqa: E402
@@ -131,8 +135,9 @@ class RecordedCase(Case):
     """A case of recorded data: ``generator(split, random_state)`` gives one
     recording ``(X, y)`` of the training or the test split.
 
-    The true occupancy is the activities' shares of the training recording
-    (so the l1 floor is 0).
+    ``extra`` names the data set's ``"folder"`` (for :func:`data_dir`) and its
+    ``"classes"``. The true occupancy is the classes' shares of the training
+    recording (so the l1 floor is 0).
     """
 
     def draw(self, seed: int) -> tuple:
@@ -200,7 +205,15 @@ CASES = {case.name: case for case in [
                  "running, badminton; UEA archive's BasicMotions, files from the "
                  "aeon wheel); one recording = the split's 40 clips of 10 s in a "
                  "random order", oracle=None,
-                 extra={"classes": BASIC_MOTIONS_CLASSES}, in_default_run=False),
+                 extra={"classes": BASIC_MOTIONS_CLASSES, "folder": "BasicMotions"},
+                 in_default_run=False),
+    RecordedCase("japanese_vowels", japanese_vowels_recording, {}, 1, 4274, 1, 5687,
+                 "recorded: 12 LPC cepstrum coefficients of 9 speakers saying "
+                 "/ae/ (UCI's JapaneseVowels, files from the aeon wheel); one "
+                 "recording = the split's utterances of 7-29 frames in a random "
+                 "order, so 9 voices take turns of about 16 frames", oracle=None,
+                 extra={"classes": JAPANESE_VOWELS_CLASSES, "folder": "JapaneseVowels"},
+                 in_default_run=False),
 ]}
 
 
@@ -495,11 +508,12 @@ def main(argv: list | None = None) -> None:
         except ImportError:
             sys.exit("hmmlearn is needed for the HMM baseline: pip install hmmlearn "
                      "(or pass --no-hmm)")
-    if "basic_motions" in a.cases:
-        try:
-            data_dir("BasicMotions")
-        except RuntimeError as exc:
-            sys.exit(str(exc))
+    for name in a.cases:
+        if isinstance(CASES[name], RecordedCase):
+            try:
+                data_dir(CASES[name].extra["folder"])
+            except RuntimeError as exc:
+                sys.exit(str(exc))
     print(f"# machine: {machine()}; commit {commit()}")
     print("# nldseg parameters: library defaults"
           + (f" with {overrides}" if overrides else ""))
