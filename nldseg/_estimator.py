@@ -238,7 +238,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         the decoder's density of the newest observation, one observation per
         step either way.
         ``n_lags_`` says which was kept, ``lag_elbo_gain_`` the gain and its
-        standard error, ``candidate_scores_`` the restarts' scores. One lag
+        standard error, ``candidate_scores_`` the restarts' scores. A lag
+        that wins by held-out ELBO but whose energy has a single well gives
+        way to the best single-frame model, trained to the end then, if that
+        model's energy has several (``candidate_wells_``; unless ``n_states``
+        is given): a decoder that reads the previous observation predicts a
+        smooth recording from it, and on recorded speech (nine voices taking
+        turns) the lag won by 12 nats per step while its latent path stopped
+        telling the voices apart (``benchmarks/RESULTS.md``). That costs the
+        rest of the frame model's schedule, only then. One lag
         finds states that differ only in their dynamics (regimes of a vector
         autoregression with the same stationary law, where single frames give
         one well or spurious ones), and there its held-out ELBO is higher by
@@ -574,6 +582,12 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         ``early_stopping``); NaN for a model not trained (the restarts with
         a lag when single frames won, an interrupted fit). The kept one
         trained on alone. Empty for a model saved before these existed.
+    candidate_wells_ : ndarray of shape (n_candidates,)
+        Wells (states) of the candidates whose energy was analysed: the kept
+        one, and with ``n_lags="auto"``, when the lag won by held-out ELBO
+        with a single well, the best single-frame model too (see
+        ``n_lags``); NaN for the others. Empty for a model saved before it
+        existed.
     lag_elbo_gain_ : ndarray of shape (2,)
         With ``n_lags="auto"``: how much higher the held-out ELBO per step
         of the candidate with one lag was than the best single-frame one's,
@@ -896,16 +910,34 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         try:
             result = train(modules, [frames[lag] for lag in lags], seqs.lengths,
                            TrainingSettings.from_params(self.get_params()), device,
-                           int(seeds[1]), replicas, levels=lags)
+                           int(seeds[1]), replicas, levels=lags,
+                           finish_rival=auto and self.n_states is None)
         finally:
             release_buffers()  # The training kernels' reused work space.
-        n_lags = lags[result.kept]
-        module = freeze(modules[result.kept])
-        del modules
-        z_data = frames[n_lags].cpu().numpy()
-        del frames
-        landscape, time_scale, dwell = self._fit_landscape(
-            module, z_data, seqs, seeds[2:], self.min_state_fraction)
+        wells = np.full(len(candidates), np.nan)
+        kept, used = result.kept, result
+        module = freeze(modules[kept])
+        fit = self._fit_landscape(module, frames[lags[kept]].cpu().numpy(), seqs,
+                                  seeds[2:], self.min_state_fraction)
+        wells[kept] = fit[0].n_states
+        if result.rival is not None:
+            # The lag won by held-out ELBO. If its energy has a single well, the
+            # best single-frame model is trained to the end and kept instead
+            # when its energy has several.
+            if fit[0].n_states == 1:
+                rival_result = result.rival_finish()
+                rival = freeze(modules[result.rival])
+                rival_fit = self._fit_landscape(rival, frames[0].cpu().numpy(), seqs,
+                                                seeds[2:], self.min_state_fraction)
+                wells[result.rival] = rival_fit[0].n_states
+                if rival_fit[0].n_states > 1:
+                    kept, used, module, fit = (result.rival, rival_result, rival,
+                                               rival_fit)
+            for w in used.finish_warnings:
+                warnings.warn(w.message, stacklevel=2)
+        del modules, frames
+        n_lags = lags[kept]
+        landscape, time_scale, dwell = fit
         beta, gamma, mass = (t.detach() for t in module.langevin_params())
         scores = np.full(len(candidates), np.nan)
         scores[:len(result.restart_scores)] = result.restart_scores
@@ -917,12 +949,13 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             "training_dwell_time_": dwell,
             "n_states_": landscape.n_states,
             "state_occupancy_": landscape.occupancy("sampled"),
-            "loss_curve_": result.loss_curve, "n_iter_": result.n_iter,
-            "converged_": result.converged,
-            "validation_scores_": result.validation_scores,
+            "loss_curve_": used.loss_curve, "n_iter_": used.n_iter,
+            "converged_": used.converged,
+            "validation_scores_": used.validation_scores,
             "n_lags_": n_lags,
             "candidate_lags_": np.array(lags),
             "candidate_scores_": scores,
+            "candidate_wells_": wells,
             "lag_elbo_gain_": np.array(result.level_gain, dtype=float),
             "_oldest_first": True,  # Older fits embedded the newest observation first.
         }

@@ -31,7 +31,8 @@ _FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "prior_time_scale_",
                    "n_iter_", "converged_", "n_features_in_", "loss_curve_",
                    "validation_scores_", "_oldest_first", "n_lags_")
 _FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_",
-                  "candidate_lags_", "candidate_scores_", "lag_elbo_gain_")
+                  "candidate_lags_", "candidate_scores_", "candidate_wells_",
+                  "lag_elbo_gain_")
 # Parameters renamed since a file could have been written: old name -> new name.
 _RENAMED_PARAMS = {"n_samples": "n_paths"}
 # Parameters added since: the value that reproduces what older versions did.
@@ -58,7 +59,9 @@ _ADDED_FITTED = {"validation_scores_": list,
                  # Fitted before the candidates were reported.
                  "candidate_lags_": lambda: np.array([], dtype=int),
                  "candidate_scores_": lambda: np.array([]),
-                 "lag_elbo_gain_": lambda: np.full(2, np.nan)}
+                 "lag_elbo_gain_": lambda: np.full(2, np.nan),
+                 # Fitted before the wells of two candidates were compared.
+                 "candidate_wells_": lambda: np.array([])}
 
 
 class InconsistentVersionWarning(UserWarning):

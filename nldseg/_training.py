@@ -32,6 +32,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,7 +139,11 @@ class TrainingResult:
     scores they were compared on; ``level_gain``: the best model of the
     higher level against the best of the lowest, ``(ELBO gain per step,
     its standard error)`` on the same held-out windows, NaN when not
-    compared (:func:`train`).
+    compared (:func:`train`). ``rival``: with ``finish_rival``, the index of
+    the best lowest-level model when a higher level won (None otherwise),
+    and ``rival_finish`` a function that trains it to the end (once) and
+    returns its own result; ``finish_warnings``: the warnings of the final
+    training, held back then for the caller to give for the model it keeps.
     """
 
     loss_curve: list
@@ -149,6 +154,9 @@ class TrainingResult:
     kept: int = 0
     restart_scores: list = field(default_factory=list)
     level_gain: tuple = (float("nan"), float("nan"))
+    rival: int | None = None
+    rival_finish: Callable[[], TrainingResult] | None = None
+    finish_warnings: list = field(default_factory=list)
 
 
 def split_validation(lengths: np.ndarray, fraction: float,
@@ -615,7 +623,7 @@ def _load_parameters(module, tensors: list) -> None:
 
 def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSettings,
           device: torch.device, seed: int, replicas: Replicas = SINGLE,
-          levels: list | None = None) -> TrainingResult:
+          levels: list | None = None, finish_rival: bool = False) -> TrainingResult:
     """Adam on the negative ELBO for at most ``max_iter`` steps (module docstring).
 
     ``modules``: the freshly built models, one or several (restarts, the
@@ -647,7 +655,11 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     (``LAG_KL_WARMUP_FACTOR``, :func:`_lagged_settings`).
     ``TrainingResult.level_gain`` reports the kept higher-level model against
     the best lowest-level one; ``restart_scores`` holds NaN for the models
-    never trained.
+    never trained. ``finish_rival``: when a higher level is kept, the best
+    lowest-level model can still be trained to the end of its schedule
+    (``TrainingResult.rival_finish``), so that the caller can prefer it on
+    other grounds; each final training's warnings are then held back in its
+    result's ``finish_warnings``.
 
     The models that train to the comparison point together do so side by
     side in ``settings.n_jobs`` worker processes
@@ -747,6 +759,7 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
         return max(indices, key=score)
 
     kept, gain = best(range(len(modules))), (float("nan"), float("nan"))
+    simple = None
     if len(set(levels)) > 1:
         simple = best([i for i in range(len(modules)) if levels[i] == base])
         other = best([i for i in range(len(modules))
@@ -771,8 +784,23 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
             kept = best([other, *rivals])
             if kept != other and held_simple:
                 gain = level_gain(kept)
-    if kept not in done:
-        done[kept] = runs[kept].finish()
+    rival = simple if finish_rival and kept != simple and levels[kept] != base else None
+
+    def finish(i):
+        if i not in done:
+            if rival is None:
+                done[i] = runs[i].finish()
+                return done[i]
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                done[i] = runs[i].finish()
+            done[i].finish_warnings = list(caught)
+        return done[i]
+
+    finish(kept)
+    if rival is not None:
+        done[kept].rival = rival
+        done[kept].rival_finish = lambda: finish(rival)
     done[kept].level_gain = gain
     return _kept(done[kept], kept, scores)
 

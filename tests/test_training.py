@@ -395,6 +395,40 @@ def test_a_higher_level_is_kept_only_when_clearly_better(gain, se, kept, monkeyp
     assert result.kept == kept and result.level_gain == (gain, se)
 
 
+@pytest.mark.parametrize("gain", [0.5, -0.3])
+def test_finish_rival_trains_the_best_lower_level_model_to_the_end(gain, monkeypatch):
+    """With ``finish_rival`` a won higher level leaves a function that trains
+    the best lowest-level model to the end, step for step as if it had been
+    kept (its own loss curve, its warnings held back), once; a lost one
+    leaves none."""
+    import warnings
+
+    from nldseg import _training
+
+    monkeypatch.setattr(_training, "_level_gain", lambda *args: (gain, 0.1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models, data, lengths, s = _restart_setup(2)
+        alone = _training.train(models[:1], [data], lengths, s, torch.device("cpu"),
+                                seed=3)
+        alone_params = [p.detach().clone() for p in models[0].parameters()]
+        models, data, lengths, s = _restart_setup(2)
+        result = _training.train(models, [data, data.clone()], lengths, s,
+                                 torch.device("cpu"), seed=3, levels=[0, 1],
+                                 finish_rival=True)
+    if gain < 0:
+        assert result.kept == 0 and result.rival is None and result.rival_finish is None
+        assert result.loss_curve == alone.loss_curve
+        return
+    assert result.kept == 1 and result.rival == 0
+    assert result.n_iter == len(result.loss_curve) > 0
+    assert isinstance(result.finish_warnings, list)
+    rival = result.rival_finish()
+    assert rival.loss_curve == alone.loss_curve and rival.n_iter == alone.n_iter
+    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), alone_params))
+    assert result.rival_finish() is rival  # Trained once.
+
+
 def test_without_held_out_data_a_higher_level_needs_a_higher_score():
     import warnings
     from dataclasses import replace
