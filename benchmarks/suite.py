@@ -308,6 +308,9 @@ def run_nldseg(train: list, test: list, seed: int, overrides: dict,
             # Each candidate model's lags and held-out ELBO when they were compared.
             "candidates": " ".join(f"{lag}:{score:.4f}" for lag, score in zip(
                 seg.candidate_lags_, seg.candidate_scores_)),
+            # The wells of the candidates whose energy was analysed (- for none).
+            "candidate_wells": " ".join("-" if np.isnan(w) else str(int(w))
+                                        for w in seg.candidate_wells_),
             "lag_gain": "{:.4f} +- {:.4f}".format(*seg.lag_elbo_gain_)}
 
 
@@ -356,6 +359,7 @@ def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
     rows[-1]["dwell"] = nld["dwell"]
     rows[-1]["n_lags"] = nld["n_lags"]  # The lags kept (n_lags="auto" may add one).
     rows[-1]["candidates"] = nld["candidates"]
+    rows[-1]["candidate_wells"] = nld["candidate_wells"]
     rows[-1]["lag_gain"] = nld["lag_gain"]
     for name, res in nld["also"].items():
         add(f"nldseg_{name}", res,
