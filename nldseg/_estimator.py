@@ -195,10 +195,12 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         recorded activity data (a smart watch's accelerometer and gyroscope,
         4 activities) 3 dimensions put two of the activities (running,
         badminton) in one well, and ``latent_dim=5`` told them apart
-        (accuracy 0.83 against 0.61 over 5 seeds; 4 did as well). Beyond 3
-        dimensions the basins have no lookup grid, so labelling is slower,
-        and the occupancy estimate was less accurate on simulated cases
-        (``benchmarks/RESULTS.md``).
+        (accuracy 0.83 against 0.61 over 5 seeds; 4 did as well; so did
+        ``n_lags=0`` with 3 dimensions, 0.80). Beyond 3 dimensions the
+        basins have no lookup grid, so labelling is slower (1.1-1.25x), the
+        occupancy estimate was less accurate on simulated cases, and on
+        simulated motion 4 dimensions found the right number of wells on 4
+        seeds of 8, against 6 with 3 (``benchmarks/RESULTS.md``).
     beta : float, default=1.0
         Inverse temperature. Fixed unless ``learn_langevin_params=True``, in
         which case it is only the starting value.
