@@ -215,14 +215,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     latent_dim : int, default=3
         Dimension ``d`` of the latent positions (the domain of ``E``). On
         recorded activity data (a smart watch's accelerometer and gyroscope,
-        4 activities) 3 dimensions put two of the activities (running,
-        badminton) in one well, and ``latent_dim=5`` told them apart
-        (accuracy 0.83 against 0.61 over 5 seeds; 4 did as well; so did
-        ``n_lags=0`` with 3 dimensions, 0.80). Beyond 3 dimensions the
-        basins have no lookup grid, so labelling is slower (1.1-1.25x), the
-        occupancy estimate was less accurate on simulated cases, and on
-        simulated motion 4 dimensions found the right number of wells on 4
-        seeds of 8, against 6 with 3 (``benchmarks/RESULTS.md``).
+        4 activities) the model reading one lag put two of the activities
+        (running, badminton) in one well with 3 dimensions, and
+        ``latent_dim=5`` told them apart (accuracy 0.83 against 0.61 over 5
+        seeds; 4 did as well). Single frames with 3 dimensions do too (0.80),
+        and ``n_lags="auto"`` now keeps them there (see ``n_lags``). Beyond 3
+        dimensions the basins have no lookup grid, so labelling is slower
+        (1.1-1.25x), the occupancy estimate was less accurate on simulated
+        cases, and on simulated motion 4 dimensions found the right number
+        of wells on 4 seeds of 8, against 6 with 3 (``benchmarks/RESULTS.md``).
     beta : float, default=1.0
         Inverse temperature. Fixed unless ``learn_langevin_params=True``, in
         which case it is only the starting value.
@@ -262,15 +263,21 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         the decoder's density of the newest observation, one observation per
         step either way.
         ``n_lags_`` says which was kept, ``lag_elbo_gain_`` the gain and its
-        standard error, ``candidate_scores_`` the restarts' scores. A lag
-        that wins by held-out ELBO but whose energy has a single well gives
-        way to the best single-frame model, trained to the end then, if that
-        model's energy has several (``candidate_wells_``; unless ``n_states``
-        is given): a decoder that reads the previous observation predicts a
-        smooth recording from it, and on recorded speech (nine voices taking
-        turns) the lag won by 12 nats per step while its latent path stopped
-        telling the voices apart (``benchmarks/RESULTS.md``). That costs the
-        rest of the frame model's schedule, only then. One lag
+        standard error, ``candidate_scores_`` the restarts' scores. When the
+        lag wins by held-out ELBO, the best single-frame model is trained to
+        the end as well and kept instead if it tells more states apart: its
+        energy has more wells, and (unless the lag's has a single one) its
+        posterior paths stay in a state at least half as long as the lag's
+        (``candidate_wells_``; not when ``n_states`` is given). A decoder that
+        reads the previous observation predicts a smooth recording from it,
+        so the lag wins by ELBO even where its latent path stops telling
+        apart states that the frames' law separates: on recorded speech it
+        won by 11-12 nats per step with one well for nine voices, on a smart
+        watch it merged two of four activities. Single frames with more
+        wells visited in fast turns cut states into phases instead (simulated
+        oscillations), and the lag is kept (``benchmarks/RESULTS.md``). The
+        second model costs the rest of its schedule whenever the lag wins.
+        One lag
         finds states that differ only in their dynamics (regimes of a vector
         autoregression with the same stationary law, where single frames give
         one well or spurious ones), and there its held-out ELBO is higher by
@@ -608,10 +615,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         trained on alone. Empty for a model saved before these existed.
     candidate_wells_ : ndarray of shape (n_candidates,)
         Wells (states) of the candidates whose energy was analysed: the kept
-        one, and with ``n_lags="auto"``, when the lag won by held-out ELBO
-        with a single well, the best single-frame model too (see
-        ``n_lags``); NaN for the others. Empty for a model saved before it
-        existed.
+        one, and with ``n_lags="auto"``, when the lag won by held-out ELBO,
+        the best single-frame model too (see ``n_lags``); NaN for the
+        others. Empty for a model saved before it existed.
     lag_elbo_gain_ : ndarray of shape (2,)
         With ``n_lags="auto"``: how much higher the held-out ELBO per step
         of the candidate with one lag was than the best single-frame one's,
@@ -898,8 +904,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 "; if the states may differ in how an observation follows the "
                 "previous ones rather than in the observations' law, set n_lags=1 "
                 "or more" if self.n_lags == 0 else
-                " (n_lags='auto' compared single frames with one lag and kept "
-                "the better held-out ELBO)" if self.n_lags == "auto" else "")
+                " (n_lags='auto' compared single frames with one lag; "
+                "candidate_scores_ and candidate_wells_ say what it found)"
+                if self.n_lags == "auto" else "")
             warnings.warn(
                 "The learned energy has a single well, so every step gets the same "
                 "label. If the data should hold several states: give training more "
