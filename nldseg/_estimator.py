@@ -277,8 +277,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         wells visited in fast turns cut states into phases instead (simulated
         oscillations), and the lag is kept (``benchmarks/RESULTS.md``). The
         second model costs the rest of its schedule whenever the lag wins.
-        One lag
-        finds states that differ only in their dynamics (regimes of a vector
+        One lag finds states that differ only in their dynamics (regimes of a vector
         autoregression with the same stationary law, where single frames give
         one well or spurious ones), and there its held-out ELBO is higher by
         about 3 nats per step; where the states differ in the frames' law the
@@ -954,7 +953,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         if result.rival is not None:
             # The lag won by held-out ELBO: the best single-frame model is
             # trained to the end too, and kept if it tells more states apart.
-            rival_result = result.rival_finish()
+            rival_result = result.rival_result
             rival = freeze(modules[result.rival])
             rival_fit = self._fit_landscape(rival, frames[0].cpu().numpy(), seqs,
                                             seeds[2:], self.min_state_fraction)
