@@ -120,14 +120,6 @@ _KINETICS_RULES = {"n_trajectories": IntParam(1), "n_steps": IntParam(1),
 _CLOCK_CORE_FRACTION = 0.5
 #: Most latent points one prior simulation may record (memory bound).
 _MAX_PRIOR_POINTS = 20_000_000
-#: A single-frame model with more wells than the lag model that beat it by
-#: held-out ELBO is kept only if its posterior paths stay in a state at least
-#: this fraction as long as the lag model's do (``training_dwell_time_``): more
-#: wells visited in fast turns cut states into phases. Measured: single frames
-#: that found the activities of a smart watch stayed 0.76-1.32x as long as the
-#: lag (which merged two), those that cut simulated oscillations by phase
-#: 0.06-0.29x (``benchmarks/RESULTS.md``).
-_MIN_FRAME_DWELL_RATIO = 0.5
 
 
 #: The arguments of the prior simulation that the kinetics methods share, as
@@ -174,20 +166,6 @@ def _restart_seeds(seed: int, n_init: int) -> list[int]:
                      for i in range(1, n_init)]
 
 
-def _frames_tell_more(lag_fit: tuple, frame_fit: tuple) -> bool:
-    """Whether a single-frame model's wells should replace a lag model's.
-
-    Each fit is ``(landscape, clock, dwell)`` from
-    :meth:`LangevinSegmenter._fit_landscape`. The frames are kept if their
-    energy has more wells and the lag's has one, or if their posterior paths
-    stay in a state at least :data:`_MIN_FRAME_DWELL_RATIO` times as long.
-    """
-    lag_wells, frame_wells = lag_fit[0].n_states, frame_fit[0].n_states
-    if frame_wells <= lag_wells:
-        return False
-    return lag_wells == 1 or frame_fit[2] >= _MIN_FRAME_DWELL_RATIO * lag_fit[2]
-
-
 class LangevinSegmenter(DensityMixin, BaseEstimator):
     r"""Unsupervised, online segmentation of sequences by Neural Langevin Dynamics.
 
@@ -218,8 +196,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         4 activities) the model reading one lag put two of the activities
         (running, badminton) in one well with 3 dimensions, and
         ``latent_dim=5`` told them apart (accuracy 0.83 against 0.61 over 5
-        seeds; 4 did as well). Single frames with 3 dimensions do too (0.80),
-        and ``n_lags="auto"`` now keeps them there (see ``n_lags``). Beyond 3
+        seeds; 4 did as well). So do single frames with 3 dimensions
+        (``n_lags=0``: 0.80; see ``n_lags``). Beyond 3
         dimensions the basins have no lookup grid, so labelling is slower
         (1.1-1.25x), the occupancy estimate was less accurate on simulated
         cases, and on simulated motion 4 dimensions found the right number
@@ -263,21 +241,21 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         the decoder's density of the newest observation, one observation per
         step either way.
         ``n_lags_`` says which was kept, ``lag_elbo_gain_`` the gain and its
-        standard error, ``candidate_scores_`` the restarts' scores. When the
-        lag wins by held-out ELBO, the best single-frame model is trained to
-        the end as well and kept instead if it tells more states apart: its
-        energy has more wells, and (unless the lag's has a single one) its
-        posterior paths stay in a state at least half as long as the lag's
-        (``candidate_wells_``; not when ``n_states`` is given). A decoder that
-        reads the previous observation predicts a smooth recording from it,
-        so the lag wins by ELBO even where its latent path stops telling
-        apart states that the frames' law separates: on recorded speech it
-        won by 11-12 nats per step with one well for nine voices, on a smart
-        watch it merged two of four activities. Single frames with more
-        wells visited in fast turns cut states into phases instead (simulated
-        oscillations), and the lag is kept (``benchmarks/RESULTS.md``). The
-        second model costs the rest of its schedule whenever the lag wins.
-        One lag finds states that differ only in their dynamics (regimes of a vector
+        standard error, ``candidate_scores_`` the restarts' scores. A lag
+        that wins by held-out ELBO but whose energy has a single well gives
+        way to the best single-frame model, trained to the end then, if that
+        model's energy has several (``candidate_wells_``; unless ``n_states``
+        is given): a decoder that reads the previous observation predicts a
+        smooth recording from it, and on recorded speech (nine voices taking
+        turns) the lag won by 12 nats per step while its latent path stopped
+        telling the voices apart. A lag with several wells is kept: on a
+        smart watch single frames found the four activities where the lag
+        merged two (``n_lags=0`` is better there), but on simulated
+        oscillations they cut activities by phase, and neither the number of
+        wells nor how long the states last told the two apart
+        (``benchmarks/RESULTS.md``). The fallback costs the rest of the frame
+        model's schedule, only when it is looked at. One lag finds states
+        that differ only in their dynamics (regimes of a vector
         autoregression with the same stationary law, where single frames give
         one well or spurious ones), and there its held-out ELBO is higher by
         about 3 nats per step; where the states differ in the frames' law the
@@ -614,9 +592,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         trained on alone. Empty for a model saved before these existed.
     candidate_wells_ : ndarray of shape (n_candidates,)
         Wells (states) of the candidates whose energy was analysed: the kept
-        one, and with ``n_lags="auto"``, when the lag won by held-out ELBO,
-        the best single-frame model too (see ``n_lags``); NaN for the
-        others. Empty for a model saved before it existed.
+        one, and with ``n_lags="auto"``, when the lag won by held-out ELBO
+        with a single well, the best single-frame model too (see
+        ``n_lags``); NaN for the others. Empty for a model saved before it
+        existed.
     lag_elbo_gain_ : ndarray of shape (2,)
         With ``n_lags="auto"``: how much higher the held-out ELBO per step
         of the candidate with one lag was than the best single-frame one's,
@@ -951,15 +930,18 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                   seeds[2:], self.min_state_fraction)
         wells[kept] = fit[0].n_states
         if result.rival is not None:
-            # The lag won by held-out ELBO: the best single-frame model is
-            # trained to the end too, and kept if it tells more states apart.
-            rival_result = result.rival_result
-            rival = freeze(modules[result.rival])
-            rival_fit = self._fit_landscape(rival, frames[0].cpu().numpy(), seqs,
-                                            seeds[2:], self.min_state_fraction)
-            wells[result.rival] = rival_fit[0].n_states
-            if _frames_tell_more(fit, rival_fit):
-                kept, used, module, fit = result.rival, rival_result, rival, rival_fit
+            # The lag won by held-out ELBO. If its energy has a single well, the
+            # best single-frame model is trained to the end and kept instead
+            # when its energy has several.
+            if fit[0].n_states == 1:
+                rival_result = result.rival_finish()
+                rival = freeze(modules[result.rival])
+                rival_fit = self._fit_landscape(rival, frames[0].cpu().numpy(), seqs,
+                                                seeds[2:], self.min_state_fraction)
+                wells[result.rival] = rival_fit[0].n_states
+                if rival_fit[0].n_states > 1:
+                    kept, used, module, fit = (result.rival, rival_result, rival,
+                                               rival_fit)
             for w in used.finish_warnings:
                 warnings.warn(w.message, stacklevel=2)
         del modules, frames

@@ -160,8 +160,8 @@ def test_auto_lags_keep_one_lag_where_only_dynamics_tell_the_states(lagged_regim
                                                                      monkeypatch):
     """On regimes with the same N(0, I) frames, "auto" trains a frame model and
     a model with one lag side by side and keeps the lag: its held-out ELBO is
-    higher by far, and it finds the 3 regimes. The frame model, trained to the
-    end too, does not tell more states apart."""
+    higher by far, and it finds the 3 regimes (so the frame model's wells are
+    not looked for)."""
     import warnings
 
     from conftest import TINY
@@ -183,9 +183,8 @@ def test_auto_lags_keep_one_lag_where_only_dynamics_tell_the_states(lagged_regim
     gain, se = seg.lag_elbo_gain_  # Paired, on the same held-out windows.
     assert gain > 0.5 and gain > 2 * se, seg.lag_elbo_gain_
     assert seg.module_ is calls[0][1]
-    assert fractions == [0.005, 0.005]  # A kept lag asks no more of a state.
-    frame_wells, lag_wells = seg.candidate_wells_
-    assert lag_wells == 3 and np.isfinite(frame_wells), seg.candidate_wells_
+    assert fractions == [0.005]  # A kept lag asks no more of a state.
+    np.testing.assert_array_equal(seg.candidate_wells_, [np.nan, 3])
     assert seg.n_states_ == 3
     assert segmentation_accuracy(y_test, seg.predict(X_test)) > 0.9
     assert not [w for w in caught if "single well" in str(w.message)]
@@ -243,47 +242,43 @@ def test_candidates_and_the_kept_one(n_lags, n_init, lags, kept, lagged_regimes,
     assert seg.predict(X).shape == X.shape[:2]
 
 
-@pytest.mark.parametrize("frame_wells, frame_dwell, lag_wells, lag_dwell, kept_lag", [
-    (4, 10.0, 1, 500.0, 0),   # The lag has one well: frames with several.
-    (5, 80.0, 4, 70.0, 0),    # More wells, states as lasting: frames.
-    (5, 35.0, 4, 70.0, 0),    # ... at half the lag's dwell still.
-    (11, 50.0, 4, 800.0, 1),  # More wells visited in fast turns: the lag.
-    (3, 100.0, 3, 50.0, 1),   # As many wells: the lag, which won by ELBO.
-    (1, 100.0, 1, 100.0, 1)])
-def test_frames_that_tell_more_states_replace_a_lag_that_won_by_elbo(
-        frame_wells, frame_dwell, lag_wells, lag_dwell, kept_lag, lagged_regimes,
-        monkeypatch):
-    """When the lag wins by held-out ELBO, the best frame model is trained to
-    the end and kept instead if its energy has more wells and, unless the
-    lag's has one, its posterior paths stay in a state at least half as long;
-    each model's own training record and final warnings come with it
-    (stand-ins for training and the well search: the decision alone)."""
+@pytest.mark.parametrize("frame_wells, lag_wells, kept_lag", [
+    (4, 1, 0), (3, 2, 1), (1, 1, 1)])
+def test_a_lag_with_a_single_well_gives_way_to_frames_with_several(
+        frame_wells, lag_wells, kept_lag, lagged_regimes, monkeypatch):
+    """When the lag wins by held-out ELBO with a single well, the best frame
+    model is trained to the end and kept instead if its energy has several
+    wells; each model's own training record and final warnings come with it.
+    A lag with several wells finishes nothing more (stand-ins for training
+    and the well search: the decision alone)."""
     import types
     import warnings
 
     from nldseg import _estimator
     from nldseg._training import TrainingResult
-    seen = {}
+    seen = {"finished": 0}
 
     def said(text):  # As warnings.catch_warnings(record=True) keeps them.
         return warnings.WarningMessage(UserWarning(text), UserWarning, __file__, 1)
 
+    def finish_frames():
+        seen["finished"] += 1
+        return TrainingResult([2.0, 1.0], 2, True, [-1.0],
+                              finish_warnings=[said("frame model's")])
+
     def fake_train(modules, data, *args, finish_rival=False, **kwargs):
         seen["finish_rival"] = finish_rival
         seen["modules"] = modules
-        frames = TrainingResult([2.0, 1.0], 2, True, [-1.0],
-                                finish_warnings=[said("frame model's")])
         return TrainingResult([3.0], 1, False, [-0.5], kept=2,
                               restart_scores=[-1.0, -2.0, -0.5, float("nan")],
-                              level_gain=(0.5, 0.1), rival=0, rival_result=frames,
+                              level_gain=(0.5, 0.1), rival=0, rival_finish=finish_frames,
                               finish_warnings=[said("lag model's")])
 
     def fake_landscape(self, module, z_data, *args):
-        lag = module is seen["modules"][2]
-        wells = lag_wells if lag else frame_wells
+        wells = lag_wells if module is seen["modules"][2] else frame_wells
         landscape = types.SimpleNamespace(n_states=wells,
                                           occupancy=lambda kind: np.full(wells, 1 / wells))
-        return landscape, 1.0, lag_dwell if lag else frame_dwell
+        return landscape, 1.0, 10.0
 
     monkeypatch.setattr(_estimator, "train", fake_train)
     monkeypatch.setattr(LangevinSegmenter, "_fit_landscape", fake_landscape)
@@ -293,11 +288,12 @@ def test_frames_that_tell_more_states_replace_a_lag_that_won_by_elbo(
         seg = LangevinSegmenter(device="cpu", hidden_size=8, context_size=4,
                                 random_state=0).fit(X)
     assert seen["finish_rival"] is True
-    np.testing.assert_array_equal(seg.candidate_wells_,
-                                  [frame_wells, np.nan, lag_wells, np.nan])
+    assert seen["finished"] == (lag_wells == 1)
+    np.testing.assert_array_equal(
+        seg.candidate_wells_,
+        [frame_wells if lag_wells == 1 else np.nan, np.nan, lag_wells, np.nan])
     assert seg.n_lags_ == kept_lag
     assert seg.n_states_ == (lag_wells if kept_lag else frame_wells)
-    assert seg.training_dwell_time_ == (lag_dwell if kept_lag else frame_dwell)
     assert seg.module_ is seen["modules"][2 if kept_lag else 0]
     assert seg.loss_curve_ == ([3.0] if kept_lag else [2.0, 1.0])
     assert seg.converged_ is (not kept_lag)
