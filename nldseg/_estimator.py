@@ -49,6 +49,7 @@ from nldseg._kinetics import (
 from nldseg._landscape import EnergyLandscape, build_landscape, join_states
 from nldseg._model import NeuralLangevinVAE, build_model, freeze
 from nldseg._parallel import check_jobs
+from nldseg._switching_ar import segmentation_score
 from nldseg._threads import check_threads, torch_threads
 from nldseg._training import LEARNING_RATES, TrainingSettings, train
 from nldseg._validation import (
@@ -592,10 +593,16 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         trained on alone. Empty for a model saved before these existed.
     candidate_wells_ : ndarray of shape (n_candidates,)
         Wells (states) of the candidates whose energy was analysed: the kept
-        one, and with ``n_lags="auto"``, when the lag won by held-out ELBO
-        with a single well, the best single-frame model too (see
-        ``n_lags``); NaN for the others. Empty for a model saved before it
-        existed.
+        one, and with ``n_lags="auto"``, when the lag won by held-out ELBO,
+        the best single-frame model too (see ``n_lags``); NaN for the
+        others. Empty for a model saved before it existed.
+    candidate_state_scores_ : ndarray of shape (n_candidates,)
+        With ``n_lags="auto"``, when the lag won by held-out ELBO and both it
+        and the best single-frame model have several wells: how well each
+        one's labels explain the held-out steps, the mean log-likelihood per
+        step of a switching AR(1) model fitted to its labels of the training
+        steps (higher is better; the one kept is the higher, see
+        ``n_lags``); NaN otherwise. Empty for a model saved before it existed.
     lag_elbo_gain_ : ndarray of shape (2,)
         With ``n_lags="auto"``: how much higher the held-out ELBO per step
         of the candidate with one lag was than the best single-frame one's,
@@ -929,19 +936,31 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         fit = self._fit_landscape(module, frames[lags[kept]].cpu().numpy(), seqs,
                                   seeds[2:], self.min_state_fraction)
         wells[kept] = fit[0].n_states
+        state_scores = np.full(len(candidates), np.nan)
         if result.rival is not None:
-            # The lag won by held-out ELBO. If its energy has a single well, the
-            # best single-frame model is trained to the end and kept instead
-            # when its energy has several.
-            if fit[0].n_states == 1:
-                rival_result = result.rival_finish()
-                rival = freeze(modules[result.rival])
-                rival_fit = self._fit_landscape(rival, frames[0].cpu().numpy(), seqs,
-                                                seeds[2:], self.min_state_fraction)
-                wells[result.rival] = rival_fit[0].n_states
-                if rival_fit[0].n_states > 1:
-                    kept, used, module, fit = (result.rival, rival_result, rival,
-                                               rival_fit)
+            # The lag won by held-out ELBO. The best single-frame model is
+            # trained to the end too, and kept instead when its energy has
+            # several wells and the lag's has one, or when both have several
+            # and its labels explain the held-out steps better.
+            rival_result = result.rival_finish()
+            rival = freeze(modules[result.rival])
+            rival_fit = self._fit_landscape(rival, frames[0].cpu().numpy(), seqs,
+                                            seeds[2:], self.min_state_fraction)
+            wells[result.rival] = rival_fit[0].n_states
+            if rival_fit[0].n_states > 1 and fit[0].n_states > 1:
+                rows = (data - mean) / scale
+                for i, mod, (land, _, dwell) in ((kept, module, fit),
+                                                 (result.rival, rival, rival_fit)):
+                    labels = self._labels(Sequences(frames[lags[i]].cpu().numpy(),
+                                                    seqs.lengths, seqs.form),
+                                          mod, land, dwell)
+                    state_scores[i] = segmentation_score(
+                        rows, labels, land.n_states, result.train_segments,
+                        result.held_segments)
+            if rival_fit[0].n_states > 1 and (
+                    fit[0].n_states == 1
+                    or state_scores[result.rival] > state_scores[kept]):
+                kept, used, module, fit = result.rival, rival_result, rival, rival_fit
             for w in used.finish_warnings:
                 warnings.warn(w.message, stacklevel=2)
         del modules, frames
@@ -965,6 +984,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             "candidate_lags_": np.array(lags),
             "candidate_scores_": scores,
             "candidate_wells_": wells,
+            "candidate_state_scores_": state_scores,
             "lag_elbo_gain_": np.array(result.level_gain, dtype=float),
             "_oldest_first": True,  # Older fits embedded the newest observation first.
         }
@@ -1051,17 +1071,21 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """Seed of the inference draws, from ``random_state``."""
         return int(check_random_state(self.random_state).randint(0, 2**31 - 1))
 
-    def _sampler(self) -> PosteriorSampler:
-        """The fitted model's posterior sampler, seeded from ``random_state``."""
-        return PosteriorSampler(self.module_, self.dt, self.n_paths, self._seed(),
-                                self.solver)
+    def _sampler(self, module=None) -> PosteriorSampler:
+        """The posterior sampler of ``module`` (else the fitted one), seeded."""
+        return PosteriorSampler(self.module_ if module is None else module, self.dt,
+                                self.n_paths, self._seed(), self.solver)
 
-    def _filter(self) -> ParticleFilter | None:
-        """The particle filter that labels steps; None when ``inference="paths"``."""
+    def _filter(self, module=None, landscape=None) -> ParticleFilter | None:
+        """The particle filter that labels steps; None when ``inference="paths"``.
+
+        Of ``module`` and ``landscape`` when given, else of the fitted ones.
+        """
         if self.inference == "paths":
             return None
-        return ParticleFilter(self.module_, self.energy_, self.dt, self.n_particles,
-                              self.prior_weight, self._seed())
+        return ParticleFilter(self.module_ if module is None else module,
+                              self.energy_ if landscape is None else landscape,
+                              self.dt, self.n_particles, self.prior_weight, self._seed())
 
     def predict_proba(self, X, *, lengths=None):
         """Probability of each state at every time step (online).
@@ -1091,15 +1115,28 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seqs = self._prepare(X, lengths)
         return format_output(seqs, self._proba(seqs))
 
-    def _proba(self, seqs: Sequences) -> np.ndarray:
-        d = self.module_.latent_dim
+    def _proba(self, seqs: Sequences, module=None, landscape=None) -> np.ndarray:
+        """State probabilities of model frames, by ``module`` and ``landscape``
+        (the fitted ones when not given)."""
+        module = self.module_ if module is None else module
+        landscape = self.energy_ if landscape is None else landscape
+        d = module.latent_dim
         with torch_threads(self.n_threads):
-            particle_filter = self._filter()
+            particle_filter = self._filter(module, landscape)
             if particle_filter is not None:
-                return particle_filter.proba(seqs, self.n_states_)
-            return self._sampler().map_paths(
-                seqs, lambda z: self.energy_.state_fractions(z[..., :d]),
-                (self.n_states_,), np.float64)
+                return particle_filter.proba(seqs, landscape.n_states)
+            return self._sampler(module).map_paths(
+                seqs, lambda z: landscape.state_fractions(z[..., :d]),
+                (landscape.n_states,), np.float64)
+
+    def _labels(self, seqs: Sequences, module=None, landscape=None,
+                dwell: float | None = None) -> np.ndarray:
+        """:meth:`predict`'s labels of model frames (rows end to end), by the
+        fitted model or by ``module``, ``landscape`` and their training ``dwell``."""
+        dwell = self.training_dwell_time_ if dwell is None else dwell
+        hold = hold_steps(self.switch_hold, dwell)
+        return np.concatenate([hysteresis_labels(p, self.switch_margin, hold=hold)
+                               for p in seqs.split(self._proba(seqs, module, landscape))])
 
     def predict(self, X, *, lengths=None):
         """State label of every time step (online), from ``predict_proba``.
@@ -1125,10 +1162,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             Integer states in ``0..n_states_-1``; mirrors the form of ``X``.
         """
         seqs = self._prepare(X, lengths)
-        hold = hold_steps(self.switch_hold, self.training_dwell_time_)
-        labels = [hysteresis_labels(p, self.switch_margin, hold=hold)
-                  for p in seqs.split(self._proba(seqs))]
-        return format_output(seqs, np.concatenate(labels))
+        return format_output(seqs, self._labels(seqs))
 
     def fit_predict(self, X, y=None, *, lengths=None):
         """Fit, then label the training sequences; same as ``fit(X).predict(X)``.

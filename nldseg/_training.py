@@ -143,7 +143,9 @@ class TrainingResult:
     the best lowest-level model when a higher level won (None otherwise),
     and ``rival_finish`` a function that trains it to the end (once) and
     returns its own result; ``finish_warnings``: the warnings of the final
-    training, held back then for the caller to give for the model it keeps.
+    training, held back then for the caller to give for the model it keeps;
+    ``train_segments``, ``held_segments``: the ``(start, length)`` runs of
+    data rows trained on and held out (:func:`split_validation`).
     """
 
     loss_curve: list
@@ -157,6 +159,8 @@ class TrainingResult:
     rival: int | None = None
     rival_finish: Callable[[], TrainingResult] | None = None
     finish_warnings: list = field(default_factory=list)
+    train_segments: list = field(default_factory=list)
+    held_segments: list = field(default_factory=list)
 
 
 def split_validation(lengths: np.ndarray, fraction: float,
@@ -802,6 +806,7 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
         done[kept].rival = rival
         done[kept].rival_finish = lambda: finish(rival)
     done[kept].level_gain = gain
+    done[kept].train_segments, done[kept].held_segments = train_segments, val_segments
     return _kept(done[kept], kept, scores)
 
 

@@ -160,8 +160,7 @@ def test_auto_lags_keep_one_lag_where_only_dynamics_tell_the_states(lagged_regim
                                                                      monkeypatch):
     """On regimes with the same N(0, I) frames, "auto" trains a frame model and
     a model with one lag side by side and keeps the lag: its held-out ELBO is
-    higher by far, and it finds the 3 regimes (so the frame model's wells are
-    not looked for)."""
+    higher by far, and it finds the 3 regimes."""
     import warnings
 
     from conftest import TINY
@@ -183,8 +182,11 @@ def test_auto_lags_keep_one_lag_where_only_dynamics_tell_the_states(lagged_regim
     gain, se = seg.lag_elbo_gain_  # Paired, on the same held-out windows.
     assert gain > 0.5 and gain > 2 * se, seg.lag_elbo_gain_
     assert seg.module_ is calls[0][1]
-    assert fractions == [0.005]  # A kept lag asks no more of a state.
-    np.testing.assert_array_equal(seg.candidate_wells_, [np.nan, 3])
+    # A kept lag asks no more of a state. The frame model's wells were looked
+    # for too: one, so no labels were compared.
+    assert fractions == [0.005, 0.005]
+    np.testing.assert_array_equal(seg.candidate_wells_, [1, 3])
+    assert np.isnan(seg.candidate_state_scores_).all()
     assert seg.n_states_ == 3
     assert segmentation_accuracy(y_test, seg.predict(X_test)) > 0.9
     assert not [w for w in caught if "single well" in str(w.message)]
@@ -242,21 +244,26 @@ def test_candidates_and_the_kept_one(n_lags, n_init, lags, kept, lagged_regimes,
     assert seg.predict(X).shape == X.shape[:2]
 
 
-@pytest.mark.parametrize("frame_wells, lag_wells, kept_lag", [
-    (4, 1, 0), (3, 2, 1), (1, 1, 1)])
-def test_a_lag_with_a_single_well_gives_way_to_frames_with_several(
-        frame_wells, lag_wells, kept_lag, lagged_regimes, monkeypatch):
-    """When the lag wins by held-out ELBO with a single well, the best frame
-    model is trained to the end and kept instead if its energy has several
-    wells; each model's own training record and final warnings come with it.
-    A lag with several wells finishes nothing more (stand-ins for training
-    and the well search: the decision alone)."""
+@pytest.mark.parametrize("frame_wells, lag_wells, frames_explain_better, kept_lag", [
+    (4, 1, False, 0), (3, 2, True, 0), (3, 2, False, 1), (1, 3, True, 1),
+    (1, 1, True, 1)])
+def test_a_lag_gives_way_to_frames_whose_states_explain_more(
+        frame_wells, lag_wells, frames_explain_better, kept_lag, lagged_regimes,
+        monkeypatch):
+    """When the lag wins by held-out ELBO, the best frame model is trained to
+    the end too and kept instead if its energy has several wells and the lag's
+    has one, or both have several and its labels explain the held-out steps
+    better (the segmentation score, on the training split's segments); each
+    model's own training record and final warnings come with it (stand-ins
+    for training, the well search, the labels and the score: the decision
+    alone)."""
     import types
     import warnings
 
     from nldseg import _estimator
     from nldseg._training import TrainingResult
-    seen = {"finished": 0}
+    seen = {"finished": 0, "scored": []}
+    split = ([(0, 30), (40, 30)], [(30, 10), (70, 10)])
 
     def said(text):  # As warnings.catch_warnings(record=True) keeps them.
         return warnings.WarningMessage(UserWarning(text), UserWarning, __file__, 1)
@@ -272,26 +279,45 @@ def test_a_lag_with_a_single_well_gives_way_to_frames_with_several(
         return TrainingResult([3.0], 1, False, [-0.5], kept=2,
                               restart_scores=[-1.0, -2.0, -0.5, float("nan")],
                               level_gain=(0.5, 0.1), rival=0, rival_finish=finish_frames,
-                              finish_warnings=[said("lag model's")])
+                              finish_warnings=[said("lag model's")],
+                              train_segments=split[0], held_segments=split[1])
 
     def fake_landscape(self, module, z_data, *args):
-        wells = lag_wells if module is seen["modules"][2] else frame_wells
-        landscape = types.SimpleNamespace(n_states=wells,
+        frames = module is seen["modules"][0]
+        wells = frame_wells if frames else lag_wells
+        landscape = types.SimpleNamespace(n_states=wells, frames=frames,
                                           occupancy=lambda kind: np.full(wells, 1 / wells))
         return landscape, 1.0, 10.0
 
+    def fake_labels(self, seqs, module, landscape, dwell):
+        assert seqs.data.shape[1] == (4 if landscape.frames else 8)
+        return np.full(len(seqs.data), int(landscape.frames))
+
+    def fake_score(rows, labels, n_states, train_segments, held_segments):
+        seen["scored"].append(n_states)
+        assert (train_segments, held_segments) == split
+        assert rows.shape == (len(labels), 4)
+        return float(labels[0] == frames_explain_better)
+
     monkeypatch.setattr(_estimator, "train", fake_train)
+    monkeypatch.setattr(_estimator, "segmentation_score", fake_score)
     monkeypatch.setattr(LangevinSegmenter, "_fit_landscape", fake_landscape)
+    monkeypatch.setattr(LangevinSegmenter, "_labels", fake_labels)
     X = lagged_regimes[0][:6]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         seg = LangevinSegmenter(device="cpu", hidden_size=8, context_size=4,
                                 random_state=0).fit(X)
     assert seen["finish_rival"] is True
-    assert seen["finished"] == (lag_wells == 1)
+    assert seen["finished"] == 1
+    compared = frame_wells > 1 and lag_wells > 1
+    assert seen["scored"] == ([lag_wells, frame_wells] if compared else [])
+    np.testing.assert_array_equal(seg.candidate_wells_,
+                                  [frame_wells, np.nan, lag_wells, np.nan])
     np.testing.assert_array_equal(
-        seg.candidate_wells_,
-        [frame_wells if lag_wells == 1 else np.nan, np.nan, lag_wells, np.nan])
+        seg.candidate_state_scores_,
+        [float(frames_explain_better), np.nan, float(not frames_explain_better),
+         np.nan] if compared else np.full(4, np.nan))
     assert seg.n_lags_ == kept_lag
     assert seg.n_states_ == (lag_wells if kept_lag else frame_wells)
     assert seg.module_ is seen["modules"][2 if kept_lag else 0]
