@@ -243,19 +243,27 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         step either way.
         ``n_lags_`` says which was kept, ``lag_elbo_gain_`` the gain and its
         standard error, ``candidate_scores_`` the restarts' scores. A lag
-        that wins by held-out ELBO but whose energy has a single well gives
-        way to the best single-frame model, trained to the end then, if that
-        model's energy has several (``candidate_wells_``; unless ``n_states``
-        is given): a decoder that reads the previous observation predicts a
-        smooth recording from it, and on recorded speech (nine voices taking
-        turns) the lag won by 12 nats per step while its latent path stopped
-        telling the voices apart. A lag with several wells is kept: on a
-        smart watch single frames found the four activities where the lag
-        merged two (``n_lags=0`` is better there), but on simulated
-        oscillations they cut activities by phase, and neither the number of
-        wells nor how long the states last told the two apart
-        (``benchmarks/RESULTS.md``). The fallback costs the rest of the frame
-        model's schedule, only when it is looked at. One lag finds states
+        that wins by held-out ELBO must then also give the better states
+        (unless ``n_states`` is given): the best single-frame model is
+        trained to the end too, and kept instead when its energy has several
+        wells (``candidate_wells_``) and either the lag's has one, or its
+        labels explain the held-out steps better
+        (``candidate_state_scores_``). Each of the two labels the training
+        steps as :meth:`predict` does; a switching AR(1) model (in each
+        state ``x_t = b_k + A_k x_{t-1} + noise_k``, Markov switching) is
+        fitted to its labels of the steps trained on, and its log-likelihood
+        per held-out step is the score: the same form for both, asked of the
+        labels alone. The ELBO judges the observations' density, and a
+        decoder that reads the previous observation predicts a smooth
+        recording from it whatever the state: on recorded speech (nine
+        voices taking turns) the lag won by 12 nats per step while its
+        latent path stopped telling the voices apart, and on a smart watch
+        it merged two of four activities. Single frames that cut an
+        oscillation by phase pay in the score for their many changes and
+        for pieces that mix activities, and the lag is kept there
+        (``benchmarks/RESULTS.md``). This costs the rest of the frame
+        model's schedule and labelling the training data twice, only when
+        the lag wins. One lag finds states
         that differ only in their dynamics (regimes of a vector
         autoregression with the same stationary law, where single frames give
         one well or spurious ones), and there its held-out ELBO is higher by
