@@ -24,7 +24,9 @@ whose dynamics mix several states.
 
 :func:`fit_switching_ar` fits it (ridge regression per state, covariances
 shrunk towards the pooled one, transitions with one pseudo-count each);
-:func:`switching_ar_log_likelihood` scores labelled steps under it. Both take
+:func:`segment_log_likelihoods` and :func:`switching_ar_log_likelihood`
+score labelled steps under it, and :func:`segmentation_scores` does both,
+fitted on some segments and scored on others. They take
 the rows (standardised observations), the labels and the segments ``(start,
 length)`` of those rows to use: pairs of consecutive rows within a segment.
 """
@@ -116,13 +118,45 @@ def fit_switching_ar(rows: np.ndarray, labels: np.ndarray, segments: list,
     return SwitchingAR(weights, trils, np.log(row_stochastic(counts + 1.0)))
 
 
+def segment_log_likelihoods(model: SwitchingAR, rows: np.ndarray, labels: np.ndarray,
+                            segments: list) -> tuple:
+    """Summed log-likelihood of each segment's labelled steps, and their count.
+
+    Each step after the first of a segment counts ``log N(x_t; b_k + A_k
+    x_{t-1}, Sigma_k) + log T[s_{t-1}, s_t]``.
+
+    Parameters
+    ----------
+    model : SwitchingAR
+        From :func:`fit_switching_ar`.
+    rows, labels, segments
+        As for :func:`fit_switching_ar`, standardised alike.
+
+    Returns
+    -------
+    sums : ndarray of shape (n_segments,)
+    steps : ndarray of shape (n_segments,)
+        ``length - 1`` of each segment (0 for a single step).
+    """
+    design, target, before, after = _pairs(rows, labels, segments)
+    d = rows.shape[1]
+    mean = np.einsum("ni,nij->nj", design, model.weights[after])
+    trils = model.scale_trils[after]
+    white = np.linalg.solve(trils, (target - mean)[..., None])[..., 0]
+    log_det = np.log(np.diagonal(trils, axis1=1, axis2=2)).sum(1)
+    log_p = (-0.5 * (white * white).sum(1) - log_det - 0.5 * d * np.log(2 * np.pi)
+             + model.log_transitions[before, after])
+    steps = np.array([max(n - 1, 0) for _, n in segments], dtype=np.int64)
+    owner = np.repeat(np.arange(len(segments)), steps)
+    return np.bincount(owner, weights=log_p, minlength=len(segments)), steps
+
+
 def switching_ar_log_likelihood(model: SwitchingAR, rows: np.ndarray,
                                 labels: np.ndarray, segments: list) -> float:
     """Mean log-likelihood per step of labelled rows under ``model``.
 
-    Each step after the first of a segment counts ``log N(x_t; b_k + A_k
-    x_{t-1}, Sigma_k) + log T[s_{t-1}, s_t]``; NaN when the segments hold no
-    such step.
+    The sums of :func:`segment_log_likelihoods` over their steps; NaN when
+    the segments hold no step after a first.
 
     Parameters
     ----------
@@ -135,26 +169,19 @@ def switching_ar_log_likelihood(model: SwitchingAR, rows: np.ndarray,
     -------
     float
     """
-    design, target, before, after = _pairs(rows, labels, segments)
-    if not len(target):
-        return float("nan")
-    d = rows.shape[1]
-    mean = np.einsum("ni,nij->nj", design, model.weights[after])
-    trils = model.scale_trils[after]
-    white = np.linalg.solve(trils, (target - mean)[..., None])[..., 0]
-    log_det = np.log(np.diagonal(trils, axis1=1, axis2=2)).sum(1)
-    log_p = -0.5 * (white * white).sum(1) - log_det - 0.5 * d * np.log(2 * np.pi)
-    return float(np.mean(log_p + model.log_transitions[before, after]))
+    sums, steps = segment_log_likelihoods(model, rows, labels, segments)
+    return float(sums.sum() / steps.sum()) if steps.sum() else float("nan")
 
 
-def segmentation_score(rows: np.ndarray, labels: np.ndarray, n_states: int,
-                       train_segments: list, held_segments: list) -> float:
-    """How well ``labels`` explain held-out rows: the model fitted on the rest.
+def segmentation_scores(rows: np.ndarray, labels: np.ndarray, n_states: int,
+                        train_segments: list, held_segments: list) -> tuple:
+    """How well ``labels`` explain held-out rows, segment by segment.
 
     :func:`fit_switching_ar` on ``train_segments``, then
-    :func:`switching_ar_log_likelihood` on ``held_segments`` (on
-    ``train_segments`` when none are held out). Higher is better; scores of
-    different labels of the same rows compare.
+    :func:`segment_log_likelihoods` of ``held_segments`` (of
+    ``train_segments`` when none are held out): ``(sums, steps)``, one of
+    each per segment. Higher is better; scores of different labels of the
+    same rows compare, segment by segment.
 
     Examples
     --------
@@ -163,11 +190,10 @@ def segmentation_score(rows: np.ndarray, labels: np.ndarray, n_states: int,
     >>> truth = np.repeat([0, 1, 0, 1], 250)
     >>> rows = rng.normal(size=(1000, 2)) + 3.0 * truth[:, None]
     >>> train, held = [(0, 400), (500, 400)], [(400, 100), (900, 100)]
-    >>> good = segmentation_score(rows, truth, 2, train, held)
-    >>> by_phase = segmentation_score(rows, np.arange(1000) // 50 % 2, 2, train, held)
-    >>> bool(good > by_phase)
-    True
+    >>> good, steps = segmentation_scores(rows, truth, 2, train, held)
+    >>> by_phase, _ = segmentation_scores(rows, np.arange(1000) // 50 % 2, 2, train, held)
+    >>> steps.tolist(), bool(good.sum() > by_phase.sum())
+    ([99, 99], True)
     """
     model = fit_switching_ar(rows, labels, train_segments, n_states)
-    return switching_ar_log_likelihood(model, rows, labels,
-                                       held_segments or train_segments)
+    return segment_log_likelihoods(model, rows, labels, held_segments or train_segments)

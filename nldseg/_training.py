@@ -878,19 +878,30 @@ def _level_gain(module, held_out: _HeldOut, reference, held_reference: _HeldOut,
     """``module``'s held-out ELBO per step minus ``reference``'s, and its standard error.
 
     Both are read on the same windows and noise (two :class:`_HeldOut` drawn
-    alike for two embeddings of the rows). The gain is the summed per-window
-    differences over the summed steps; its standard error is the ratio
-    estimator's, from the spread over windows of each window's difference
-    around ``gain`` times its steps.
+    alike for two embeddings of the rows), the per-window differences
+    combined by :func:`paired_gain`.
     """
     elbo, steps = held_out.window_elbos(module, replicas)
     ref, ref_steps = held_reference.window_elbos(reference, replicas)
     if not np.array_equal(steps, ref_steps):
         raise RuntimeError("Models compared on different held-out windows.")
-    diff = elbo - ref
+    return paired_gain(elbo - ref, steps)
+
+
+def paired_gain(diff: np.ndarray, steps: np.ndarray) -> tuple:
+    """Gain per step of paired per-unit differences, and its standard error.
+
+    ``diff`` (n,) are two models' summed scores on the same units (held-out
+    windows, segments) subtracted, ``steps`` (n,) the units' steps. The gain
+    is ``diff.sum() / steps.sum()``; its standard error is the ratio
+    estimator's, from the spread over units of each difference around
+    ``gain`` times its steps (infinite with fewer than 2 units: no spread to
+    judge the gain by).
+    """
+    diff, steps = np.asarray(diff, dtype=float), np.asarray(steps, dtype=float)
     gain = float(diff.sum() / steps.sum())
     n = len(steps)
-    if n < 2:  # No spread to judge the gain by.
+    if n < 2:
         return gain, float("inf")
     resid = diff - gain * steps
     return gain, float(np.sqrt((resid * resid).sum() * n / (n - 1)) / steps.sum())

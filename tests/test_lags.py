@@ -244,16 +244,17 @@ def test_candidates_and_the_kept_one(n_lags, n_init, lags, kept, lagged_regimes,
     assert seg.predict(X).shape == X.shape[:2]
 
 
-@pytest.mark.parametrize("frame_wells, lag_wells, frames_explain_better, kept_lag", [
-    (4, 1, False, 0), (3, 2, True, 0), (3, 2, False, 1), (1, 3, True, 1),
-    (1, 1, True, 1)])
+@pytest.mark.parametrize("frame_wells, lag_wells, frames_explain_better, clear, kept_lag", [
+    (4, 1, False, True, 0), (3, 2, True, True, 0), (3, 2, True, False, 1),
+    (3, 2, False, True, 1), (1, 3, True, True, 1), (1, 1, True, True, 1)])
 def test_a_lag_gives_way_to_frames_whose_states_explain_more(
-        frame_wells, lag_wells, frames_explain_better, kept_lag, lagged_regimes,
+        frame_wells, lag_wells, frames_explain_better, clear, kept_lag, lagged_regimes,
         monkeypatch):
     """When the lag wins by held-out ELBO, the best frame model is trained to
     the end too and kept instead if its energy has several wells and the lag's
     has one, or both have several and its labels explain the held-out steps
-    better (the segmentation score, on the training split's segments); each
+    better by more than two standard errors of the per-segment differences
+    (the segmentation score, on the training split's segments); each
     model's own training record and final warnings come with it (stand-ins
     for training, the well search, the labels and the score: the decision
     alone)."""
@@ -293,14 +294,18 @@ def test_a_lag_gives_way_to_frames_whose_states_explain_more(
         assert seqs.data.shape[1] == (4 if landscape.frames else 8)
         return np.full(len(seqs.data), int(landscape.frames))
 
-    def fake_score(rows, labels, n_states, train_segments, held_segments):
+    def fake_scores(rows, labels, n_states, train_segments, held_segments):
         seen["scored"].append(n_states)
         assert (train_segments, held_segments) == split
         assert rows.shape == (len(labels), 4)
-        return float(labels[0] == frames_explain_better)
+        # Per held-out segment: the better labels by 1 nat per step on each,
+        # or by 1 on one and 0 on the other (a gain within its error).
+        better = labels[0] == frames_explain_better
+        return (np.array([10.0, 10.0 if clear else 0.0]) if better
+                else np.zeros(2)), np.array([10, 10])
 
     monkeypatch.setattr(_estimator, "train", fake_train)
-    monkeypatch.setattr(_estimator, "segmentation_score", fake_score)
+    monkeypatch.setattr(_estimator, "segmentation_scores", fake_scores)
     monkeypatch.setattr(LangevinSegmenter, "_fit_landscape", fake_landscape)
     monkeypatch.setattr(LangevinSegmenter, "_labels", fake_labels)
     X = lagged_regimes[0][:6]
@@ -314,9 +319,10 @@ def test_a_lag_gives_way_to_frames_whose_states_explain_more(
     assert seen["scored"] == ([lag_wells, frame_wells] if compared else [])
     np.testing.assert_array_equal(seg.candidate_wells_,
                                   [frame_wells, np.nan, lag_wells, np.nan])
+    better = 1.0 if clear else 0.5
     np.testing.assert_array_equal(
         seg.candidate_state_scores_,
-        [float(frames_explain_better), np.nan, float(not frames_explain_better),
+        [better * frames_explain_better, np.nan, better * (not frames_explain_better),
          np.nan] if compared else np.full(4, np.nan))
     assert seg.n_lags_ == kept_lag
     assert seg.n_states_ == (lag_wells if kept_lag else frame_wells)

@@ -7,9 +7,15 @@ from scipy.stats import multivariate_normal
 from nldseg._switching_ar import (
     SwitchingAR,
     fit_switching_ar,
-    segmentation_score,
+    segment_log_likelihoods,
+    segmentation_scores,
     switching_ar_log_likelihood,
 )
+
+
+def segmentation_score(rows, labels, n_states, train, held) -> float:
+    sums, steps = segmentation_scores(rows, labels, n_states, train, held)
+    return sums.sum() / steps.sum()
 
 
 def _rotation(period: float) -> np.ndarray:
@@ -66,6 +72,9 @@ def test_log_likelihood_is_the_mean_over_the_segments_pairs():
         expected.append(multivariate_normal(mean, cov).logpdf(rows[t]) + log_t[prev, k])
     got = switching_ar_log_likelihood(model, rows, labels, segments)
     np.testing.assert_allclose(got, np.mean(expected), rtol=1e-10)
+    sums, steps = segment_log_likelihoods(model, rows, labels, segments)
+    np.testing.assert_array_equal(steps, [3, 0, 3])
+    np.testing.assert_allclose(sums, [sum(expected[:3]), 0.0, sum(expected[3:])])
     assert np.isnan(switching_ar_log_likelihood(model, rows, labels, [(4, 1)]))
 
 
