@@ -198,8 +198,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         (running, badminton) in one well with 3 dimensions, and
         ``latent_dim=5`` told them apart (accuracy 0.83 against 0.61 over 5
         seeds; 4 did as well). So do single frames with 3 dimensions
-        (``n_lags=0``: 0.80), which ``n_lags="auto"`` keeps on 4 of the 5
-        seeds (0.78; see ``n_lags``). Beyond 3
+        (``n_lags=0``: 0.80; ``n_lags="auto"`` keeps them on one seed of
+        the 5, see ``n_lags``). Beyond 3
         dimensions the basins have no lookup grid, so labelling is slower
         (1.1-1.25x), the occupancy estimate was less accurate on simulated
         cases, and on simulated motion 4 dimensions found the right number
@@ -254,14 +254,19 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         state ``x_t = b_k + A_k x_{t-1} + noise_k``, Markov switching) is
         fitted to its labels of the steps trained on, and its log-likelihood
         per held-out step is the score: the same form for both, asked of the
-        labels alone. The ELBO judges the observations' density, and a
+        labels alone. As for the ELBO, single frames must lead by more than
+        two standard errors of the paired differences over the held-out
+        segments; a tie keeps the lag. The ELBO judges the observations' density, and a
         decoder that reads the previous observation predicts a smooth
         recording from it whatever the state: on recorded speech (nine
         voices taking turns) the lag won by 12 nats per step while its
         latent path stopped telling the voices apart, and on a smart watch
         it merged two of four activities. Single frames that cut an
         oscillation by phase pay in the score for their many changes and
-        for pieces that mix activities, and the lag is kept there
+        for pieces that mix activities, and the lag is kept there. With one
+        recording about 8 blocks are held out, often too few for the
+        margin: on the watch single frames scored higher on every seed where
+        both had several wells, beyond it on one of the 5
         (``benchmarks/RESULTS.md``). This costs the rest of the frame
         model's schedule and labelling the training data twice, only when
         the lag wins. One lag finds states
@@ -610,8 +615,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         and the best single-frame model have several wells: how well each
         one's labels explain the held-out steps, the mean log-likelihood per
         step of a switching AR(1) model fitted to its labels of the training
-        steps (higher is better; the one kept is the higher, see
-        ``n_lags``); NaN otherwise. Empty for a model saved before it existed.
+        steps (higher is better; single frames replace the lag when theirs
+        is higher by more than two standard errors, see ``n_lags``); NaN
+        otherwise. Empty for a model saved before it existed.
     lag_elbo_gain_ : ndarray of shape (2,)
         With ``n_lags="auto"``: how much higher the held-out ELBO per step
         of the candidate with one lag was than the best single-frame one's,
