@@ -256,9 +256,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         per held-out step is the score: the same form for both, asked of the
         labels alone. As for the ELBO, single frames must lead by more than
         two standard errors of the paired differences over the held-out
-        segments; a tie keeps the lag. The ELBO judges the observations' density, and a
-        decoder that reads the previous observation predicts a smooth
-        recording from it whatever the state: on recorded speech (nine
+        segments; a tie keeps the lag. The ELBO judges the observations'
+        density, and a decoder that reads the previous observation predicts
+        a smooth recording from it whatever the state: on recorded speech (nine
         voices taking turns) the lag won by 12 nats per step while its
         latent path stopped telling the voices apart, and on a smart watch
         it merged two of four activities. Single frames that cut an
