@@ -24,9 +24,9 @@ whose dynamics mix several states.
 
 :func:`fit_switching_ar` fits it (ridge regression per state, covariances
 shrunk towards the pooled one, transitions with one pseudo-count each);
-:func:`segment_log_likelihoods` and :func:`switching_ar_log_likelihood`
-score labelled steps under it, and :func:`segmentation_scores` does both,
-fitted on some segments and scored on others. They take
+:func:`segment_log_likelihoods` scores labelled steps under it, segment by
+segment, and :func:`segmentation_scores` does both, fitted on some segments
+and scored on others. They take
 the rows (standardised observations), the labels and the segments ``(start,
 length)`` of those rows to use: pairs of consecutive rows within a segment.
 """
@@ -149,28 +149,6 @@ def segment_log_likelihoods(model: SwitchingAR, rows: np.ndarray, labels: np.nda
     steps = np.array([max(n - 1, 0) for _, n in segments], dtype=np.int64)
     owner = np.repeat(np.arange(len(segments)), steps)
     return np.bincount(owner, weights=log_p, minlength=len(segments)), steps
-
-
-def switching_ar_log_likelihood(model: SwitchingAR, rows: np.ndarray,
-                                labels: np.ndarray, segments: list) -> float:
-    """Mean log-likelihood per step of labelled rows under ``model``.
-
-    The sums of :func:`segment_log_likelihoods` over their steps; NaN when
-    the segments hold no step after a first.
-
-    Parameters
-    ----------
-    model : SwitchingAR
-        From :func:`fit_switching_ar`.
-    rows, labels, segments
-        As for :func:`fit_switching_ar`, standardised alike.
-
-    Returns
-    -------
-    float
-    """
-    sums, steps = segment_log_likelihoods(model, rows, labels, segments)
-    return float(sums.sum() / steps.sum()) if steps.sum() else float("nan")
 
 
 def segmentation_scores(rows: np.ndarray, labels: np.ndarray, n_states: int,
