@@ -964,7 +964,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             wells[result.rival] = rival_fit[0].n_states
             frames_better = False
             if rival_fit[0].n_states > 1 and fit[0].n_states > 1:
-                rows = (data - mean) / scale
+                rows = frames[0].cpu().numpy().astype(np.float64)  # Standardised.
                 sums = {}
                 for i, mod, (land, _, dwell) in ((kept, module, fit),
                                                  (result.rival, rival, rival_fit)):
