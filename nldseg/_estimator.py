@@ -957,7 +957,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             # trained to the end too, and kept instead when its energy has
             # several wells and the lag's has one, or when both have several
             # and its labels explain the held-out steps better.
-            rival_result = result.rival_finish()
+            rival_result = result.rival_result
             rival = freeze(modules[result.rival])
             rival_fit = self._fit_landscape(rival, frames[0].cpu().numpy(), seqs,
                                             seeds[2:], self.min_state_fraction)

@@ -32,7 +32,6 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -140,10 +139,10 @@ class TrainingResult:
     higher level against the best of the lowest, ``(ELBO gain per step,
     its standard error)`` on the same held-out windows, NaN when not
     compared (:func:`train`). ``rival``: with ``finish_rival``, the index of
-    the best lowest-level model when a higher level won (None otherwise),
-    and ``rival_finish`` a function that trains it to the end (once) and
-    returns its own result; ``finish_warnings``: the warnings of the final
-    training, held back then for the caller to give for the model it keeps;
+    the best lowest-level model when a higher level won, also trained to
+    the end (None otherwise), and ``rival_result`` its own result;
+    ``finish_warnings``: the warnings of each of those two final trainings,
+    held back for the caller to give for the model it keeps;
     ``train_segments``, ``held_segments``: the ``(start, length)`` runs of
     data rows trained on and held out (:func:`split_validation`).
     """
@@ -157,7 +156,7 @@ class TrainingResult:
     restart_scores: list = field(default_factory=list)
     level_gain: tuple = (float("nan"), float("nan"))
     rival: int | None = None
-    rival_finish: Callable[[], TrainingResult] | None = None
+    rival_result: TrainingResult | None = None
     finish_warnings: list = field(default_factory=list)
     train_segments: list = field(default_factory=list)
     held_segments: list = field(default_factory=list)
@@ -660,10 +659,10 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     ``TrainingResult.level_gain`` reports the kept higher-level model against
     the best lowest-level one; ``restart_scores`` holds NaN for the models
     never trained. ``finish_rival``: when a higher level is kept, the best
-    lowest-level model can still be trained to the end of its schedule
-    (``TrainingResult.rival_finish``), so that the caller can prefer it on
-    other grounds; each final training's warnings are then held back in its
-    result's ``finish_warnings``.
+    lowest-level model is trained to the end of its schedule too
+    (``TrainingResult.rival``), so that the caller can prefer it on other
+    grounds; each of the two final trainings' warnings is then held back in
+    its result's ``finish_warnings``.
 
     The models that train to the comparison point together do so side by
     side in ``settings.n_jobs`` worker processes
@@ -789,22 +788,17 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
             if kept != other and held_simple:
                 gain = level_gain(kept)
     rival = simple if finish_rival and kept != simple and levels[kept] != base else None
-
-    def finish(i):
-        if i not in done:
-            if rival is None:
-                done[i] = runs[i].finish()
-                return done[i]
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                done[i] = runs[i].finish()
-            done[i].finish_warnings = list(caught)
-        return done[i]
-
-    finish(kept)
-    if rival is not None:
-        done[kept].rival = rival
-        done[kept].rival_finish = lambda: finish(rival)
+    if rival is None:
+        if kept not in done:
+            done[kept] = runs[kept].finish()
+    else:
+        for i in (kept, rival):
+            if i not in done:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    done[i] = runs[i].finish()
+                done[i].finish_warnings = list(caught)
+        done[kept].rival, done[kept].rival_result = rival, done[rival]
     done[kept].level_gain = gain
     done[kept].train_segments, done[kept].held_segments = train_segments, val_segments
     return _kept(done[kept], kept, scores)

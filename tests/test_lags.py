@@ -263,23 +263,20 @@ def test_a_lag_gives_way_to_frames_whose_states_explain_more(
 
     from nldseg import _estimator
     from nldseg._training import TrainingResult
-    seen = {"finished": 0, "scored": []}
+    seen = {"scored": []}
     split = ([(0, 30), (40, 30)], [(30, 10), (70, 10)])
 
     def said(text):  # As warnings.catch_warnings(record=True) keeps them.
         return warnings.WarningMessage(UserWarning(text), UserWarning, __file__, 1)
 
-    def finish_frames():
-        seen["finished"] += 1
-        return TrainingResult([2.0, 1.0], 2, True, [-1.0],
-                              finish_warnings=[said("frame model's")])
-
     def fake_train(modules, data, *args, finish_rival=False, **kwargs):
         seen["finish_rival"] = finish_rival
         seen["modules"] = modules
+        frames = TrainingResult([2.0, 1.0], 2, True, [-1.0],
+                                finish_warnings=[said("frame model's")])
         return TrainingResult([3.0], 1, False, [-0.5], kept=2,
                               restart_scores=[-1.0, -2.0, -0.5, float("nan")],
-                              level_gain=(0.5, 0.1), rival=0, rival_finish=finish_frames,
+                              level_gain=(0.5, 0.1), rival=0, rival_result=frames,
                               finish_warnings=[said("lag model's")],
                               train_segments=split[0], held_segments=split[1])
 
@@ -314,7 +311,6 @@ def test_a_lag_gives_way_to_frames_whose_states_explain_more(
         seg = LangevinSegmenter(device="cpu", hidden_size=8, context_size=4,
                                 random_state=0).fit(X)
     assert seen["finish_rival"] is True
-    assert seen["finished"] == 1
     compared = frame_wells > 1 and lag_wells > 1
     assert seen["scored"] == ([lag_wells, frame_wells] if compared else [])
     np.testing.assert_array_equal(seg.candidate_wells_,

@@ -397,10 +397,10 @@ def test_a_higher_level_is_kept_only_when_clearly_better(gain, se, kept, monkeyp
 
 @pytest.mark.parametrize("gain", [0.5, -0.3])
 def test_finish_rival_trains_the_best_lower_level_model_to_the_end(gain, monkeypatch):
-    """With ``finish_rival`` a won higher level leaves a function that trains
-    the best lowest-level model to the end, step for step as if it had been
-    kept (its own loss curve, its warnings held back), once; a lost one
-    leaves none."""
+    """With ``finish_rival`` a won higher level leaves the best lowest-level
+    model trained to the end too, step for step as if it had been kept (its
+    own loss curve, its warnings held back); a lost one finishes nothing
+    more."""
     import warnings
 
     from nldseg import _training
@@ -417,16 +417,15 @@ def test_finish_rival_trains_the_best_lower_level_model_to_the_end(gain, monkeyp
                                  torch.device("cpu"), seed=3, levels=[0, 1],
                                  finish_rival=True)
     if gain < 0:
-        assert result.kept == 0 and result.rival is None and result.rival_finish is None
+        assert result.kept == 0 and result.rival is None and result.rival_result is None
         assert result.loss_curve == alone.loss_curve
         return
     assert result.kept == 1 and result.rival == 0
     assert result.n_iter == len(result.loss_curve) > 0
     assert isinstance(result.finish_warnings, list)
-    rival = result.rival_finish()
+    rival = result.rival_result
     assert rival.loss_curve == alone.loss_curve and rival.n_iter == alone.n_iter
     assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), alone_params))
-    assert result.rival_finish() is rival  # Trained once.
 
 
 def test_without_held_out_data_a_higher_level_needs_a_higher_score():
