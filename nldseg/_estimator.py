@@ -972,8 +972,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                                     seqs.lengths, seqs.form),
                                           mod, land, dwell)
                     sums[i], steps = segmentation_scores(
-                        rows, labels, land.n_states, result.train_segments,
-                        result.held_segments)
+                        rows, labels, land.n_states,
+                        sorted(result.train_segments + result.held_segments))
                     state_scores[i] = sums[i].sum() / steps.sum()
                 # As the lag had to win by ELBO: a tie keeps the model kept.
                 gain, error = paired_gain(sums[result.rival] - sums[kept], steps)

@@ -41,6 +41,8 @@ from nldseg._kinetics import row_stochastic, transition_counts
 
 #: Ridge penalty on the regression weights (of standardised rows).
 RIDGE = 1.0
+#: :func:`segmentation_scores` cross-fits at most this many folds.
+MAX_FOLDS = 20
 
 
 @dataclass
@@ -65,12 +67,70 @@ def _pairs(rows: np.ndarray, labels: np.ndarray, segments: list) -> tuple:
     return design, rows[index], labels[index - 1], labels[index]
 
 
-def _ridge(design: np.ndarray, target: np.ndarray) -> tuple:
+@dataclass
+class _Statistics:
+    """What a fit needs of labelled steps, per state: sums that add over steps.
+
+    ``gram`` (K, 1 + D, 1 + D) and ``cross`` (K, 1 + D, D) are each state's
+    ``X^T X`` and ``X^T Y`` (design ``X``, targets ``Y``), ``square`` (K, D,
+    D) its ``Y^T Y``, ``steps`` (K,) its count; ``transitions`` (K, K) the
+    consecutive labels' counts. The statistics of all steps but a fold's are
+    the whole's minus the fold's.
+    """
+
+    gram: np.ndarray
+    cross: np.ndarray
+    square: np.ndarray
+    steps: np.ndarray
+    transitions: np.ndarray
+
+    def __sub__(self, other: _Statistics) -> _Statistics:
+        return _Statistics(*(getattr(self, f) - getattr(other, f)
+                             for f in self.__dataclass_fields__))
+
+
+def _statistics(rows: np.ndarray, labels: np.ndarray, segments: list,
+                n_states: int) -> _Statistics:
+    design, target, _, after = _pairs(rows, labels, segments)
+    d = rows.shape[1]
+    gram, cross = np.zeros((n_states, d + 1, d + 1)), np.zeros((n_states, d + 1, d))
+    square, steps = np.zeros((n_states, d, d)), np.zeros(n_states)
+    for k in range(n_states):
+        mine = after == k
+        gram[k] = design[mine].T @ design[mine]
+        cross[k] = design[mine].T @ target[mine]
+        square[k] = target[mine].T @ target[mine]
+        steps[k] = mine.sum()
+    transitions = sum((transition_counts(labels[a:a + n][None], n_states, 1)
+                       for a, n in segments if n > 1), np.zeros((n_states, n_states)))
+    return _Statistics(gram, cross, square, steps, transitions)
+
+
+def _ridge(gram: np.ndarray, cross: np.ndarray, square: np.ndarray) -> tuple:
     """Ridge weights (1 + D, D) and the residuals' sum of squares (D, D)."""
-    gram = design.T @ design + RIDGE * np.eye(design.shape[1])
-    weights = np.linalg.solve(gram, design.T @ target)
-    resid = target - design @ weights
-    return weights, resid.T @ resid
+    weights = np.linalg.solve(gram + RIDGE * np.eye(len(gram)), cross)
+    residual = square - weights.T @ cross - cross.T @ weights + weights.T @ gram @ weights
+    return weights, residual
+
+
+def _fit(stats: _Statistics) -> SwitchingAR:
+    """:func:`fit_switching_ar` from the steps' :class:`_Statistics`."""
+    n_states, d = stats.square.shape[:2]
+    n = stats.steps.sum()
+    pooled_w, pooled_ss = _ridge(stats.gram.sum(0), stats.cross.sum(0), stats.square.sum(0))
+    floor = 1e-6 * max(np.trace(pooled_ss) / max(n, 1) / d, 1e-12)
+    pooled_cov = pooled_ss / max(n, 1) + floor * np.eye(d)
+    weights = np.empty((n_states, d + 1, d))
+    trils = np.empty((n_states, d, d))
+    for k in range(n_states):
+        mine = round(stats.steps[k])  # After subtracting a fold: 0 up to rounding.
+        if mine:
+            weights[k], ss = _ridge(stats.gram[k], stats.cross[k], stats.square[k])
+        else:
+            weights[k], ss = pooled_w, np.zeros((d, d))
+        cov = (ss + (d + 2) * pooled_cov) / (mine + d + 2)
+        trils[k] = np.linalg.cholesky(0.5 * (cov + cov.T))
+    return SwitchingAR(weights, trils, np.log(row_stochastic(stats.transitions + 1.0)))
 
 
 def fit_switching_ar(rows: np.ndarray, labels: np.ndarray, segments: list,
@@ -98,24 +158,7 @@ def fit_switching_ar(rows: np.ndarray, labels: np.ndarray, segments: list,
     -------
     SwitchingAR
     """
-    design, target, before, after = _pairs(rows, labels, segments)
-    d = rows.shape[1]
-    pooled_w, pooled_ss = _ridge(design, target)
-    floor = 1e-6 * max(np.trace(pooled_ss) / max(len(target), 1) / d, 1e-12)
-    pooled_cov = pooled_ss / max(len(target), 1) + floor * np.eye(d)
-    weights = np.empty((n_states, d + 1, d))
-    trils = np.empty((n_states, d, d))
-    for k in range(n_states):
-        mine = after == k
-        if mine.any():
-            weights[k], ss = _ridge(design[mine], target[mine])
-        else:
-            weights[k], ss = pooled_w, np.zeros((d, d))
-        cov = (ss + (d + 2) * pooled_cov) / (mine.sum() + d + 2)
-        trils[k] = np.linalg.cholesky(0.5 * (cov + cov.T))
-    counts = sum((transition_counts(labels[a:a + n][None], n_states, 1)
-                  for a, n in segments if n > 1), np.zeros((n_states, n_states)))
-    return SwitchingAR(weights, trils, np.log(row_stochastic(counts + 1.0)))
+    return _fit(_statistics(rows, labels, segments, n_states))
 
 
 def segment_log_likelihoods(model: SwitchingAR, rows: np.ndarray, labels: np.ndarray,
@@ -152,14 +195,17 @@ def segment_log_likelihoods(model: SwitchingAR, rows: np.ndarray, labels: np.nda
 
 
 def segmentation_scores(rows: np.ndarray, labels: np.ndarray, n_states: int,
-                        train_segments: list, held_segments: list) -> tuple:
-    """How well ``labels`` explain held-out rows, segment by segment.
+                        segments: list) -> tuple:
+    """How well ``labels`` explain the rows, cross-fitted fold by fold.
 
-    :func:`fit_switching_ar` on ``train_segments``, then
-    :func:`segment_log_likelihoods` of ``held_segments`` (of
-    ``train_segments`` when none are held out): ``(sums, steps)``, one of
-    each per segment. Higher is better; scores of different labels of the
-    same rows compare, segment by segment.
+    The segments are dealt round robin to at most :data:`MAX_FOLDS` folds
+    (each its own fold when there are no more), and each fold's steps are
+    scored by :func:`segment_log_likelihoods` under the model that
+    :func:`fit_switching_ar` fits to the other folds' steps. All steps are
+    scored, none by a model that saw it (unless there is one segment: then
+    in sample). Returns ``(sums, steps)``, one of
+    each per fold. Higher is better; scores of different labels of the same
+    rows and segments compare, fold by fold.
 
     Examples
     --------
@@ -167,11 +213,19 @@ def segmentation_scores(rows: np.ndarray, labels: np.ndarray, n_states: int,
     >>> rng = np.random.default_rng(0)
     >>> truth = np.repeat([0, 1, 0, 1], 250)
     >>> rows = rng.normal(size=(1000, 2)) + 3.0 * truth[:, None]
-    >>> train, held = [(0, 400), (500, 400)], [(400, 100), (900, 100)]
-    >>> good, steps = segmentation_scores(rows, truth, 2, train, held)
-    >>> by_phase, _ = segmentation_scores(rows, np.arange(1000) // 50 % 2, 2, train, held)
+    >>> segments = [(0, 400), (400, 100), (500, 400), (900, 100)]
+    >>> good, steps = segmentation_scores(rows, truth, 2, segments)
+    >>> by_phase, _ = segmentation_scores(rows, np.arange(1000) // 50 % 2, 2, segments)
     >>> steps.tolist(), bool(good.sum() > by_phase.sum())
-    ([99, 99], True)
+    ([399, 99, 399, 99], True)
     """
-    model = fit_switching_ar(rows, labels, train_segments, n_states)
-    return segment_log_likelihoods(model, rows, labels, held_segments or train_segments)
+    folds = [segments[i::MAX_FOLDS] for i in range(min(len(segments), MAX_FOLDS))]
+    whole = _statistics(rows, labels, segments, n_states)
+    sums, steps = np.zeros(len(folds)), np.zeros(len(folds), dtype=np.int64)
+    for i, fold in enumerate(folds):
+        # A single fold has no others: it is scored by the model fitted to it.
+        others = (whole - _statistics(rows, labels, fold, n_states) if len(folds) > 1
+                  else whole)
+        fold_sums, fold_steps = segment_log_likelihoods(_fit(others), rows, labels, fold)
+        sums[i], steps[i] = fold_sums.sum(), fold_steps.sum()
+    return sums, steps

@@ -291,9 +291,9 @@ def test_a_lag_gives_way_to_frames_whose_states_explain_more(
         assert seqs.data.shape[1] == (4 if landscape.frames else 8)
         return np.full(len(seqs.data), int(landscape.frames))
 
-    def fake_scores(rows, labels, n_states, train_segments, held_segments):
+    def fake_scores(rows, labels, n_states, segments):
         seen["scored"].append(n_states)
-        assert (train_segments, held_segments) == split
+        assert segments == sorted(split[0] + split[1])
         assert rows.shape == (len(labels), 4)
         # Per held-out segment: the better labels by 1 nat per step on each,
         # or by 1 on one and 0 on the other (a gain within its error).

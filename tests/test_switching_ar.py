@@ -5,6 +5,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 from nldseg._switching_ar import (
+    MAX_FOLDS,
     SwitchingAR,
     fit_switching_ar,
     segment_log_likelihoods,
@@ -17,8 +18,8 @@ def switching_ar_log_likelihood(model, rows, labels, segments) -> float:
     return sums.sum() / steps.sum()
 
 
-def segmentation_score(rows, labels, n_states, train, held) -> float:
-    sums, steps = segmentation_scores(rows, labels, n_states, train, held)
+def segmentation_score(rows, labels, n_states, segments) -> float:
+    sums, steps = segmentation_scores(rows, labels, n_states, segments)
     return sums.sum() / steps.sum()
 
 
@@ -40,7 +41,7 @@ def _oscillations(n_steps: int = 4000, seed: int = 0) -> tuple:
     return rows, truth
 
 
-SPLIT = ([(0, 1800), (2000, 1800)], [(1800, 200), (3800, 200)])
+SEGMENTS = [(0, 1800), (1800, 200), (2000, 1800), (3800, 200)]
 
 
 def test_fit_recovers_each_states_dynamics():
@@ -88,12 +89,12 @@ def test_dynamics_states_beat_phase_pieces_and_one_state():
     better than one state, or than cutting the circle into two halves (what a
     frame-by-frame clustering finds)."""
     rows, truth = _oscillations()
-    true_score = segmentation_score(rows, truth, 2, *SPLIT)
+    true_score = segmentation_score(rows, truth, 2, SEGMENTS)
     halves = (rows[:, 0] > 0).astype(int)
-    assert true_score > segmentation_score(rows, halves, 2, *SPLIT) + 0.5
-    assert true_score > segmentation_score(rows, np.zeros_like(truth), 1, *SPLIT) + 0.5
+    assert true_score > segmentation_score(rows, halves, 2, SEGMENTS) + 0.5
+    assert true_score > segmentation_score(rows, np.zeros_like(truth), 1, SEGMENTS) + 0.5
     quarters = 2 * (rows[:, 0] > 0) + (rows[:, 1] > 0)
-    assert true_score > segmentation_score(rows, quarters, 4, *SPLIT)
+    assert true_score > segmentation_score(rows, quarters, 4, SEGMENTS)
 
 
 def test_level_states_beat_merged_ones():
@@ -108,25 +109,46 @@ def test_level_states_beat_merged_ones():
     for t, state in enumerate(truth):
         x = levels[state] + 0.5 * (x - levels[state]) + 0.2 * rng.normal(size=2)
         rows[t] = x
-    # Held out: the ends of blocks of states 2, 0 and 1.
-    split = ([(0, 1100), (1200, 700), (2000, 1900)], [(1100, 100), (1900, 100),
-                                                       (3900, 100)])
+    segments = [(0, 1100), (1100, 100), (1200, 700), (1900, 100), (2000, 1900),
+                (3900, 100)]
     merged = np.minimum(truth, 1)
-    assert (segmentation_score(rows, truth, 3, *split)
-            > segmentation_score(rows, merged, 2, *split) + 0.05)
+    assert (segmentation_score(rows, truth, 3, segments)
+            > segmentation_score(rows, merged, 2, segments) + 0.05)
 
 
-def test_a_state_seen_only_in_held_out_steps_gets_the_pooled_fit():
+def test_each_fold_is_scored_by_a_fit_to_the_other_folds():
+    """Cross-fitting from summed statistics equals refitting without the fold;
+    more segments than MAX_FOLDS are dealt to folds round robin."""
+    rng = np.random.default_rng(3)
+    rows = 0.1 * rng.normal(size=(6000, 3)).cumsum(0)
+    labels = (np.arange(6000) // 137) % 4
+    labels[labels == 2] = np.where(np.arange(6000)[labels == 2] < 3000, 2, 1)
+    for n_segments in (5, MAX_FOLDS + 7):
+        starts = np.linspace(0, 6000, n_segments + 1).astype(int)
+        segments = [(int(a), int(b - a) - 10 * (i % 3))
+                    for i, (a, b) in enumerate(zip(starts[:-1], starts[1:]))]
+        sums, steps = segmentation_scores(rows, labels, 4, segments)
+        folds = [segments[i::MAX_FOLDS] for i in range(min(n_segments, MAX_FOLDS))]
+        assert len(sums) == len(steps) == len(folds)
+        for i, fold in enumerate(folds):
+            others = [q for q in segments if q not in fold]
+            expected, n = segment_log_likelihoods(
+                fit_switching_ar(rows, labels, others, 4), rows, labels, fold)
+            assert steps[i] == n.sum()
+            np.testing.assert_allclose(sums[i], expected.sum(), rtol=1e-9)
+
+
+def test_a_state_seen_in_one_fold_only_gets_the_pooled_fit_there():
     rows, truth = _oscillations(800)
     labels = truth.copy()
-    labels[700:] = 2  # Only in the held-out part.
+    labels[700:] = 2  # Only in the second segment.
     model = fit_switching_ar(rows, labels, [(0, 600)], 3)
     np.testing.assert_allclose(model.weights[2], fit_switching_ar(
         rows, np.zeros_like(labels), [(0, 600)], 1).weights[0])
-    score = segmentation_score(rows, labels, 3, [(0, 600)], [(600, 200)])
-    assert np.isfinite(score)
-    # Without held-out segments the training ones are scored.
-    assert segmentation_score(rows, truth, 2, [(0, 800)], []) == pytest.approx(
+    sums, _ = segmentation_scores(rows, labels, 3, [(0, 600), (600, 200)])
+    expected, _ = segment_log_likelihoods(model, rows, labels, [(600, 200)])
+    np.testing.assert_allclose(sums[1], expected[0], rtol=1e-9)
+    # A single segment has no other to fit on: it is scored in sample.
+    assert segmentation_score(rows, truth, 2, [(0, 800)]) == pytest.approx(
         switching_ar_log_likelihood(fit_switching_ar(rows, truth, [(0, 800)], 2),
                                     rows, truth, [(0, 800)]))
-
