@@ -956,7 +956,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             # The lag won by held-out ELBO. The best single-frame model is
             # trained to the end too, and kept instead when its energy has
             # several wells and the lag's has one, or when both have several
-            # and its labels explain the held-out steps better.
+            # and its labels explain the training steps better (cross-fitted).
             rival_result = result.rival_result
             rival = freeze(modules[result.rival])
             rival_fit = self._fit_landscape(rival, frames[0].cpu().numpy(), seqs,
@@ -964,20 +964,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             wells[result.rival] = rival_fit[0].n_states
             frames_better = False
             if rival_fit[0].n_states > 1 and fit[0].n_states > 1:
-                rows = frames[0].cpu().numpy().astype(np.float64)  # Standardised.
-                sums = {}
-                for i, mod, (land, _, dwell) in ((kept, module, fit),
-                                                 (result.rival, rival, rival_fit)):
-                    labels = self._labels(Sequences(frames[lags[i]].cpu().numpy(),
-                                                    seqs.lengths, seqs.form),
-                                          mod, land, dwell)
-                    sums[i], steps = segmentation_scores(
-                        rows, labels, land.n_states,
-                        sorted(result.train_segments + result.held_segments))
-                    state_scores[i] = sums[i].sum() / steps.sum()
-                # As the lag had to win by ELBO: a tie keeps the model kept.
-                gain, error = paired_gain(sums[result.rival] - sums[kept], steps)
-                frames_better = gain > LEVEL_Z * error
+                (state_scores[kept], state_scores[result.rival]), frames_better = (
+                    self._compare_states(
+                        frames, seqs, sorted(result.train_segments + result.held_segments),
+                        [(lags[kept], module, fit), (0, rival, rival_fit)]))
             if rival_fit[0].n_states > 1 and (fit[0].n_states == 1 or frames_better):
                 kept, used, module, fit = result.rival, rival_result, rival, rival_fit
             for w in used.finish_warnings:
@@ -1007,6 +997,31 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             "lag_elbo_gain_": np.array(result.level_gain, dtype=float),
             "_oldest_first": True,  # Older fits embedded the newest observation first.
         }
+
+    def _compare_states(self, frames: dict, seqs: Sequences, segments: list,
+                        candidates: list) -> tuple:
+        """Two candidates' states compared: cross-fitted scores of their labels.
+
+        ``candidates`` are ``(lag, module, (landscape, time scale, dwell))``
+        of the kept model and of its rival; ``frames`` the embedded training
+        rows by lag. Each labels the training steps as :meth:`predict` does,
+        and :func:`nldseg._switching_ar.segmentation_scores` scores the labels
+        on ``segments`` of the standardised single frames. Returns the two
+        mean scores per step, and whether the rival's is higher by more than
+        ``LEVEL_Z`` standard errors of the paired per-fold differences (as
+        the lag had to win by ELBO, a tie keeps the model kept).
+        """
+        rows = frames[0].cpu().numpy().astype(np.float64)
+        sums = []
+        for lag, module, (landscape, _, dwell) in candidates:
+            labels = self._labels(Sequences(frames[lag].cpu().numpy(), seqs.lengths,
+                                            seqs.form), module, landscape, dwell)
+            fold_sums, steps = segmentation_scores(rows, labels, landscape.n_states,
+                                                   segments)
+            sums.append(fold_sums)
+        gain, error = paired_gain(sums[1] - sums[0], steps)
+        means = [float(fold_sums.sum() / steps.sum()) for fold_sums in sums]
+        return means, gain > LEVEL_Z * error
 
     def _new_module(self, n_features: int, seed: int, device,
                     params: dict) -> NeuralLangevinVAE:

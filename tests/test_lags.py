@@ -352,3 +352,33 @@ def test_no_second_model_is_finished_for_a_given_n_states(lagged_regimes,
 def test_bad_n_lags_is_rejected(bad, lagged_regimes):
     with pytest.raises((ValueError, TypeError), match="n_lags"):
         LangevinSegmenter(n_lags=bad).fit(lagged_regimes[0][:4])
+
+
+def test_compare_states_scores_the_labels_predict_gives(tiny_lagged, lagged_regimes):
+    """The real comparison (no stand-ins): each candidate labels the training
+    steps as predict does, and its score is the cross-fitted switching AR(1)
+    score of those labels on the standardised single frames; a candidate
+    against itself is a tie, which keeps the model kept."""
+    import torch
+
+    from nldseg._switching_ar import segmentation_scores
+    from nldseg._validation import check_sequences
+
+    seg = tiny_lagged
+    X = lagged_regimes[0][:30]
+    seqs = check_sequences(seg, X, reset=False)
+    frames = {lag: torch.as_tensor(seg._model_frames(
+        seqs.data, seqs.lengths, seg.scaler_mean_, seg.scaler_scale_, n_lags=lag,
+        oldest_first=True)) for lag in (0, 1)}
+    fit = (seg.energy_, seg.prior_time_scale_, seg.training_dwell_time_)
+    starts = np.concatenate([[0], np.cumsum(seqs.lengths)[:-1]])
+    segments = [(int(a), int(n)) for a, n in zip(starts, seqs.lengths)]
+    means, better = seg._compare_states(frames, seqs, segments,
+                                        [(1, seg.module_, fit), (1, seg.module_, fit)])
+    labels = np.concatenate(seg.predict(X))
+    assert len(np.unique(labels)) == 3
+    sums, steps = segmentation_scores(frames[0].numpy().astype(np.float64), labels, 3,
+                                      segments)
+    assert len(sums) == 20  # 30 sequences dealt to 20 folds.
+    assert means == [pytest.approx(sums.sum() / steps.sum())] * 2
+    assert np.isfinite(means[0]) and not better
