@@ -248,15 +248,19 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         (unless ``n_states`` is given): the best single-frame model is
         trained to the end too, and kept instead when its energy has several
         wells (``candidate_wells_``) and either the lag's has one, or its
-        labels explain the held-out steps better
+        labels explain the training data better
         (``candidate_state_scores_``). Each of the two labels the training
-        steps as :meth:`predict` does; a switching AR(1) model (in each
-        state ``x_t = b_k + A_k x_{t-1} + noise_k``, Markov switching) is
-        fitted to its labels of the steps trained on, and its log-likelihood
-        per held-out step is the score: the same form for both, asked of the
-        labels alone. As for the ELBO, single frames must lead by more than
-        two standard errors of the paired differences over the held-out
-        segments; a tie keeps the lag. The ELBO judges the observations'
+        steps as :meth:`predict` does, and its labels are scored by
+        cross-fitting a switching AR(1) model (in each state ``x_t = b_k +
+        A_k x_{t-1} + noise_k``, Markov switching): the training split's
+        segments (the sequences, or the pieces of a long one between and
+        including its held-out blocks), dealt to at most 20 folds, are each
+        scored under the model fitted to the other folds' labelled steps;
+        the log-likelihood per step is the score: the same form for both,
+        asked of the labels alone, of every step and by a model that did not
+        see it. As for the ELBO, single frames must lead by more than two
+        standard errors of the paired differences over the folds; a tie
+        keeps the lag. The ELBO judges the observations'
         density, and a decoder that reads the previous observation predicts
         a smooth recording from it whatever the state: on recorded speech (nine
         voices taking turns) the lag won by 12 nats per step while its
@@ -613,11 +617,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     candidate_state_scores_ : ndarray of shape (n_candidates,)
         With ``n_lags="auto"``, when the lag won by held-out ELBO and both it
         and the best single-frame model have several wells: how well each
-        one's labels explain the held-out steps, the mean log-likelihood per
-        step of a switching AR(1) model fitted to its labels of the training
-        steps (higher is better; single frames replace the lag when theirs
-        is higher by more than two standard errors, see ``n_lags``); NaN
-        otherwise. Empty for a model saved before it existed.
+        one's labels explain the training steps, the mean log-likelihood per
+        step of a switching AR(1) model of its labels, cross-fitted over the
+        training split's segments (higher is better; single frames replace
+        the lag when theirs is higher by more than two standard errors, see
+        ``n_lags``); NaN otherwise. Empty for a model saved before it existed.
     lag_elbo_gain_ : ndarray of shape (2,)
         With ``n_lags="auto"``: how much higher the held-out ELBO per step
         of the candidate with one lag was than the best single-frame one's,

@@ -14,8 +14,8 @@ candidate's labels of the training steps fit one model of the same form,
     \varepsilon_t \sim \mathcal N(0, \Sigma_k), \quad k = s_t, \qquad
     P(s_t = l \mid s_{t-1} = k) = T_{kl},
 
-whose log-likelihood per step on held-out steps, under that candidate's
-labels of them, is the score. The form reads one lag whatever the candidate
+whose log-likelihood per step, under that candidate's labels, on steps the
+fit did not see is the score. The form reads one lag whatever the candidate
 read, so that a segmentation into the states the data switch between scores
 higher whether those states differ in level (a single frame tells them) or
 in dynamics (how a frame follows the last); cutting an oscillation by phase
@@ -25,10 +25,15 @@ whose dynamics mix several states.
 :func:`fit_switching_ar` fits it (ridge regression per state, covariances
 shrunk towards the pooled one, transitions with one pseudo-count each);
 :func:`segment_log_likelihoods` scores labelled steps under it, segment by
-segment, and :func:`segmentation_scores` does both, fitted on some segments
-and scored on others. They take
-the rows (standardised observations), the labels and the segments ``(start,
-length)`` of those rows to use: pairs of consecutive rows within a segment.
+segment, and :func:`segmentation_scores` cross-fits: every fold of segments
+scored under the model fitted to the others, so that every step counts
+(a single recording of 4,000 steps holds out only 4 blocks of 100, too few
+to judge a gain by) and none is scored by a fit that saw it. The fits of
+all the folds come from one pass over the steps: the sums a fit needs
+(:class:`_Statistics`) add over steps, and the others' are the whole's
+minus the fold's. They take the rows (standardised observations), the
+labels and the segments ``(start, length)`` of those rows to use: pairs of
+consecutive rows within a segment.
 """
 
 from __future__ import annotations
