@@ -267,10 +267,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         latent path stopped telling the voices apart, and on a smart watch
         it merged two of four activities. Single frames that cut an
         oscillation by phase pay in the score for their many changes and
-        for pieces that mix activities, and the lag is kept there. A
-        recording of 4,000 steps holds out 4 blocks, often too few for the
-        margin: on the watch single frames scored higher on every seed where
-        both had several wells, beyond it on one of the 5
+        for pieces that mix activities, and the lag is kept there. On the
+        watch single frames replaced the lag on 3 of 5 seeds; on one more
+        they led within the error and the merging lag stayed
         (``benchmarks/RESULTS.md``). This costs the rest of the frame
         model's schedule and labelling the training data twice, only when
         the lag wins. One lag finds states
