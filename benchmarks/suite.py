@@ -311,9 +311,11 @@ def run_nldseg(train: list, test: list, seed: int, overrides: dict,
             # The wells of the candidates whose energy was analysed (- for none).
             "candidate_wells": " ".join("-" if np.isnan(w) else str(int(w))
                                         for w in seg.candidate_wells_),
-            # Their labels' switching AR(1) scores on the held-out steps (- for none).
+            # Their labels' cross-fitted switching AR(1) scores (- for none),
+            # and the lag's gain in it with its standard error (nan: none).
             "candidate_state_scores": " ".join(
                 "-" if np.isnan(v) else f"{v:.4f}" for v in seg.candidate_state_scores_),
+            "lag_state_gain": "{:.4f} +- {:.4f}".format(*seg.lag_state_gain_),
             "lag_gain": "{:.4f} +- {:.4f}".format(*seg.lag_elbo_gain_)}
 
 
@@ -364,6 +366,7 @@ def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
     rows[-1]["candidates"] = nld["candidates"]
     rows[-1]["candidate_wells"] = nld["candidate_wells"]
     rows[-1]["candidate_state_scores"] = nld["candidate_state_scores"]
+    rows[-1]["lag_state_gain"] = nld["lag_state_gain"]
     rows[-1]["lag_gain"] = nld["lag_gain"]
     for name, res in nld["also"].items():
         add(f"nldseg_{name}", res,

@@ -259,10 +259,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         the log-likelihood per step is the score: the same form for both,
         asked of the labels alone, of every step and by a model that did not
         see it. As for the ELBO, single frames must lead by more than two
-        standard errors of the paired differences over the folds; a tie
-        keeps the lag. The ELBO judges the observations'
-        density, and a decoder that reads the previous observation predicts
-        a smooth recording from it whatever the state: on recorded speech (nine
+        standard errors of the paired differences over the folds
+        (``lag_state_gain_``); a tie keeps the lag. The ELBO judges the
+        observations' density, and a decoder that reads the previous
+        observation predicts a smooth recording from it whatever the state:
+        on recorded speech (nine
         voices taking turns) the lag won by 12 nats per step while its
         latent path stopped telling the voices apart, and on a smart watch
         it merged two of four activities. Single frames that cut an
@@ -621,6 +622,12 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         training split's segments (higher is better; single frames replace
         the lag when theirs is higher by more than two standard errors, see
         ``n_lags``); NaN otherwise. Empty for a model saved before it existed.
+    lag_state_gain_ : ndarray of shape (2,)
+        When ``candidate_state_scores_`` were computed: how much higher the
+        lag's score per step was than the single-frame model's, and its
+        standard error from the paired per-fold differences; single frames
+        replace the lag when the gain is below minus two standard errors.
+        NaN otherwise, and for a model saved before it existed.
     lag_elbo_gain_ : ndarray of shape (2,)
         With ``n_lags="auto"``: how much higher the held-out ELBO per step
         of the candidate with one lag was than the best single-frame one's,
@@ -955,6 +962,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                   seeds[2:], self.min_state_fraction)
         wells[kept] = fit[0].n_states
         state_scores = np.full(len(candidates), np.nan)
+        state_gain = (np.nan, np.nan)
         if result.rival is not None:
             # The lag won by held-out ELBO. The best single-frame model is
             # trained to the end too, and kept instead when its energy has
@@ -965,12 +973,13 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             rival_fit = self._fit_landscape(rival, frames[0].cpu().numpy(), seqs,
                                             seeds[2:], self.min_state_fraction)
             wells[result.rival] = rival_fit[0].n_states
-            frames_better = False
             if rival_fit[0].n_states > 1 and fit[0].n_states > 1:
-                (state_scores[kept], state_scores[result.rival]), frames_better = (
+                (state_scores[kept], state_scores[result.rival]), state_gain = (
                     self._compare_states(
                         frames, seqs, sorted(result.train_segments + result.held_segments),
                         [(lags[kept], module, fit), (0, rival, rival_fit)]))
+            # As the lag had to win by ELBO, a tie keeps it (NaN: not compared).
+            frames_better = -state_gain[0] > LEVEL_Z * state_gain[1]
             if rival_fit[0].n_states > 1 and (fit[0].n_states == 1 or frames_better):
                 kept, used, module, fit = result.rival, rival_result, rival, rival_fit
             for w in used.finish_warnings:
@@ -997,6 +1006,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             "candidate_scores_": scores,
             "candidate_wells_": wells,
             "candidate_state_scores_": state_scores,
+            "lag_state_gain_": np.array(state_gain, dtype=float),
             "lag_elbo_gain_": np.array(result.level_gain, dtype=float),
             "_oldest_first": True,  # Older fits embedded the newest observation first.
         }
@@ -1010,9 +1020,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         rows by lag. Each labels the training steps as :meth:`predict` does,
         and :func:`nldseg._switching_ar.segmentation_scores` scores the labels
         on ``segments`` of the standardised single frames. Returns the two
-        mean scores per step, and whether the rival's is higher by more than
-        ``LEVEL_Z`` standard errors of the paired per-fold differences (as
-        the lag had to win by ELBO, a tie keeps the model kept).
+        mean scores per step, and the first's gain per step over the second
+        with its standard error (:func:`nldseg._training.paired_gain` of the
+        per-fold differences).
         """
         rows = frames[0].cpu().numpy().astype(np.float64)
         sums = []
@@ -1022,9 +1032,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             fold_sums, steps = segmentation_scores(rows, labels, landscape.n_states,
                                                    segments)
             sums.append(fold_sums)
-        gain, error = paired_gain(sums[1] - sums[0], steps)
         means = [float(fold_sums.sum() / steps.sum()) for fold_sums in sums]
-        return means, gain > LEVEL_Z * error
+        return means, paired_gain(sums[0] - sums[1], steps)
 
     def _new_module(self, n_features: int, seed: int, device,
                     params: dict) -> NeuralLangevinVAE:

@@ -33,7 +33,7 @@ _FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "prior_time_scale_",
 _FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_",
                   "candidate_lags_", "candidate_scores_", "candidate_wells_",
                   "candidate_state_scores_",
-                  "lag_elbo_gain_")
+                  "lag_elbo_gain_", "lag_state_gain_")
 # Parameters renamed since a file could have been written: old name -> new name.
 _RENAMED_PARAMS = {"n_samples": "n_paths"}
 # Parameters added since: the value that reproduces what older versions did.
@@ -64,7 +64,8 @@ _ADDED_FITTED = {"validation_scores_": list,
                  # Fitted before the wells of two candidates were compared.
                  "candidate_wells_": lambda: np.array([]),
                  # Fitted before the candidates' labels were compared.
-                 "candidate_state_scores_": lambda: np.array([])}
+                 "candidate_state_scores_": lambda: np.array([]),
+                 "lag_state_gain_": lambda: np.full(2, np.nan)}
 
 
 class InconsistentVersionWarning(UserWarning):

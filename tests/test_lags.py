@@ -320,6 +320,11 @@ def test_a_lag_gives_way_to_frames_whose_states_explain_more(
         seg.candidate_state_scores_,
         [better * frames_explain_better, np.nan, better * (not frames_explain_better),
          np.nan] if compared else np.full(4, np.nan))
+    # The lag's gain over the frames and its error: per segment -1 and -1,
+    # or -1 and 0 (its opposite when the lag's labels explain better).
+    sign = -1 if frames_explain_better else 1
+    np.testing.assert_allclose(seg.lag_state_gain_, [sign * better, 0.0 if clear else 0.5]
+                               if compared else [np.nan, np.nan])
     assert seg.n_lags_ == kept_lag
     assert seg.n_states_ == (lag_wells if kept_lag else frame_wells)
     assert seg.module_ is seen["modules"][2 if kept_lag else 0]
@@ -358,7 +363,7 @@ def test_compare_states_scores_the_labels_predict_gives(tiny_lagged, lagged_regi
     """The real comparison (no stand-ins): each candidate labels the training
     steps as predict does, and its score is the cross-fitted switching AR(1)
     score of those labels on the standardised single frames; a candidate
-    against itself is a tie, which keeps the model kept."""
+    against itself gains nothing, with no error."""
     import torch
 
     from nldseg._switching_ar import segmentation_scores
@@ -373,12 +378,12 @@ def test_compare_states_scores_the_labels_predict_gives(tiny_lagged, lagged_regi
     fit = (seg.energy_, seg.prior_time_scale_, seg.training_dwell_time_)
     starts = np.concatenate([[0], np.cumsum(seqs.lengths)[:-1]])
     segments = [(int(a), int(n)) for a, n in zip(starts, seqs.lengths)]
-    means, better = seg._compare_states(frames, seqs, segments,
-                                        [(1, seg.module_, fit), (1, seg.module_, fit)])
+    means, gain = seg._compare_states(frames, seqs, segments,
+                                      [(1, seg.module_, fit), (1, seg.module_, fit)])
     labels = np.concatenate(seg.predict(X))
     assert len(np.unique(labels)) == 3
     sums, steps = segmentation_scores(frames[0].numpy().astype(np.float64), labels, 3,
                                       segments)
     assert len(sums) == 20  # 30 sequences dealt to 20 folds.
     assert means == [pytest.approx(sums.sum() / steps.sum())] * 2
-    assert np.isfinite(means[0]) and not better
+    assert np.isfinite(means[0]) and gain == (0.0, 0.0)

@@ -101,7 +101,7 @@ def _as_older_version(params: dict, fitted: dict) -> None:
     del fitted["validation_scores_"], fitted["_oldest_first"]  # Added since.
     del fitted["candidate_lags_"], fitted["candidate_scores_"]  # Added since.
     del fitted["lag_elbo_gain_"], fitted["candidate_wells_"]  # Added since.
-    del fitted["candidate_state_scores_"]  # Added since.
+    del fitted["candidate_state_scores_"], fitted["lag_state_gain_"]  # Added since.
 
 
 def _check_upgraded(seg, loaded, X) -> None:
@@ -114,6 +114,7 @@ def _check_upgraded(seg, loaded, X) -> None:
     assert loaded.candidate_lags_.shape == loaded.candidate_scores_.shape == (0,)
     assert loaded.candidate_wells_.shape == loaded.candidate_state_scores_.shape == (0,)
     assert loaded.lag_elbo_gain_.shape == (2,) and np.isnan(loaded.lag_elbo_gain_).all()
+    assert loaded.lag_state_gain_.shape == (2,) and np.isnan(loaded.lag_state_gain_).all()
 
 
 def test_pickle_from_an_older_version_gets_todays_names(tiny_fitted, tiny_data):
