@@ -225,12 +225,13 @@ def segmentation_scores(rows: np.ndarray, labels: np.ndarray, n_states: int,
     ([399, 99, 399, 99], True)
     """
     folds = [segments[i::MAX_FOLDS] for i in range(min(len(segments), MAX_FOLDS))]
-    whole = _statistics(rows, labels, segments, n_states)
+    fold_stats = [_statistics(rows, labels, fold, n_states) for fold in folds]
+    whole = _Statistics(*(sum(getattr(f, name) for f in fold_stats)
+                          for name in _Statistics.__dataclass_fields__))
     sums, steps = np.zeros(len(folds)), np.zeros(len(folds), dtype=np.int64)
     for i, fold in enumerate(folds):
         # A single fold has no others: it is scored by the model fitted to it.
-        others = (whole - _statistics(rows, labels, fold, n_states) if len(folds) > 1
-                  else whole)
+        others = whole - fold_stats[i] if len(folds) > 1 else whole
         fold_sums, fold_steps = segment_log_likelihoods(_fit(others), rows, labels, fold)
         sums[i], steps[i] = fold_sums.sum(), fold_steps.sum()
     return sums, steps
