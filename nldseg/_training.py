@@ -660,7 +660,8 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     the best lowest-level one; ``restart_scores`` holds NaN for the models
     never trained. ``finish_rival``: when a higher level is kept, the best
     lowest-level model is trained to the end of its schedule too
-    (``TrainingResult.rival``), so that the caller can prefer it on other
+    (its index ``TrainingResult.rival``, its result ``rival_result``), so
+    that the caller can prefer it on other
     grounds; each of the two final trainings' warnings is then held back in
     its result's ``finish_warnings``.
 
