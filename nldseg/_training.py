@@ -661,9 +661,9 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     never trained. ``finish_rival``: when a higher level is kept, the best
     lowest-level model is trained to the end of its schedule too
     (its index ``TrainingResult.rival``, its result ``rival_result``), so
-    that the caller can prefer it on other
-    grounds; each of the two final trainings' warnings is then held back in
-    its result's ``finish_warnings``.
+    that the caller can prefer it on other grounds; each of the two final
+    trainings' warnings is then held back in its result's
+    ``finish_warnings``.
 
     The models that train to the comparison point together do so side by
     side in ``settings.n_jobs`` worker processes
