@@ -23,6 +23,7 @@ from nldseg._dynamics import DYNAMICS
 from nldseg._fused import release_buffers
 from nldseg._inference import (
     INFERENCES,
+    MarkovFilter,
     ParticleFilter,
     PosteriorSampler,
     SegmentationStream,
@@ -34,11 +35,13 @@ from nldseg._kinetics import (
     decode_observations,
     implied_timescales,
     kramers_rate_matrix,
+    MarkovStateModel,
     label_paths,
     landscape_core_thresholds,
     landscape_saddles,
     mean_first_passage_times,
     mean_switch_interval,
+    markov_state_model,
     mean_visit_lengths,
     metastable_state_map,
     prior_state_paths,
@@ -119,6 +122,9 @@ _KINETICS_RULES = {"n_trajectories": IntParam(1), "n_steps": IntParam(1),
                    "clock": OptionParam(CLOCKS)}
 #: Core sets of the clock's calibration: the kinetics methods' default.
 _CLOCK_CORE_FRACTION = 0.5
+#: The Markov chain of ``inference="markov"``: the paths of transition_matrix's
+#: defaults, and the emission points per state.
+_MARKOV_PATHS, _MARKOV_STEPS, _MARKOV_POINTS = 256, 2000, 64
 #: Most latent points one prior simulation may record (memory bound).
 _MAX_PRIOR_POINTS = 20_000_000
 
@@ -986,7 +992,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 warnings.warn(w.message, stacklevel=2)
         del modules, frames
         n_lags = lags[kept]
-        landscape, time_scale, dwell = fit
+        landscape, time_scale, dwell, chain = fit
         beta, gamma, mass = (t.detach() for t in module.langevin_params())
         scores = np.full(len(candidates), np.nan)
         scores[:len(result.restart_scores)] = result.restart_scores
@@ -1009,13 +1015,14 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             "lag_state_gain_": np.array(state_gain, dtype=float),
             "lag_elbo_gain_": np.array(result.level_gain, dtype=float),
             "_oldest_first": True,  # Older fits embedded the newest observation first.
+            "_markov_transition": chain.transition, "_markov_points": chain.points,
         }
 
     def _compare_states(self, frames: dict, seqs: Sequences, segments: list,
                         candidates: list) -> tuple:
         """Two candidates' states compared: cross-fitted scores of their labels.
 
-        ``candidates`` are ``(lag, module, (landscape, time scale, dwell))``
+        ``candidates`` are ``(lag, module, (landscape, time scale, dwell, chain))``
         of the kept model and of its rival; ``frames`` the embedded training
         rows by lag. Each labels the training steps as :meth:`predict` does,
         and :func:`nldseg._switching_ar.segmentation_scores` scores the labels
@@ -1026,9 +1033,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """
         rows = frames[0].cpu().numpy().astype(np.float64)
         sums = []
-        for lag, module, (landscape, _, dwell) in candidates:
+        for lag, module, (landscape, _, dwell, chain) in candidates:
             labels = self._labels(Sequences(frames[lag].cpu().numpy(), seqs.lengths,
-                                            seqs.form), module, landscape, dwell)
+                                            seqs.form), module, landscape, dwell, chain)
             fold_sums, steps = segmentation_scores(rows, labels, landscape.n_states,
                                                    segments)
             sums.append(fold_sums)
@@ -1049,17 +1056,18 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
     def _fit_landscape(self, module, z_data: np.ndarray, seqs: Sequences,
                        seeds, min_state_fraction: float,
-                       ) -> tuple[EnergyLandscape, float, float]:
+                       ) -> tuple[EnergyLandscape, float, float, MarkovStateModel]:
         """Find the wells in the latent codes of part of the training data.
 
         Wells between which the posterior paths take turns much faster than
         they leave the pair are then joined into one state
         (:func:`nldseg._kinetics.metastable_state_map`), unless ``n_states``
         was given. Returns the :class:`EnergyLandscape`, the prior's
-        calibrated clock (:func:`nldseg._kinetics.calibrate_clock`) and the
+        calibrated clock (:func:`nldseg._kinetics.calibrate_clock`), the
         mean steps between the states' changes
         (:func:`nldseg._kinetics.mean_switch_interval`), both on the same
-        posterior paths.
+        posterior paths, and the states' Markov chain on that clock
+        (:meth:`_markov_chain`).
         """
         rng = np.random.default_rng(int(seeds[0]))
         sampler = PosteriorSampler(module, self.dt, 1, int(seeds[1]), self.solver)
@@ -1085,7 +1093,31 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         time_scale = calibrate_clock(module, landscape, paths, dt=self.dt,
                                      core_fraction=_CLOCK_CORE_FRACTION,
                                      generator=generator, thresholds=thresholds)
-        return landscape, time_scale, dwell
+        return landscape, time_scale, dwell, self._markov_chain(module, landscape,
+                                                                time_scale)
+
+    def _markov_chain(self, module, landscape, time_scale: float) -> MarkovStateModel:
+        """The states' Markov chain that ``inference="markov"`` filters.
+
+        From the paths of :meth:`transition_matrix` with its defaults (the
+        same seed, so its transition matrix is that method's), on the clock
+        ``time_scale`` (1 where it is not finite: a model saved before the
+        clock was calibrated), with ``_MARKOV_POINTS`` emission points per
+        state (:func:`nldseg._kinetics.markov_state_model`).
+        """
+        if landscape.n_states == 1:
+            points = np.repeat(landscape.minima[:, None].astype(np.float32),
+                               _MARKOV_POINTS, axis=1)
+            return MarkovStateModel(np.ones((1, 1)), points)
+        generator = self._prior_generator(None)
+        with torch_threads(self.n_threads):
+            positions, labels = prior_state_paths(
+                module, landscape, dt=self.dt, n_paths=_MARKOV_PATHS,
+                n_steps=_MARKOV_STEPS, core_fraction=_CLOCK_CORE_FRACTION,
+                generator=generator,
+                time_scale=time_scale if np.isfinite(time_scale) else 1.0)
+            return markov_state_model(positions, labels, landscape,
+                                      n_points=_MARKOV_POINTS, generator=generator)
 
     # -------------------------------------------------------------- inference
     def _check_inference_params(self) -> None:
@@ -1122,16 +1154,26 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         return PosteriorSampler(self.module_ if module is None else module, self.dt,
                                 self.n_paths, self._seed(), self.solver)
 
-    def _filter(self, module=None, landscape=None) -> ParticleFilter | None:
-        """The particle filter that labels steps; None when ``inference="paths"``.
+    def _filter(self, module=None, landscape=None,
+                chain: MarkovStateModel | None = None,
+                ) -> ParticleFilter | MarkovFilter | None:
+        """The filter that labels steps; None when ``inference="paths"``.
 
-        Of ``module`` and ``landscape`` when given, else of the fitted ones.
+        Of ``module``, ``landscape`` and their ``chain`` when given, else of
+        the fitted ones.
         """
         if self.inference == "paths":
             return None
-        return ParticleFilter(self.module_ if module is None else module,
-                              self.energy_ if landscape is None else landscape,
-                              self.dt, self.n_particles, self.prior_weight, self._seed())
+        module = self.module_ if module is None else module
+        landscape = self.energy_ if landscape is None else landscape
+        if self.inference == "markov":
+            if chain is None and self._markov_transition.size:
+                chain = MarkovStateModel(self._markov_transition, self._markov_points)
+            elif chain is None:  # A model saved before inference="markov".
+                chain = self._markov_chain(module, landscape, self.prior_time_scale_)
+            return MarkovFilter(module, chain, landscape.occupancy("sampled"))
+        return ParticleFilter(module, landscape, self.dt, self.n_particles,
+                              self.prior_weight, self._seed())
 
     def predict_proba(self, X, *, lengths=None):
         """Probability of each state at every time step (online).
@@ -1161,28 +1203,32 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         seqs = self._prepare(X, lengths)
         return format_output(seqs, self._proba(seqs))
 
-    def _proba(self, seqs: Sequences, module=None, landscape=None) -> np.ndarray:
-        """State probabilities of model frames, by ``module`` and ``landscape``
-        (the fitted ones when not given)."""
+    def _proba(self, seqs: Sequences, module=None, landscape=None,
+               chain: MarkovStateModel | None = None) -> np.ndarray:
+        """State probabilities of model frames, by ``module``, ``landscape`` and
+        their ``chain`` (the fitted ones when not given)."""
         module = self.module_ if module is None else module
         landscape = self.energy_ if landscape is None else landscape
         d = module.latent_dim
         with torch_threads(self.n_threads):
-            particle_filter = self._filter(module, landscape)
-            if particle_filter is not None:
-                return particle_filter.proba(seqs, landscape.n_states)
+            state_filter = self._filter(module, landscape, chain)
+            if state_filter is not None:
+                return state_filter.proba(seqs, landscape.n_states)
             return self._sampler(module).map_paths(
                 seqs, lambda z: landscape.state_fractions(z[..., :d]),
                 (landscape.n_states,), np.float64)
 
     def _labels(self, seqs: Sequences, module=None, landscape=None,
-                dwell: float | None = None) -> np.ndarray:
+                dwell: float | None = None,
+                chain: MarkovStateModel | None = None) -> np.ndarray:
         """:meth:`predict`'s labels of model frames (rows end to end), by the
-        fitted model or by ``module``, ``landscape`` and their training ``dwell``."""
+        fitted model or by ``module``, ``landscape``, their training ``dwell``
+        and their ``chain``."""
         dwell = self.training_dwell_time_ if dwell is None else dwell
         hold = hold_steps(self.switch_hold, dwell)
         return np.concatenate([hysteresis_labels(p, self.switch_margin, hold=hold)
-                               for p in seqs.split(self._proba(seqs, module, landscape))])
+                               for p in seqs.split(self._proba(seqs, module, landscape,
+                                                               chain))])
 
     def predict(self, X, *, lengths=None):
         """State label of every time step (online), from ``predict_proba``.
@@ -1785,11 +1831,14 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         True
         """
         self._check_inference_params()
+        state_filter = self._filter()
+        markov = isinstance(state_filter, MarkovFilter)
         return SegmentationStream(self._sampler(), self.energy_, self.scaler_mean_,
                                   self.scaler_scale_, n_lags=self.n_lags_,
                                   oldest_first=self._oldest_first,
                                   n_threads=self.n_threads,
-                                  particle_filter=self._filter(),
+                                  particle_filter=(None if markov else state_filter),
+                                  markov_filter=state_filter if markov else None,
                                   switch_margin=self.switch_margin,
                                   switch_hold=hold_steps(self.switch_hold,
                                                          self.training_dwell_time_))

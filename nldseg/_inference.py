@@ -71,7 +71,7 @@ def _scatter(out: np.ndarray, values: np.ndarray, seqs: Sequences, ids: np.ndarr
 
 
 #: How ``predict_proba`` reads the labels (``LangevinSegmenter``'s ``inference``).
-INFERENCES = frozenset({"filter", "paths"})
+INFERENCES = frozenset({"filter", "markov", "paths"})
 
 LANDSCAPE_BUDGET = 20000  # Time steps encoded to find the wells.
 LANDSCAPE_PIECE = 2000  # Length of the pieces of a sequence longer than the budget.
@@ -438,6 +438,101 @@ class ParticleFilter:
         return out
 
 
+class MarkovFilter:
+    """Forward filter of the landscape's states as a Markov chain (``inference="markov"``).
+
+    The fitted model, read as a hidden Markov model on its states: the
+    chain moves by the transition matrix of the learned prior's paths at a
+    lag of one observation (:func:`nldseg._kinetics.markov_state_model`, the
+    calibrated clock), and state ``k`` emits a frame with the decoder's
+    density averaged over points of the prior's paths in basin ``k``,
+    ``p(x | k) = mean_m p(x | z_m)``. The filter is exact for that chain:
+    ``alpha_t = (alpha_{t-1} P) * p(x_t | .)``, normalised, from the states'
+    stationary shares at the first observation. No draws: the output is
+    deterministic, and each sequence's does not depend on the others'.
+
+    Unlike :class:`ParticleFilter`, which can only weigh the states its
+    particles have reached, every state keeps a probability at every step,
+    so a switch shows as soon as the frames favour it by more than the
+    chain's odds of staying (the frames' evidence accumulates as in an HMM
+    filter). What it leaves out is the position within a well, which the
+    chain forgets from one step to the next.
+
+    To keep every transition possible (a pair of states the simulation
+    never saw cross has a zero count), ``TRANSITION_FLOOR`` is mixed into the
+    transition matrix, and a frame's likelihoods are taken relative to the
+    largest and floored at ``exp(MIN_LOG_RATIO)``. A frame whose densities
+    are all not finite is not weighed.
+
+    Parameters
+    ----------
+    module : NeuralLangevinVAE
+        The trained model, on CPU, in eval mode.
+    chain : MarkovStateModel
+        Its states' transition matrix and emission points.
+    start : ndarray of shape (n_states,)
+        Probabilities of the states at the first observation.
+    """
+
+    TRANSITION_FLOOR = 1e-6
+    MIN_LOG_RATIO = -500.0
+
+    def __init__(self, module, chain, start: np.ndarray) -> None:
+        self.module = module
+        k, m = chain.points.shape[:2]
+        self.n_states, self.n_points = k, m
+        self.transition = ((1.0 - self.TRANSITION_FLOOR) * np.asarray(chain.transition,
+                                                                      np.float64)
+                           + self.TRANSITION_FLOOR / k)
+        self.start = np.asarray(start, np.float64) / np.sum(start)
+        self._points = torch.as_tensor(np.asarray(chain.points, np.float32).reshape(k * m, -1))
+
+    def log_emissions(self, x: torch.Tensor) -> np.ndarray:
+        """``log p(x_t | state)`` of model frames ``x`` (T, D), float64 (T, n_states)."""
+        with torch.no_grad():
+            lp = self.module.point_log_prob(x, self._points).double()
+        lp = lp.view(x.shape[0], self.n_states, self.n_points)
+        return (torch.logsumexp(lp, -1) - math.log(self.n_points)).numpy()
+
+    def update(self, alpha: np.ndarray | None, log_b: np.ndarray) -> np.ndarray:
+        """Filtered probabilities (B, n_states) after frames of densities ``log_b``.
+
+        ``alpha`` (B, n_states) are those after the previous frames (``None``:
+        ``log_b`` is the first frame's).
+        """
+        log_b = np.nan_to_num(log_b, nan=-np.inf, posinf=-np.inf)
+        top = log_b.max(1, keepdims=True)
+        seen = np.isfinite(top)
+        rel = np.where(seen, log_b - np.where(seen, top, 0.0), 0.0)
+        b = np.exp(np.maximum(rel, self.MIN_LOG_RATIO))
+        prior = (np.broadcast_to(self.start, log_b.shape) if alpha is None
+                 else alpha @ self.transition)
+        new = prior * b
+        return new / new.sum(1, keepdims=True)
+
+    def proba(self, seqs: Sequences, n_states: int,
+              block_steps: int = BLOCK_STEPS) -> np.ndarray:
+        """State probabilities at every observation of ``seqs``, (n_total, n_states).
+
+        The frames' densities are computed ``block_steps`` rows at a time;
+        the sequences are then filtered side by side, one step at a time.
+        """
+        data = torch.as_tensor(seqs.data)
+        log_b = np.concatenate([self.log_emissions(data[a:a + block_steps])
+                                for a in range(0, data.shape[0], block_steps)]
+                               or [np.zeros((0, n_states))])
+        out = np.empty_like(log_b)
+        offs, lens = seqs.offsets, seqs.lengths
+        order = np.argsort(-lens, kind="stable")  # Longest first: a prefix stays active.
+        alpha = None
+        for t in range(int(lens.max()) if len(lens) else 0):
+            active = order[:int(np.count_nonzero(lens > t))]
+            rows = offs[active] + t
+            alpha = self.update(None if alpha is None else alpha[:len(active)], log_b[rows])
+            out[rows] = alpha
+        return out
+
+
 def _weights(particles: Particles) -> np.ndarray:
     """The particles' normalised weights in float64 (B, n_particles): they sum to 1."""
     return torch.softmax(particles.log_w.double(), dim=1).numpy()
@@ -645,8 +740,11 @@ class SegmentationStream:
         ``n_threads``).
     particle_filter : ParticleFilter or None, default=None
         Label by this filter (as ``predict`` does with the segmenter's
-        default ``inference="filter"``); ``None``: by the fractions of the
-        sampler's posterior paths.
+        ``inference="filter"``); ``None``: by the fractions of the sampler's
+        posterior paths (or by ``markov_filter``).
+    markov_filter : MarkovFilter or None, default=None
+        Label by the states' Markov chain (as ``predict`` does with the
+        segmenter's ``inference="markov"``); the sampler is then not used.
     switch_margin : float, default=0.0
         Hysteresis of the labels (see :func:`held_labels`); the segmenter
         passes its own.
@@ -676,7 +774,8 @@ class SegmentationStream:
                  scale: np.ndarray, *, n_lags: int = 0, oldest_first: bool = False,
                  n_threads: int | None = None,
                  particle_filter: ParticleFilter | None = None,
-                 switch_margin: float = 0.0, switch_hold: int = 0) -> None:
+                 switch_margin: float = 0.0, switch_hold: int = 0,
+                 markov_filter: MarkovFilter | None = None) -> None:
         check_threads(n_threads)
         self._switch_margin = float(switch_margin)
         self._switch_hold = int(switch_hold)
@@ -685,15 +784,19 @@ class SegmentationStream:
         self._n_threads = n_threads
         self._sampler = sampler
         self._filter = particle_filter
+        self._markov = markov_filter
         self._landscape = landscape
         self._mean = np.asarray(mean, dtype=np.float64)
         self._scale = np.asarray(scale, dtype=np.float64)
-        if particle_filter is None:
+        if markov_filter is not None:  # No paths to move.
+            self._stepper = self._work = None
+        elif particle_filter is None:
             self._stepper = sampler.module.inference_stepper(sampler.dt)
             rows = sampler.n_paths
         else:  # The filter's own stepper: the weights are folded once.
             self._stepper, rows = particle_filter.stepper, particle_filter.n_particles
-        self._work = self._stepper.workspace(rows, torch.empty(0))
+        if self._stepper is not None:
+            self._work = self._stepper.workspace(rows, torch.empty(0))
         self.reset()
 
     def reset(self) -> SegmentationStream:
@@ -735,8 +838,12 @@ class SegmentationStream:
         gen_state = self._gen.get_state()
         try:
             with torch_threads(self._n_threads), torch.no_grad():
-                state, proba = (self._step(x) if self._filter is None
-                                else self._filter_step(x))
+                if self._markov is not None:
+                    state, proba = self._markov_step(x)
+                elif self._filter is None:
+                    state, proba = self._step(x)
+                else:
+                    state, proba = self._filter_step(x)
         except BaseException:
             self._gen.set_state(gen_state)
             raise
@@ -762,6 +869,12 @@ class SegmentationStream:
             z = stepper.advance(state[1], stepper.bias(h),
                                 stepper.drive(sampler.step_noise(self._gen)), self._work)
         return (h, z), self._landscape.state_fractions(z[:, :module.latent_dim])
+
+    def _markov_step(self, x: torch.Tensor) -> tuple:
+        """The Markov chain filter's step for one observation (no state change)."""
+        markov = self._markov
+        alpha = markov.update(self._state, markov.log_emissions(x.reshape(1, -1)))
+        return alpha, alpha[0]
 
     def _filter_step(self, x: torch.Tensor) -> tuple:
         """The particle filter's step for one observation (no state change)."""

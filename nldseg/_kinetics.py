@@ -13,6 +13,8 @@ What the landscape says about time, beyond occupancy:
 * :func:`core_set_labels` turns such paths into state sequences by
   milestoning, so that recrossings of a barrier top are not counted as visits
   (see its docstring for the rule).
+* :func:`markov_state_model` turns them into the Markov chain whose forward
+  filter labels the steps under ``inference="markov"``.
 * :func:`transition_counts`, :func:`row_stochastic`, :func:`visit_lengths`
   and :func:`mean_visit_lengths` read transition matrices and dwell times off
   labelled paths; :func:`implied_timescales` and
@@ -30,6 +32,7 @@ only validate their arguments and chain these calls.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -890,6 +893,60 @@ def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: in
                                   generator=generator, time_scale=time_scale)
     return paths, label_paths(module, landscape, list(paths), core_fraction,
                               thresholds=thresholds)
+
+
+class MarkovStateModel(NamedTuple):
+    """The landscape's states as a Markov chain, for :class:`nldseg._inference.MarkovFilter`.
+
+    ``transition`` (n_states, n_states) is row-stochastic at a lag of one
+    observation; ``points`` (n_states, n_points, latent_dim) are positions
+    of the prior's paths in each state's basin, over which the decoder's
+    density is averaged to give the state's density of a frame.
+    """
+
+    transition: np.ndarray
+    points: np.ndarray
+
+
+def markov_state_model(positions: np.ndarray, labels: np.ndarray, landscape, *,
+                       n_points: int, generator: torch.Generator) -> MarkovStateModel:
+    """The Markov state model of simulated prior paths (:func:`prior_state_paths`).
+
+    The lag-1 transition matrix of the paths' core-set ``labels``
+    (:func:`transition_counts`, :func:`row_stochastic`), and ``n_points``
+    positions drawn from each basin's share of the paths after their first
+    point (without replacement while there are enough; with, else). A basin
+    the paths never entered gets its minimum, ``n_points`` times.
+
+    Parameters
+    ----------
+    positions : ndarray of shape (n_paths, n_steps + 1, latent_dim)
+    labels : ndarray of shape (n_paths, n_steps + 1)
+    landscape : EnergyLandscape
+    n_points : int
+    generator : torch.Generator
+        Draws the points.
+
+    Returns
+    -------
+    MarkovStateModel
+    """
+    k = landscape.n_states
+    transition = row_stochastic(transition_counts(labels, k, 1))
+    flat = np.ascontiguousarray(positions[:, 1:].reshape(-1, positions.shape[-1]))
+    basins = landscape.predict(flat)
+    points = np.empty((k, n_points, flat.shape[1]), dtype=np.float32)
+    for i in range(k):
+        inside = np.flatnonzero(basins == i)
+        if len(inside) == 0:
+            points[i] = landscape.minima[i]
+            continue
+        if len(inside) >= n_points:
+            pick = torch.randperm(len(inside), generator=generator)[:n_points]
+        else:
+            pick = torch.randint(len(inside), (n_points,), generator=generator)
+        points[i] = flat[inside[pick.numpy()]]
+    return MarkovStateModel(transition, points)
 
 
 def simulate_module_prior(module, state: torch.Tensor, *, dt: float, n_steps: int,

@@ -894,6 +894,34 @@ class NeuralLangevinVAE(nn.Module):
         return (-0.5 * (white * white).sum(-1) + log_diag.sum(-1)
                 - 0.5 * white.shape[-1] * _LOG_2PI)
 
+    def point_log_prob(self, x: torch.Tensor, z: torch.Tensor,
+                       chunk: int = 512) -> torch.Tensor:
+        """``log p(x_t | z_m)`` for every frame and every latent point, (T, P).
+
+        The density of :meth:`decode_log_prob` (the features after
+        :attr:`given_features` given those), for frames ``x`` (T, D) against
+        fixed points ``z`` (P, >= latent_dim): each point's mean and
+        precision factor are computed once, so the cost per frame is one
+        product with the ``P`` precision factors. Frames are taken ``chunk``
+        at a time.
+        """
+        given = self.given_features
+        if self.decoder_covariance == "latent":
+            hidden = self._decoder_hidden(z)
+            mean, prec = self.decoder[2](hidden), self._latent_precision_tril(hidden)
+        else:
+            mean = self.decoder(z[..., : self.latent_dim])
+            prec = self._shared_precision_tril().expand(z.shape[0], -1, -1)
+        prec = prec[:, given:]  # The rows of the features explained.
+        log_det = torch.log(torch.diagonal(prec[:, :, given:], dim1=-2, dim2=-1)).sum(-1)
+        shift = (prec @ mean.unsqueeze(-1)).squeeze(-1)
+        const = log_det - 0.5 * prec.shape[1] * _LOG_2PI
+        out = []
+        for a in range(0, x.shape[0], chunk):
+            white = torch.einsum("pij,tj->tpi", prec, x[a:a + chunk]) - shift
+            out.append(-0.5 * (white * white).sum(-1) + const)
+        return torch.cat(out) if out else x.new_zeros((0, z.shape[0]))
+
     def elbo_terms(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
                    eps0: torch.Tensor, dt: float, n_paths: int = 1,
                    solver: str = "euler", partition_noise: torch.Tensor | None = None,

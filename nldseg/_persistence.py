@@ -33,7 +33,8 @@ _FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "prior_time_scale_",
 _FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_",
                   "candidate_lags_", "candidate_scores_", "candidate_wells_",
                   "candidate_state_scores_",
-                  "lag_elbo_gain_", "lag_state_gain_")
+                  "lag_elbo_gain_", "lag_state_gain_",
+                  "_markov_transition", "_markov_points")
 # Parameters renamed since a file could have been written: old name -> new name.
 _RENAMED_PARAMS = {"n_samples": "n_paths"}
 # Parameters added since: the value that reproduces what older versions did.
@@ -65,7 +66,11 @@ _ADDED_FITTED = {"validation_scores_": list,
                  "candidate_wells_": lambda: np.array([]),
                  # Fitted before the candidates' labels were compared.
                  "candidate_state_scores_": lambda: np.array([]),
-                 "lag_state_gain_": lambda: np.full(2, np.nan)}
+                 "lag_state_gain_": lambda: np.full(2, np.nan),
+                 # Fitted before inference="markov": empty, the chain is then
+                 # simulated when that inference is asked for.
+                 "_markov_transition": lambda: np.zeros((0, 0)),
+                 "_markov_points": lambda: np.zeros((0, 0, 0), dtype=np.float32)}
 
 
 class InconsistentVersionWarning(UserWarning):
