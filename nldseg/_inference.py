@@ -485,7 +485,8 @@ class MarkovFilter:
                                                                       np.float64)
                            + self.TRANSITION_FLOOR / k)
         self.start = np.asarray(start, np.float64) / np.sum(start)
-        self._points = torch.as_tensor(np.asarray(chain.points, np.float32).reshape(k * m, -1))
+        points = np.asarray(chain.points, np.float32)
+        self._points = torch.as_tensor(points.reshape(k * m, -1))
 
     def log_emissions(self, x: torch.Tensor) -> np.ndarray:
         """``log p(x_t | state)`` of model frames ``x`` (T, D), float64 (T, n_states)."""

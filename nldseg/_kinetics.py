@@ -896,7 +896,7 @@ def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: in
 
 
 class MarkovStateModel(NamedTuple):
-    """The landscape's states as a Markov chain, for :class:`nldseg._inference.MarkovFilter`.
+    """The landscape's states as a Markov chain (``inference="markov"``).
 
     ``transition`` (n_states, n_states) is row-stochastic at a lag of one
     observation; ``points`` (n_states, n_points, latent_dim) are positions
