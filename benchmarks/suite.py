@@ -259,6 +259,8 @@ def score_labels(y_test: list, labels: list) -> dict:
 
 #: Other ways to label the test set with the same fit (``--also``): parameters.
 LABELLINGS = {"paths": {"inference": "paths"},
+              "markov": {"inference": "markov"},
+              "filter": {"inference": "filter"},
               "w0": {"prior_weight": 0.0},
               "w1": {"prior_weight": 1.0},
               # Hysteresis of the labels (the default is 0.2; 0 is the argmax).
