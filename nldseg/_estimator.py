@@ -401,8 +401,18 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Monte-Carlo posterior paths per sequence used by :meth:`transform` and
         :meth:`score` (and by :meth:`predict_proba`, :meth:`predict` and
         :meth:`stream` when ``inference="paths"``).
-    inference : {"filter", "paths"}, default="filter"
-        How the online labels are read. ``"filter"``: a particle filter on
+    inference : {"filter", "markov", "paths"}, default="filter"
+        How the online labels are read. ``"markov"``: the exact forward
+        filter of the fitted model read as a hidden Markov model on its
+        states. The states move by the lag-1 transition matrix of the learned
+        prior's paths (calibrated clock, core-set labels: the matrix of
+        :meth:`transition_matrix`, from 256 paths of 2,000 steps simulated at
+        the end of :term:`fit`), and state ``k`` emits a frame with the
+        decoder's density averaged over 64 points of those paths in its
+        basin. Every state keeps a probability at every step, so evidence
+        for a switch accumulates as in an HMM's filter; the position within
+        a well is not carried from step to step. No draws (deterministic),
+        and about as fast as ``"filter"``. ``"filter"``: a particle filter on
         the fitted model. ``n_particles`` particles per sequence move as
         posterior paths (steered by the encoder) and are weighed by the
         decoder's likelihood of each observation times

@@ -4,8 +4,10 @@
 sequence; ``transform``, ``score`` and the landscape's codes go through it.
 :class:`ParticleFilter` weighs such paths by the generative model and labels
 the steps (``predict_proba``, ``predict``; with ``inference="paths"`` the
-sampler's unweighted paths do). :class:`SegmentationStream` runs either one
-step at a time. Both follow one noise rule: **common random numbers**. Every
+sampler's unweighted paths do; with ``inference="markov"``,
+:class:`MarkovFilter`, the exact filter of the states' Markov chain, which
+draws nothing). :class:`SegmentationStream` runs any of them one step at a
+time. Both follow one noise rule: **common random numbers**. Every
 sequence gets the same draws: ``eps0`` (n_paths, state_dim) for the initial
 states first, then the Brownian increments (n_sub, n_paths, latent_dim) of
 each step in turn, one draw per step (the filter adds one resampling uniform
@@ -501,7 +503,7 @@ class MarkovFilter:
         ``alpha`` (B, n_states) are those after the previous frames (``None``:
         ``log_b`` is the first frame's).
         """
-        log_b = np.nan_to_num(log_b, nan=-np.inf, posinf=-np.inf)
+        log_b = np.nan_to_num(log_b, nan=-np.inf, posinf=-np.inf, neginf=-np.inf)
         top = log_b.max(1, keepdims=True)
         seen = np.isfinite(top)
         rel = np.where(seen, log_b - np.where(seen, top, 0.0), 0.0)
