@@ -401,7 +401,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Monte-Carlo posterior paths per sequence used by :meth:`transform` and
         :meth:`score` (and by :meth:`predict_proba`, :meth:`predict` and
         :meth:`stream` when ``inference="paths"``).
-    inference : {"filter", "markov", "paths"}, default="filter"
+    inference : {"markov", "filter", "paths"}, default="markov"
         How the online labels are read. ``"markov"``: the exact forward
         filter of the fitted model read as a hidden Markov model on its
         states. The states move by the lag-1 transition matrix of the learned
@@ -799,7 +799,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                  batch_size=64, max_iter=3000, n_init=2, learning_rate="cosine",
                  learning_rate_init=3e-3, kl_warmup=200, density_weight=1.0, tol=1e-3,
                  n_iter_no_change=5, early_stopping=True, validation_fraction=0.1,
-                 decoder_covariance="latent", n_paths=8, inference="filter",
+                 decoder_covariance="latent", n_paths=8, inference="markov",
                  prior_weight=0.5, n_particles=64, switch_margin=0.2,
                  switch_hold="auto", min_state_fraction=0.005,
                  initial_prior="stationary",

@@ -11,9 +11,10 @@ from nldseg import SegmentationStream
 from nldseg._inference import LabelState, held_labels, hysteresis_labels
 
 
+@pytest.mark.parametrize("inference", ["markov", "filter"])
 @pytest.mark.parametrize("model", ["tiny_fitted", "tiny_underdamped"])
-def test_stream_equals_predict_on_every_prefix(model, tiny_data, request):
-    seg = request.getfixturevalue(model)
+def test_stream_equals_predict_on_every_prefix(model, inference, tiny_data, request):
+    seg = copy.copy(request.getfixturevalue(model)).set_params(inference=inference)
     x = tiny_data[1][0]
     stream = seg.stream()
     assert isinstance(stream, SegmentationStream)
@@ -34,9 +35,15 @@ def _paths_only(seg):
     return copy.copy(seg).set_params(inference="paths")
 
 
-@pytest.mark.parametrize("by_paths", [False, True])
-def test_streams_are_independent_and_match_batch_predict(tiny_fitted, tiny_data, by_paths):
-    seg = _paths_only(tiny_fitted) if by_paths else tiny_fitted
+def _particles(seg):
+    """The fitted segmenter labelling by the particle filter (a shallow copy)."""
+    return copy.copy(seg).set_params(inference="filter")
+
+
+@pytest.mark.parametrize("inference", ["markov", "filter", "paths"])
+def test_streams_are_independent_and_match_batch_predict(tiny_fitted, tiny_data, inference):
+    by_paths = inference == "paths"
+    seg = copy.copy(tiny_fitted).set_params(inference=inference)
     X_test = tiny_data[1]
     batch = seg.predict_proba(X_test)
     assert len(np.unique(batch.argmax(-1))) >= 2
@@ -64,8 +71,9 @@ def test_particle_filter_probabilities(tiny_fitted, tiny_data):
     parts = [np.concatenate(list(X_test[:3])), X_test[4, :1], X_test[5, :40]]
     parts = [np.asarray(p, dtype=np.float32) for p in parts]
     raw = Sequences(np.concatenate(parts), np.array([len(p) for p in parts]), "list")
-    seqs = tiny_fitted._prepare(raw.data, raw.lengths)
-    filt = tiny_fitted._filter()
+    seg = _particles(tiny_fitted)
+    seqs = seg._prepare(raw.data, raw.lengths)
+    filt = seg._filter()
     whole = filt.proba(seqs, 3)
     assert whole.shape == (len(seqs.data), 3)
     assert np.all(whole >= 0) and np.allclose(whole.sum(1), 1.0, rtol=0, atol=1e-12)
@@ -83,7 +91,7 @@ def test_particle_filter_probabilities(tiny_fitted, tiny_data):
     for a, n in zip(starts, raw.lengths):
         assert close[a:a + min(n, 50)].all()
     assert np.mean(one_at_a_time.argmax(1) == whole.argmax(1)) >= 0.95
-    plain = copy.copy(tiny_fitted).set_params(prior_weight=1.0)._filter().proba(seqs, 3)
+    plain = copy.copy(seg).set_params(prior_weight=1.0)._filter().proba(seqs, 3)
     assert np.abs(plain - whole).max() > 0.05
     paths = _paths_only(tiny_fitted).predict_proba(raw.data, lengths=raw.lengths)
     assert np.abs(paths - whole).max() > 0.05
@@ -260,8 +268,10 @@ def test_landscape_codes_take_pieces_spread_over_a_recording_longer_than_the_bud
     np.testing.assert_array_equal(codes, sampler.latent_paths(want)[:, 0, :d])
 
 
-def test_particle_filter_on_an_observation_far_beyond_the_data(tiny_fitted, tiny_data):
+@pytest.mark.parametrize("inference", ["markov", "filter"])
+def test_filters_on_an_observation_far_beyond_the_data(tiny_fitted, tiny_data, inference):
     """A spike at the largest magnitude accepted: finite probabilities, same labels."""
+    tiny_fitted = copy.copy(tiny_fitted).set_params(inference=inference)
     x = np.array(tiny_data[1][0], dtype=np.float64)
     x[30, 2] = 1e15  # the largest magnitude the input checks accept
     proba = tiny_fitted.predict_proba(x)
@@ -294,7 +304,7 @@ def test_particle_filter_weights_stay_finite_when_the_likelihood_is_not(tiny_fit
 
     monkeypatch.setattr(module, "decode_log_prob", broken)
     x = np.asarray(tiny_data[1][0][:20], dtype=np.float64)
-    proba = tiny_fitted.predict_proba(x)
+    proba = _particles(tiny_fitted).predict_proba(x)
     assert calls["n"] == 20
     assert np.isfinite(proba).all()
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=0, atol=1e-12)

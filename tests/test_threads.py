@@ -61,6 +61,7 @@ def test_inference_and_stream_run_on_n_threads(tiny_fitted, tiny_data, user_thre
     _spy(monkeypatch, _inference.PosteriorSampler, "latent_paths", seen)
     _spy(monkeypatch, _inference.PosteriorSampler, "elbo_sum", seen)
     _spy(monkeypatch, _inference.SegmentationStream, "_step", seen)
+    _spy(monkeypatch, _inference.MarkovFilter, "log_emissions", seen)
     labels = seg.predict(X_test)
     seg.predict_proba(X_test[:2])
     seg.transform(X_test[:2])
