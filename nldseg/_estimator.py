@@ -432,9 +432,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         0.0002 on the paper's data (see
         ``benchmarks/RESULTS.md``).
     prior_weight : float in [0, 1], default=0.5
-        (``inference="filter"``) How far the particle filter trusts the learned prior's dynamics over the
-        encoder's: the particles' transition density is taken proportional
-        to ``p^prior_weight q^(1 - prior_weight)``. At 1 (the plain particle
+        (``inference="filter"``) How far the particle filter trusts the
+        learned prior's dynamics over the encoder's: the particles'
+        transition density is taken proportional to ``p^prior_weight q^(1 -
+        prior_weight)``. At 1 (the plain particle
         filter of the generative model) the learned prior, which switches
         several times more slowly than the data, holds the old state a step
         too long at sharp switches (paper setting: 0.996 against 0.999).
