@@ -19,11 +19,12 @@ Reported:
   steps, the first 20 of each not counted).
 
 Each value of ``--inference`` (default: the model's own) is timed in turn on
-the same model: the particle filter against the path fractions::
+the same model: the Markov chain filter, the particle filter and the path
+fractions::
 
     python benchmarks/inference_throughput.py \
         --model /tmp/models/overdamped_seed0.nldseg --threads 2
-    python benchmarks/inference_throughput.py --inference paths filter --threads 1
+    python benchmarks/inference_throughput.py --inference markov filter paths --threads 1
 """
 
 import argparse
@@ -52,7 +53,8 @@ def main() -> None:
     p.add_argument("--n-paths", type=int, nargs="+", default=[None],
                    help="Monte-Carlo paths per sequence to time (default: the "
                         "model's own n_paths)")
-    p.add_argument("--inference", nargs="+", default=[None], choices=["filter", "paths"],
+    p.add_argument("--inference", nargs="+", default=[None],
+                   choices=["markov", "filter", "paths"],
                    help="inference values to time (default: the model's own)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
