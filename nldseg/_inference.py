@@ -487,13 +487,14 @@ class MarkovFilter:
                                                                       np.float64)
                            + self.TRANSITION_FLOOR / k)
         self.start = np.asarray(start, np.float64) / np.sum(start)
-        points = np.asarray(chain.points, np.float32)
-        self._points = torch.as_tensor(points.reshape(k * m, -1))
+        points = torch.as_tensor(np.asarray(chain.points, np.float32).reshape(k * m, -1))
+        with torch.no_grad():  # Once: the cost per frame is then one product.
+            self._points = None if module is None else module.decoder_points(points)
 
     def log_emissions(self, x: torch.Tensor) -> np.ndarray:
         """``log p(x_t | state)`` of model frames ``x`` (T, D), float64 (T, n_states)."""
         with torch.no_grad():
-            lp = self.module.point_log_prob(x, self._points).double()
+            lp = self.module.points_log_prob(x, self._points).double()
         lp = lp.view(x.shape[0], self.n_states, self.n_points)
         return (torch.logsumexp(lp, -1) - math.log(self.n_points)).numpy()
 

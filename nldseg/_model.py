@@ -900,10 +900,18 @@ class NeuralLangevinVAE(nn.Module):
 
         The density of :meth:`decode_log_prob` (the features after
         :attr:`given_features` given those), for frames ``x`` (T, D) against
-        fixed points ``z`` (P, >= latent_dim): each point's mean and
-        precision factor are computed once, so the cost per frame is one
-        product with the ``P`` precision factors. Frames are taken ``chunk``
-        at a time.
+        fixed points ``z`` (P, >= latent_dim): :meth:`decoder_points` once,
+        then :meth:`points_log_prob`.
+        """
+        return self.points_log_prob(x, self.decoder_points(z), chunk)
+
+    def decoder_points(self, z: torch.Tensor) -> tuple:
+        """What :meth:`points_log_prob` needs of fixed latent points ``z`` (P, ...).
+
+        The rows of each point's precision factor ``L(z)^-1`` that whiten the
+        explained features (P, D - G, D), the whitened means (P, D - G) and
+        the log normalising constants (P,); computed once, so that the cost
+        per frame is one product with the ``P`` factors.
         """
         given = self.given_features
         if self.decoder_covariance == "latent":
@@ -915,12 +923,20 @@ class NeuralLangevinVAE(nn.Module):
         prec = prec[:, given:]  # The rows of the features explained.
         log_det = torch.log(torch.diagonal(prec[:, :, given:], dim1=-2, dim2=-1)).sum(-1)
         shift = (prec @ mean.unsqueeze(-1)).squeeze(-1)
-        const = log_det - 0.5 * prec.shape[1] * _LOG_2PI
+        return prec, shift, log_det - 0.5 * prec.shape[1] * _LOG_2PI
+
+    @staticmethod
+    def points_log_prob(x: torch.Tensor, points: tuple, chunk: int = 512) -> torch.Tensor:
+        """``log p(x_t | z_m)`` (T, P) of frames ``x`` (T, D) at :meth:`decoder_points`.
+
+        Frames are taken ``chunk`` at a time.
+        """
+        prec, shift, const = points
         out = []
         for a in range(0, x.shape[0], chunk):
             white = torch.einsum("pij,tj->tpi", prec, x[a:a + chunk]) - shift
             out.append(-0.5 * (white * white).sum(-1) + const)
-        return torch.cat(out) if out else x.new_zeros((0, z.shape[0]))
+        return torch.cat(out) if out else x.new_zeros((0, shift.shape[0]))
 
     def elbo_terms(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
                    eps0: torch.Tensor, dt: float, n_paths: int = 1,
