@@ -100,6 +100,36 @@ def _unequal_transitions() -> np.ndarray:
                      [0.015, 0.015, 0.020, 0.950]])
 
 
+def volatility_sequences(n_sequences: int, n_timesteps: int, *, random_state=None,
+                         emission_random_state=None, return_params: bool = True,
+                         sds: tuple = (0.5, 1.0, 2.0), switch_prob: float = 0.004):
+    """1-D returns whose regimes differ only in their volatility (mean 0).
+
+    A Markov chain over ``len(sds)`` regimes leaves its regime with
+    probability ``switch_prob`` to each other one per step (dwell 125 steps
+    for the defaults); a step's return is ``N(0, sds[k]^2)``. A Gaussian HMM,
+    as in finance. ``emission_random_state`` is not used (the volatilities
+    are fixed). Returns ``(X, y, params)`` as ``nldseg.datasets``' generators.
+    """
+    rng = np.random.default_rng(random_state)
+    k = len(sds)
+    transition = np.full((k, k), switch_prob)
+    np.fill_diagonal(transition, 1 - switch_prob * (k - 1))
+    start = np.full(k, 1.0 / k)  # The chain is symmetric: its stationary law.
+    X, Y = [], []
+    for _ in range(n_sequences):
+        s = np.empty(n_timesteps, dtype=int)
+        s[0] = rng.choice(k, p=start)
+        for t in range(1, n_timesteps):
+            s[t] = rng.choice(k, p=transition[s[t - 1]])
+        X.append((np.asarray(sds)[s] * rng.standard_normal(n_timesteps))[:, None])
+        Y.append(s)
+    params = {"stationary_distribution": start, "transition_matrix": transition,
+              "means": np.zeros((k, 1)),
+              "covariances": np.asarray(sds, dtype=float)[:, None, None] ** 2}
+    return np.array(X), np.array(Y), params
+
+
 @dataclass
 class Case:
     """One case of the suite: a generator and the sizes of its two sets."""
@@ -186,6 +216,10 @@ CASES = {case.name: case for case in [
          "5 states, strongly overlapping 8-D emissions (overlap with one state "
          "more; the issue's first case); one seed merged two states, another "
          "split off a 0.6 % dimple, before restarts and the barrier floor",
+         in_default_run=False),
+    Case("volatility", volatility_sequences, {}, 4, 2500, 2, 2500,
+         "1-D returns, 3 regimes of volatility 0.5 / 1 / 2 with mean 0 (as "
+         "market regimes), dwell 125 steps; 4 series of 2,500 steps",
          in_default_run=False),
     Case("highdim", make_langevin_sequences,
          dict(n_wells=3, n_features=45, noise=3.0), 4, 5000, 2, 5000,
