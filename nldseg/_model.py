@@ -894,8 +894,7 @@ class NeuralLangevinVAE(nn.Module):
         return (-0.5 * (white * white).sum(-1) + log_diag.sum(-1)
                 - 0.5 * white.shape[-1] * _LOG_2PI)
 
-    def point_log_prob(self, x: torch.Tensor, z: torch.Tensor,
-                       chunk: int = 512) -> torch.Tensor:
+    def point_log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``log p(x_t | z_m)`` for every frame and every latent point, (T, P).
 
         The density of :meth:`decode_log_prob` (the features after
@@ -903,7 +902,7 @@ class NeuralLangevinVAE(nn.Module):
         fixed points ``z`` (P, >= latent_dim): :meth:`decoder_points` once,
         then :meth:`points_log_prob`.
         """
-        return self.points_log_prob(x, self.decoder_points(z), chunk)
+        return self.points_log_prob(x, self.decoder_points(z))
 
     def decoder_points(self, z: torch.Tensor) -> tuple:
         """What :meth:`points_log_prob` needs of fixed latent points ``z`` (P, ...).
@@ -926,15 +925,21 @@ class NeuralLangevinVAE(nn.Module):
         return prec, shift, log_det - 0.5 * prec.shape[1] * _LOG_2PI
 
     @staticmethod
-    def points_log_prob(x: torch.Tensor, points: tuple, chunk: int = 512) -> torch.Tensor:
+    def points_log_prob(x: torch.Tensor, points: tuple,
+                        chunk_elements: int = 1 << 22) -> torch.Tensor:
         """``log p(x_t | z_m)`` (T, P) of frames ``x`` (T, D) at :meth:`decoder_points`.
 
-        Frames are taken ``chunk`` at a time.
+        Each frame's value is the same whatever frames come with it (the
+        products are elementwise, summed over the innermost axis, not a
+        matrix product whose blocking depends on the number of frames): a
+        stream of one frame at a time reproduces a batch bit for bit.
+        Frames are taken so that about ``chunk_elements`` products are held.
         """
         prec, shift, const = points
+        chunk = max(1, chunk_elements // max(1, prec.numel()))
         out = []
         for a in range(0, x.shape[0], chunk):
-            white = torch.einsum("pij,tj->tpi", prec, x[a:a + chunk]) - shift
+            white = (prec * x[a:a + chunk, None, None, :]).sum(-1) - shift
             out.append(-0.5 * (white * white).sum(-1) + const)
         return torch.cat(out) if out else x.new_zeros((0, shift.shape[0]))
 

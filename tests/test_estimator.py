@@ -116,10 +116,12 @@ def test_input_forms_mirror_output(fitted, chain):
     assert [z.shape for z in fitted.transform(seqs)] == [(50, 3), (20, 3), (35, 3)]
 
 
-def test_predict_reads_proba_with_hysteresis(fitted, chain):
+@pytest.mark.parametrize("inference", ["markov", "filter"])
+def test_predict_reads_proba_with_hysteresis(fitted, chain, inference):
     """``predict`` is ``predict_proba``'s argmax held by ``switch_margin``; 0 gives
     the argmax itself. Refitting is not needed to change the margin."""
     X = chain[2][:4]
+    fitted = copy.copy(fitted).set_params(inference=inference)
     proba = fitted.predict_proba(X)
     np.testing.assert_allclose(proba.sum(-1), 1.0)
     labels = fitted.predict(X)
@@ -128,9 +130,13 @@ def test_predict_reads_proba_with_hysteresis(fitted, chain):
     argmax = copy.copy(fitted).set_params(switch_margin=0.0)
     np.testing.assert_array_equal(argmax.predict(X), proba.argmax(-1))
     np.testing.assert_array_equal(argmax.predict_proba(X), proba)
-    # The margin only removes label changes, here some: the test can fail.
+    # The margin only removes label changes; the particle filter's crossings
+    # back and forth give it some here, so the test can fail (the Markov
+    # chain's probabilities cross once per switch on these data).
     changes = n_label_changes(list(labels))
-    assert 0 < changes < n_label_changes(list(proba.argmax(-1)))
+    assert 0 < changes <= n_label_changes(list(proba.argmax(-1)))
+    if inference == "filter":
+        assert changes < n_label_changes(list(proba.argmax(-1)))
 
 
 def test_switch_hold_drops_short_visits_and_auto_reads_the_training_dwell(fitted,

@@ -261,7 +261,7 @@ def test_a_lag_gives_way_to_frames_whose_states_explain_more(
     import types
     import warnings
 
-    from nldseg import _estimator
+    from nldseg import _estimator, _kinetics
     from nldseg._training import TrainingResult
     seen = {"scored": []}
     split = ([(0, 30), (40, 30)], [(30, 10), (70, 10)])
@@ -285,9 +285,11 @@ def test_a_lag_gives_way_to_frames_whose_states_explain_more(
         wells = frame_wells if frames else lag_wells
         landscape = types.SimpleNamespace(n_states=wells, frames=frames,
                                           occupancy=lambda kind: np.full(wells, 1 / wells))
-        return landscape, 1.0, 10.0
+        chain = _kinetics.MarkovStateModel(np.eye(wells), np.zeros((wells, 1, 3)))
+        return landscape, 1.0, 10.0, chain
 
-    def fake_labels(self, seqs, module, landscape, dwell):
+    def fake_labels(self, seqs, module, landscape, dwell, chain):
+        assert chain.transition.shape == (landscape.n_states,) * 2
         assert seqs.data.shape[1] == (4 if landscape.frames else 8)
         return np.full(len(seqs.data), int(landscape.frames))
 
@@ -375,7 +377,9 @@ def test_compare_states_scores_the_labels_predict_gives(tiny_lagged, lagged_regi
     frames = {lag: torch.as_tensor(seg._model_frames(
         seqs.data, seqs.lengths, seg.scaler_mean_, seg.scaler_scale_, n_lags=lag,
         oldest_first=True)) for lag in (0, 1)}
-    fit = (seg.energy_, seg.prior_time_scale_, seg.training_dwell_time_)
+    from nldseg._kinetics import MarkovStateModel
+    fit = (seg.energy_, seg.prior_time_scale_, seg.training_dwell_time_,
+           MarkovStateModel(seg._markov_transition, seg._markov_points))
     starts = np.concatenate([[0], np.cumsum(seqs.lengths)[:-1]])
     segments = [(int(a), int(n)) for a, n in zip(starts, seqs.lengths)]
     means, gain = seg._compare_states(frames, seqs, segments,

@@ -32,7 +32,7 @@ def test_point_log_prob_is_the_decoders_density(model, request):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((9, mod.dec_log_std.shape[0]), generator=gen)
     z = torch.randn((5, mod.state_dim), generator=gen)
-    got = mod.point_log_prob(x, z, chunk=4)
+    got = mod.points_log_prob(x, mod.decoder_points(z), chunk_elements=1)
     want = torch.stack([mod.decode_log_prob(x[None], z[m].expand(9, 1, -1), 1)[:, 0]
                         for m in range(5)], 1)
     assert got.shape == (9, 5)

@@ -55,7 +55,8 @@ def test_inference_and_stream_run_on_n_threads(tiny_fitted, tiny_data, user_thre
     X_test = tiny_data[1]
     seg = clone(tiny_fitted).set_params(n_threads=n_threads)
     for name in ["module_", "energy_", "n_states_", "n_features_in_", "scaler_mean_",
-                 "scaler_scale_", "_oldest_first", "n_lags_", "training_dwell_time_"]:
+                 "scaler_scale_", "_oldest_first", "n_lags_", "training_dwell_time_",
+                 "state_occupancy_", "_markov_transition", "_markov_points"]:
         setattr(seg, name, getattr(tiny_fitted, name))
     seen = []
     _spy(monkeypatch, _inference.PosteriorSampler, "latent_paths", seen)
