@@ -44,6 +44,7 @@ from nldseg._kinetics import (
     mean_switch_interval,
     mean_visit_lengths,
     metastable_state_map,
+    point_energies,
     prior_state_paths,
     row_stochastic,
     transition_counts,
@@ -1122,21 +1123,25 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         same seed, so its transition matrix is that method's), on the clock
         ``time_scale`` (1 where it is not finite: a model saved before the
         clock was calibrated), with ``_MARKOV_POINTS`` emission points per
-        state (:func:`nldseg._kinetics.markov_state_model`).
+        state's core (:func:`nldseg._kinetics.markov_state_model`).
         """
         if landscape.n_states == 1:
             points = np.repeat(landscape.minima[:, None].astype(np.float32),
                                _MARKOV_POINTS, axis=1)
             return MarkovStateModel(np.ones((1, 1)), points)
         generator = self._prior_generator(None)
+        thresholds = landscape_core_thresholds(landscape, _CLOCK_CORE_FRACTION)
         with torch_threads(self.n_threads):
             positions, labels = prior_state_paths(
                 module, landscape, dt=self.dt, n_paths=_MARKOV_PATHS,
                 n_steps=_MARKOV_STEPS, core_fraction=_CLOCK_CORE_FRACTION,
-                generator=generator,
+                generator=generator, thresholds=thresholds,
                 time_scale=time_scale if np.isfinite(time_scale) else 1.0)
-            return markov_state_model(positions, labels, landscape,
-                                      n_points=_MARKOV_POINTS, generator=generator)
+            energies = point_energies(module, torch.as_tensor(
+                positions.reshape(-1, positions.shape[-1]))).reshape(labels.shape)
+            return markov_state_model(positions, labels, energies, landscape,
+                                      thresholds=thresholds, n_points=_MARKOV_POINTS,
+                                      generator=generator)
 
     # -------------------------------------------------------------- inference
     def _check_inference_params(self) -> None:

@@ -39,13 +39,22 @@ def test_point_log_prob_is_the_decoders_density(model, request):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
 
 
-def test_the_chain_is_the_prior_paths_and_its_points_lie_in_their_basins(tiny_fitted):
-    from nldseg._estimator import _MARKOV_PATHS, _MARKOV_POINTS, _MARKOV_STEPS
+def test_the_chain_is_the_prior_paths_and_its_points_lie_in_their_cores(tiny_fitted):
+    from nldseg._estimator import (
+        _CLOCK_CORE_FRACTION,
+        _MARKOV_PATHS,
+        _MARKOV_POINTS,
+        _MARKOV_STEPS,
+    )
+    from nldseg._kinetics import landscape_core_thresholds, point_energies
     seg = tiny_fitted
     points = seg._markov_points
     assert points.shape == (3, _MARKOV_POINTS, seg.module_.latent_dim)
+    thresholds = landscape_core_thresholds(seg.energy_, _CLOCK_CORE_FRACTION)
     for k in range(3):
         np.testing.assert_array_equal(seg.energy_.predict(points[k]), k)
+        assert (point_energies(seg.module_, torch.as_tensor(points[k]))
+                < thresholds[k]).all()
     assert len(np.unique(points[0], axis=0)) == _MARKOV_POINTS  # Drawn without replacement.
     # The same seed and paths as transition_matrix's.
     np.testing.assert_allclose(seg._markov_transition, seg.transition_matrix(
@@ -54,15 +63,23 @@ def test_the_chain_is_the_prior_paths_and_its_points_lie_in_their_basins(tiny_fi
     assert (off > 0).sum() >= 4  # The states do change.
 
 
-def test_a_basin_the_paths_never_entered_gets_its_minimum(tiny_fitted):
+def test_points_come_from_the_core_else_the_basin_else_the_minimum(tiny_fitted):
     land = tiny_fitted.energy_
-    positions = np.repeat(land.minima[0][None, None].astype(np.float32), 7, axis=1)
-    labels = np.zeros((1, 7), dtype=int)
-    chain = markov_state_model(positions, labels, land, n_points=5,
+    # Paths that sit at state 0's minimum, then at a point of state 1's basin
+    # above its core; state 2 is never entered.
+    above = land.minima[1] + 0.5 * (land.minima[0] - land.minima[1])
+    assert land.predict(above[None])[0] == 1
+    positions = np.stack([np.repeat(land.minima[0][None], 7, 0),
+                          np.repeat(above[None], 7, 0)])[:, :, :].astype(np.float32)
+    labels = np.array([[0] * 7, [1] * 7])
+    energies = np.array([[0.0] * 7, [5.0] * 7])
+    chain = markov_state_model(positions, labels, energies, land,
+                               thresholds=np.array([1.0, 1.0, 1.0]), n_points=5,
                                generator=torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(chain.transition, np.eye(3))
+    want = [land.minima[0], above, land.minima[2]]
     for k in range(3):
-        np.testing.assert_allclose(chain.points[k], np.repeat(land.minima[k][None], 5, 0),
+        np.testing.assert_allclose(chain.points[k], np.repeat(want[k][None], 5, 0),
                                    rtol=1e-6)
 
 
