@@ -904,43 +904,74 @@ class NeuralLangevinVAE(nn.Module):
         """
         return self.points_log_prob(x, self.decoder_points(z))
 
-    def decoder_points(self, z: torch.Tensor) -> tuple:
+    def decoder_points(self, z: torch.Tensor) -> dict:
         """What :meth:`points_log_prob` needs of fixed latent points ``z`` (P, ...).
 
-        The rows of each point's precision factor ``L(z)^-1`` that whiten the
-        explained features (P, D - G, D), the whitened means (P, D - G) and
-        the log normalising constants (P,); computed once, so that the cost
-        per frame is one product with the ``P`` factors.
+        The precision factor ``P(z) = L(z)^-1`` is kept in its parts, so that
+        the cost per frame does not grow with ``P * D^2``: with
+        ``decoder_covariance="latent"``, ``P(z) = diag(exp(a(z))) + S_0 +
+        sum_k u_k(z) S_k`` (:meth:`_latent_precision`), ``P(z) x`` needs the
+        ``R + 1`` products ``S_k x`` once per frame and ``D (R + 1)`` more
+        per point; a shared noise needs one product per frame. Also the
+        whitened means ``P(z) g(z)`` (P, D) and the log normalising
+        constants of the explained features (P,).
         """
         given = self.given_features
         if self.decoder_covariance == "latent":
             hidden = self._decoder_hidden(z)
-            mean, prec = self.decoder[2](hidden), self._latent_precision_tril(hidden)
+            mean = self.decoder[2](hidden)
+            log_diag, u = self._latent_precision(hidden)
+            parts = {"diag": torch.exp(log_diag), "u": u, "lower": self._noise_lower()}
         else:
             mean = self.decoder(z[..., : self.latent_dim])
-            prec = self._shared_precision_tril().expand(z.shape[0], -1, -1)
-        prec = prec[:, given:]  # The rows of the features explained.
-        log_det = torch.log(torch.diagonal(prec[:, :, given:], dim1=-2, dim2=-1)).sum(-1)
-        shift = (prec @ mean.unsqueeze(-1)).squeeze(-1)
-        return prec, shift, log_det - 0.5 * prec.shape[1] * _LOG_2PI
+            prec = self._shared_precision_tril()
+            log_diag = torch.log(torch.diagonal(prec)).expand_as(mean)
+            parts = {"shared": prec}
+        parts["shift"] = self._points_times(mean[None], parts)[0]
+        parts["const"] = (log_diag[:, given:].sum(-1)
+                          - 0.5 * (mean.shape[-1] - given) * _LOG_2PI)
+        parts["given"] = given
+        return parts
 
     @staticmethod
-    def points_log_prob(x: torch.Tensor, points: tuple,
+    def _points_times(x: torch.Tensor, parts: dict) -> torch.Tensor:
+        """``P(z_m) x_t`` (T, P, D) for frames ``x`` (T, D) or ``mean[None]`` (1, P, D).
+
+        Elementwise products summed over the last axis, so that a frame's
+        value does not depend on the frames that come with it.
+        """
+        if "shared" in parts:
+            return (parts["shared"] * x[..., None, :]).sum(-1)
+        lower = parts["lower"]
+        if x.dim() == 2:  # Frames: S_k x once per frame, then per point.
+            sx = (lower * x[:, None, None, :]).sum(-1)  # (T, R + 1, D)
+            return (parts["diag"] * x[:, None, :] + sx[:, None, 0]
+                    + (parts["u"][None, :, :, None] * sx[:, None, 1:]).sum(-2))
+        sx = (lower * x[..., None, None, :]).sum(-1)  # The points' own means.
+        return (parts["diag"] * x + sx[..., 0, :]
+                + (parts["u"][..., :, None] * sx[..., 1:, :]).sum(-2))
+
+    @classmethod
+    def points_log_prob(cls, x: torch.Tensor, parts: dict,
                         chunk_elements: int = 1 << 22) -> torch.Tensor:
         """``log p(x_t | z_m)`` (T, P) of frames ``x`` (T, D) at :meth:`decoder_points`.
 
-        Each frame's value is the same whatever frames come with it (the
-        products are elementwise, summed over the innermost axis, not a
-        matrix product whose blocking depends on the number of frames): a
-        stream of one frame at a time reproduces a batch bit for bit.
-        Frames are taken so that about ``chunk_elements`` products are held.
+        Each frame's value is the same whatever frames come with it (see
+        :meth:`_points_times`): a stream of one frame at a time reproduces a
+        batch bit for bit. Frames are taken so that about ``chunk_elements``
+        products are held.
         """
-        prec, shift, const = points
-        chunk = max(1, chunk_elements // max(1, prec.numel()))
+        given, shift = parts["given"], parts["shift"]
+        per_frame = shift.numel() * (1 + (parts["u"].shape[-1] if "u" in parts else 0))
+        chunk = max(1, chunk_elements // max(1, per_frame))
         out = []
         for a in range(0, x.shape[0], chunk):
-            white = (prec * x[a:a + chunk, None, None, :]).sum(-1) - shift
-            out.append(-0.5 * (white * white).sum(-1) + const)
+            block = x[a:a + chunk]
+            px = cls._points_times(block, parts)
+            if px.dim() == 2:  # A shared noise: the same for every point.
+                px = px[:, None, :]
+            white = (px - shift)[..., given:]
+            out.append(-0.5 * (white * white).sum(-1) + parts["const"])
         return torch.cat(out) if out else x.new_zeros((0, shift.shape[0]))
 
     def elbo_terms(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
