@@ -447,7 +447,7 @@ class MarkovFilter:
     chain moves by the transition matrix of the learned prior's paths at a
     lag of one observation (:func:`nldseg._kinetics.markov_state_model`, the
     calibrated clock), and state ``k`` emits a frame with the decoder's
-    density averaged over points of the prior's paths in basin ``k``,
+    density averaged over points of the prior's paths in the core of ``k``,
     ``p(x | k) = mean_m p(x | z_m)``. The filter is exact for that chain:
     ``alpha_t = (alpha_{t-1} P) * p(x_t | .)``, normalised, from the states'
     stationary shares at the first observation. No draws: the output is

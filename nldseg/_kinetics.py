@@ -900,7 +900,7 @@ class MarkovStateModel(NamedTuple):
 
     ``transition`` (n_states, n_states) is row-stochastic at a lag of one
     observation; ``points`` (n_states, n_points, latent_dim) are positions
-    of the prior's paths in each state's basin, over which the decoder's
+    of the prior's paths in each state's core, over which the decoder's
     density is averaged to give the state's density of a frame.
     """
 
