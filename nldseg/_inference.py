@@ -463,8 +463,8 @@ class MarkovFilter:
     To keep every transition possible (a pair of states the simulation
     never saw cross has a zero count), ``TRANSITION_FLOOR`` is mixed into the
     transition matrix, and a frame's likelihoods are taken relative to the
-    largest and floored at ``exp(MIN_LOG_RATIO)``. A frame whose densities
-    are all not finite is not weighed.
+    largest and floored at ``exp(MIN_LOG_RATIO)``. A frame none of whose
+    densities is finite is not weighed (the chain only moves).
 
     Parameters
     ----------
