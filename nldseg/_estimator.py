@@ -414,13 +414,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         probability at every step, so evidence for a switch accumulates as
         in an HMM's filter; the position within a well is not carried from
         step to step. No draws (deterministic),
-        and faster than ``"filter"``. On seed 0 of 13 benchmark cases it
-        was as accurate as the particle filter or more on 11 (up to 5
-        points, on volatility regimes, where it matched a Gaussian HMM's
-        filter), 0.15 and 0.40 points less on 2 (see
-        ``benchmarks/RESULTS.md``). ``"filter"`` (the default before):
-        a particle filter on
-        the fitted model. ``n_particles`` particles per sequence move as
+        and faster than ``"filter"``. On seed 0 of 12 benchmark cases it
+        was as accurate as the particle filter or more on every one, by
+        0.2-5.5 points on 10 (5.5 on volatility regimes of 1-D returns,
+        where it matched a Gaussian HMM's filter), and within 0.12 points
+        of the HMM filter on the cases that are Gaussian HMMs (see
+        ``benchmarks/RESULTS.md``). Fitting does not read it: the
+        comparison of candidate models labels by the particle filter.
+        ``"filter"`` (the default before): a particle filter on the fitted
+        model. ``n_particles`` particles per sequence move as
         posterior paths (steered by the encoder) and are weighed by the
         decoder's likelihood of each observation times
         ``(p / q)^prior_weight``, the prior's density of each move over the
