@@ -1016,7 +1016,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                 warnings.warn(w.message, stacklevel=2)
         del modules, frames
         n_lags = lags[kept]
-        landscape, time_scale, dwell, chain = fit
+        landscape, time_scale, dwell = fit
+        chain = self._markov_chain(module, landscape, time_scale)  # The kept one's only.
         beta, gamma, mass = (t.detach() for t in module.langevin_params())
         scores = np.full(len(candidates), np.nan)
         scores[:len(result.restart_scores)] = result.restart_scores
@@ -1046,7 +1047,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                         candidates: list) -> tuple:
         """Two candidates' states compared: cross-fitted scores of their labels.
 
-        ``candidates`` are ``(lag, module, (landscape, time scale, dwell, chain))``
+        ``candidates`` are ``(lag, module, (landscape, time scale, dwell))``
         of the kept model and of its rival; ``frames`` the embedded training
         rows by lag. Each labels the training steps as :meth:`predict` does
         with the particle filter (``inference="filter"``, whatever
@@ -1063,9 +1064,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """
         rows = frames[0].cpu().numpy().astype(np.float64)
         sums = []
-        for lag, module, (landscape, _, dwell, chain) in candidates:
+        for lag, module, (landscape, _, dwell) in candidates:
             labels = self._labels(Sequences(frames[lag].cpu().numpy(), seqs.lengths,
-                                            seqs.form), module, landscape, dwell, chain,
+                                            seqs.form), module, landscape, dwell,
                                   inference="filter")
             fold_sums, steps = segmentation_scores(rows, labels, landscape.n_states,
                                                    segments)
@@ -1087,18 +1088,17 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
     def _fit_landscape(self, module, z_data: np.ndarray, seqs: Sequences,
                        seeds, min_state_fraction: float,
-                       ) -> tuple[EnergyLandscape, float, float, MarkovStateModel]:
+                       ) -> tuple[EnergyLandscape, float, float]:
         """Find the wells in the latent codes of part of the training data.
 
         Wells between which the posterior paths take turns much faster than
         they leave the pair are then joined into one state
         (:func:`nldseg._kinetics.metastable_state_map`), unless ``n_states``
         was given. Returns the :class:`EnergyLandscape`, the prior's
-        calibrated clock (:func:`nldseg._kinetics.calibrate_clock`), the
+        calibrated clock (:func:`nldseg._kinetics.calibrate_clock`) and the
         mean steps between the states' changes
         (:func:`nldseg._kinetics.mean_switch_interval`), both on the same
-        posterior paths, and the states' Markov chain on that clock
-        (:meth:`_markov_chain`).
+        posterior paths.
         """
         rng = np.random.default_rng(int(seeds[0]))
         sampler = PosteriorSampler(module, self.dt, 1, int(seeds[1]), self.solver)
@@ -1124,8 +1124,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         time_scale = calibrate_clock(module, landscape, paths, dt=self.dt,
                                      core_fraction=_CLOCK_CORE_FRACTION,
                                      generator=generator, thresholds=thresholds)
-        return landscape, time_scale, dwell, self._markov_chain(module, landscape,
-                                                                time_scale)
+        return landscape, time_scale, dwell
 
     def _markov_chain(self, module, landscape, time_scale: float) -> MarkovStateModel:
         """The states' Markov chain that ``inference="markov"`` filters.
@@ -1189,13 +1188,13 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         return PosteriorSampler(self.module_ if module is None else module, self.dt,
                                 self.n_paths, self._seed(), self.solver)
 
-    def _filter(self, module=None, landscape=None,
-                chain: MarkovStateModel | None = None, inference: str | None = None,
+    def _filter(self, module=None, landscape=None, inference: str | None = None,
                 ) -> ParticleFilter | MarkovFilter | None:
         """The filter that labels steps; None when ``inference="paths"``.
 
-        Of ``module``, ``landscape`` and their ``chain`` when given, else of
-        the fitted ones; by ``inference`` when given, else by the parameter.
+        Of ``module`` and ``landscape`` when given, else of the fitted ones
+        (the Markov chain is the fitted model's); by ``inference`` when
+        given, else by the parameter.
         """
         inference = self.inference if inference is None else inference
         if inference == "paths":
@@ -1203,9 +1202,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         module = self.module_ if module is None else module
         landscape = self.energy_ if landscape is None else landscape
         if inference == "markov":
-            if chain is None and self._markov_transition.size:
+            if self._markov_transition.size:
                 chain = MarkovStateModel(self._markov_transition, self._markov_points)
-            elif chain is None:  # A model saved before inference="markov".
+            else:  # A model saved before inference="markov".
                 chain = self._markov_chain(module, landscape, self.prior_time_scale_)
             return MarkovFilter(module, chain, landscape.occupancy("sampled"))
         return ParticleFilter(module, landscape, self.dt, self.n_particles,
@@ -1241,16 +1240,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         return format_output(seqs, self._proba(seqs))
 
     def _proba(self, seqs: Sequences, module=None, landscape=None,
-               chain: MarkovStateModel | None = None,
                inference: str | None = None) -> np.ndarray:
-        """State probabilities of model frames, by ``module``, ``landscape`` and
-        their ``chain`` (the fitted ones when not given), read by ``inference``
-        (the parameter when not given)."""
+        """State probabilities of model frames, by ``module`` and ``landscape``
+        (the fitted ones when not given), read by ``inference`` (the
+        parameter when not given)."""
         module = self.module_ if module is None else module
         landscape = self.energy_ if landscape is None else landscape
         d = module.latent_dim
         with torch_threads(self.n_threads):
-            state_filter = self._filter(module, landscape, chain, inference)
+            state_filter = self._filter(module, landscape, inference)
             if state_filter is not None:
                 return state_filter.proba(seqs, landscape.n_states)
             return self._sampler(module).map_paths(
@@ -1259,17 +1257,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
 
     def _labels(self, seqs: Sequences, module=None, landscape=None,
                 dwell: float | None = None,
-                chain: MarkovStateModel | None = None,
                 inference: str | None = None) -> np.ndarray:
         """:meth:`predict`'s labels of model frames (rows end to end), by the
-        fitted model or by ``module``, ``landscape``, their training ``dwell``
-        and their ``chain``, read by ``inference`` (the parameter when not
-        given)."""
+        fitted model or by ``module``, ``landscape`` and their training
+        ``dwell``, read by ``inference`` (the parameter when not given)."""
         dwell = self.training_dwell_time_ if dwell is None else dwell
         hold = hold_steps(self.switch_hold, dwell)
         return np.concatenate([hysteresis_labels(p, self.switch_margin, hold=hold)
                                for p in seqs.split(self._proba(seqs, module, landscape,
-                                                               chain, inference))])
+                                                               inference))])
 
     def predict(self, X, *, lengths=None):
         """State label of every time step (online), from ``predict_proba``.

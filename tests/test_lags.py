@@ -287,11 +287,9 @@ def test_a_lag_gives_way_to_frames_whose_states_explain_more(
         wells = frame_wells if frames else lag_wells
         landscape = types.SimpleNamespace(n_states=wells, frames=frames,
                                           occupancy=lambda kind: np.full(wells, 1 / wells))
-        chain = _kinetics.MarkovStateModel(np.eye(wells), np.zeros((wells, 1, 3)))
-        return landscape, 1.0, 10.0, chain
+        return landscape, 1.0, 10.0
 
-    def fake_labels(self, seqs, module, landscape, dwell, chain, inference=None):
-        assert chain.transition.shape == (landscape.n_states,) * 2
+    def fake_labels(self, seqs, module, landscape, dwell, inference=None):
         assert inference == "filter"  # Not the segmenter's own: fit ignores it.
         assert seqs.data.shape[1] == (4 if landscape.frames else 8)
         return np.full(len(seqs.data), int(landscape.frames))
@@ -310,6 +308,13 @@ def test_a_lag_gives_way_to_frames_whose_states_explain_more(
     monkeypatch.setattr(_estimator, "segmentation_scores", fake_scores)
     monkeypatch.setattr(LangevinSegmenter, "_fit_landscape", fake_landscape)
     monkeypatch.setattr(LangevinSegmenter, "_labels", fake_labels)
+
+    def fake_chain(self, module, landscape, time_scale):
+        seen.setdefault("chains", []).append(module)
+        return _kinetics.MarkovStateModel(np.eye(landscape.n_states),
+                                          np.zeros((landscape.n_states, 1, 3)))
+
+    monkeypatch.setattr(LangevinSegmenter, "_markov_chain", fake_chain)
     X = lagged_regimes[0][:6]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -333,6 +338,8 @@ def test_a_lag_gives_way_to_frames_whose_states_explain_more(
     assert seg.n_lags_ == kept_lag
     assert seg.n_states_ == (lag_wells if kept_lag else frame_wells)
     assert seg.module_ is seen["modules"][2 if kept_lag else 0]
+    assert seen["chains"] == [seg.module_]  # Only the kept model's chain.
+    assert seg._markov_transition.shape == (seg.n_states_,) * 2
     assert seg.loss_curve_ == ([3.0] if kept_lag else [2.0, 1.0])
     assert seg.converged_ is (not kept_lag)
     np.testing.assert_array_equal(seg.lag_elbo_gain_, [0.5, 0.1])
@@ -380,9 +387,7 @@ def test_compare_states_scores_the_labels_predict_gives(tiny_lagged, lagged_regi
     frames = {lag: torch.as_tensor(seg._model_frames(
         seqs.data, seqs.lengths, seg.scaler_mean_, seg.scaler_scale_, n_lags=lag,
         oldest_first=True)) for lag in (0, 1)}
-    from nldseg._kinetics import MarkovStateModel
-    fit = (seg.energy_, seg.prior_time_scale_, seg.training_dwell_time_,
-           MarkovStateModel(seg._markov_transition, seg._markov_points))
+    fit = (seg.energy_, seg.prior_time_scale_, seg.training_dwell_time_)
     starts = np.concatenate([[0], np.cumsum(seqs.lengths)[:-1]])
     segments = [(int(a), int(n)) for a, n in zip(starts, seqs.lengths)]
     means, gain = seg._compare_states(frames, seqs, segments,
