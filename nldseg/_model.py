@@ -94,6 +94,35 @@ def _inv_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
+def _latent_precision_times(r: torch.Tensor, diag: torch.Tensor, u: torch.Tensor,
+                            lower: torch.Tensor, against_points: bool = False
+                            ) -> torch.Tensor:
+    """``P(z) r`` with ``P(z) = diag(d(z)) + S_0 + sum_k u_k(z) S_k``.
+
+    The one home of the latent decoder's precision factor
+    (``decoder_covariance="latent"``, see
+    :meth:`NeuralLangevinVAE._latent_precision`). ``diag`` (..., D) and ``u``
+    (..., R) are ``d(z)`` and ``u(z)``; ``lower`` (R + 1, D, D) holds
+    ``S_0..S_R``.
+
+    ``against_points=False``: ``r`` (..., D) is aligned with ``diag`` and
+    ``u``; the products ``S_k r`` are matrix products (training's path).
+    ``True``: frames ``r`` (T, D) against points ``diag`` (P, D), ``u`` (P, R),
+    giving (T, P, D); ``S_k r`` once per frame, as elementwise products summed
+    over the last axis, so that a frame's value does not depend on the frames
+    that come with it.
+    """
+    if against_points:
+        products = (lower * r[:, None, None, :]).sum(-1)[:, None]  # (T, 1, R + 1, D)
+        first, rest, r = products[..., 0, :], products[..., 1:, :], r[:, None, :]
+    else:
+        n_feat, rank = r.shape[-1], u.shape[-1]
+        first = r @ lower[0].T
+        rest = (r @ lower[1:].permute(2, 0, 1).reshape(n_feat, rank * n_feat)
+                ).unflatten(-1, (rank, n_feat))
+    return diag * r + first + (u.unsqueeze(-1) * rest).sum(-2)
+
+
 class EnergyMLP(nn.Module):
     """``E(z) = w . tanh(W2 tanh(W1 z + b1) + b2) + c |z|^2`` with ``c > 0``.
 
@@ -804,11 +833,7 @@ class NeuralLangevinVAE(nn.Module):
     def _precision_times(self, resid: torch.Tensor, log_diag: torch.Tensor,
                          u: torch.Tensor) -> torch.Tensor:
         """``P(z) r`` for residuals ``r`` (..., D), from :meth:`_latent_precision`."""
-        lower = self._noise_lower()
-        n_feat, rank = resid.shape[-1], u.shape[-1]
-        moved = (resid @ lower[1:].permute(2, 0, 1).reshape(n_feat, rank * n_feat))
-        moved = (moved.unflatten(-1, (rank, n_feat)) * u.unsqueeze(-1)).sum(-2)
-        return torch.exp(log_diag) * resid + resid @ lower[0].T + moved
+        return _latent_precision_times(resid, torch.exp(log_diag), u, self._noise_lower())
 
     def _latent_precision_tril(self, hidden: torch.Tensor) -> torch.Tensor:
         """``P(z)`` (..., D, D) of :meth:`_latent_precision`, lower triangular."""
@@ -922,12 +947,14 @@ class NeuralLangevinVAE(nn.Module):
             mean = self.decoder[2](hidden)
             log_diag, u = self._latent_precision(hidden)
             parts = {"diag": torch.exp(log_diag), "u": u, "lower": self._noise_lower()}
+            shift = _latent_precision_times(mean, parts["diag"], u, parts["lower"])
         else:
             mean = self.decoder(z[..., : self.latent_dim])
             prec = self._shared_precision_tril()
             log_diag = torch.log(torch.diagonal(prec)).expand_as(mean)
             parts = {"shared": prec}
-        parts["shift"] = self._points_times(mean[None], parts)[0]
+            shift = mean @ prec.T
+        parts["shift"] = shift
         parts["const"] = (log_diag[:, given:].sum(-1)
                           - 0.5 * (mean.shape[-1] - given) * _LOG_2PI)
         parts["given"] = given
@@ -935,21 +962,15 @@ class NeuralLangevinVAE(nn.Module):
 
     @staticmethod
     def _points_times(x: torch.Tensor, parts: dict) -> torch.Tensor:
-        """``P(z_m) x_t`` (T, P, D) for frames ``x`` (T, D) or ``mean[None]`` (1, P, D).
+        """``P(z_m) x_t`` (T, P, D) of frames ``x`` (T, D) at :meth:`decoder_points`.
 
         Elementwise products summed over the last axis, so that a frame's
         value does not depend on the frames that come with it.
         """
         if "shared" in parts:
             return (parts["shared"] * x[..., None, :]).sum(-1)
-        lower = parts["lower"]
-        if x.dim() == 2:  # Frames: S_k x once per frame, then per point.
-            sx = (lower * x[:, None, None, :]).sum(-1)  # (T, R + 1, D)
-            return (parts["diag"] * x[:, None, :] + sx[:, None, 0]
-                    + (parts["u"][None, :, :, None] * sx[:, None, 1:]).sum(-2))
-        sx = (lower * x[..., None, None, :]).sum(-1)  # The points' own means.
-        return (parts["diag"] * x + sx[..., 0, :]
-                + (parts["u"][..., :, None] * sx[..., 1:, :]).sum(-2))
+        return _latent_precision_times(x, parts["diag"], parts["u"], parts["lower"],
+                                       against_points=True)
 
     @classmethod
     def points_log_prob(cls, x: torch.Tensor, parts: dict,
