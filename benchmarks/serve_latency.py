@@ -117,9 +117,10 @@ def main() -> None:
     p.add_argument("--rates", type=float, nargs="*", default=[10.0, 20.0],
                    help="observations per second per stream, paced loads")
     p.add_argument("--no-closed", action="store_true", help="skip the closed loop")
-    p.add_argument("--inference", choices=["filter", "paths"], default=None,
+    p.add_argument("--inference", choices=["markov", "filter", "paths"], default=None,
                    help="serve the model with this inference (default: as fitted "
-                        "or saved; paths labels by unweighted posterior paths)")
+                        "or saved; markov: the states' Markov chain, filter: the "
+                        "particle filter, paths: unweighted posterior paths)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

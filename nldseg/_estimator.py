@@ -120,7 +120,8 @@ _INFERENCE_PARAMETERS = ("n_paths", "n_particles", "inference", "prior_weight",
 _KINETICS_RULES = {"n_trajectories": IntParam(1), "n_steps": IntParam(1),
                    "lag": IntParam(1), "n_sequences": IntParam(1),
                    "n_timesteps": IntParam(1), "core_fraction": RealParam(0.0, 1.0),
-                   "clock": OptionParam(CLOCKS)}
+                   "clock": OptionParam(CLOCKS), "max_iter": IntParam(1),
+                   "tol": RealParam(0.0, low_closed=True)}
 #: Core sets of the clock's calibration: the kinetics methods' default.
 _CLOCK_CORE_FRACTION = 0.5
 #: The Markov chain of ``inference="markov"``: the paths of transition_matrix's
@@ -1514,6 +1515,75 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """
         return row_stochastic(self._prior_counts(lag, n_trajectories, n_steps,
                                                  core_fraction, random_state, clock))
+
+    def estimate_transition_matrix(self, X, *, lengths=None, max_iter: int = 20,
+                                   tol: float = 1e-6) -> np.ndarray:
+        """The states' transition matrix at lag 1, estimated on data ``X``.
+
+        The fitted model read as a hidden Markov model on its states (the
+        chain that ``inference="markov"`` filters: each state emits a frame
+        with the decoder's density averaged over points of its well's core),
+        with the transition matrix re-estimated to explain ``X``: Baum-Welch
+        on the transition matrix alone, the states and their emissions held,
+        from the prior's matrix (:meth:`transition_matrix` with its
+        defaults). Each round replaces the matrix by the expected transition
+        counts of a forward-backward pass over ``X`` under the current one;
+        the likelihood of ``X`` rises every round.
+
+        Where :meth:`transition_matrix` reads the learned prior SDE, whose
+        rates follow the landscape's barriers and one calibrated clock
+        (``prior_time_scale_``), this reads the switches of the data
+        themselves through the model's states. On the suite's ``unequal``
+        case (seed 0) the prior's mean dwell times were 17-52 % off those of
+        the training data's true labels, this estimate's within 4 % of them
+        (``benchmarks/RESULTS.md``). Mean dwell times follow as ``1 / (1 -
+        P_ii)``; deeptime's hidden Markov state models estimate the same
+        kind of matrix. The fitted model is not changed: labels still use the
+        prior's chain.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), \
+                (n_sequences, n_timesteps, n_features) or list of arrays
+            Sequences, in any form accepted by :meth:`fit`, typically the
+            training data.
+        lengths : array-like of int, default=None
+            Lengths of the sequences stacked in a 2-D ``X``.
+        max_iter : int, default=20
+            Most Baum-Welch rounds.
+        tol : float, default=1e-6
+            Stop once a round raises the log-likelihood by less than this, in
+            nats per observation.
+
+        Returns
+        -------
+        transition_matrix : ndarray of shape (n_states_, n_states_)
+            Row-stochastic; ``[i, j]`` is the probability that state ``j``
+            follows state ``i`` one observation later. A state that ``X``
+            never visits keeps the prior's row.
+
+        See Also
+        --------
+        transition_matrix : The same matrix by the learned prior SDE.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from nldseg import LangevinSegmenter
+        >>> from nldseg.datasets import make_markov_chain_sequences
+        >>> X, _ = make_markov_chain_sequences(20, 60, n_features=5, random_state=0)
+        >>> seg = LangevinSegmenter(hidden_size=16, max_iter=2, random_state=0).fit(X)
+        >>> P = seg.estimate_transition_matrix(X)
+        >>> P.shape == (seg.n_states_, seg.n_states_)
+        True
+        >>> dwell = 1.0 / (1.0 - np.diag(P))  # Mean steps per visit.
+        """
+        _check_kinetics(max_iter=max_iter, tol=tol)
+        seqs = self._prepare(X, lengths)
+        with torch_threads(self.n_threads):
+            state_filter = self._filter(inference="markov")
+            transition, _, _ = state_filter.reestimate(seqs, max_iter=max_iter, tol=tol)
+        return transition
 
     @_prior_path_docs
     def dwell_times(self, *, n_trajectories: int = 256, n_steps: int = 2000,

@@ -498,21 +498,44 @@ class MarkovFilter:
         lp = lp.view(x.shape[0], self.n_states, self.n_points)
         return (torch.logsumexp(lp, -1) - math.log(self.n_points)).numpy()
 
+    @classmethod
+    def frame_likelihoods(cls, log_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each frame's state likelihoods relative to its largest, and that largest.
+
+        ``log_b`` (B, n_states) -> ``b`` (B, n_states), in
+        ``[exp(MIN_LOG_RATIO), 1]``, and ``top`` (B,), the largest log
+        density (0 for a frame none of whose densities is finite: its ``b``
+        is all ones, so it is not weighed).
+        """
+        log_b = np.nan_to_num(log_b, nan=-np.inf, posinf=-np.inf, neginf=-np.inf)
+        top = log_b.max(1, keepdims=True)
+        seen = np.isfinite(top)
+        top = np.where(seen, top, 0.0)
+        rel = np.where(seen, log_b - top, 0.0)
+        return np.exp(np.maximum(rel, cls.MIN_LOG_RATIO)), top[:, 0]
+
     def update(self, alpha: np.ndarray | None, log_b: np.ndarray) -> np.ndarray:
         """Filtered probabilities (B, n_states) after frames of densities ``log_b``.
 
         ``alpha`` (B, n_states) are those after the previous frames (``None``:
         ``log_b`` is the first frame's).
         """
-        log_b = np.nan_to_num(log_b, nan=-np.inf, posinf=-np.inf, neginf=-np.inf)
-        top = log_b.max(1, keepdims=True)
-        seen = np.isfinite(top)
-        rel = np.where(seen, log_b - np.where(seen, top, 0.0), 0.0)
-        b = np.exp(np.maximum(rel, self.MIN_LOG_RATIO))
+        b = self.frame_likelihoods(log_b)[0]
         prior = (np.broadcast_to(self.start, log_b.shape) if alpha is None
                  else alpha @ self.transition)
         new = prior * b
         return new / new.sum(1, keepdims=True)
+
+    def sequence_emissions(self, seqs: Sequences,
+                           block_steps: int = BLOCK_STEPS) -> np.ndarray:
+        """``log p(x_t | state)`` of every frame of ``seqs``, (n_total, n_states).
+
+        Computed ``block_steps`` rows at a time.
+        """
+        data = torch.as_tensor(seqs.data)
+        return np.concatenate([self.log_emissions(data[a:a + block_steps])
+                               for a in range(0, data.shape[0], block_steps)]
+                              or [np.zeros((0, self.n_states))])
 
     def proba(self, seqs: Sequences, n_states: int,
               block_steps: int = BLOCK_STEPS) -> np.ndarray:
@@ -521,10 +544,7 @@ class MarkovFilter:
         The frames' densities are computed ``block_steps`` rows at a time;
         the sequences are then filtered side by side, one step at a time.
         """
-        data = torch.as_tensor(seqs.data)
-        log_b = np.concatenate([self.log_emissions(data[a:a + block_steps])
-                                for a in range(0, data.shape[0], block_steps)]
-                               or [np.zeros((0, n_states))])
+        log_b = self.sequence_emissions(seqs, block_steps)
         out = np.empty_like(log_b)
         offs, lens = seqs.offsets, seqs.lengths
         order = np.argsort(-lens, kind="stable")  # Longest first: a prefix stays active.
@@ -535,6 +555,66 @@ class MarkovFilter:
             alpha = self.update(None if alpha is None else alpha[:len(active)], log_b[rows])
             out[rows] = alpha
         return out
+
+
+    def reestimate(self, seqs: Sequences, *, max_iter: int = 20, tol: float = 1e-6,
+                   block_steps: int = BLOCK_STEPS) -> tuple[np.ndarray, int, float]:
+        """The transition matrix that best explains ``seqs``, the emissions held.
+
+        Baum-Welch for the transition matrix alone: the chain's densities of
+        the frames stay as they are, and each round replaces the matrix by
+        the expected transition counts of the forward-backward pass under the
+        current one, row-normalised. The likelihood of ``seqs`` rises every
+        round; the rounds stop after ``max_iter``, or once it rises by less
+        than ``tol`` nats per observation. The start is the chain's matrix
+        (with its floor) and its first-frame probabilities; a state that
+        ``seqs`` never leave nor enter keeps its row.
+
+        Returns ``(transition, n_iter, log_likelihood)``: the matrix
+        (n_states, n_states), the rounds run, and the mean log-likelihood
+        per observation under the returned matrix's predecessor (the last
+        forward pass).
+        """
+        b, top = self.frame_likelihoods(self.sequence_emissions(seqs, block_steps))
+        transition = self.transition.copy()
+        offs, lens = seqs.offsets, seqs.lengths
+        order = np.argsort(-lens, kind="stable")  # Longest first: a prefix stays active.
+        active_at = [order[:int(np.count_nonzero(lens > t))]
+                     for t in range(int(lens.max()) if len(lens) else 0)]
+        n_total = max(1, b.shape[0])
+        previous, log_lik, n_iter = -np.inf, -np.inf, 0
+        while n_iter < max_iter:
+            n_iter += 1
+            alphas = np.empty_like(b)
+            log_norm = np.zeros(b.shape[0])
+            alpha = None
+            for t, active in enumerate(active_at):  # Forward, as proba().
+                rows = offs[active] + t
+                prior = (np.broadcast_to(self.start, (len(active), self.n_states))
+                         if alpha is None else alpha[:len(active)] @ transition)
+                new = prior * b[rows]
+                norm = new.sum(1, keepdims=True)
+                alpha = new / norm
+                alphas[rows], log_norm[rows] = alpha, np.log(norm[:, 0])
+            log_lik = float((log_norm.sum() + top.sum()) / n_total)
+            counts = np.zeros_like(transition)
+            beta = None
+            for t in range(len(active_at) - 1, 0, -1):  # Backward, normalised.
+                active = active_at[t]
+                rows = offs[active] + t
+                ahead = b[rows] * (1.0 if beta is None else beta[:len(active)])
+                pair = alphas[rows - 1][:, :, None] * transition * ahead[:, None, :]
+                counts += (pair / pair.sum((1, 2), keepdims=True)).sum(0)
+                back = ahead @ transition.T
+                beta = np.ones((len(active_at[t - 1]), self.n_states))
+                beta[:len(active)] = back / back.sum(1, keepdims=True)
+            totals = counts.sum(1, keepdims=True)
+            transition = np.where(totals > 0, counts / np.where(totals > 0, totals, 1.0),
+                                  transition)
+            if log_lik - previous < tol:
+                break
+            previous = log_lik
+        return transition, n_iter, log_lik
 
 
 def _weights(particles: Particles) -> np.ndarray:

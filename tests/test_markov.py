@@ -182,3 +182,85 @@ def test_markov_chain_is_saved_and_a_file_without_it_simulates_the_same(
     old = LangevinSegmenter.load(tmp_path / "old.nldseg")
     assert old._markov_transition.size == 0
     np.testing.assert_allclose(old.predict_proba(X_test), want, rtol=1e-6, atol=1e-9)
+
+
+def _two_state_filter(transition):
+    """A MarkovFilter over 1-D frames with known densities N(-1, 1) and N(1, 1)."""
+    chain = MarkovStateModel(np.asarray(transition, float), np.zeros((2, 1, 1), np.float32))
+    state_filter = MarkovFilter(None, chain, np.array([0.5, 0.5]))
+    means = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    state_filter.log_emissions = lambda x: (
+        -0.5 * (x.double() - means) ** 2 - 0.5 * np.log(2 * np.pi)).numpy()
+    return state_filter
+
+
+def _chain_sequences(lengths, transition, seed):
+    """Frames and true labels of a 2-state chain with N(-1, 1) / N(1, 1) frames."""
+    from nldseg._validation import Sequences
+    rng = np.random.default_rng(seed)
+    frames, labels = [], []
+    for n in lengths:
+        y = [int(rng.integers(2))]
+        for _ in range(n - 1):
+            y.append(int(rng.random() < transition[y[-1]][1]))
+        y = np.array(y)
+        labels.append(y)
+        frames.append((2.0 * y - 1.0 + rng.standard_normal(n))[:, None])
+    data = np.concatenate(frames).astype(np.float32)
+    return Sequences(data, np.asarray(lengths), "list"), labels
+
+
+def test_reestimate_finds_the_chain_of_the_data():
+    """Overlapping frames (one sd apart): Baum-Welch from a matrix far off lands
+    on the true labels' own counts, and the likelihood rises every round."""
+    truth = [[0.97, 0.03], [0.06, 0.94]]
+    lengths = [300] * 30 + [1, 2, 57]  # Ragged, with a sequence of one frame.
+    seqs, labels = _chain_sequences(lengths, truth, seed=0)
+    counts = np.zeros((2, 2))
+    for y in labels:
+        np.add.at(counts, (y[:-1], y[1:]), 1)
+    own = counts / counts.sum(1, keepdims=True)
+    state_filter = _two_state_filter([[0.6, 0.4], [0.4, 0.6]])
+    lls = [state_filter.reestimate(seqs, max_iter=n, tol=0.0)[2] for n in (1, 2, 3, 6)]
+    assert np.all(np.diff(lls) > 0)
+    est, n_iter, _ = state_filter.reestimate(seqs, max_iter=200, tol=1e-9)
+    assert n_iter < 200
+    np.testing.assert_allclose(est.sum(1), 1.0, atol=1e-12)
+    assert np.abs(est - own).max() < 0.01, (est, own)
+    assert np.abs(state_filter.transition - [[0.6, 0.4], [0.4, 0.6]]).max() < 1e-5  # Kept.
+
+
+def test_reestimate_does_not_depend_on_the_order_of_the_sequences():
+    truth = [[0.9, 0.1], [0.2, 0.8]]
+    seqs, _ = _chain_sequences([40, 7, 25, 1, 40], truth, seed=1)
+    from nldseg._validation import Sequences
+    order = [3, 0, 4, 2, 1]
+    pieces = [seqs.data[a:a + n] for a, n in zip(seqs.offsets, seqs.lengths)]
+    shuffled = Sequences(np.concatenate([pieces[i] for i in order]),
+                         seqs.lengths[order], "list")
+    state_filter = _two_state_filter(truth)
+    a = state_filter.reestimate(seqs, max_iter=5, tol=0.0)
+    b = state_filter.reestimate(shuffled, max_iter=5, tol=0.0)
+    np.testing.assert_allclose(a[0], b[0], rtol=0, atol=1e-12)
+    assert a[2] == pytest.approx(b[2], abs=1e-12)
+
+
+def test_estimate_transition_matrix_reads_the_data_and_leaves_the_model(tiny_fitted,
+                                                                       tiny_data):
+    seg = tiny_fitted
+    X, X_test, y_test = tiny_data
+    before = seg.predict_proba(X_test)
+    P = seg.estimate_transition_matrix(X[:40])
+    assert P.shape == (3, 3)
+    np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(P, seg.estimate_transition_matrix(X[:40]))
+    assert not np.allclose(P, seg._markov_transition, atol=1e-3)  # It moved.
+    # The data switch every 40 steps (switch_prob 0.025 to each other state).
+    assert np.all(np.abs(np.diag(P) - 0.95) < 0.03), np.diag(P)
+    np.testing.assert_array_equal(seg.predict_proba(X_test), before)
+    with pytest.raises(TypeError, match="max_iter"):
+        seg.estimate_transition_matrix(X[:5], max_iter=2.5)
+    with pytest.raises(ValueError, match="tol"):
+        seg.estimate_transition_matrix(X[:5], tol=-1.0)
+    with pytest.raises(ValueError, match="features"):
+        seg.estimate_transition_matrix(np.zeros((3, 10, 5)))
