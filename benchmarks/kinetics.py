@@ -115,9 +115,9 @@ def _in_true_order(values: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 def run(dynamics: str, seed: int, n_train: int, n_test: int, load_dir, save_dir,
         learn: bool = False) -> dict:
-    X, _ = make_markov_chain_sequences(n_train, 200, n_features=15, switch_prob=0.025,
-                                       random_state=1000 + seed,
-                                       emission_random_state=seed)
+    X, y_train = make_markov_chain_sequences(n_train, 200, n_features=15,
+                                             switch_prob=0.025, random_state=1000 + seed,
+                                             emission_random_state=seed)
     X_test, y_test, params = make_markov_chain_sequences(
         n_test, 500, n_features=15, switch_prob=0.025, random_state=2000 + seed,
         emission_random_state=seed, return_params=True)
@@ -130,11 +130,22 @@ def run(dynamics: str, seed: int, n_train: int, n_test: int, load_dir, save_dir,
            "t_fit": t_fit, "beta": seg.beta_, "gamma": seg.gamma_, "mass": seg.mass_,
            "acc": segmentation_accuracy(y_test, y_pred),
            "P_true": P_true, "dwell_true": 1 / (1 - np.diag(P_true))}
-    out.update(_kinetics(seg, y_test, y_pred, len(P_true), seed))
+    out.update(_kinetics(seg, y_test, y_pred, len(P_true), seed, X, list(y_train)))
     return out
 
 
-def _kinetics(seg, y_test, y_pred, k_true: int, seed: int) -> dict:
+def _own_chain(labels: list, k: int) -> np.ndarray:
+    """Lag-1 matrix of the training set's true labels: what its data say (the
+    sampling floor of any estimate from them)."""
+    counts = np.zeros((k, k))
+    for y in labels:
+        y = np.asarray(y)
+        np.add.at(counts, (y[:-1], y[1:]), 1)
+    return row_stochastic(counts)
+
+
+def _kinetics(seg, y_test, y_pred, k_true: int, seed: int, X_train=None,
+              train_labels=None) -> dict:
     """The prior's kinetics beside the predicted labels', in true state order.
 
     Prior ``transition_matrix(1)`` and ``mean_dwell_times()``, the
@@ -163,10 +174,18 @@ def _kinetics(seg, y_test, y_pred, k_true: int, seed: int) -> dict:
                dwell_fine=mean_visit_lengths(fine, k),
                P_pred=row_stochastic(transition_counts(pred, k, 1)),
                dwell_pred=mean_visit_lengths(pred, k))
+    keys = ["P_prior", "P_pred", "barriers", "dwell_prior", "dwell_fine",
+            "dwell_kramers", "dwell_pred", "P_model", "dwell_model", "mfpt_prior"]
+    if X_train is not None:  # The states' chain re-estimated on the training data.
+        (P_data, out["t_data"]) = _timed(lambda: seg.estimate_transition_matrix(X_train))
+        out.update(P_data=P_data, dwell_data=1 / (1 - np.diag(P_data)))
+        keys += ["P_data", "dwell_data"]
+    if train_labels is not None and k == k_true:  # Already in true order.
+        out["P_own"] = _own_chain(train_labels, k)
+        out["dwell_own"] = 1 / (1 - np.diag(out["P_own"]))
     if k == k_true:
         order = _learned_order(y_test, y_pred, k)
-        for key in ("P_prior", "P_pred", "barriers", "dwell_prior", "dwell_fine",
-                    "dwell_kramers", "dwell_pred", "P_model", "dwell_model", "mfpt_prior"):
+        for key in keys:
             out[key] = _in_true_order(out[key], order)
     return out
 
@@ -206,6 +225,7 @@ def report(r: dict) -> None:
     print("predicted-label P (lag 1):\n", np.round(r["P_pred"], 4))
     _print_clock(r)
     _print_passages(r)
+    _print_data_estimate(r)
     print(f"BAR dwell within {DWELL_BAR:.0%} per state: "
           f"{'met' if (rel <= DWELL_BAR).all() else 'NOT met'} "
           f"(worst {rel.max():.2f}); BAR max|P - P_true| <= {MATRIX_BAR}: "
@@ -291,7 +311,9 @@ def run_case(name: str, seed: int, load_dir, save_dir, round_trip: bool,
         out.update(truth="the generator run long, core-set labels",
                    P_true=gen["P_core"], dwell_true=gen["dwell_core"],
                    P_raw=gen["P_raw"], dwell_raw=gen["dwell_raw"])
-    out.update(_kinetics(seg, y_test, y_pred, out["K_true"], seed))
+    known = "transition_matrix" in truth  # The training labels' own chain is comparable.
+    out.update(_kinetics(seg, y_test, y_pred, out["K_true"], seed, train,
+                         truth["train_labels"] if known else None))
     if round_trip:
         out["round_trip"] = _round_trip(seg, case, seed, params, round_trip_sequences)
     return out
@@ -327,6 +349,7 @@ def report_case(r: dict) -> None:
         print("predicted-label P (lag 1):\n", np.round(r["P_pred"], 4))
         _print_clock(r)
         _print_passages(r)
+        _print_data_estimate(r)
         kramers_met = np.all(np.abs(np.log(ratio)) <= np.log(KRAMERS_BAR))
         print(f"BAR dwell within {DWELL_BAR:.0%}: "
               f"{'met' if (rel <= DWELL_BAR).all() else 'NOT met'} (worst "
@@ -380,6 +403,26 @@ def _print_clock(r: dict) -> None:
     print(f"prior_time_scale_ {r['time_scale']:.3f}; as trained (clock='model'): "
           f"worst dwell error {rel.max():.2f}, max|P - P_true| "
           f"{np.abs(r['P_model'] - r['P_true']).max():.4f}")
+
+
+def _print_data_estimate(r: dict) -> None:
+    """The states' chain re-estimated on the training data, against the truth
+    and against the training set's own true labels (the sampling floor)."""
+    if "P_data" not in r:
+        return
+    rel = np.abs(r["dwell_data"] - r["dwell_true"]) / r["dwell_true"]
+    diff = np.abs(r["P_data"] - r["P_true"]).max()
+    line = (f"estimate_transition_matrix(training data), {r['t_data']:.1f} s: dwell "
+            f"{_fmt(r['dwell_data'])}, worst error {rel.max():.2f} "
+            f"(BAR {'met' if (rel <= DWELL_BAR).all() else 'NOT met'}); max|P - P_true| "
+            f"{diff:.4f} (BAR {'met' if diff <= MATRIX_BAR else 'NOT met'})")
+    if "dwell_own" in r:
+        own = np.abs(r["dwell_own"] - r["dwell_true"]) / r["dwell_true"]
+        line += (f"; the training labels' own chain: dwell {_fmt(r['dwell_own'])}, "
+                 f"worst error {own.max():.2f}, max|P - P_true| "
+                 f"{np.abs(r['P_own'] - r['P_true']).max():.4f}; estimate vs own: "
+                 f"worst dwell {np.max(np.abs(r['dwell_data'] / r['dwell_own'] - 1)):.2f}")
+    print(line)
 
 
 def _fmt2(v) -> str:
