@@ -83,6 +83,11 @@ observed = (stacked == states).sum((1, 2)) / (
 print(f"prior clock: {seg.prior_time_scale_:.2f}x the trained one; mean dwell "
       f"times {np.round(dwell, 1)} (as trained {np.round(trained, 1)}; "
       f"predicted labels of the test data {np.round(observed, 1)}; true 20 each)")
+# The same states' chain re-estimated on the training data (Baum-Welch with the
+# model's emissions held): the data's own switching, read through the states.
+estimated = seg.estimate_transition_matrix(X_train)
+print(f"mean dwell times estimated on the training data "
+      f"{np.round(1 / (1 - np.diag(estimated)), 1)}")
 # How long from one state until another is first reached (true: 40 steps for
 # every pair), and the relaxation times of the chain (true: about 12.8 steps).
 print("mean first-passage times (row: from, column: to):\n"
