@@ -440,6 +440,14 @@ class ParticleFilter:
         return out
 
 
+def _active_by_step(lengths: np.ndarray) -> list[np.ndarray]:
+    """The sequences still running at each step, longest first, so that the
+    sequences active at step ``t`` are a prefix of those at ``t - 1``."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[:int(np.count_nonzero(lengths > t))]
+            for t in range(int(lengths.max()) if len(lengths) else 0)]
+
+
 class MarkovFilter:
     """Forward filter of the landscape's states as a Markov chain (``inference="markov"``).
 
@@ -520,11 +528,20 @@ class MarkovFilter:
         ``alpha`` (B, n_states) are those after the previous frames (``None``:
         ``log_b`` is the first frame's).
         """
-        b = self.frame_likelihoods(log_b)[0]
-        prior = (np.broadcast_to(self.start, log_b.shape) if alpha is None
-                 else alpha @ self.transition)
+        return self._step(alpha, self.frame_likelihoods(log_b)[0], self.transition)[0]
+
+    def _step(self, alpha: np.ndarray | None, b: np.ndarray,
+              transition: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One step of the forward recursion ``alpha_t = (alpha_{t-1} P) * b_t``.
+
+        Returns the normalised probabilities (B, n_states) and the
+        normalisers (B,); ``alpha=None`` starts from :attr:`start`.
+        """
+        prior = (np.broadcast_to(self.start, b.shape) if alpha is None
+                 else alpha @ transition)
         new = prior * b
-        return new / new.sum(1, keepdims=True)
+        norm = new.sum(1, keepdims=True)
+        return new / norm, norm[:, 0]
 
     def sequence_emissions(self, seqs: Sequences,
                            block_steps: int = BLOCK_STEPS) -> np.ndarray:
@@ -546,16 +563,12 @@ class MarkovFilter:
         """
         log_b = self.sequence_emissions(seqs, block_steps)
         out = np.empty_like(log_b)
-        offs, lens = seqs.offsets, seqs.lengths
-        order = np.argsort(-lens, kind="stable")  # Longest first: a prefix stays active.
         alpha = None
-        for t in range(int(lens.max()) if len(lens) else 0):
-            active = order[:int(np.count_nonzero(lens > t))]
-            rows = offs[active] + t
+        for t, active in enumerate(_active_by_step(seqs.lengths)):
+            rows = seqs.offsets[active] + t
             alpha = self.update(None if alpha is None else alpha[:len(active)], log_b[rows])
             out[rows] = alpha
         return out
-
 
     def reestimate(self, seqs: Sequences, *, max_iter: int = 20, tol: float = 1e-6,
                    block_steps: int = BLOCK_STEPS) -> tuple[np.ndarray, int, float]:
@@ -577,10 +590,8 @@ class MarkovFilter:
         """
         b, top = self.frame_likelihoods(self.sequence_emissions(seqs, block_steps))
         transition = self.transition.copy()
-        offs, lens = seqs.offsets, seqs.lengths
-        order = np.argsort(-lens, kind="stable")  # Longest first: a prefix stays active.
-        active_at = [order[:int(np.count_nonzero(lens > t))]
-                     for t in range(int(lens.max()) if len(lens) else 0)]
+        offs = seqs.offsets
+        active_at = _active_by_step(seqs.lengths)
         n_total = max(1, b.shape[0])
         previous, log_lik, n_iter = -np.inf, -np.inf, 0
         while n_iter < max_iter:
@@ -590,12 +601,9 @@ class MarkovFilter:
             alpha = None
             for t, active in enumerate(active_at):  # Forward, as proba().
                 rows = offs[active] + t
-                prior = (np.broadcast_to(self.start, (len(active), self.n_states))
-                         if alpha is None else alpha[:len(active)] @ transition)
-                new = prior * b[rows]
-                norm = new.sum(1, keepdims=True)
-                alpha = new / norm
-                alphas[rows], log_norm[rows] = alpha, np.log(norm[:, 0])
+                alpha, norm = self._step(None if alpha is None else alpha[:len(active)],
+                                         b[rows], transition)
+                alphas[rows], log_norm[rows] = alpha, np.log(norm)
             log_lik = float((log_norm.sum() + top.sum()) / n_total)
             counts = np.zeros_like(transition)
             beta = None
