@@ -581,7 +581,7 @@ class MarkovFilter:
         round; the rounds stop after ``max_iter``, or once it rises by less
         than ``tol`` nats per observation. The start is the chain's matrix
         (with its floor) and its first-frame probabilities; a state that
-        ``seqs`` never leave nor enter keeps its row.
+        ``seqs`` never visit before their last frame keeps its row.
 
         Returns ``(transition, n_iter, log_likelihood)``: the matrix
         (n_states, n_states), the rounds run, and the mean log-likelihood
