@@ -162,7 +162,7 @@ def _kinetics(seg, y_test, y_pred, k_true: int, seed: int, X_train=None,
     rates, out["t_kramers"] = _timed(lambda: seg.kramers_rates(clock="model"))
     fine = prior_state_paths(seg.module_, seg.energy_, dt=seg.dt / 10, n_paths=256,
                              n_steps=1000, core_fraction=0.5,
-                             generator=torch.Generator().manual_seed(seed))[1]
+                             generator=torch.Generator().manual_seed(seed)).labels
     k = seg.n_states_
     pred = np.stack(y_pred)
     mfpt, out["t_mfpt"] = _timed(seg.mean_first_passage_times)

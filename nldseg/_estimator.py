@@ -44,7 +44,6 @@ from nldseg._kinetics import (
     mean_switch_interval,
     mean_visit_lengths,
     metastable_state_map,
-    point_energies,
     prior_state_paths,
     row_stochastic,
     transition_counts,
@@ -1143,16 +1142,13 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         generator = self._prior_generator(None)
         thresholds = landscape_core_thresholds(landscape, _CLOCK_CORE_FRACTION)
         with torch_threads(self.n_threads):
-            positions, labels = prior_state_paths(
+            paths = prior_state_paths(
                 module, landscape, dt=self.dt, n_paths=_MARKOV_PATHS,
                 n_steps=_MARKOV_STEPS, core_fraction=_CLOCK_CORE_FRACTION,
                 generator=generator, thresholds=thresholds,
                 time_scale=time_scale if np.isfinite(time_scale) else 1.0)
-            energies = point_energies(module, torch.as_tensor(
-                positions.reshape(-1, positions.shape[-1]))).reshape(labels.shape)
-            return markov_state_model(positions, labels, energies, landscape,
-                                      thresholds=thresholds, n_points=_MARKOV_POINTS,
-                                      generator=generator)
+        return markov_state_model(paths, landscape, thresholds=thresholds,
+                                  n_points=_MARKOV_POINTS, generator=generator)
 
     # -------------------------------------------------------------- inference
     def _check_inference_params(self) -> None:
@@ -1443,8 +1439,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                       clock) -> np.ndarray:
         """Lag-``lag`` transition counts of labelled prior paths (arguments checked)."""
         _check_kinetics(lag=lag, n_trajectories=n_trajectories, n_steps=n_steps)
-        _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
-                                      random_state, clock)
+        labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
+                                   random_state, clock).labels
         return transition_counts(labels, self.n_states_, lag)
 
     def transition_matrix(self, lag: int = 1, *, n_trajectories: int = 256,
@@ -1633,8 +1629,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         True
         """
         _check_kinetics(n_trajectories=n_trajectories, n_steps=n_steps)
-        _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
-                                      random_state, clock)
+        labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
+                                   random_state, clock).labels
         return visit_lengths(labels, self.n_states_)
 
     @_prior_path_docs
@@ -1670,8 +1666,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         True
         """
         _check_kinetics(n_trajectories=n_trajectories, n_steps=n_steps)
-        _, labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
-                                      random_state, clock)
+        labels = self._prior_paths(n_trajectories, n_steps, core_fraction,
+                                   random_state, clock).labels
         return mean_visit_lengths(labels, self.n_states_)
 
     @_prior_path_docs
@@ -1825,8 +1821,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         # A decoder of each observation given the previous ones starts from
         # zeros: it runs this many steps before the first one returned.
         burn_in = _SAMPLE_BURN_IN if self.module_.given_features else 0
-        paths, labels = self._prior_paths(n_sequences, n_timesteps - 1 + burn_in,
-                                          core_fraction, int(seeds[0]), clock)
+        paths, labels, _, _ = self._prior_paths(n_sequences, n_timesteps - 1 + burn_in,
+                                                core_fraction, int(seeds[0]), clock)
         with torch_threads(self.n_threads):
             noise = torch.Generator().manual_seed(int(seeds[1]))
             X = decode_observations(self.module_, torch.as_tensor(paths), noise)

@@ -846,11 +846,25 @@ def kramers_rate_matrix(landscape, saddles: dict, *, beta: float, gamma: float,
     return rates
 
 
+class PriorPaths(NamedTuple):
+    """Simulated prior paths labelled by core sets (:func:`prior_state_paths`).
+
+    Every field but ``positions`` has shape (n_paths, n_steps + 1):
+    ``positions`` (float32, with a last axis of latent_dim), the core-set
+    ``labels`` (int64), and the ``basins`` (int64) and float64 ``energies``
+    of the positions that the labels were made from.
+    """
+
+    positions: np.ndarray
+    labels: np.ndarray
+    basins: np.ndarray
+    energies: np.ndarray
+
+
 def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: int,
                       core_fraction: float, generator: torch.Generator,
                       start: str = "stationary", time_scale: float = 1.0,
-                      thresholds: np.ndarray | None = None,
-                      ) -> tuple[np.ndarray, np.ndarray]:
+                      thresholds: np.ndarray | None = None) -> PriorPaths:
     """Simulate the fitted prior and label its paths by core sets.
 
     Starts are drawn by :func:`initial_states` (the states weighted by the
@@ -880,8 +894,8 @@ def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: in
 
     Returns
     -------
-    positions : ndarray of shape (n_paths, n_steps + 1, latent_dim), float32
-    labels : ndarray of shape (n_paths, n_steps + 1), int64
+    PriorPaths
+        The positions, their labels, basins and energies.
     """
     beta, gamma, mass = (t.detach() for t in module.langevin_params())
     underdamped = module.dynamics == "underdamped"
@@ -891,8 +905,13 @@ def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: in
                            mass=mass.double().numpy() if underdamped else None)
     paths = simulate_module_prior(module, state, dt=dt, n_steps=n_steps,
                                   generator=generator, time_scale=time_scale)
-    return paths, label_paths(module, landscape, list(paths), core_fraction,
-                              thresholds=thresholds)
+    shape = paths.shape[:2]
+    basins, energies = (a.reshape(shape) for a in _basins_energies(
+        module, landscape, paths.reshape(-1, paths.shape[-1])))
+    if thresholds is None:
+        thresholds = landscape_core_thresholds(landscape, core_fraction)
+    labels = core_set_labels(basins, energies, thresholds)
+    return PriorPaths(paths, labels, basins, energies)
 
 
 class MarkovStateModel(NamedTuple):
@@ -908,9 +927,8 @@ class MarkovStateModel(NamedTuple):
     points: np.ndarray
 
 
-def markov_state_model(positions: np.ndarray, labels: np.ndarray, energies: np.ndarray,
-                       landscape, *, thresholds: np.ndarray, n_points: int,
-                       generator: torch.Generator) -> MarkovStateModel:
+def markov_state_model(paths: PriorPaths, landscape, *, thresholds: np.ndarray,
+                       n_points: int, generator: torch.Generator) -> MarkovStateModel:
     """The Markov state model of simulated prior paths (:func:`prior_state_paths`).
 
     The lag-1 transition matrix of the paths' core-set ``labels``
@@ -928,11 +946,10 @@ def markov_state_model(positions: np.ndarray, labels: np.ndarray, energies: np.n
 
     Parameters
     ----------
-    positions : ndarray of shape (n_paths, n_steps + 1, latent_dim)
-    labels : ndarray of shape (n_paths, n_steps + 1)
-    energies : ndarray of shape (n_paths, n_steps + 1)
-        ``E`` at ``positions`` (:func:`point_energies`).
+    paths : PriorPaths
+        Labelled paths, with the basins and energies of their positions.
     landscape : EnergyLandscape
+        The states and their minima (the points of a state never entered).
     thresholds : ndarray of shape (n_states,)
         The core thresholds the labels were made with.
     n_points : int
@@ -944,10 +961,11 @@ def markov_state_model(positions: np.ndarray, labels: np.ndarray, energies: np.n
     MarkovStateModel
     """
     k = landscape.n_states
-    transition = row_stochastic(transition_counts(labels, k, 1))
+    transition = row_stochastic(transition_counts(paths.labels, k, 1))
+    positions = paths.positions
     flat = np.ascontiguousarray(positions[:, 1:].reshape(-1, positions.shape[-1]))
-    basins = landscape.predict(flat)
-    in_core = np.asarray(energies)[:, 1:].reshape(-1) < np.asarray(thresholds)[basins]
+    basins = paths.basins[:, 1:].reshape(-1)
+    in_core = paths.energies[:, 1:].reshape(-1) < np.asarray(thresholds)[basins]
     points = np.empty((k, n_points, flat.shape[1]), dtype=np.float32)
     for i in range(k):
         inside = np.flatnonzero((basins == i) & in_core)
@@ -1005,9 +1023,7 @@ def label_paths(module, landscape, paths: list, core_fraction: float, *,
         long, else a list of int64 arrays of shape (n_steps_i,)
     """
     lengths = [len(p) for p in paths]
-    flat = torch.as_tensor(np.concatenate(paths).astype(np.float32, copy=False))
-    basins = landscape.predict(flat.numpy())
-    energies = point_energies(module, flat)
+    basins, energies = _basins_energies(module, landscape, np.concatenate(paths))
     if thresholds is None:
         thresholds = landscape_core_thresholds(landscape, core_fraction)
     if len(set(lengths)) == 1:
@@ -1016,6 +1032,13 @@ def label_paths(module, landscape, paths: list, core_fraction: float, *,
     cuts = np.cumsum(lengths)[:-1]
     return [core_set_labels(b[None], e[None], thresholds)[0]
             for b, e in zip(np.split(basins, cuts), np.split(energies, cuts))]
+
+
+def _basins_energies(module, landscape,
+                     points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Basins (int64) and float64 energies of latent points (n, latent_dim), each (n,)."""
+    flat = torch.as_tensor(points.astype(np.float32, copy=False))
+    return landscape.predict(flat.numpy()), point_energies(module, flat)
 
 
 def point_energies(module, points: torch.Tensor, chunk: int = 65536) -> np.ndarray:

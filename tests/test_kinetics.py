@@ -665,17 +665,17 @@ def test_calibrate_clock_recovers_a_known_clock(tiny_fitted):
     """Paths of the prior run 2x as fast stand in for the posterior's."""
     seg = tiny_fitted
     known = 2.0
-    paths, _ = prior_state_paths(seg.module_, seg.energy_, dt=seg.dt, n_paths=256,
-                                 n_steps=400, core_fraction=0.5,
-                                 generator=torch.Generator().manual_seed(5),
-                                 time_scale=known)
+    paths = prior_state_paths(seg.module_, seg.energy_, dt=seg.dt, n_paths=256,
+                              n_steps=400, core_fraction=0.5,
+                              generator=torch.Generator().manual_seed(5),
+                              time_scale=known).positions
     found = calibrate_clock(seg.module_, seg.energy_, list(paths), dt=seg.dt,
                             core_fraction=0.5, generator=torch.Generator().manual_seed(6))
     assert found == pytest.approx(known, rel=0.2)
     # Paths as slow as the prior itself give a clock near 1.
-    slow, _ = prior_state_paths(seg.module_, seg.energy_, dt=seg.dt, n_paths=64,
-                                n_steps=400, core_fraction=0.5,
-                                generator=torch.Generator().manual_seed(7))
+    slow = prior_state_paths(seg.module_, seg.energy_, dt=seg.dt, n_paths=64,
+                             n_steps=400, core_fraction=0.5,
+                             generator=torch.Generator().manual_seed(7)).positions
     assert calibrate_clock(seg.module_, seg.energy_, list(slow), dt=seg.dt,
                            core_fraction=0.5,
                            generator=torch.Generator().manual_seed(6)) == pytest.approx(

@@ -9,7 +9,7 @@ import torch
 
 from nldseg import LangevinSegmenter
 from nldseg._inference import MarkovFilter
-from nldseg._kinetics import MarkovStateModel, markov_state_model
+from nldseg._kinetics import MarkovStateModel, PriorPaths, markov_state_model
 from nldseg.metrics import segmentation_accuracy
 
 MODELS = ["tiny_fitted", "tiny_latent_noise", "tiny_underdamped", "tiny_lagged"]
@@ -73,7 +73,8 @@ def test_points_come_from_the_core_else_the_basin_else_the_minimum(tiny_fitted):
                           np.repeat(above[None], 7, 0)])[:, :, :].astype(np.float32)
     labels = np.array([[0] * 7, [1] * 7])
     energies = np.array([[0.0] * 7, [5.0] * 7])
-    chain = markov_state_model(positions, labels, energies, land,
+    # The basins are the labels: the minimum of state 0, a point of state 1.
+    chain = markov_state_model(PriorPaths(positions, labels, labels, energies), land,
                                thresholds=np.array([1.0, 1.0, 1.0]), n_points=5,
                                generator=torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(chain.transition, np.eye(3))
