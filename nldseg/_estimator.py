@@ -1247,7 +1247,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         with torch_threads(self.n_threads):
             state_filter = self._filter(module, landscape, inference)
             if state_filter is not None:
-                return state_filter.proba(seqs, landscape.n_states)
+                return state_filter.proba(seqs)
             return self._sampler(module).map_paths(
                 seqs, lambda z: landscape.state_fractions(z[..., :d]),
                 (landscape.n_states,), np.float64)

@@ -404,7 +404,7 @@ class ParticleFilter:
         weighted = Particles(h, z, log_w)
         return weighted, _resample(weighted, u)
 
-    def proba(self, seqs: Sequences, n_states: int, chunk_rows: int = 4096,
+    def proba(self, seqs: Sequences, chunk_rows: int = 4096,
               block_steps: int = BLOCK_STEPS) -> np.ndarray:
         """State probabilities at every observation of ``seqs``, (n_total, n_states).
 
@@ -414,7 +414,7 @@ class ParticleFilter:
         """
         n, d = self.n_particles, self.module.latent_dim
         data, lens = torch.as_tensor(seqs.data), seqs.lengths
-        out = np.empty((seqs.data.shape[0], n_states))
+        out = np.empty((seqs.data.shape[0], self.landscape.n_states))
         per_chunk = max(1, chunk_rows // n)
         work = None
         with torch.no_grad():
@@ -554,8 +554,7 @@ class MarkovFilter:
                                for a in range(0, data.shape[0], block_steps)]
                               or [np.zeros((0, self.n_states))])
 
-    def proba(self, seqs: Sequences, n_states: int,
-              block_steps: int = BLOCK_STEPS) -> np.ndarray:
+    def proba(self, seqs: Sequences, block_steps: int = BLOCK_STEPS) -> np.ndarray:
         """State probabilities at every observation of ``seqs``, (n_total, n_states).
 
         The frames' densities are computed ``block_steps`` rows at a time;

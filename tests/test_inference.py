@@ -74,13 +74,13 @@ def test_particle_filter_probabilities(tiny_fitted, tiny_data):
     seg = _particles(tiny_fitted)
     seqs = seg._prepare(raw.data, raw.lengths)
     filt = seg._filter()
-    whole = filt.proba(seqs, 3)
+    whole = filt.proba(seqs)
     assert whole.shape == (len(seqs.data), 3)
     assert np.all(whole >= 0) and np.allclose(whole.sum(1), 1.0, rtol=0, atol=1e-12)
     assert len(np.unique(whole.argmax(1))) >= 2  # labels that can differ
     for block_steps in [1, 7]:
-        np.testing.assert_array_equal(filt.proba(seqs, 3, block_steps=block_steps), whole)
-    one_at_a_time = filt.proba(seqs, 3, chunk_rows=1)
+        np.testing.assert_array_equal(filt.proba(seqs, block_steps=block_steps), whole)
+    one_at_a_time = filt.proba(seqs, chunk_rows=1)
     # Equal up to float32 rounding, which a batch of other sequences changes;
     # in a long sequence such a difference can change one resampling, after
     # which the two differ by Monte-Carlo noise (documented in the estimator's
@@ -91,7 +91,7 @@ def test_particle_filter_probabilities(tiny_fitted, tiny_data):
     for a, n in zip(starts, raw.lengths):
         assert close[a:a + min(n, 50)].all()
     assert np.mean(one_at_a_time.argmax(1) == whole.argmax(1)) >= 0.95
-    plain = copy.copy(seg).set_params(prior_weight=1.0)._filter().proba(seqs, 3)
+    plain = copy.copy(seg).set_params(prior_weight=1.0)._filter().proba(seqs)
     assert np.abs(plain - whole).max() > 0.05
     paths = _paths_only(tiny_fitted).predict_proba(raw.data, lengths=raw.lengths)
     assert np.abs(paths - whole).max() > 0.05
