@@ -699,6 +699,19 @@ class NeuralLangevinVAE(nn.Module):
             dim=1)
         return self._log_mean_weight(s, _logsumexp(log_mix, 1))
 
+    def stationary_nll(self, q: torch.Tensor, centres: torch.Tensor,
+                       log_scale: torch.Tensor, std_normal: torch.Tensor) -> torch.Tensor:
+        """Mean ``-log p_inf(q) = beta E(q) + log Z`` over latent positions ``q`` (n, d).
+
+        ``log Z`` by importance sampling from Gaussians of log std
+        ``log_scale`` at ``centres`` (B, d), the estimator of the training
+        step (with its broad defensive component), from ``std_normal``
+        (N, d) draws. The gradient reaches the energy and ``beta``: a
+        maximum-likelihood fit of the stationary law to the positions.
+        """
+        log_z = self._log_z_from_codes(centres, log_scale, std_normal)
+        return -self._log_stationary_position(q, log_z).mean()
+
     def _stationary_kl0(self, z0, mean, log_std, log_z, frozen: bool = False
                         ) -> torch.Tensor:
         """One-sample estimate of ``KL(q(z_0 | x_0) || p_inf)`` per row."""

@@ -46,6 +46,7 @@ _ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
                  "encoder_input": "linear",
                  "inference": "paths", "prior_weight": 0.5, "n_particles": 64,
                  "density_weight": 0.0,
+                 "depth_steps": 0,  # Fitted before the depths were refitted.
                  "n_init": 1,
                  "switch_margin": 0.0,  # Labels were the argmax.
                  "switch_hold": 0}

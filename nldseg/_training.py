@@ -618,6 +618,72 @@ class _ProgressBar:
             self._width = 0
 
 
+#: :func:`refine_depths`: positions per step, proposal centres, importance
+#: draws of ``log Z`` and Adam's learning rate.
+DEPTH_BATCH, DEPTH_CENTRES, DEPTH_DRAWS, DEPTH_LR = 1024, 256, 2048, 1e-4
+
+
+def refine_depths(module, positions: np.ndarray, n_steps: int, seed: int) -> bool:
+    """Refit the trained energy alone to posterior positions; ``True`` if it ran.
+
+    Maximum likelihood of the stationary law ``exp(-beta E) / Z`` on
+    ``positions`` (n, latent_dim), the posterior paths through the training
+    data: ``n_steps`` Adam steps (learning rate ``DEPTH_LR``, annealed to
+    zero along half a cosine) on
+    :meth:`~nldseg._model.NeuralLangevinVAE.stationary_nll` of
+    ``DEPTH_BATCH`` positions drawn at random, with ``log Z`` from
+    ``DEPTH_DRAWS`` importance draws around ``DEPTH_CENTRES`` positions
+    (Scott's bandwidth per dimension). Only the energy's parameters move
+    (``beta``, encoder and decoder are kept), in place.
+
+    Why: the ELBO fits the shape of each well (its path term is score
+    matching) but hardly their relative depths, which set
+    ``state_occupancy_``; after training the posterior positions sit in the
+    wells in the right shares and the stationary law can be fitted to them
+    directly. A non-finite loss or parameter restores the energy as it was,
+    with a warning.
+    """
+    data = torch.as_tensor(np.asarray(positions), dtype=torch.float32)
+    n, d = data.shape
+    if n_steps <= 0 or n < 2:
+        return False
+    params = list(module.energy.parameters())
+    saved = [p.detach().clone() for p in params]
+    log_scale = torch.log(data.std(0).clamp_min(1e-6)
+                          * DEPTH_CENTRES ** (-1.0 / (d + 4))).expand(DEPTH_CENTRES, d)
+    gen = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.Adam(params, lr=DEPTH_LR)
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        for step in range(n_steps):
+            # Annealed to zero along half a cosine: the last steps' minibatch
+            # noise would otherwise stay in the depths.
+            opt.param_groups[0]["lr"] = DEPTH_LR * 0.5 * (1.0 + math.cos(math.pi * step
+                                                                         / n_steps))
+            centres = data[torch.randint(n, (DEPTH_CENTRES,), generator=gen)]
+            batch = data[torch.randint(n, (DEPTH_BATCH,), generator=gen)]
+            loss = module.stationary_nll(batch, centres, log_scale,
+                                         torch.randn((DEPTH_DRAWS, d), generator=gen))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if not (torch.isfinite(loss)
+                    and all(bool(torch.isfinite(p).all()) for p in params)):
+                with torch.no_grad():
+                    for p, value in zip(params, saved):
+                        p.copy_(value)
+                warnings.warn("The refit of the wells' depths met a non-finite "
+                              "value; the energy is kept as trained.", RuntimeWarning,
+                              stacklevel=2)
+                return False
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+            p.grad = None
+    return True
+
+
 def _load_parameters(module, tensors: list) -> None:
     with torch.no_grad():
         for p, value in zip(module.parameters(), tensors):

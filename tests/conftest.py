@@ -22,7 +22,10 @@ TINY = dict(device="cpu", hidden_size=32, context_size=16, window_length=40,
             decoder_covariance="full",
             # One model on single frames, not the default two restarts and a
             # model with one lag (tested on their own).
-            n_init=1, n_lags=0)
+            n_init=1, n_lags=0,
+            # No refit of the depths after training (its own tests, in
+            # test_estimator.py): 2-4 s per fit.
+            depth_steps=0)
 # Fits that only need to run (pipelines, grid searches), not to learn: one
 # well, so tests of these compare loss curves and weights, not labels.
 TINY_SEARCH = dict(device="cpu", hidden_size=16, context_size=8, window_length=30,

@@ -381,6 +381,8 @@ def test_unrecoverable_nan_raises_and_leaves_estimator_unfitted(chain, monkeypat
     ({"learning_rate": 0.01}, TypeError, "learning_rate must be one of"),
     ({"learn_langevin_params": "yes"}, TypeError, "learn_langevin_params must be a bool"),
     ({"kl_warmup": -1}, ValueError, "kl_warmup must be an integer >= 0"),
+    ({"depth_steps": -1}, ValueError, "depth_steps must be an integer >= 0"),
+    ({"depth_steps": 2.5}, TypeError, "depth_steps must be an integer"),
     ({"switch_hold": -1}, ValueError, "switch_hold must be"),
     ({"switch_hold": 1.5}, TypeError, "switch_hold must be"),
     ({"switch_hold": "long"}, TypeError, "switch_hold must be an integer >= 0 or .auto."),
@@ -787,3 +789,44 @@ def test_fit_warnings_point_at_the_callers_line(chain):
     ours = [w for w in record if "single well" in str(w.message)
             or "warm-up" in str(w.message)]
     assert len(ours) >= 2 and all(w.filename == __file__ for w in ours)
+
+
+# ------------------------------------------------------------ the depths' refit
+def test_refit_of_the_depths_keeps_the_wells_and_moves_the_occupancy(tiny_data,
+                                                                    tiny_fitted):
+    """The fixture without the refit against the same fit with it (TINY's
+    training, then ``depth_steps``): the same wells and labels, other depths."""
+    X, X_test, y_test = tiny_data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = LangevinSegmenter(**dict(TINY, depth_steps=400)).fit(X)
+    assert seg.n_states_ == tiny_fitted.n_states_ == 3
+    # Training is the same: the refit comes after it.
+    np.testing.assert_array_equal(seg.loss_curve_, tiny_fitted.loss_curve_)
+    assert segmentation_accuracy(tiny_fitted.predict(X_test), seg.predict(X_test)) >= 0.98
+    # The depths moved, and the occupancy is still a distribution.
+    assert np.abs(seg.state_occupancy_ - tiny_fitted.state_occupancy_).sum() > 0.01
+    assert seg.state_occupancy_.sum() == pytest.approx(1.0)
+
+
+def test_a_refit_that_changes_the_wells_is_undone(tiny_data, tiny_fitted, monkeypatch):
+    """A refit that moves the wells, not only their depths, is rolled back: the
+    model is then the one fitted without a refit, to the last bit."""
+    import nldseg._estimator as est
+
+    def scramble(module, positions, n_steps, seed):
+        with torch.no_grad():  # A single well: the quadratic term alone.
+            for p in module.energy.parameters():
+                p.zero_()
+        return True
+
+    monkeypatch.setattr(est, "refine_depths", scramble)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = LangevinSegmenter(**dict(TINY, depth_steps=5)).fit(tiny_data[0])
+    assert seg.n_states_ == 3
+    np.testing.assert_array_equal(seg.state_occupancy_, tiny_fitted.state_occupancy_)
+    for a, b in zip(seg.module_.parameters(), tiny_fitted.module_.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    np.testing.assert_array_equal(seg.predict(tiny_data[1]),
+                                  tiny_fitted.predict(tiny_data[1]))

@@ -13,6 +13,7 @@ from nldseg._training import (
     kl_weight,
     lr_multiplier,
     pad_leads,
+    refine_depths,
     sample_windows,
     segment_first_rows,
     split_validation,
@@ -509,3 +510,47 @@ def test_a_higher_level_warms_its_kl_term_up_for_longer(monkeypatch):
     defaults = replace(s, kl_warmup=200, max_iter=3000)
     assert _training._lagged_settings(defaults).kl_warmup == 1000
     assert _training._lagged_settings(replace(defaults, max_iter=300)).kl_warmup == 200
+
+
+# ------------------------------------------------------------ the depths' refit
+def _one_dim_model():
+    torch.manual_seed(0)
+    m = NeuralLangevinVAE(2, 1, "overdamped", 16, 4, 1.0, 1.0, 1.0, False)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def test_refine_depths_gives_separated_wells_their_shares(monkeypatch):
+    """Maximum likelihood on positions in two clusters, 80 % / 20 %: the
+    stationary law puts that mass on each side, and nothing but the energy moves."""
+    import nldseg._training as training
+
+    monkeypatch.setattr(training, "DEPTH_LR", 0.02)  # A fresh model, not a trained one.
+    m = _one_dim_model()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    rng = np.random.default_rng(1)
+    left = rng.random(4000) < 0.8
+    q = (np.where(left, -2.0, 2.0) + 0.4 * rng.normal(size=4000))[:, None]
+    assert training.refine_depths(m, q, 300, seed=0)
+    grid = torch.linspace(-8.0, 8.0, 4001)[:, None]
+    with torch.no_grad():
+        w = torch.exp(-m.energy(grid).double())
+    assert float(w[grid[:, 0] < 0].sum() / w.sum()) == pytest.approx(left.mean(), abs=0.03)
+    for k, v in m.state_dict().items():
+        if not k.startswith("energy."):
+            torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
+    assert all(not p.requires_grad and p.grad is None for p in m.parameters())
+
+
+def test_refine_depths_rolls_back_a_non_finite_step(monkeypatch):
+    m = _one_dim_model()
+    before = [p.clone() for p in m.energy.parameters()]
+    monkeypatch.setattr(m, "stationary_nll",
+                        lambda q, *args: m.energy(q).mean() * float("nan"))
+    q = np.random.default_rng(0).normal(size=(100, 1))
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        assert not refine_depths(m, q, 5, seed=0)
+    for a, b in zip(m.energy.parameters(), before):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not refine_depths(m, q, 0, seed=0)  # Nothing to do.
