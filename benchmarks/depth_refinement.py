@@ -1,34 +1,26 @@
-"""Probe (not in the library): the wells' depths refitted after training.
+"""The wells' depths refitted after training (``depth_steps``): with and without.
 
-``state_occupancy_`` reads the relative depths of the energy's wells. On some
-fits it stays farther from the truth than the training data's own sampling
-error, while the posterior paths' basin shares are at that floor: the wells
-are in the right places, the depths are not (the ELBO's score-matching part
-is blind to them; ``density_weight`` only partly corrects it). This probe
-takes a fitted model and refits the energy alone, after training, by maximum
-likelihood of ``exp(-beta E) / Z`` on the posterior paths' positions through
-*all* the training steps:
+``state_occupancy_`` reads the relative depths of the energy's wells, which
+the ELBO fits poorly. Since ``a753e3e`` a fit refits the energy alone after
+training (``depth_steps=400``; kept only if the wells stay the same). This
+script measures that step on its own: for each model it runs the phase
+after training (the refit, the search for wells, the clock and the states'
+chain: ``LangevinSegmenter._fit_landscape`` and ``_markov_chain``) twice on
+the same trained module, with ``depth_steps=0`` and with each value of
+``--steps``, with the same seeds, and prints the number of wells, the test
+accuracy of the default labels, their label changes, the occupancy l1 from
+the true stationary law (states matched by the test labels, as the suite
+matches them) and the phase's seconds. Training is the same in both (the
+refit comes after it), so any difference is the refit's.
 
-* loss ``mean(beta E(q)) + log Z`` over minibatches of 2,048 positions;
-* ``log Z`` by the library's importance sampler of the training step
-  (``NeuralLangevinVAE._log_z_from_codes``: 4,096 draws, a defensive
-  mixture of Gaussians at 1,024 positions, Scott's bandwidth per dimension);
-* Adam, learning rate 1e-4, ``--steps`` steps; ``beta``, encoder, decoder and
-  the posterior are untouched.
+Models come from ``--cases`` (fitted here with the library defaults but
+``depth_steps=0``, seed ``--seeds``) or ``--load``: a saved fit, either a
+joblib dict ``{"seg", "train", "test", "y_test", "params"}`` of a suite case
+or a ``.nldseg`` file followed by its suite case and seed::
 
-Before and after, it rebuilds the wells from the same positions (the
-library's ``build_landscape``) and prints: the number of wells, the accuracy
-of the positions' basins against the true labels of the training steps
-(do the basins move?), the stationary law's shares against the posterior
-positions' basin shares, and the occupancy l1 against the truth (states
-matched by the basins' labels, as the suite matches them). The library's own
-labels and ``state_occupancy_`` of the fit are not changed::
-
-    python benchmarks/depth_refinement.py --cases overlap regimes unequal --seeds 0
-    python benchmarks/depth_refinement.py --load fits/overlap_0.joblib  # a saved fit
-
-A saved fit is a joblib dict ``{"seg", "train", "params"}`` of a suite case
-(``params`` as ``Case.draw`` returns them).
+    python benchmarks/depth_refinement.py --cases overlap regimes --seeds 0
+    python benchmarks/depth_refinement.py --load fits/overlap_0.joblib
+    python benchmarks/depth_refinement.py --load fits/langevin_seed1.nldseg:langevin:1
 """
 
 from __future__ import annotations
@@ -38,6 +30,7 @@ import copy
 import os
 import sys
 import time
+import warnings
 
 import joblib
 import numpy as np
@@ -47,102 +40,76 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from suite import CASES, commit, machine, matched_occupancy  # noqa: E402
 
 from nldseg import LangevinSegmenter  # noqa: E402
-from nldseg._inference import PosteriorSampler  # noqa: E402
-from nldseg._landscape import build_landscape  # noqa: E402
-from nldseg.metrics import segmentation_accuracy  # noqa: E402
+from nldseg.metrics import n_label_changes, segmentation_accuracy  # noqa: E402
 
-BATCH, CENTRES, DRAWS, LR = 2048, 1024, 4096, 1e-4
+SEEDS = [11, 12]  # Of the phase after training, the same for every variant.
 
 
-def posterior_positions(seg, train: list, seed: int) -> list:
-    """One posterior path through every training sequence (positions), in order."""
+def after_training(seg: LangevinSegmenter, train: list, steps: int) -> tuple:
+    """A copy of ``seg`` whose phase after training ran again with ``depth_steps``."""
+    seg = copy.deepcopy(seg).set_params(depth_steps=steps)
     seqs = seg._prepare(train, None)
-    sampler = PosteriorSampler(seg.module_, seg.dt, 1, seed, seg.solver)
-    paths = sampler.landscape_paths(seqs, np.random.default_rng(seed),
-                                    budget=int(seqs.lengths.sum()))
-    assert [len(p) for p in paths] == [len(x) for x in train]
-    return paths
-
-
-def refine(module, positions: np.ndarray, n_steps: int, seed: int) -> float:
-    """Refit ``module.energy`` in place by maximum likelihood; returns seconds."""
-    energy = module.energy
-    params = list(energy.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    data = torch.as_tensor(positions, dtype=torch.float32)
-    n, d = data.shape
-    log_scale = torch.log(data.std(0) * CENTRES ** (-1.0 / (d + 4))).expand(CENTRES, d)
-    opt = torch.optim.Adam(params, lr=LR)
-    g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    for _ in range(n_steps):
-        centres = data[torch.randint(n, (CENTRES,), generator=g)]
-        batch = data[torch.randint(n, (BATCH,), generator=g)]
-        log_z = module._log_z_from_codes(centres, log_scale,
-                                         torch.randn((DRAWS, d), generator=g))
-        loss = -module._log_stationary_position(batch, log_z).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    for p in params:
-        p.requires_grad_(False)
-    return time.perf_counter() - t0
+    landscape, time_scale, dwell = seg._fit_landscape(seg.module_, seqs.data, seqs, SEEDS,
+                                                      seg.min_state_fraction)
+    chain = seg._markov_chain(seg.module_, landscape, time_scale)
+    seconds = time.perf_counter() - t0
+    seg.energy_, seg.prior_time_scale_, seg.training_dwell_time_ = (landscape, time_scale,
+                                                                    dwell)
+    seg.n_states_, seg.state_occupancy_ = landscape.n_states, landscape.occupancy("sampled")
+    seg._markov_transition, seg._markov_points = chain.transition, chain.points
+    return seg, seconds
 
 
-def report(tag: str, module, seg, paths: list, y_train: list, true_occ: np.ndarray) -> None:
-    """Wells rebuilt from the positions; their shares against the truth."""
-    codes = np.concatenate(paths).astype(np.float32)
-    beta = float(module.langevin_params()[0])
-    land = build_landscape(module.energy, beta, codes,
-                           min_state_fraction=seg.min_state_fraction, n_states=None,
-                           rng=np.random.default_rng(1))
-    occ = land.occupancy("sampled")
-    basins = land.predict(codes)
-    shares = np.bincount(basins, minlength=land.n_states) / len(basins)
-    labels = np.split(basins, np.cumsum([len(p) for p in paths])[:-1])
-    matched, unmatched = matched_occupancy(y_train, labels, occ, len(true_occ))
-    print(f"| {tag} | {land.n_states} | {segmentation_accuracy(y_train, labels):.4f} | "
-          f"{np.abs(occ - shares).sum():.4f} | "
-          f"**{unmatched + np.abs(matched - true_occ).sum():.4f}** |", flush=True)
+def compare(name: str, d: dict, steps_list: list) -> None:
+    true = np.asarray(d["params"].get("stationary_distribution", []))
+    print(f"\n{name}: {d['seg'].n_lags_} lag(s)")
+    print("| depth_steps | wells | accuracy | label changes (true) | occupancy l1 | "
+          "occupancy | seconds |")
+    print("|---|---|---|---|---|---|---|")
+    for steps in [0] + steps_list:
+        seg, seconds = after_training(d["seg"], d["train"], steps)
+        labels, y_test = seg.predict(d["test"]), d["y_test"]
+        l1 = "-"
+        if len(true):
+            matched, unmatched = matched_occupancy(y_test, labels, seg.state_occupancy_,
+                                                   len(true))
+            l1 = f"{unmatched + np.abs(matched - true).sum():.4f}"
+        accuracy = segmentation_accuracy(y_test, labels)
+        print(f"| {steps} | {seg.n_states_} | {accuracy:.4f} | {n_label_changes(labels)} "
+              f"({n_label_changes(y_test)}) | {l1} | "
+              f"{np.round(seg.state_occupancy_, 3).tolist()} | {seconds:.0f} |", flush=True)
 
 
-def run(name: str, seg, train: list, params: dict, steps: int, seed: int) -> None:
-    y_train = params["train_labels"]
-    true_occ = np.asarray(params["stationary_distribution"])
-    floor = np.abs(np.bincount(np.concatenate(y_train), minlength=len(true_occ))
-                   / sum(len(y) for y in y_train) - true_occ).sum()
-    paths = posterior_positions(seg, train, seed)
-    module = copy.deepcopy(seg.module_)
-    print(f"\n{name}: floor (training labels' shares vs the truth) {floor:.4f}; "
-          f"library's state_occupancy_ {np.round(seg.state_occupancy_, 3).tolist()}")
-    print("| energy | wells | positions' basins: accuracy vs true labels | "
-          "l1 stationary vs basin shares | occupancy l1 vs truth |")
-    print("|---|---|---|---|---|")
-    report("as trained", module, seg, paths, y_train, true_occ)
-    seconds = refine(module, np.concatenate(paths), steps, seed)
-    report(f"refitted, {steps} steps ({seconds:.0f} s)", module, seg, paths, y_train,
-           true_occ)
+def load(spec: str) -> tuple:
+    """A saved fit: a joblib dict, or ``FILE.nldseg:CASE:SEED``."""
+    if ".nldseg" in spec:
+        path, case, seed = spec.split(":")
+        train, test, y_test, params = CASES[case].draw(int(seed))
+        return os.path.basename(path), {"seg": LangevinSegmenter.load(path),
+                                        "train": train, "test": test,
+                                        "y_test": y_test, "params": params}
+    return os.path.basename(spec), joblib.load(spec)
 
 
 def main(argv: list | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", nargs="+", default=[], choices=sorted(CASES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--load", nargs="+", default=[], help="saved fits (joblib dicts)")
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--load", nargs="+", default=[], help="saved fits")
+    p.add_argument("--steps", type=int, nargs="+", default=[400])
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"# machine: {machine()}; commit {commit()}; library defaults; "
-          f"refit: {args.steps} Adam steps, lr {LR}")
-    for path in args.load:
-        d = joblib.load(path)
-        run(os.path.basename(path), d["seg"], d["train"], d["params"], args.steps, 0)
+    warnings.simplefilter("ignore")
+    print(f"# machine: {machine()}; commit {commit()}; one torch thread")
+    for spec in args.load:
+        compare(*load(spec), args.steps)
     for name in args.cases:
         for seed in args.seeds:
-            train, _, _, params = CASES[name].draw(seed)
-            seg = LangevinSegmenter(random_state=seed).fit(train)
-            run(f"{name} seed {seed}", seg, train, params, args.steps, seed)
+            train, test, y_test, params = CASES[name].draw(seed)
+            seg = LangevinSegmenter(random_state=seed, depth_steps=0).fit(train)
+            compare(f"{name} seed {seed}", {"seg": seg, "train": train, "test": test,
+                                            "y_test": y_test, "params": params}, args.steps)
 
 
 if __name__ == "__main__":
