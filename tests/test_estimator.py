@@ -654,7 +654,8 @@ def _schedule(lr0, begin, steps, n):
 def test_fixed_budget_anneals_over_its_last_quarter(chain, monkeypatch):
     X = chain[0][:40, :40]  # 40 windows: one batch per pass
     rates = _record_learning_rates(monkeypatch)
-    est = LangevinSegmenter(**dict(FAST, max_iter=8, kl_warmup=0))
+    # (depth_steps=0: the refit of the depths after training has its own Adam.)
+    est = LangevinSegmenter(**dict(FAST, max_iter=8, kl_warmup=0, depth_steps=0))
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)  # Nothing measured.
         est.fit(X)
@@ -670,8 +671,9 @@ def test_plateau_of_the_held_out_elbo_starts_the_annealing(chain, monkeypatch):
     # A check every 400 / 20 = 20 steps; tol so large that no check after the
     # first one past the warm-up (step 20) counts as progress: the plateau is
     # declared at the second check after it (step 60), then 100 annealing steps.
+    # (depth_steps=0: the refit of the depths after training has its own Adam.)
     est = LangevinSegmenter(**dict(FAST, max_iter=400, kl_warmup=20, early_stopping=True,
-                                   tol=1e6, n_iter_no_change=2))
+                                   tol=1e6, n_iter_no_change=2, depth_steps=0))
     est.fit(X)
     assert est.converged_ and est.n_iter_ == 60 + 100
     assert len(est.validation_scores_) == 3  # checks at steps 20, 40, 60
@@ -714,7 +716,7 @@ def test_a_single_well_says_what_to_change(chain):
 def test_rollback_halves_the_scheduled_rate(chain, monkeypatch):
     _nan_loss_on_calls(monkeypatch, (2,))
     rates = _record_learning_rates(monkeypatch)
-    est = LangevinSegmenter(**dict(FAST, max_iter=8, kl_warmup=0))
+    est = LangevinSegmenter(**dict(FAST, max_iter=8, kl_warmup=0, depth_steps=0))
     with pytest.warns(RuntimeWarning, match="halved the learning rate"):
         est.fit(chain[0][:40, :40])
     # Step 2 failed and was retried at half its scheduled rate; the halving
