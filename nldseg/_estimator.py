@@ -393,8 +393,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         own sampling error. The refit is kept only if the wells found from
         those positions before and after it are the same (as many, and the
         positions' basins agreeing on 98 % of them); else it is undone.
-        ``0`` skips it. It added 3-5 s to each fitted model of the
-        benchmark's cases (one CPU thread).
+        ``0`` skips it. It added 3-7 s to each fitted model of the
+        benchmark's simulated cases, 12-35 s on its recordings (where it was
+        undone and the wells were searched for twice), on one CPU thread.
     tol : float, default=1e-3
         Minimum improvement of the held-out ELBO per step (in nats) that counts
         as progress.
