@@ -794,14 +794,19 @@ def test_fit_warnings_point_at_the_callers_line(chain):
 
 
 # ------------------------------------------------------------ the depths' refit
-def test_refit_of_the_depths_keeps_the_wells_and_moves_the_occupancy(tiny_data,
-                                                                    tiny_fitted):
-    """The fixture without the refit against the same fit with it (TINY's
+@pytest.mark.parametrize("fixture, params", [
+    ("tiny_fitted", {}),
+    ("tiny_underdamped", {"dynamics": "underdamped", "max_iter": 96}),
+])
+def test_refit_of_the_depths_keeps_the_wells_and_moves_the_occupancy(tiny_data, fixture,
+                                                                    params, request):
+    """The fixture without the refit against the same fit with it (the same
     training, then ``depth_steps``): the same wells and labels, other depths."""
     X, X_test, y_test = tiny_data
+    tiny_fitted = request.getfixturevalue(fixture)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        seg = LangevinSegmenter(**dict(TINY, depth_steps=400)).fit(X)
+        seg = LangevinSegmenter(**dict(TINY, depth_steps=400, **params)).fit(X)
     assert seg.n_states_ == tiny_fitted.n_states_ == 3
     # Training is the same: the refit comes after it.
     np.testing.assert_array_equal(seg.loss_curve_, tiny_fitted.loss_curve_)
