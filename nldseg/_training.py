@@ -628,8 +628,8 @@ def refine_depths(module, positions: np.ndarray, n_steps: int, seed: int) -> boo
 
     Maximum likelihood of the stationary law ``exp(-beta E) / Z`` on
     ``positions`` (n, latent_dim), the posterior paths through the training
-    data: ``n_steps`` Adam steps (learning rate ``DEPTH_LR``, annealed to
-    zero along half a cosine) on
+    data: ``n_steps`` Adam steps (learning rate ``DEPTH_LR``, annealed over
+    them by :func:`lr_multiplier` to ``LR_FLOOR`` of it) on
     :meth:`~nldseg._model.NeuralLangevinVAE.stationary_nll` of
     ``DEPTH_BATCH`` positions drawn at random, with ``log Z`` from
     ``DEPTH_DRAWS`` importance draws around ``DEPTH_CENTRES`` positions
@@ -657,10 +657,9 @@ def refine_depths(module, positions: np.ndarray, n_steps: int, seed: int) -> boo
         p.requires_grad_(True)
     try:
         for step in range(n_steps):
-            # Annealed to zero along half a cosine: the last steps' minibatch
-            # noise would otherwise stay in the depths.
-            opt.param_groups[0]["lr"] = DEPTH_LR * 0.5 * (1.0 + math.cos(math.pi * step
-                                                                         / n_steps))
+            # Annealed as training is, over every step: the last steps'
+            # minibatch noise would otherwise stay in the depths.
+            opt.param_groups[0]["lr"] = DEPTH_LR * lr_multiplier(step, 0, n_steps)
             centres = data[torch.randint(n, (DEPTH_CENTRES,), generator=gen)]
             batch = data[torch.randint(n, (DEPTH_BATCH,), generator=gen)]
             loss = module.stationary_nll(batch, centres, log_scale,
