@@ -905,13 +905,8 @@ def prior_state_paths(module, landscape, *, dt: float, n_paths: int, n_steps: in
                            mass=mass.double().numpy() if underdamped else None)
     paths = simulate_module_prior(module, state, dt=dt, n_steps=n_steps,
                                   generator=generator, time_scale=time_scale)
-    shape = paths.shape[:2]
-    basins, energies = (a.reshape(shape) for a in _basins_energies(
-        module, landscape, paths.reshape(-1, paths.shape[-1])))
-    if thresholds is None:
-        thresholds = landscape_core_thresholds(landscape, core_fraction)
-    labels = core_set_labels(basins, energies, thresholds)
-    return PriorPaths(paths, labels, basins, energies)
+    return PriorPaths(paths, *label_paths(module, landscape, paths, core_fraction,
+                                          thresholds=thresholds, return_basins=True))
 
 
 class MarkovStateModel(NamedTuple):
@@ -999,8 +994,9 @@ def simulate_module_prior(module, state: torch.Tensor, *, dt: float, n_steps: in
                           generator=generator, n_sub=n_sub, remainder=last).numpy()
 
 
-def label_paths(module, landscape, paths: list, core_fraction: float, *,
-                thresholds: np.ndarray | None = None) -> np.ndarray | list:
+def label_paths(module, landscape, paths, core_fraction: float, *,
+                thresholds: np.ndarray | None = None,
+                return_basins: bool = False) -> np.ndarray | list | tuple:
     """Core-set labels of latent paths (:func:`core_set_labels`).
 
     Basins from the landscape, energies from the module (float32, in
@@ -1011,16 +1007,22 @@ def label_paths(module, landscape, paths: list, core_fraction: float, *,
     ----------
     module : NeuralLangevinVAE
     landscape : EnergyLandscape
-    paths : list of ndarray of shape (n_steps_i, latent_dim)
-        Latent positions along each path (lengths may differ).
+    paths : list of ndarray of shape (n_steps_i, latent_dim), or ndarray
+        Latent positions along each path (lengths may differ), or one array
+        (n_paths, n_steps, latent_dim).
     core_fraction : float
     thresholds : ndarray of shape (n_states,) or None, default=None
         The core thresholds, when already computed (they need the saddles).
+    return_basins : bool, default=False
+        Also return the positions' basins and energies that the labels were
+        made from, in the labels' form.
 
     Returns
     -------
     labels : ndarray of shape (n_paths, n_steps) when the paths are equally
         long, else a list of int64 arrays of shape (n_steps_i,)
+    basins, energies : same form as ``labels`` (int64, float64)
+        Only with ``return_basins``.
     """
     lengths = [len(p) for p in paths]
     basins, energies = _basins_energies(module, landscape, np.concatenate(paths))
@@ -1028,10 +1030,14 @@ def label_paths(module, landscape, paths: list, core_fraction: float, *,
         thresholds = landscape_core_thresholds(landscape, core_fraction)
     if len(set(lengths)) == 1:
         shape = (len(paths), lengths[0])
-        return core_set_labels(basins.reshape(shape), energies.reshape(shape), thresholds)
-    cuts = np.cumsum(lengths)[:-1]
-    return [core_set_labels(b[None], e[None], thresholds)[0]
-            for b, e in zip(np.split(basins, cuts), np.split(energies, cuts))]
+        basins, energies = basins.reshape(shape), energies.reshape(shape)
+        labels = core_set_labels(basins, energies, thresholds)
+    else:
+        cuts = np.cumsum(lengths)[:-1]
+        basins, energies = np.split(basins, cuts), np.split(energies, cuts)
+        labels = [core_set_labels(b[None], e[None], thresholds)[0]
+                  for b, e in zip(basins, energies)]
+    return (labels, basins, energies) if return_basins else labels
 
 
 def _basins_energies(module, landscape,
