@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -175,6 +176,15 @@ def _check_kinetics(**values) -> None:
     if "lag" in values and "n_steps" in values and values["lag"] > values["n_steps"]:
         raise ValueError(f"lag must be at most n_steps={values['n_steps']}, "
                          f"got {values['lag']}.")
+
+
+class _LandscapeFit(NamedTuple):
+    """What :meth:`LangevinSegmenter._fit_landscape` finds for one trained model."""
+
+    landscape: EnergyLandscape
+    time_scale: float  # The prior's calibrated clock.
+    dwell: float  # Mean steps between the posterior paths' changes of state.
+    depths_refitted: bool  # Whether the wells' depths were refitted and kept.
 
 
 def _restart_seeds(seed: int, n_init: int) -> list[int]:
@@ -392,10 +402,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         benchmark's fits this brought the occupancy to the training data's
         own sampling error. The refit is kept only if the wells found from
         those positions before and after it are the same (as many, and the
-        positions' basins agreeing on 98 % of them); else it is undone.
-        ``0`` skips it. It added 3-7 s to each fitted model of the
-        benchmark's simulated cases, 12-35 s on its recordings (where it was
-        undone and the wells were searched for twice), on one CPU thread.
+        positions' basins agreeing on 98 % of them); else it is undone
+        (``depths_refitted_`` says which). ``0`` skips it. It added 3-7 s
+        to each fitted model of the benchmark's simulated cases, 12-35 s on
+        its recordings (where it was undone and the wells were searched for
+        twice), on one CPU thread.
     tol : float, default=1e-3
         Minimum improvement of the held-out ELBO per step (in nats) that counts
         as progress.
@@ -634,6 +645,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         tell only that the dwell is at least that long).
         ``switch_hold="auto"`` reads it. NaN for a model saved before it
         existed (which holds 0 steps).
+    depths_refitted_ : bool
+        Whether the wells' depths were refitted after training and the refit
+        kept (see ``depth_steps``): ``False`` when ``depth_steps=0``, with a
+        single well, when the refit would have changed the wells (undone)
+        or met a non-finite value, and for a model saved before it existed.
     n_features_in_ : int
         Number of features seen during :term:`fit`.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -1022,7 +1038,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         module = freeze(modules[kept])
         fit = self._fit_landscape(module, frames[lags[kept]].cpu().numpy(), seqs,
                                   seeds[2:], self.min_state_fraction)
-        wells[kept] = fit[0].n_states
+        wells[kept] = fit.landscape.n_states
         state_scores = np.full(len(candidates), np.nan)
         state_gain = (np.nan, np.nan)
         if result.rival is not None:
@@ -1034,21 +1050,22 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             rival = freeze(modules[result.rival])
             rival_fit = self._fit_landscape(rival, frames[0].cpu().numpy(), seqs,
                                             seeds[2:], self.min_state_fraction)
-            wells[result.rival] = rival_fit[0].n_states
-            if rival_fit[0].n_states > 1 and fit[0].n_states > 1:
+            wells[result.rival] = rival_fit.landscape.n_states
+            if rival_fit.landscape.n_states > 1 and fit.landscape.n_states > 1:
                 (state_scores[kept], state_scores[result.rival]), state_gain = (
                     self._compare_states(
                         frames, seqs, sorted(result.train_segments + result.held_segments),
                         [(lags[kept], module, fit), (0, rival, rival_fit)]))
             # As the lag had to win by ELBO, a tie keeps it (NaN: not compared).
             frames_better = -state_gain[0] > LEVEL_Z * state_gain[1]
-            if rival_fit[0].n_states > 1 and (fit[0].n_states == 1 or frames_better):
+            if rival_fit.landscape.n_states > 1 and (fit.landscape.n_states == 1
+                                                     or frames_better):
                 kept, used, module, fit = result.rival, rival_result, rival, rival_fit
             for w in used.finish_warnings:
                 warnings.warn(w.message, stacklevel=2)
         del modules, frames
         n_lags = lags[kept]
-        landscape, time_scale, dwell = fit
+        landscape, time_scale = fit.landscape, fit.time_scale
         chain = self._markov_chain(module, landscape, time_scale)  # The kept one's only.
         beta, gamma, mass = (t.detach() for t in module.langevin_params())
         scores = np.full(len(candidates), np.nan)
@@ -1058,7 +1075,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             "module_": module, "energy_": landscape,
             "beta_": float(beta), "gamma_": float(gamma), "mass_": float(mass.mean()),
             "prior_time_scale_": time_scale,
-            "training_dwell_time_": dwell,
+            "training_dwell_time_": fit.dwell,
+            "depths_refitted_": fit.depths_refitted,
             "n_states_": landscape.n_states,
             "state_occupancy_": landscape.occupancy("sampled"),
             "loss_curve_": used.loss_curve, "n_iter_": used.n_iter,
@@ -1096,11 +1114,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         """
         rows = frames[0].cpu().numpy().astype(np.float64)
         sums = []
-        for lag, module, (landscape, _, dwell) in candidates:
+        for lag, module, fit in candidates:
             labels = self._labels(Sequences(frames[lag].cpu().numpy(), seqs.lengths,
-                                            seqs.form), module, landscape, dwell,
+                                            seqs.form), module, fit.landscape, fit.dwell,
                                   inference="filter")
-            fold_sums, steps = segmentation_scores(rows, labels, landscape.n_states,
+            fold_sums, steps = segmentation_scores(rows, labels, fit.landscape.n_states,
                                                    segments)
             sums.append(fold_sums)
         means = [float(fold_sums.sum() / steps.sum()) for fold_sums in sums]
@@ -1150,22 +1168,21 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                                    rng=np.random.default_rng([seed, 2]))
             return land.n_states, land.predict(sample)
 
-        trained = {k: v.clone() for k, v in module.energy.state_dict().items()}
         n_before, before = wells()
         if n_before == 1:  # No relative depths to refit.
             return False
-        if not refine_depths(module, positions, self.depth_steps,
-                             int(own.integers(2**31 - 1))):
-            return False
-        n_after, after = wells()
-        if n_after == n_before and segmentation_accuracy(before, after) >= _DEPTH_AGREEMENT:
-            return True
-        module.energy.load_state_dict(trained)
-        return False
+
+        def same_wells() -> bool:
+            n_after, after = wells()
+            return (n_after == n_before
+                    and segmentation_accuracy(before, after) >= _DEPTH_AGREEMENT)
+
+        return refine_depths(module, positions, self.depth_steps,
+                             int(own.integers(2**31 - 1)), keep=same_wells)
 
     def _fit_landscape(self, module, z_data: np.ndarray, seqs: Sequences,
                        seeds, min_state_fraction: float,
-                       ) -> tuple[EnergyLandscape, float, float]:
+                       ) -> _LandscapeFit:
         """Find the wells in the latent codes of part of the training data.
 
         Wells between which the posterior paths take turns much faster than
@@ -1175,13 +1192,14 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         calibrated clock (:func:`nldseg._kinetics.calibrate_clock`) and the
         mean steps between the states' changes
         (:func:`nldseg._kinetics.mean_switch_interval`), both on the same
-        posterior paths.
+        posterior paths, and whether the depths' refit was kept
+        (:meth:`_refit_depths`).
         """
         rng = np.random.default_rng(int(seeds[0]))
         sampler = PosteriorSampler(module, self.dt, 1, int(seeds[1]), self.solver)
         frames = Sequences(z_data, seqs.lengths, seqs.form)
-        if self.depth_steps:
-            self._refit_depths(module, frames, int(seeds[0]), min_state_fraction)
+        refitted = bool(self.depth_steps) and self._refit_depths(
+            module, frames, int(seeds[0]), min_state_fraction)
         paths = sampler.landscape_paths(frames, rng)
         landscape = build_landscape(module.energy, float(module.langevin_params()[0]),
                                     np.concatenate(paths),
@@ -1204,7 +1222,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         time_scale = calibrate_clock(module, landscape, paths, dt=self.dt,
                                      core_fraction=_CLOCK_CORE_FRACTION,
                                      generator=generator, thresholds=thresholds)
-        return landscape, time_scale, dwell
+        return _LandscapeFit(landscape, time_scale, dwell, refitted)
 
     def _markov_chain(self, module, landscape, time_scale: float) -> MarkovStateModel:
         """The states' Markov chain that ``inference="markov"`` filters.

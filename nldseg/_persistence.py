@@ -27,7 +27,7 @@ FORMAT = "nldseg-model"
 FORMAT_VERSION = 1
 
 _FITTED_SCALARS = ("n_states_", "beta_", "gamma_", "mass_", "prior_time_scale_",
-                   "training_dwell_time_",
+                   "training_dwell_time_", "depths_refitted_",
                    "n_iter_", "converged_", "n_features_in_", "loss_curve_",
                    "validation_scores_", "_oldest_first", "n_lags_")
 _FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_",
@@ -56,6 +56,8 @@ _ADDED_FITTED = {"validation_scores_": list,
                  "prior_time_scale_": lambda: float("nan"),
                  # Fitted before it was measured: switch_hold="auto" holds 0 steps.
                  "training_dwell_time_": lambda: float("nan"),
+                 # Fitted before the depths were refitted.
+                 "depths_refitted_": lambda: False,
                  # Delay embeddings were newest first, and the decoder
                  # explained the whole embedded frame.
                  "_oldest_first": lambda: False,

@@ -32,6 +32,7 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -623,8 +624,9 @@ class _ProgressBar:
 DEPTH_BATCH, DEPTH_CENTRES, DEPTH_DRAWS, DEPTH_LR = 1024, 256, 2048, 1e-4
 
 
-def refine_depths(module, positions: np.ndarray, n_steps: int, seed: int) -> bool:
-    """Refit the trained energy alone to posterior positions; ``True`` if it ran.
+def refine_depths(module, positions: np.ndarray, n_steps: int, seed: int,
+                  keep: Callable[[], bool] | None = None) -> bool:
+    """Refit the trained energy alone to posterior positions; ``True`` if kept.
 
     Maximum likelihood of the stationary law ``exp(-beta E) / Z`` on
     ``positions`` (n, latent_dim), the posterior paths through the training
@@ -641,7 +643,9 @@ def refine_depths(module, positions: np.ndarray, n_steps: int, seed: int) -> boo
     ``state_occupancy_``; after training the posterior positions sit in the
     wells in the right shares and the stationary law can be fitted to them
     directly. A non-finite loss or parameter restores the energy as it was,
-    with a warning.
+    with a warning; so does ``keep`` (called once the refit is done, e.g. to
+    check that the wells are the same) when it returns ``False``. Returns
+    ``False`` when nothing was refitted or the energy was restored.
     """
     data = torch.as_tensor(np.asarray(positions), dtype=torch.float32)
     n, d = data.shape
@@ -655,6 +659,7 @@ def refine_depths(module, positions: np.ndarray, n_steps: int, seed: int) -> boo
     opt = torch.optim.Adam(params, lr=DEPTH_LR)
     for p in params:
         p.requires_grad_(True)
+    finite = True
     try:
         for step in range(n_steps):
             # Annealed as training is, over every step: the last steps'
@@ -669,18 +674,21 @@ def refine_depths(module, positions: np.ndarray, n_steps: int, seed: int) -> boo
             opt.step()
             if not (torch.isfinite(loss)
                     and all(bool(torch.isfinite(p).all()) for p in params)):
-                with torch.no_grad():
-                    for p, value in zip(params, saved):
-                        p.copy_(value)
                 warnings.warn("The refit of the wells' depths met a non-finite "
                               "value; the energy is kept as trained.", RuntimeWarning,
                               stacklevel=2)
-                return False
+                finite = False
+                break
     finally:
         for p in params:
             p.requires_grad_(False)
             p.grad = None
-    return True
+    if finite and (keep is None or keep()):
+        return True
+    with torch.no_grad():
+        for p, value in zip(params, saved):
+            p.copy_(value)
+    return False
 
 
 def _load_parameters(module, tensors: list) -> None:

@@ -818,6 +818,7 @@ def test_refit_of_the_depths_keeps_the_wells_and_moves_the_occupancy(tiny_data, 
         warnings.simplefilter("ignore")
         seg = LangevinSegmenter(**dict(TINY, depth_steps=400, **params)).fit(X)
     assert seg.n_states_ == tiny_fitted.n_states_ == 3
+    assert seg.depths_refitted_ and not tiny_fitted.depths_refitted_
     # Training is the same: the refit comes after it.
     np.testing.assert_array_equal(seg.loss_curve_, tiny_fitted.loss_curve_)
     assert segmentation_accuracy(tiny_fitted.predict(X_test), seg.predict(X_test)) >= 0.98
@@ -831,17 +832,22 @@ def test_a_refit_that_changes_the_wells_is_undone(tiny_data, tiny_fitted, monkey
     model is then the one fitted without a refit, to the last bit."""
     import nldseg._estimator as est
 
-    def scramble(module, positions, n_steps, seed):
-        with torch.no_grad():  # A single well: the quadratic term alone.
-            for p in module.energy.parameters():
-                p.zero_()
-        return True
+    refit = est.refine_depths
+
+    def scramble(module, positions, n_steps, seed, keep):
+        def scrambled_then_keep():
+            with torch.no_grad():  # A single well: the quadratic term alone.
+                for p in module.energy.parameters():
+                    p.zero_()
+            return keep()
+
+        return refit(module, positions, n_steps, seed, keep=scrambled_then_keep)
 
     monkeypatch.setattr(est, "refine_depths", scramble)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         seg = LangevinSegmenter(**dict(TINY, depth_steps=5)).fit(tiny_data[0])
-    assert seg.n_states_ == 3
+    assert seg.n_states_ == 3 and not seg.depths_refitted_
     np.testing.assert_array_equal(seg.state_occupancy_, tiny_fitted.state_occupancy_)
     for a, b in zip(seg.module_.parameters(), tiny_fitted.module_.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

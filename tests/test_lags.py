@@ -378,6 +378,7 @@ def test_compare_states_scores_the_labels_predict_gives(tiny_lagged, lagged_regi
     against itself gains nothing, with no error."""
     import torch
 
+    from nldseg._estimator import _LandscapeFit
     from nldseg._switching_ar import segmentation_scores
     from nldseg._validation import check_sequences
 
@@ -387,7 +388,8 @@ def test_compare_states_scores_the_labels_predict_gives(tiny_lagged, lagged_regi
     frames = {lag: torch.as_tensor(seg._model_frames(
         seqs.data, seqs.lengths, seg.scaler_mean_, seg.scaler_scale_, n_lags=lag,
         oldest_first=True)) for lag in (0, 1)}
-    fit = (seg.energy_, seg.prior_time_scale_, seg.training_dwell_time_)
+    fit = _LandscapeFit(seg.energy_, seg.prior_time_scale_, seg.training_dwell_time_,
+                        seg.depths_refitted_)
     starts = np.concatenate([[0], np.cumsum(seqs.lengths)[:-1]])
     segments = [(int(a), int(n)) for a, n in zip(starts, seqs.lengths)]
     means, gain = seg._compare_states(frames, seqs, segments,

@@ -43,7 +43,7 @@ def test_safe_save_load_round_trip(model, tiny_data, tmp_path, request):
     assert loaded.get_params() == seg.get_params()
     for name in ("n_states_", "n_features_in_", "n_iter_", "converged_", "beta_",
                  "gamma_", "mass_", "loss_curve_", "prior_time_scale_",
-                 "training_dwell_time_"):
+                 "training_dwell_time_", "depths_refitted_"):
         assert getattr(loaded, name) == getattr(seg, name), name
     np.testing.assert_array_equal(loaded.state_occupancy_, seg.state_occupancy_)
     np.testing.assert_array_equal(loaded.energy_.minima, seg.energy_.minima)
@@ -145,6 +145,18 @@ def test_saved_file_from_an_older_version_gets_todays_names(tiny_fitted, tiny_da
                                                             tmp_path):
     loaded = _resaved(tiny_fitted, tmp_path, "old.nldseg", _as_older_version)
     _check_upgraded(tiny_fitted, loaded, tiny_data[1])
+
+
+def test_model_file_from_before_the_depths_refit_says_none_was_made(tiny_fitted,
+                                                                     tmp_path):
+    seg = copy.copy(tiny_fitted).set_params(depth_steps=400)
+    seg.depths_refitted_ = True
+
+    def drop_refit(params, fitted):
+        del params["depth_steps"], fitted["depths_refitted_"]
+
+    loaded = _resaved(seg, tmp_path, "old.nldseg", drop_refit)
+    assert loaded.depth_steps == 0 and loaded.depths_refitted_ is False
 
 
 def test_model_file_from_before_the_calibrated_clock_runs_the_prior_as_trained(

@@ -554,3 +554,26 @@ def test_refine_depths_rolls_back_a_non_finite_step(monkeypatch):
     for a, b in zip(m.energy.parameters(), before):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not refine_depths(m, q, 0, seed=0)  # Nothing to do.
+
+
+@pytest.mark.parametrize("verdict", [True, False])
+def test_refine_depths_asks_keep_once_and_undoes_a_refused_refit(verdict):
+    """``keep`` sees the refitted energy, with its parameters frozen again;
+    refused, the energy is restored to the last bit."""
+    m = _one_dim_model()
+    before = [p.clone() for p in m.energy.parameters()]
+    seen = []
+
+    def keep():
+        seen.append([p.clone() for p in m.energy.parameters()])
+        assert all(not p.requires_grad for p in m.energy.parameters())
+        return verdict
+
+    q = np.random.default_rng(0).normal(size=(200, 1))
+    assert refine_depths(m, q, 5, seed=0, keep=keep) is verdict
+    assert len(seen) == 1
+    assert any(not torch.equal(a, b) for a, b in zip(seen[0], before))  # It moved.
+    now = list(m.energy.parameters())
+    for a, b in zip(now, before if not verdict else seen[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
