@@ -1097,7 +1097,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                         candidates: list) -> tuple:
         """Two candidates' states compared: cross-fitted scores of their labels.
 
-        ``candidates`` are ``(lag, module, (landscape, time scale, dwell))``
+        ``candidates`` are ``(lag, module, fit)`` (``fit``: its :class:`_LandscapeFit`)
         of the kept model and of its rival; ``frames`` the embedded training
         rows by lag. Each labels the training steps as :meth:`predict` does
         with the particle filter (``inference="filter"``, whatever
