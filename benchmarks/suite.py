@@ -100,19 +100,23 @@ def _unequal_transitions() -> np.ndarray:
                      [0.015, 0.015, 0.020, 0.950]])
 
 
-def volatility_sequences(n_sequences: int, n_timesteps: int, *, random_state=None,
-                         emission_random_state=None, return_params: bool = True,
-                         sds: tuple = (0.5, 1.0, 2.0), switch_prob: float = 0.004):
-    """1-D returns whose regimes differ only in their volatility (mean 0).
+def scalar_chain_sequences(n_sequences: int, n_timesteps: int, *, random_state=None,
+                           emission_random_state=None, return_params: bool = True,
+                           sds: tuple = (0.5, 1.0, 2.0), means: tuple | None = None,
+                           switch_prob: float = 0.004):
+    """1-D Gaussian HMM: by default returns whose regimes differ only in volatility.
 
     A Markov chain over ``len(sds)`` regimes leaves its regime with
     probability ``switch_prob`` to each other one per step (dwell 125 steps
-    for the defaults); a step's return is ``N(0, sds[k]^2)``. A Gaussian HMM,
-    as in finance. ``emission_random_state`` is not used (the volatilities
-    are fixed). Returns ``(X, y, params)`` as ``nldseg.datasets``' generators.
+    for the defaults); a step's value is ``N(means[k], sds[k]^2)``, the
+    means 0 unless given: volatility regimes as in finance, or with means
+    the current levels of a single ion channel. ``emission_random_state``
+    is not used (the parameters are fixed). Returns ``(X, y, params)`` as
+    ``nldseg.datasets``' generators.
     """
     rng = np.random.default_rng(random_state)
     k = len(sds)
+    mu = np.zeros(k) if means is None else np.asarray(means, dtype=float)
     transition = np.full((k, k), switch_prob)
     np.fill_diagonal(transition, 1 - switch_prob * (k - 1))
     start = np.full(k, 1.0 / k)  # The chain is symmetric: its stationary law.
@@ -122,10 +126,10 @@ def volatility_sequences(n_sequences: int, n_timesteps: int, *, random_state=Non
         s[0] = rng.choice(k, p=start)
         for t in range(1, n_timesteps):
             s[t] = rng.choice(k, p=transition[s[t - 1]])
-        X.append((np.asarray(sds)[s] * rng.standard_normal(n_timesteps))[:, None])
+        X.append((mu[s] + np.asarray(sds)[s] * rng.standard_normal(n_timesteps))[:, None])
         Y.append(s)
     params = {"stationary_distribution": start, "transition_matrix": transition,
-              "means": np.zeros((k, 1)),
+              "means": mu[:, None],
               "covariances": np.asarray(sds, dtype=float)[:, None, None] ** 2}
     return np.array(X), np.array(Y), params
 
@@ -217,9 +221,15 @@ CASES = {case.name: case for case in [
          "more; the issue's first case); one seed merged two states, another "
          "split off a 0.6 % dimple, before restarts and the barrier floor",
          in_default_run=False),
-    Case("volatility", volatility_sequences, {}, 4, 2500, 2, 2500,
+    Case("volatility", scalar_chain_sequences, {}, 4, 2500, 2, 2500,
          "1-D returns, 3 regimes of volatility 0.5 / 1 / 2 with mean 0 (as "
          "market regimes), dwell 125 steps; 4 series of 2,500 steps",
+         in_default_run=False),
+    Case("ion_channel", scalar_chain_sequences,
+         dict(means=(0.0, 1.0, 2.0), sds=(0.5, 0.5, 0.5), switch_prob=0.01),
+         100, 400, 50, 400,
+         "1-D current of a single ion channel: 3 levels 0 / 1 / 2 under noise "
+         "of sd 0.5 (frames overlap), dwell 50 steps; 100 x 400 steps",
          in_default_run=False),
     Case("highdim", make_langevin_sequences,
          dict(n_wells=3, n_features=45, noise=3.0), 4, 5000, 2, 5000,
