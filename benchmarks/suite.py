@@ -134,6 +134,40 @@ def scalar_chain_sequences(n_sequences: int, n_timesteps: int, *, random_state=N
     return np.array(X), np.array(Y), params
 
 
+def student_chain_sequences(n_sequences: int, n_timesteps: int, *, random_state=None,
+                            emission_random_state=None, return_params: bool = True,
+                            n_states: int = 4, n_features: int = 6,
+                            mean_scale: float = 0.8, scale: float = 0.8,
+                            df: float = 3.0, switch_prob: float = 0.0067):
+    """An HMM with heavy-tailed frames: independent Student-t coordinates.
+
+    The chain leaves its state with probability ``switch_prob`` to each other
+    one per step (dwell 50 steps for the defaults) and starts uniform; state
+    ``k`` emits ``means[k] + scale * t(df)`` per coordinate, the means drawn
+    as ``mean_scale * N(0, I)`` from ``emission_random_state``. With ``df=3``
+    the variance is 3 ``scale**2`` and outliers are common, as the spikes
+    of a sensor. Returns ``(X, y, params)`` as ``nldseg.datasets``'
+    generators (``params``: ``means``, ``scale``, ``df``, the chain).
+    """
+    means = mean_scale * np.random.default_rng(emission_random_state).standard_normal(
+        (n_states, n_features))
+    rng = np.random.default_rng(random_state)
+    transition = np.full((n_states, n_states), switch_prob)
+    np.fill_diagonal(transition, 1 - switch_prob * (n_states - 1))
+    start = np.full(n_states, 1.0 / n_states)
+    X, Y = [], []
+    for _ in range(n_sequences):
+        s = np.empty(n_timesteps, dtype=int)
+        s[0] = rng.choice(n_states, p=start)
+        for t in range(1, n_timesteps):
+            s[t] = rng.choice(n_states, p=transition[s[t - 1]])
+        X.append(means[s] + scale * rng.standard_t(df, size=(n_timesteps, n_features)))
+        Y.append(s)
+    params = {"stationary_distribution": start, "transition_matrix": transition,
+              "means": means, "scale": scale, "df": df}
+    return np.array(X), np.array(Y), params
+
+
 @dataclass
 class Case:
     """One case of the suite: a generator and the sizes of its two sets."""
@@ -231,6 +265,10 @@ CASES = {case.name: case for case in [
          "1-D current of a single ion channel: 3 levels 0 / 1 / 2 under noise "
          "of sd 0.5 (frames overlap), dwell 50 steps; 100 x 400 steps",
          in_default_run=False),
+    Case("heavy_tails", student_chain_sequences, {}, 200, 200, 100, 200,
+         "4 states, 6-D frames with Student-t (3 degrees of freedom) noise: "
+         "outliers as a sensor's spikes, moderately overlapping; dwell 50 steps",
+         oracle="student", in_default_run=False),
     Case("highdim", make_langevin_sequences,
          dict(n_wells=3, n_features=45, noise=3.0), 4, 5000, 2, 5000,
          "3-well diffusion through a nonlinear 45-D map under heavy noise (sd 3 "
