@@ -265,6 +265,10 @@ CASES = {case.name: case for case in [
          "1-D current of a single ion channel: 3 levels 0 / 1 / 2 under noise "
          "of sd 0.5 (frames overlap), dwell 50 steps; 100 x 400 steps",
          in_default_run=False),
+    Case("eight_states", make_markov_chain_sequences,
+         dict(n_states=8, n_features=6, switch_prob=0.0014), 200, 200, 100, 200,
+         "8 states in 6-D, mostly separable frame by frame, dwell 89 steps: "
+         "many states for EM to place", in_default_run=False),
     Case("heavy_tails", student_chain_sequences, {}, 200, 200, 100, 200,
          "4 states, 6-D frames with Student-t (3 degrees of freedom) noise: "
          "outliers as a sensor's spikes, moderately overlapping; dwell 50 steps",
