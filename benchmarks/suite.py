@@ -393,6 +393,7 @@ def run_nldseg(train: list, test: list, seed: int, overrides: dict,
                                 if "jit.script" not in str(w.message)}),
             "steps": seg.n_iter_,
             "dwell": seg.training_dwell_time_,
+            "depths_refitted": seg.depths_refitted_,
             # Each candidate model's lags and held-out ELBO when they were compared.
             "candidates": " ".join(f"{lag}:{score:.4f}" for lag, score in zip(
                 seg.candidate_lags_, seg.candidate_scores_)),
@@ -450,6 +451,7 @@ def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
     # Mean steps between state changes of the fit's posterior paths (the
     # default switch_hold is 0.2 % of it).
     rows[-1]["dwell"] = nld["dwell"]
+    rows[-1]["depths_refitted"] = nld["depths_refitted"]  # The refit kept after training.
     rows[-1]["n_lags"] = nld["n_lags"]  # The lags kept (n_lags="auto" may add one).
     rows[-1]["candidates"] = nld["candidates"]
     rows[-1]["candidate_wells"] = nld["candidate_wells"]
@@ -637,7 +639,8 @@ def main(argv: list | None = None) -> None:
         nld = new[0]
         print(f"# done {name} seed {seed} in {took:.0f} s: nldseg {nld['K']} states, "
               f"acc {nld['acc']:.3f}, {nld['changes']} label changes, {nld['steps']} "
-              f"steps, training dwell {nld['dwell']:.1f}"
+              f"steps, training dwell {nld['dwell']:.1f}, depths refitted "
+              f"{nld['depths_refitted']}"
               + (f"; warnings: {nld['warnings']}" if nld.get("warnings") else ""),
               flush=True)
     summary = summarise(rows)
