@@ -100,6 +100,27 @@ def _unequal_transitions() -> np.ndarray:
                      [0.015, 0.015, 0.020, 0.950]])
 
 
+def _symmetric_chain(k: int, switch_prob: float) -> tuple:
+    """Transition matrix leaving to each other state with ``switch_prob``, and
+    its stationary law (uniform: the chain is symmetric)."""
+    transition = np.full((k, k), switch_prob)
+    np.fill_diagonal(transition, 1 - switch_prob * (k - 1))
+    return transition, np.full(k, 1.0 / k)
+
+
+def _state_paths(rng, transition: np.ndarray, start: np.ndarray, n_sequences: int,
+                 n_timesteps: int):
+    """The chain's state paths, one sequence at a time: a generator, so that
+    the caller draws each sequence's frames from ``rng`` before the next path."""
+    k = len(start)
+    for _ in range(n_sequences):
+        s = np.empty(n_timesteps, dtype=int)
+        s[0] = rng.choice(k, p=start)
+        for t in range(1, n_timesteps):
+            s[t] = rng.choice(k, p=transition[s[t - 1]])
+        yield s
+
+
 def scalar_chain_sequences(n_sequences: int, n_timesteps: int, *, random_state=None,
                            emission_random_state=None, return_params: bool = True,
                            sds: tuple = (0.5, 1.0, 2.0), means: tuple | None = None,
@@ -117,15 +138,9 @@ def scalar_chain_sequences(n_sequences: int, n_timesteps: int, *, random_state=N
     rng = np.random.default_rng(random_state)
     k = len(sds)
     mu = np.zeros(k) if means is None else np.asarray(means, dtype=float)
-    transition = np.full((k, k), switch_prob)
-    np.fill_diagonal(transition, 1 - switch_prob * (k - 1))
-    start = np.full(k, 1.0 / k)  # The chain is symmetric: its stationary law.
+    transition, start = _symmetric_chain(k, switch_prob)
     X, Y = [], []
-    for _ in range(n_sequences):
-        s = np.empty(n_timesteps, dtype=int)
-        s[0] = rng.choice(k, p=start)
-        for t in range(1, n_timesteps):
-            s[t] = rng.choice(k, p=transition[s[t - 1]])
+    for s in _state_paths(rng, transition, start, n_sequences, n_timesteps):
         X.append((mu[s] + np.asarray(sds)[s] * rng.standard_normal(n_timesteps))[:, None])
         Y.append(s)
     params = {"stationary_distribution": start, "transition_matrix": transition,
@@ -152,15 +167,9 @@ def student_chain_sequences(n_sequences: int, n_timesteps: int, *, random_state=
     means = mean_scale * np.random.default_rng(emission_random_state).standard_normal(
         (n_states, n_features))
     rng = np.random.default_rng(random_state)
-    transition = np.full((n_states, n_states), switch_prob)
-    np.fill_diagonal(transition, 1 - switch_prob * (n_states - 1))
-    start = np.full(n_states, 1.0 / n_states)
+    transition, start = _symmetric_chain(n_states, switch_prob)
     X, Y = [], []
-    for _ in range(n_sequences):
-        s = np.empty(n_timesteps, dtype=int)
-        s[0] = rng.choice(n_states, p=start)
-        for t in range(1, n_timesteps):
-            s[t] = rng.choice(n_states, p=transition[s[t - 1]])
+    for s in _state_paths(rng, transition, start, n_sequences, n_timesteps):
         X.append(means[s] + scale * rng.standard_t(df, size=(n_timesteps, n_features)))
         Y.append(s)
     params = {"stationary_distribution": start, "transition_matrix": transition,
