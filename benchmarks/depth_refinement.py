@@ -50,12 +50,12 @@ def after_training(seg: LangevinSegmenter, train: list, steps: int) -> tuple:
     seg = copy.deepcopy(seg).set_params(depth_steps=steps)
     seqs = seg._prepare(train, None)
     t0 = time.perf_counter()
-    landscape, time_scale, dwell = seg._fit_landscape(seg.module_, seqs.data, seqs, SEEDS,
-                                                      seg.min_state_fraction)
-    chain = seg._markov_chain(seg.module_, landscape, time_scale)
+    fit = seg._fit_landscape(seg.module_, seqs.data, seqs, SEEDS, seg.min_state_fraction)
+    landscape = fit.landscape
+    chain = seg._markov_chain(seg.module_, landscape, fit.time_scale)
     seconds = time.perf_counter() - t0
-    seg.energy_, seg.prior_time_scale_, seg.training_dwell_time_ = (landscape, time_scale,
-                                                                    dwell)
+    seg.energy_, seg.prior_time_scale_ = landscape, fit.time_scale
+    seg.training_dwell_time_, seg.depths_refitted_ = fit.dwell, fit.depths_refitted
     seg.n_states_, seg.state_occupancy_ = landscape.n_states, landscape.occupancy("sampled")
     seg._markov_transition, seg._markov_points = chain.transition, chain.points
     return seg, seconds
@@ -65,8 +65,8 @@ def compare(name: str, d: dict, steps_list: list) -> None:
     true = np.asarray(d["params"].get("stationary_distribution", []))
     print(f"\n{name}: {d['seg'].n_lags_} lag(s)")
     print("| depth_steps | wells | accuracy | label changes (true) | occupancy l1 | "
-          "occupancy | seconds |")
-    print("|---|---|---|---|---|---|---|")
+          "occupancy | refit kept | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
     for steps in [0] + steps_list:
         seg, seconds = after_training(d["seg"], d["train"], steps)
         labels, y_test = seg.predict(d["test"]), d["y_test"]
@@ -78,7 +78,8 @@ def compare(name: str, d: dict, steps_list: list) -> None:
         accuracy = segmentation_accuracy(y_test, labels)
         print(f"| {steps} | {seg.n_states_} | {accuracy:.4f} | {n_label_changes(labels)} "
               f"({n_label_changes(y_test)}) | {l1} | "
-              f"{np.round(seg.state_occupancy_, 3).tolist()} | {seconds:.0f} |", flush=True)
+              f"{np.round(seg.state_occupancy_, 3).tolist()} | {seg.depths_refitted_} | "
+              f"{seconds:.0f} |", flush=True)
 
 
 def load(spec: str) -> tuple:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from nldseg import LangevinSegmenter
+from nldseg._estimator import _LandscapeFit
 from nldseg._validation import delay_embed
 from nldseg.metrics import segmentation_accuracy
 
@@ -287,7 +288,7 @@ def test_a_lag_gives_way_to_frames_whose_states_explain_more(
         wells = frame_wells if frames else lag_wells
         landscape = types.SimpleNamespace(n_states=wells, frames=frames,
                                           occupancy=lambda kind: np.full(wells, 1 / wells))
-        return landscape, 1.0, 10.0
+        return _LandscapeFit(landscape, 1.0, 10.0, False)
 
     def fake_labels(self, seqs, module, landscape, dwell, inference=None):
         assert inference == "filter"  # Not the segmenter's own: fit ignores it.
@@ -378,7 +379,6 @@ def test_compare_states_scores_the_labels_predict_gives(tiny_lagged, lagged_regi
     against itself gains nothing, with no error."""
     import torch
 
-    from nldseg._estimator import _LandscapeFit
     from nldseg._switching_ar import segmentation_scores
     from nldseg._validation import check_sequences
 
