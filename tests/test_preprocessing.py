@@ -1,4 +1,4 @@
-"""SequenceStandardScaler, and pipelines of it with LangevinSegmenter."""
+"""SequenceStandardScaler and SequenceClipper, and pipelines with LangevinSegmenter."""
 
 import copy
 import warnings
@@ -15,7 +15,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from nldseg import LangevinSegmenter
 from nldseg._validation import scale_from_variance
-from nldseg.preprocessing import SequenceStandardScaler
+from nldseg.preprocessing import SequenceClipper, SequenceStandardScaler
 
 pytestmark = pytest.mark.usefixtures("quiet_convergence")
 
@@ -35,7 +35,8 @@ def data(ragged_chain):
 
 @parametrize_with_checks([SequenceStandardScaler(),
                           SequenceStandardScaler(with_mean=False),
-                          SequenceStandardScaler(with_std=False)])
+                          SequenceStandardScaler(with_std=False),
+                          SequenceClipper(), SequenceClipper(n_sd=1.5)])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 
@@ -340,3 +341,59 @@ def test_failed_refit_leaves_fitted_scaler_unchanged(data):
     assert vars(scaler).keys() == before.keys()
     for key, value in before.items():
         np.testing.assert_array_equal(vars(scaler)[key], value)
+
+
+# The clipper ------------------------------------------------------------------
+
+
+def test_clipper_clips_to_median_and_mad_band_in_every_form(data):
+    clipper = SequenceClipper(n_sd=2.0).fit(data["list"])
+    stacked = data["stacked"]
+    median = np.median(stacked, axis=0)
+    scale = 1.4826 * np.median(np.abs(stacked - median), axis=0)
+    np.testing.assert_allclose(clipper.median_, median)
+    np.testing.assert_allclose(clipper.scale_, scale)
+    np.testing.assert_allclose(clipper.lower_, median - 2.0 * scale)
+    np.testing.assert_allclose(clipper.upper_, median + 2.0 * scale)
+    expected = np.clip(stacked, median - 2.0 * scale, median + 2.0 * scale)
+    assert (expected != stacked).any() and (expected == stacked).any()
+    out = clipper.transform(data["list"])
+    assert [len(o) for o in out] == data["lengths"]
+    np.testing.assert_allclose(np.concatenate(out), expected)
+    np.testing.assert_allclose(
+        clipper.transform(data["stacked"], lengths=data["lengths"]), expected)
+    assert clipper.transform(data["array3d"]).shape == data["array3d"].shape
+    # The same fit whatever the grouping into sequences.
+    again = SequenceClipper(n_sd=2.0).fit(stacked, lengths=data["lengths"])
+    np.testing.assert_array_equal(again.lower_, clipper.lower_)
+
+
+def test_clipper_leaves_gaussian_frames_nearly_alone_and_cuts_heavy_tails():
+    rng = np.random.default_rng(0)
+    gauss = rng.normal(size=(20, 500, 3))
+    tails = rng.standard_t(2, size=(20, 500, 3))
+    for X, most, least in ((gauss, 0.01, 0.0), (tails, 0.2, 0.02)):
+        share = np.mean(SequenceClipper().fit_transform(X) != X)
+        assert least < share < most, share
+
+
+def test_clipper_uses_the_sd_where_most_values_are_equal():
+    X = np.zeros((1, 100, 2))
+    X[0, :10, 0] = 5.0  # MAD 0 in feature 0; feature 1 constant.
+    clipper = SequenceClipper().fit(X)
+    assert clipper.scale_[0] == pytest.approx(np.std(X[0, :, 0]))
+    assert clipper.scale_[1] == 1.0
+    np.testing.assert_array_equal(clipper.transform(X)[0, :, 1], 0.0)
+    assert clipper.transform(X)[0, 0, 0] == pytest.approx(3.0 * np.std(X[0, :, 0]))
+
+
+@pytest.mark.parametrize("n_sd, error", [(0.0, ValueError), (-1.0, ValueError),
+                                         (np.inf, ValueError), ("3", TypeError),
+                                         (True, TypeError)])
+def test_clipper_rejects_bad_n_sd_and_keeps_its_fit(data, n_sd, error):
+    clipper = SequenceClipper().fit(data["list"])
+    lower = clipper.lower_.copy()
+    with pytest.raises(error, match="n_sd"):
+        clipper.set_params(n_sd=n_sd).fit(data["list"])
+    np.testing.assert_array_equal(clipper.lower_, lower)
+
