@@ -74,6 +74,7 @@ from nldseg._validation import (
     delay_embed,
     format_output,
     scale_from_variance,
+    sequence_docs,
     unchanged_on_error,
 )
 from nldseg._version import __version__
@@ -940,20 +941,13 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         return device
 
     # --------------------------------------------------------------- training
+    @sequence_docs
     def fit(self, X, y=None, *, lengths=None) -> LangevinSegmenter:
         """Fit the Neural Langevin Dynamics VAE and find the states.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features), \
-                (n_sequences, n_timesteps, n_features) or list of arrays
-            Training sequences: one 2-D array (one sequence, or several with
-            ``lengths``), a 3-D array, or a list of 2-D arrays of any lengths.
-        y : None
-            Ignored; present for API consistency.
-        lengths : array-like of int, default=None
-            Lengths of the sequences stacked in a 2-D ``X``; must sum to
-            ``n_samples``.
+        {fit_sequences}
 
         Returns
         -------

@@ -429,3 +429,39 @@ def check_params(params: dict, rules: dict) -> None:
     """
     for name, rule in rules.items():
         rule.check(name, params[name])
+
+
+#: numpydoc entries of ``fit``'s sequence arguments, one home for every
+#: estimator and transformer (:func:`sequence_docs` puts them in).
+FIT_SEQUENCES_DOC = """\
+X : array-like of shape (n_samples, n_features), \
+        (n_sequences, n_timesteps, n_features) or list of arrays
+    Training sequences: one 2-D array (one sequence, or several with
+    ``lengths``), a 3-D array, or a list of 2-D arrays of any lengths.
+y : None
+    Ignored; present for API consistency.
+lengths : array-like of int, default=None
+    Lengths of the sequences stacked in a 2-D ``X``; must sum to
+    ``n_samples``."""
+
+#: The same for a frame-by-frame ``transform`` (``lengths`` only validated).
+TRANSFORM_SEQUENCES_DOC = """\
+X : array-like of shape (n_samples, n_features), \
+        (n_sequences, n_timesteps, n_features) or list of arrays
+    Sequences, in any form accepted by :meth:`fit`.
+lengths : array-like of int, default=None
+    Lengths of the sequences stacked in a 2-D ``X``. Only validated:
+    the transform is the same for every time step."""
+
+
+def sequence_docs(method):
+    """Put ``{fit_sequences}`` / ``{transform_sequences}`` into a method's docstring.
+
+    (A method's docstring is indented by 8 spaces; none under ``python -OO``.)
+    """
+    if method.__doc__:
+        for key, text in (("{fit_sequences}", FIT_SEQUENCES_DOC),
+                          ("{transform_sequences}", TRANSFORM_SEQUENCES_DOC)):
+            method.__doc__ = method.__doc__.replace(key, text.replace("\n", "\n" + " " * 8))
+    return method
+

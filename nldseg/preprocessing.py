@@ -21,6 +21,7 @@ from nldseg._validation import (
     check_sequences,
     format_output,
     scale_from_variance,
+    sequence_docs,
     unchanged_on_error,
 )
 
@@ -100,21 +101,14 @@ class SequenceStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimat
         self.with_mean = with_mean
         self.with_std = with_std
 
+    @sequence_docs
     def fit(self, X, y=None, *, lengths: ArrayLike | None = None
             ) -> SequenceStandardScaler:
         """Compute the per-feature mean and standard deviation over all time steps.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features), \
-                (n_sequences, n_timesteps, n_features) or list of arrays
-            Training sequences: one 2-D array (one sequence, or several with
-            ``lengths``), a 3-D array, or a list of 2-D arrays of any lengths.
-        y : None
-            Ignored; present for API consistency.
-        lengths : array-like of int, default=None
-            Lengths of the sequences stacked in a 2-D ``X``; must sum to
-            ``n_samples``.
+        {fit_sequences}
 
         Returns
         -------
@@ -138,17 +132,13 @@ class SequenceStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimat
         self.n_samples_seen_ = int(n_samples)
         return self
 
+    @sequence_docs
     def transform(self, X, *, lengths: ArrayLike | None = None):
         """Standardise every time step: ``(x - mean_) / scale_``.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features), \
-                (n_sequences, n_timesteps, n_features) or list of arrays
-            Sequences, in any form accepted by :meth:`fit`.
-        lengths : array-like of int, default=None
-            Lengths of the sequences stacked in a 2-D ``X``. Only validated:
-            the transform is the same for every time step.
+        {transform_sequences}
 
         Returns
         -------
@@ -287,20 +277,13 @@ class SequenceClipper(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def __init__(self, *, n_sd=3.0):
         self.n_sd = n_sd
 
+    @sequence_docs
     def fit(self, X, y=None, *, lengths: ArrayLike | None = None) -> SequenceClipper:
         """Compute the per-feature median and robust standard deviation.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features), \
-                (n_sequences, n_timesteps, n_features) or list of arrays
-            Training sequences: one 2-D array (one sequence, or several with
-            ``lengths``), a 3-D array, or a list of 2-D arrays of any lengths.
-        y : None
-            Ignored; present for API consistency.
-        lengths : array-like of int, default=None
-            Lengths of the sequences stacked in a 2-D ``X``; must sum to
-            ``n_samples``.
+        {fit_sequences}
 
         Returns
         -------
@@ -323,17 +306,13 @@ class SequenceClipper(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.upper_ = median + self.n_sd * scale
         return self
 
+    @sequence_docs
     def transform(self, X, *, lengths: ArrayLike | None = None):
         """Clip every value to ``[lower_, upper_]`` of its feature.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features), \
-                (n_sequences, n_timesteps, n_features) or list of arrays
-            Sequences, in any form accepted by :meth:`fit`.
-        lengths : array-like of int, default=None
-            Lengths of the sequences stacked in a 2-D ``X``. Only validated:
-            the transform is the same for every time step.
+        {transform_sequences}
 
         Returns
         -------
