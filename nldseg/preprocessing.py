@@ -31,7 +31,23 @@ __all__ = ["SequenceClipper", "SequenceStandardScaler"]
 _MAD_TO_SD = 1.4826
 
 
-class SequenceStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class _FrameTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """What the sequence transformers share: each time step transformed on its own."""
+
+    def _map_frames(self, X, lengths, transform_frames):
+        """``transform_frames`` (frames -> frames) applied to fitted-checked ``X``,
+        returned in ``X``'s form."""
+        check_is_fitted(self)
+        seqs = check_sequences(self, X, lengths=lengths, reset=False)
+        return format_output(seqs, transform_frames(seqs.data))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+class SequenceStandardScaler(_FrameTransformer):
     """Standardise features with statistics pooled over all time steps of all sequences.
 
     The per-feature mean and standard deviation are computed on every time step
@@ -146,14 +162,15 @@ class SequenceStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimat
                 (n_sequences, n_timesteps, n_features) or list of arrays
             Standardised sequences, in the form and float dtype of ``X``.
         """
-        check_is_fitted(self)
-        seqs = check_sequences(self, X, lengths=lengths, reset=False)
-        data = np.array(seqs.data, copy=True)
-        if self.with_mean:
-            data -= self.mean_.astype(data.dtype)
-        if self.with_std:
-            data /= self.scale_.astype(data.dtype)
-        return format_output(seqs, data)
+        def standardise(frames):
+            data = np.array(frames, copy=True)
+            if self.with_mean:
+                data -= self.mean_.astype(data.dtype)
+            if self.with_std:
+                data /= self.scale_.astype(data.dtype)
+            return data
+
+        return self._map_frames(X, lengths, standardise)
 
     def fit_transform(self, X, y=None, *, lengths: ArrayLike | None = None):
         """Fit to ``X``, then standardise it.
@@ -193,22 +210,18 @@ class SequenceStandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimat
                 (n_sequences, n_timesteps, n_features) or list of arrays
             Sequences in the original units, in the form of ``X``.
         """
-        check_is_fitted(self)
-        seqs = check_sequences(self, X, lengths=lengths, reset=False)
-        data = np.array(seqs.data, copy=True)
-        if self.with_std:
-            data *= self.scale_.astype(data.dtype)
-        if self.with_mean:
-            data += self.mean_.astype(data.dtype)
-        return format_output(seqs, data)
+        def unstandardise(frames):
+            data = np.array(frames, copy=True)
+            if self.with_std:
+                data *= self.scale_.astype(data.dtype)
+            if self.with_mean:
+                data += self.mean_.astype(data.dtype)
+            return data
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
-        return tags
+        return self._map_frames(X, lengths, unstandardise)
 
 
-class SequenceClipper(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class SequenceClipper(_FrameTransformer):
     """Clip each feature's outliers to a band of robust standard deviations.
 
     Per feature, the median and the median absolute deviation (MAD) of every
@@ -320,14 +333,6 @@ class SequenceClipper(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 (n_sequences, n_timesteps, n_features) or list of arrays
             Clipped sequences, in the form and float dtype of ``X``.
         """
-        check_is_fitted(self)
-        seqs = check_sequences(self, X, lengths=lengths, reset=False)
-        data = np.clip(seqs.data, self.lower_.astype(seqs.data.dtype),
-                       self.upper_.astype(seqs.data.dtype))
-        return format_output(seqs, data)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
-        return tags
+        return self._map_frames(X, lengths, lambda frames: np.clip(
+            frames, self.lower_.astype(frames.dtype), self.upper_.astype(frames.dtype)))
 
