@@ -84,6 +84,7 @@ SOLVERS = frozenset({"euler", "torchsde"})
 #: The kinetics methods' clocks: the prior's as trained, or calibrated to the data.
 CLOCKS = frozenset({"calibrated", "model"})
 DECODER_COVARIANCES = frozenset({"full", "diag", "latent"})
+DECODER_NOISES = frozenset({"gaussian", "student"})
 INITIAL_PRIORS = frozenset({"stationary", "gaussian"})
 ENCODER_INPUTS = frozenset({"linear", "quadratic"})
 
@@ -106,6 +107,7 @@ _PARAMETER_RULES = {
     "batch_size": IntParam(1), "max_iter": IntParam(1), "n_init": IntParam(1),
     "early_stopping": BoolParam(), "validation_fraction": RealParam(0.0, 1.0, True),
     "decoder_covariance": OptionParam(DECODER_COVARIANCES),
+    "decoder_noise": OptionParam(DECODER_NOISES),
     "encoder_input": OptionParam(ENCODER_INPUTS),
     "learning_rate": OptionParam(LEARNING_RATES), "learning_rate_init": RealParam(),
     "kl_warmup": IntParam(0), "density_weight": RealParam(low_closed=True),
@@ -437,6 +439,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         suite's overlapping cases ``"latent"`` found the states that
         ``"full"`` merged (see ``benchmarks/RESULTS.md``); it costs about 40%
         more per gradient step with 45 features, nothing measurable with 8.
+    decoder_noise : {"gaussian", "student"}, default="gaussian"
+        Law of the decoder noise once whitened by ``Sigma``'s Cholesky
+        factor: Gaussian, or independent Student-t per feature with degrees
+        of freedom learned from the data (starting at 10, kept within 2.1 and
+        200). With heavy-tailed frames (a sensor's spikes), a Gaussian noise
+        makes each outlier cost its square, and the cheapest fit can be one
+        broad well with a wide noise; a Student-t one costs the log of its
+        size. Used by training, :meth:`score`, every filter and
+        :meth:`sample` alike.
     n_paths : int, default=8
         Monte-Carlo posterior paths per sequence used by :meth:`transform` and
         :meth:`score` (and by :meth:`predict_proba`, :meth:`predict` and
@@ -861,7 +872,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
                  learning_rate_init=3e-3, kl_warmup=200, density_weight=1.0,
                  depth_steps=400, tol=1e-3,
                  n_iter_no_change=5, early_stopping=True, validation_fraction=0.1,
-                 decoder_covariance="latent", n_paths=8, inference="markov",
+                 decoder_covariance="latent", decoder_noise="gaussian", n_paths=8,
+                 inference="markov",
                  prior_weight=0.5, n_particles=64, switch_margin=0.2,
                  switch_hold="auto", min_state_fraction=0.005,
                  initial_prior="stationary",
@@ -893,6 +905,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.decoder_covariance = decoder_covariance
+        self.decoder_noise = decoder_noise
         self.n_paths = n_paths
         self.inference = inference
         self.prior_weight = prior_weight

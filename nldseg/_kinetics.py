@@ -1238,9 +1238,10 @@ def decode_observations(module, positions: torch.Tensor,
                         generator: torch.Generator) -> np.ndarray:
     """Observations drawn from the decoder ``p(x | z)`` along latent paths.
 
-    The decoder's mean plus its Gaussian noise ``L eps`` (both from
+    The decoder's mean plus its noise ``L eps`` (both from
     ``module.decoder_mean_and_scale``; ``L`` shared, full or diagonal, or
-    depending on the position), in the standardised units the model was
+    depending on the position; ``eps`` from ``module.decoder_noise_draws``,
+    Gaussian or Student-t), in the standardised units the model was
     trained in. A decoder of the newest observation given the previous ones
     (``module.given_features > 0``, a delay embedding) is run as the
     autoregression it is, along the time axis (the second last of
@@ -1267,7 +1268,7 @@ def decode_observations(module, positions: torch.Tensor,
         given = int(module.given_features)
         if given == 0:
             mean, scale = module.decoder_mean_and_scale(positions)
-            eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+            eps = module.decoder_noise_draws(mean.shape, generator).to(mean.dtype)
             if scale.dim() == 2:
                 return (mean + eps @ scale.T).double().numpy()
             return (mean + (scale @ eps.unsqueeze(-1)).squeeze(-1)).double().numpy()
@@ -1276,7 +1277,7 @@ def decode_observations(module, positions: torch.Tensor,
         out = []
         for k in range(positions.shape[-2]):
             z = positions[..., k, :]
-            eps = torch.randn((*z.shape[:-1], n_new), generator=generator)
+            eps = module.decoder_noise_draws((*z.shape[:-1], n_new), generator, given)
             x = module.decode_given(z, past, eps)
             past = torch.cat([past[..., n_new:], x], dim=-1)
             out.append(x)

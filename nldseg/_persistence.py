@@ -38,7 +38,8 @@ _FITTED_ARRAYS = ("state_occupancy_", "scaler_mean_", "scaler_scale_",
 # Parameters renamed since a file could have been written: old name -> new name.
 _RENAMED_PARAMS = {"n_samples": "n_paths"}
 # Parameters added since: the value that reproduces what older versions did.
-_ADDED_PARAMS = {"decoder_covariance": "diag", "early_stopping": False,
+_ADDED_PARAMS = {"decoder_covariance": "diag", "decoder_noise": "gaussian",
+                 "early_stopping": False,
                  "validation_fraction": 0.1,
                  "n_threads": None,  # Not part of the model: today's default.
                  "n_jobs": "auto",  # Not part of the model either.
