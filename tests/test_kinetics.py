@@ -768,3 +768,36 @@ def test_switch_interval_is_steps_per_change_capped_at_the_longest_path():
     assert switch_interval(lively) == pytest.approx(3 * 199 / (3 * 19))
     assert switch_interval(np.zeros((500, 200), dtype=np.int64)) == 199.0
     assert np.isnan(switch_interval([np.array([], dtype=np.int64)]))
+
+
+def test_student_noise_fits_samples_and_saves(tiny_data, tmp_path):
+    """``decoder_noise="student"`` end to end: wells, labels, draws and a file.
+
+    The states of a Gaussian chain are found as with a Gaussian noise; the
+    learned degrees of freedom are saved with the model; ``sample`` draws
+    through them (a lagged model too, as an autoregression).
+    """
+    from conftest import TINY
+
+    from nldseg.metrics import segmentation_accuracy
+    X, X_test, y_test = tiny_data
+    seg = LangevinSegmenter(**dict(TINY, decoder_noise="student")).fit(X)
+    assert seg.n_states_ == 3, seg.n_states_
+    assert segmentation_accuracy(y_test, seg.predict(X_test)) > 0.9
+    df = seg.module_.decoder_df().detach()
+    assert df.shape == (8,) and (df > 2.0).all()
+    assert not torch.allclose(df, torch.full((8,), 10.0))  # Learned.
+    path = tmp_path / "student.nldseg"
+    seg.save(path)
+    loaded = LangevinSegmenter.load(path)
+    assert loaded.decoder_noise == "student"
+    torch.testing.assert_close(loaded.module_.decoder_df(), seg.module_.decoder_df())
+    np.testing.assert_array_equal(loaded.predict(X_test), seg.predict(X_test))
+    assert loaded.score(X_test) == pytest.approx(seg.score(X_test))
+    X_new, y_new = seg.sample(4, 50, random_state=0)
+    np.testing.assert_array_equal(X_new, loaded.sample(4, 50, random_state=0)[0])
+    assert X_new.shape == (4, 50, 8) and np.isfinite(X_new).all()
+    lagged = LangevinSegmenter(**dict(TINY, decoder_noise="student", n_lags=1,
+                                      max_iter=8)).fit(X[:20])
+    X_lag, _ = lagged.sample(2, 20, random_state=0)
+    assert X_lag.shape == (2, 20, 8) and np.isfinite(X_lag).all()

@@ -477,3 +477,94 @@ def test_initial_log_weight_is_prior_over_posterior_density(dynamics, initial_pr
     torch.testing.assert_close(diff - diff[0], torch.zeros(6), rtol=0, atol=1e-5)
     if initial_prior == "gaussian":  # A normalised prior: no constant left out.
         assert abs(float(diff[0])) < 1e-5
+
+
+def _student_decoder(covariance: str, seed: int,
+                     df=(3.0, 5.0, 10.0, 50.0, 150.0)) -> NeuralLangevinVAE:
+    """A 5-feature Student-t decoder with random correlations and set degrees of freedom."""
+    from nldseg import LangevinSegmenter
+    from nldseg._model import build_model
+    torch.manual_seed(seed)
+    model = build_model(5, LangevinSegmenter(
+        n_lags=0, decoder_covariance=covariance, decoder_noise="student",
+        hidden_size=8).get_params())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(("dec_noise", "dec_prec", "dec_cov", "dec_log_std")):
+                p.normal_(0, 0.3)
+        model.dec_log_df.copy_(torch.log(torch.tensor(df) - 2.0))
+    return model
+
+
+@pytest.mark.parametrize("covariance", ["latent", "full", "diag"])
+def test_student_decoder_is_the_density_of_independent_whitened_t_features(covariance):
+    """``log p(x | z) = sum_i log t_df_i(w_i) + log |det L^-1|``, ``w = L^-1 (x - g(z))``.
+
+    Checked against torch's StudentT on residuals whitened by a triangular
+    solve with ``decoder_mean_and_scale``'s ``L``; the conditional of the
+    features after ``given`` is the sum over those; the filters' point
+    densities are the same density.
+    """
+    model = _student_decoder(covariance, seed=5)
+    df = torch.tensor([3.0, 5.0, 10.0, 50.0, 150.0])
+    torch.testing.assert_close(model.decoder_df(), df)
+    x, z = 2.0 * torch.randn(2, 6, 5), torch.randn(6, 2, 3)
+    with torch.no_grad():
+        mean, scale = model.decoder_mean_and_scale(z)
+        scale = scale.expand(6, 2, 5, 5)
+        resid = (x.transpose(0, 1) - mean).unsqueeze(-1)
+        white = torch.linalg.solve_triangular(scale, resid, upper=False).squeeze(-1)
+        log_diag = -torch.log(torch.diagonal(scale, dim1=-2, dim2=-1))
+        each = torch.distributions.StudentT(df).log_prob(white) + log_diag
+        for given in (0, 2):
+            torch.testing.assert_close(model.decode_log_prob(x, z, given=given),
+                                       each[..., given:].sum(-1), rtol=1e-4, atol=1e-4)
+        frames, points = x[0], z[:, 0]
+        got = model.points_log_prob(frames, model.decoder_points(points))
+        want = torch.stack([model.decode_log_prob(frames[None], points[m].expand(6, 1, -1))
+                            [:, 0] for m in range(6)], 1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_student_noise_draws_have_the_tails_of_their_degrees_of_freedom():
+    """Whitened draws: t quantiles per feature; a Gaussian model's are ``torch.randn``'s."""
+    student = _student_decoder("diag", seed=6)
+    draws = student.decoder_noise_draws((200000, 5), torch.Generator().manual_seed(0))
+    again = student.decoder_noise_draws((200000, 5), torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+    # 99.5 % quantiles of t with 3, 5, 10, 50, 150 degrees of freedom (scipy).
+    want = torch.tensor([5.841, 4.032, 3.169, 2.678, 2.609])
+    got = torch.quantile(draws[:, :].abs(), 0.99, dim=0)
+    torch.testing.assert_close(got, want, rtol=0.04, atol=0.0)
+    tail = student.decoder_noise_draws((1000, 3), torch.Generator().manual_seed(1), given=2)
+    assert tail.shape == (1000, 3)
+    from nldseg import LangevinSegmenter
+    from nldseg._model import build_model
+    gaussian = build_model(5, LangevinSegmenter(n_lags=0, hidden_size=8).get_params())
+    assert gaussian.decoder_df() is None
+    torch.testing.assert_close(
+        gaussian.decoder_noise_draws((7, 5), torch.Generator().manual_seed(2)),
+        torch.randn((7, 5), generator=torch.Generator().manual_seed(2)), rtol=0, atol=0)
+
+
+def test_student_degrees_of_freedom_are_learned_from_the_tails():
+    """Maximum likelihood: few degrees of freedom for t(3) frames, many for Gaussians."""
+    model = _student_decoder("diag", seed=7, df=(10.0,) * 5)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn((1, 20000, 5), generator=gen)
+    x[..., 0] = torch.distributions.StudentT(3.0).sample((1, 20000))
+    x[..., 1] = 2.0 * torch.distributions.StudentT(3.0).sample((1, 20000)) + 1.0
+    params = [model.dec_log_df, model.dec_log_std, model.decoder[2].bias]
+    with torch.no_grad():
+        model.decoder[2].weight.zero_()
+    opt = torch.optim.Adam(params, lr=0.05)
+    z = torch.zeros((20000, 1, 3))
+    for _ in range(300):
+        opt.zero_grad()
+        (-model.decode_log_prob(x, z).mean()).backward()
+        opt.step()
+    df = model.decoder_df().detach()
+    assert df[0] < 4.0 and df[1] < 4.0  # Truth 3.
+    assert (df[2:] > 40.0).all()  # Gaussian: towards the bound (200).
+    scale = torch.exp(model.decoder_log_std()).detach()
+    torch.testing.assert_close(scale[:2], torch.tensor([1.0, 2.0]), rtol=0.08, atol=0)
