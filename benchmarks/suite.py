@@ -370,6 +370,14 @@ LABELLINGS = {"paths": {"inference": "paths"},
               "hold4": {"switch_hold": 4}}
 
 
+def _degrees_of_freedom(seg) -> str:
+    """The fit's learned Student-t degrees of freedom, one per decoded feature, or ""."""
+    df = seg.module_.decoder_df()
+    if df is None:
+        return ""
+    return " ".join(f"{v:.1f}" for v in df[seg.module_.given_features:].tolist())
+
+
 def run_nldseg(train: list, test: list, seed: int, overrides: dict,
                also: tuple = ()) -> dict:
     """Fit nldseg with library defaults (plus ``overrides``) and label ``test``.
@@ -403,6 +411,9 @@ def run_nldseg(train: list, test: list, seed: int, overrides: dict,
             "steps": seg.n_iter_,
             "dwell": seg.training_dwell_time_,
             "depths_refitted": seg.depths_refitted_,
+            # The learned degrees of freedom of a Student-t decoder noise, per
+            # decoded feature ("" for a Gaussian one).
+            "decoder_df": _degrees_of_freedom(seg),
             # Each candidate model's lags and held-out ELBO when they were compared.
             "candidates": " ".join(f"{lag}:{score:.4f}" for lag, score in zip(
                 seg.candidate_lags_, seg.candidate_scores_)),
@@ -461,6 +472,7 @@ def run_case(case: Case, seed: int, overrides: dict, with_hmm: bool,
     # default switch_hold is 0.2 % of it).
     rows[-1]["dwell"] = nld["dwell"]
     rows[-1]["depths_refitted"] = nld["depths_refitted"]  # The refit kept after training.
+    rows[-1]["decoder_df"] = nld["decoder_df"]
     rows[-1]["n_lags"] = nld["n_lags"]  # The lags kept (n_lags="auto" may add one).
     rows[-1]["candidates"] = nld["candidates"]
     rows[-1]["candidate_wells"] = nld["candidate_wells"]
@@ -650,6 +662,7 @@ def main(argv: list | None = None) -> None:
               f"acc {nld['acc']:.3f}, {nld['changes']} label changes, {nld['steps']} "
               f"steps, training dwell {nld['dwell']:.1f}, depths refitted "
               f"{nld['depths_refitted']}"
+              + (f", decoder df {nld['decoder_df']}" if nld["decoder_df"] else "")
               + (f"; warnings: {nld['warnings']}" if nld.get("warnings") else ""),
               flush=True)
     summary = summarise(rows)
