@@ -478,6 +478,19 @@ def _sum_gradients(params: list, scalars: list, replicas: Replicas) -> None:
             p.grad = None
 
 
+def _parameter_groups(module, params: list) -> list:
+    """Adam's parameter groups of ``params``, each with its ``lr_factor``.
+
+    Those the module's ``learning_rate_factors`` lists get their factor, one
+    group each; the rest share one group at the common rate (factor 1).
+    """
+    factors = {id(p): factor for p, factor in module.learning_rate_factors()}
+    groups = [{"params": [p for p in params if id(p) not in factors], "lr_factor": 1.0}]
+    groups += [{"params": [p], "lr_factor": factors[id(p)]}
+               for p in params if id(p) in factors]
+    return groups
+
+
 class RollbackSnapshot:
     """The parameters and Adam's state before the last update, copied in place.
 
@@ -1017,8 +1030,8 @@ class _TrainingRun:
         self.hold_starts = bool(s.lead) and any(n > s.lead for _, n in train_segments)
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.lr_scale = 1.0  # Halved by every rollback.
-        self.opt = torch.optim.Adam(self.params, lr=float(s.learning_rate_init),
-                                    fused=True)
+        self.opt = torch.optim.Adam(_parameter_groups(module, self.params),
+                                    lr=float(s.learning_rate_init), fused=True)
         self.anneal_begin = s.max_iter - s.anneal_steps
         # Restarts are compared by half the budget at the latest.
         self.compare_at = s.max_iter // 2
@@ -1111,7 +1124,7 @@ class _TrainingRun:
                     lr = lr_init * self.lr_scale * lr_multiplier(
                         self.step, self.anneal_begin, s.anneal_steps)
                     for group in opt.param_groups:
-                        group["lr"] = lr
+                        group["lr"] = lr * group["lr_factor"]
                     loss, kl_step, finite = gradient_step(
                         module, self.params, opt, share, self.gen, s,
                         kl_weight(self.step, s.kl_warmup), self.replicas, self.held)

@@ -577,3 +577,27 @@ def test_refine_depths_asks_keep_once_and_undoes_a_refused_refit(verdict):
     for a, b in zip(now, before if not verdict else seen[0]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
+
+
+def test_parameter_groups_train_the_degrees_of_freedom_faster():
+    """Adam's groups: a Student-t model's degrees of freedom at 10x the rate.
+
+    A Gaussian model keeps one group of every parameter, in order (its
+    training unchanged by the groups).
+    """
+    from nldseg import LangevinSegmenter
+    from nldseg._model import STUDENT_DF_LR_FACTOR, build_model
+    from nldseg._training import _parameter_groups
+    for noise in ("gaussian", "student"):
+        module = build_model(4, LangevinSegmenter(n_lags=0, hidden_size=8,
+                                                  decoder_noise=noise).get_params())
+        params = list(module.parameters())
+        groups = _parameter_groups(module, params)
+        if noise == "gaussian":
+            assert len(groups) == 1 and groups[0]["lr_factor"] == 1.0
+            assert all(a is b for a, b in zip(groups[0]["params"], params))
+            continue
+        assert [g["lr_factor"] for g in groups] == [1.0, STUDENT_DF_LR_FACTOR]
+        assert groups[1]["params"] == [module.dec_log_df]
+        assert sum(len(g["params"]) for g in groups) == len(params)
+        assert all(p is not module.dec_log_df for p in groups[0]["params"])
