@@ -25,12 +25,17 @@ TINY = dict(device="cpu", hidden_size=32, context_size=16, window_length=40,
             n_init=1, n_lags=0,
             # No refit of the depths after training (its own tests, in
             # test_estimator.py): 2-4 s per fit.
-            depth_steps=0)
+            depth_steps=0,
+            # The fixtures' Gaussian noise, as these tests were written for;
+            # the default Student-t noise has its own tests (test_model.py,
+            # and an end-to-end fit in test_kinetics.py).
+            decoder_noise="gaussian")
 # Fits that only need to run (pipelines, grid searches), not to learn: one
 # well, so tests of these compare loss curves and weights, not labels.
 TINY_SEARCH = dict(device="cpu", hidden_size=16, context_size=8, window_length=30,
                    batch_size=32, max_iter=6, early_stopping=False, kl_warmup=10, n_paths=2,
-                   random_state=0, decoder_covariance="full", n_init=1, n_lags=0)
+                   random_state=0, decoder_covariance="full", n_init=1, n_lags=0,
+                   decoder_noise="gaussian")
 # The same data (ragged_chain) trained long enough to find its 3 states, for
 # the pipeline tests that compare labels.
 TINY_SEARCH_WELLS = dict(TINY_SEARCH, hidden_size=32, context_size=16,

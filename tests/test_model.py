@@ -342,9 +342,11 @@ def _decoders(hidden=8, n_features=5):
     from nldseg._model import build_model
     torch.manual_seed(0)
     latent = build_model(n_features, LangevinSegmenter(n_lags=0,
-        decoder_covariance="latent", hidden_size=hidden).get_params())
+        decoder_covariance="latent", decoder_noise="gaussian",
+        hidden_size=hidden).get_params())
     full = build_model(n_features, LangevinSegmenter(n_lags=0,
-        decoder_covariance="full", hidden_size=hidden).get_params())
+        decoder_covariance="full", decoder_noise="gaussian",
+        hidden_size=hidden).get_params())
     return latent, full
 
 
@@ -385,6 +387,7 @@ def _correlated_decoder(covariance: str, seed: int):
     from nldseg._model import build_model
     torch.manual_seed(seed)
     model = build_model(5, LangevinSegmenter(n_lags=0, decoder_covariance=covariance,
+                                             decoder_noise="gaussian",
                                              hidden_size=8).get_params())
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -540,7 +543,8 @@ def test_student_noise_draws_have_the_tails_of_their_degrees_of_freedom():
     assert tail.shape == (1000, 3)
     from nldseg import LangevinSegmenter
     from nldseg._model import build_model
-    gaussian = build_model(5, LangevinSegmenter(n_lags=0, hidden_size=8).get_params())
+    gaussian = build_model(5, LangevinSegmenter(n_lags=0, hidden_size=8,
+                                                decoder_noise="gaussian").get_params())
     assert gaussian.decoder_df() is None
     torch.testing.assert_close(
         gaussian.decoder_noise_draws((7, 5), torch.Generator().manual_seed(2)),
