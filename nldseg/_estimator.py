@@ -428,7 +428,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         share is shorter), so that restarts and early stopping are judged on
         all of a long recording, not on its last states.
     decoder_covariance : {"latent", "full", "diag"}, default="latent"
-        Noise of the decoder ``p(x_t | z_t) = N(g(z_t), Sigma)``.
+        Covariance ``Sigma`` of the decoder's noise, ``x_t = g(z_t) + L w_t``
+        with ``Sigma = L L^T`` (``w_t``'s law: ``decoder_noise``).
         ``"latent"``: a full covariance that depends on the latent state,
         ``Sigma(z_t)``, so that states which differ in how their features vary
         and co-vary (not only in their means) are told apart; its inverse
@@ -750,7 +751,8 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         dp = [-\nabla E(q) - \gamma M^{-1}p + f_\phi]\,dt
              + \sqrt{2\gamma/\beta}\,dW.
 
-    The ELBO of a sequence, with ``g u = f_\phi`` and a Gaussian decoder:
+    The ELBO of a sequence, with ``g u = f_\phi`` and the decoder's density
+    ``p(x_t | z_t)`` (Student-t or Gaussian noise, ``decoder_noise``):
 
     .. math::
 
