@@ -39,8 +39,8 @@ QUADRATIC_FEATURES = 32
 #: starts at, per feature; learned from there.
 STUDENT_DF_INIT = 10.0
 #: Bounds of the learned degrees of freedom. Above 2 the noise has a
-#: variance (its scale stays a scale); at 200 it is a Gaussian to within
-#: about 1 % in density out to 3 sd.
+#: variance (its scale stays a scale); at 200 its density is a Gaussian's to
+#: within 1 % out to 2 scales (8 % at 3).
 STUDENT_DF_BOUNDS = (2.1, 200.0)
 #: Learning rate of the degrees of freedom, a multiple of the other
 #: parameters' (:meth:`NeuralLangevinVAE.learning_rate_factors`). Adam moves
