@@ -64,23 +64,29 @@ def _normal_log_pdf(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor | No
     return (-0.5 * eps * eps - log_scale - 0.5 * _LOG_2PI).sum(-1)
 
 
-def _student_log_norm(df: torch.Tensor) -> torch.Tensor:
-    """``sum_i log Gamma((df_i + 1) / 2) - log Gamma(df_i / 2) - log(pi df_i) / 2``.
+def _noise_log_norm(df: torch.Tensor | None, n: int) -> torch.Tensor | float:
+    """Log normalising constant of ``n`` standard whitened noise features.
 
-    The normalising constant of a product of standard Student-t densities
-    with ``df`` (D,) degrees of freedom, without their scales.
+    Gaussian for ``df=None``: ``-n/2 log(2 pi)``; else the product of
+    Student-t densities with ``df`` (n,) degrees of freedom, without their
+    scales: ``sum_i log Gamma((df_i + 1) / 2) - log Gamma(df_i / 2) - log(pi
+    df_i) / 2``.
     """
+    if df is None:
+        return -0.5 * n * _LOG_2PI
     return (torch.lgamma(0.5 * (df + 1.0)) - torch.lgamma(0.5 * df)
             - 0.5 * torch.log(math.pi * df)).sum(-1)
 
 
-def _student_log_kernel(white: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
-    """``-sum_i (df_i + 1) / 2 log(1 + w_i^2 / df_i)`` over the last axis of ``white``.
+def _noise_log_kernel(white: torch.Tensor, df: torch.Tensor | None) -> torch.Tensor:
+    """The part of :func:`_noise_log_norm`'s density that depends on ``white`` (..., D).
 
-    The part of :func:`_student_log_norm`'s density that depends on the
-    whitened residuals ``w`` (..., D): each feature's outlier costs the log
-    of its size, not its square, as a Gaussian's does.
+    Summed over the last axis: ``-|w|^2 / 2`` for a Gaussian (``df=None``),
+    ``-sum_i (df_i + 1) / 2 log(1 + w_i^2 / df_i)`` for a Student-t, where
+    each feature's outlier costs the log of its size, not its square.
     """
+    if df is None:
+        return -0.5 * (white * white).sum(-1)
     return (-0.5 * (df + 1.0) * torch.log1p(white * white / df)).sum(-1)
 
 
@@ -873,10 +879,10 @@ class NeuralLangevinVAE(nn.Module):
         ``generator``, as torch's gamma sampler takes none).
         """
         eps = torch.randn(shape, generator=generator)
-        df = self.decoder_df()
+        df = self._decoded_df(given)
         if df is None:
             return eps
-        df = df.detach()[given:].double().numpy()
+        df = df.detach().double().numpy()
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         chi2 = np.random.default_rng(seed).chisquare(df, size=tuple(shape))
         return eps / torch.from_numpy(np.sqrt(chi2 / df)).to(eps.dtype)
@@ -890,12 +896,14 @@ class NeuralLangevinVAE(nn.Module):
         standard normal or Student-t (:meth:`decoder_df`).
         """
         white, log_diag = white[..., given:], log_diag[..., given:]
+        df = self._decoded_df(given)
+        return (_noise_log_kernel(white, df) + log_diag.sum(-1)
+                + _noise_log_norm(df, white.shape[-1]))
+
+    def _decoded_df(self, given: int) -> torch.Tensor | None:
+        """:meth:`decoder_df` of the features from ``given`` on (``None`` if Gaussian)."""
         df = self.decoder_df()
-        if df is None:
-            return (-0.5 * (white * white).sum(-1) + log_diag.sum(-1)
-                    - 0.5 * white.shape[-1] * _LOG_2PI)
-        df = df[given:]
-        return _student_log_kernel(white, df) + log_diag.sum(-1) + _student_log_norm(df)
+        return None if df is None else df[given:]
 
     def decoder_scale_tril(self) -> torch.Tensor:
         """``L`` (D, D) of the decoder noise ``Sigma = L L^T`` (diagonal for "diag")."""
@@ -1068,13 +1076,9 @@ class NeuralLangevinVAE(nn.Module):
             parts = {"shared": prec}
             shift = mean @ prec.T
         parts["shift"] = shift
-        df = self.decoder_df()
-        if df is None:
-            parts["const"] = (log_diag[:, given:].sum(-1)
-                              - 0.5 * (mean.shape[-1] - given) * _LOG_2PI)
-        else:
-            parts["df"] = df[given:]
-            parts["const"] = log_diag[:, given:].sum(-1) + _student_log_norm(parts["df"])
+        parts["df"] = self._decoded_df(given)
+        parts["const"] = (log_diag[:, given:].sum(-1)
+                          + _noise_log_norm(parts["df"], mean.shape[-1] - given))
         parts["given"] = given
         return parts
 
@@ -1110,10 +1114,7 @@ class NeuralLangevinVAE(nn.Module):
             if px.dim() == 2:  # A shared noise: the same for every point.
                 px = px[:, None, :]
             white = (px - shift)[..., given:]
-            if "df" in parts:
-                out.append(_student_log_kernel(white, parts["df"]) + parts["const"])
-            else:
-                out.append(-0.5 * (white * white).sum(-1) + parts["const"])
+            out.append(_noise_log_kernel(white, parts["df"]) + parts["const"])
         return torch.cat(out) if out else x.new_zeros((0, shift.shape[0]))
 
     def elbo_terms(self, x: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor,
