@@ -665,6 +665,15 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         kept (see ``depth_steps``): ``False`` when ``depth_steps=0``, with a
         single well, when the refit would have changed the wells (undone)
         or met a non-finite value, and for a model saved before it existed.
+    decoder_df_ : ndarray of shape (n_features_in_,)
+        Degrees of freedom of the decoder noise's Student-t law, one per
+        feature, learned within 2.1-200 (``decoder_noise="student"``): near
+        3-5 the frames hold rare large values (spikes, glitches) that the
+        states do not explain; near 50 and over, the noise is close to
+        Gaussian. Under ``decoder_covariance="latent"`` or ``"full"``,
+        feature ``i``'s is that of its residual given the features before
+        it. ``inf`` everywhere under ``decoder_noise="gaussian"`` (and for a
+        model saved before the Student-t noise existed).
     n_features_in_ : int
         Number of features seen during :term:`fit`.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -1501,6 +1510,19 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         observations = self.module_.decoded_features // self.n_features_in_
         log_jacobian = observations * np.log(self.scaler_scale_).sum()
         return float(total / seqs.data.shape[0] - log_jacobian)
+
+    @property
+    def decoder_df_(self) -> np.ndarray:
+        """Learned degrees of freedom of the decoder noise, per observed feature.
+
+        Read from the fitted model (``module_``), so it is never out of step
+        with it. See the class's Attributes.
+        """
+        module = self.module_  # AttributeError when not fitted, as any attribute.
+        df = module.decoder_df()
+        if df is None:  # Gaussian: the Student-t's limit of infinite df.
+            return np.full(self.n_features_in_, np.inf)
+        return df[module.given_features:].detach().cpu().double().numpy()
 
     # ------------------------------------------------ kinetics of the prior
     def _prior_generator(self, random_state) -> torch.Generator:

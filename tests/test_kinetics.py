@@ -770,6 +770,13 @@ def test_switch_interval_is_steps_per_change_capped_at_the_longest_path():
     assert np.isnan(switch_interval([np.array([], dtype=np.int64)]))
 
 
+def test_decoder_df_is_infinite_under_a_gaussian_noise_and_absent_before_fit(
+        tiny_fitted):
+    assert tiny_fitted.decoder_noise == "gaussian"
+    np.testing.assert_array_equal(tiny_fitted.decoder_df_, np.full(8, np.inf))
+    assert not hasattr(LangevinSegmenter(), "decoder_df_")
+
+
 def test_student_noise_fits_samples_and_saves(tiny_data, tmp_path):
     """``decoder_noise="student"`` end to end: wells, labels, draws and a file.
 
@@ -784,14 +791,14 @@ def test_student_noise_fits_samples_and_saves(tiny_data, tmp_path):
     seg = LangevinSegmenter(**dict(TINY, decoder_noise="student")).fit(X)
     assert seg.n_states_ == 3, seg.n_states_
     assert segmentation_accuracy(y_test, seg.predict(X_test)) > 0.9
-    df = seg.module_.decoder_df().detach()
-    assert df.shape == (8,) and (df > 2.0).all()
-    assert not torch.allclose(df, torch.full((8,), 10.0))  # Learned.
+    df = seg.decoder_df_
+    assert df.shape == (8,) and df.dtype == np.float64 and (df > 2.0).all()
+    assert not np.allclose(df, 10.0)  # Learned.
     path = tmp_path / "student.nldseg"
     seg.save(path)
     loaded = LangevinSegmenter.load(path)
     assert loaded.decoder_noise == "student"
-    torch.testing.assert_close(loaded.module_.decoder_df(), seg.module_.decoder_df())
+    np.testing.assert_array_equal(loaded.decoder_df_, df)
     np.testing.assert_array_equal(loaded.predict(X_test), seg.predict(X_test))
     assert loaded.score(X_test) == pytest.approx(seg.score(X_test))
     X_new, y_new = seg.sample(4, 50, random_state=0)
@@ -801,3 +808,7 @@ def test_student_noise_fits_samples_and_saves(tiny_data, tmp_path):
                                       max_iter=8)).fit(X[:20])
     X_lag, _ = lagged.sample(2, 20, random_state=0)
     assert X_lag.shape == (2, 20, 8) and np.isfinite(X_lag).all()
+    # One per observed feature: the lag's conditioning features have none.
+    assert lagged.n_lags_ == 1 and lagged.decoder_df_.shape == (8,)
+    np.testing.assert_array_equal(
+        lagged.decoder_df_, lagged.module_.decoder_df().detach().numpy()[8:])

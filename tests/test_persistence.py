@@ -115,6 +115,7 @@ def _check_upgraded(seg, loaded, X) -> None:
     assert loaded.candidate_wells_.shape == loaded.candidate_state_scores_.shape == (0,)
     assert loaded.lag_elbo_gain_.shape == (2,) and np.isnan(loaded.lag_elbo_gain_).all()
     assert loaded.lag_state_gain_.shape == (2,) and np.isnan(loaded.lag_state_gain_).all()
+    np.testing.assert_array_equal(loaded.decoder_df_, np.full(8, np.inf))  # Gaussian.
 
 
 def test_pickle_from_an_older_version_gets_todays_names(tiny_fitted, tiny_data):
