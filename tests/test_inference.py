@@ -175,6 +175,38 @@ def test_sampler_draws_the_same_numbers_for_every_sequence(tiny_fitted, tiny_dat
     assert np.abs(paths([seqs[0]], seed=6)[0] - alone).max() > 0.1
 
 
+def test_independent_draws_give_each_sequence_its_own_paths(tiny_fitted, tiny_data):
+    """``independent=True``: one sequence given many times gets many paths.
+
+    The shared draws give every copy the same path, so a statistic over the
+    copies (the wells' shares) is that of one draw; independent draws spread
+    over the posterior, deterministically for a seed and whatever the blocks.
+    """
+    from nldseg._inference import PosteriorSampler
+    from nldseg._validation import Sequences
+
+    seq = np.asarray(tiny_data[1][0], dtype=np.float32)
+    copies = Sequences(np.concatenate([seq] * 40), np.full(40, len(seq)), "list")
+    sampler = PosteriorSampler(tiny_fitted.module_, tiny_fitted.dt, 1, seed=5)
+    d = tiny_fitted.module_.latent_dim
+    shared = copies.split(sampler.latent_paths(copies)[:, 0, :d])
+    for path in shared[1:]:
+        np.testing.assert_allclose(path, shared[0], rtol=1e-5, atol=1e-5)
+    own = sampler.latent_paths(copies, independent=True)
+    paths = np.stack(copies.split(own[:, 0, :d]))  # (40, T, d)
+    assert paths.std(0).mean() > 0.05  # The copies' paths differ.
+    np.testing.assert_array_equal(sampler.latent_paths(copies, independent=True), own)
+    np.testing.assert_array_equal(
+        sampler.latent_paths(copies, independent=True, block_steps=7), own)
+    # The mean over 40 independent paths is nearer the mean over 40 others than
+    # one shared path is (the shares of a fit's statistics rest on this).
+    again = PosteriorSampler(tiny_fitted.module_, tiny_fitted.dt, 1, seed=7)
+    other_mean = np.stack(copies.split(again.latent_paths(
+        copies, independent=True)[:, 0, :d])).mean(0)
+    assert (np.abs(paths.mean(0) - other_mean).mean()
+            < np.abs(shared[0] - other_mean).mean())
+
+
 def test_blocks_of_time_give_the_paths_of_one_piece(tiny_fitted, tiny_data):
     """A long sequence is simulated in blocks of time, with the same result."""
     from nldseg._inference import PosteriorSampler
@@ -222,7 +254,7 @@ def test_landscape_codes_encode_whole_sequences_up_to_the_budget(tiny_fitted, ti
     d = tiny_fitted.module_.latent_dim
 
     everything = sampler.landscape_codes(seqs, np.random.default_rng(0), budget=10**9)
-    want = sampler.latent_paths(seqs)[:, 0, :d]
+    want = sampler.latent_paths(seqs, independent=True)[:, 0, :d]
     np.testing.assert_array_equal(everything, want)  # All, in their own order.
 
     budget = int(lengths[0]) + 1  # More than one sequence, fewer than all.
@@ -235,7 +267,8 @@ def test_landscape_codes_encode_whole_sequences_up_to_the_budget(tiny_fitted, ti
     assert some.shape == (lengths[chosen].sum(), d)
     assert 1 < len(chosen) < len(parts)
     sub = Sequences(np.concatenate([parts[i] for i in chosen]), lengths[chosen], "list")
-    np.testing.assert_array_equal(some, sampler.latent_paths(sub)[:, 0, :d])
+    np.testing.assert_array_equal(
+        some, sampler.latent_paths(sub, independent=True)[:, 0, :d])
 
 
 def test_landscape_codes_take_pieces_spread_over_a_recording_longer_than_the_budget(
@@ -256,7 +289,8 @@ def test_landscape_codes_take_pieces_spread_over_a_recording_longer_than_the_bud
     starts = [475, 1725, 2975, 4225]
     pieces = Sequences(np.concatenate([long[a:a + 300] for a in starts]),
                        np.full(4, 300), "list")
-    np.testing.assert_array_equal(codes, sampler.latent_paths(pieces)[:, 0, :d])
+    np.testing.assert_array_equal(codes,
+                                  sampler.latent_paths(pieces, independent=True)[:, 0, :d])
     # A sequence that fits the budget left is still taken whole; the long one
     # then gives ceil(970 / 300) = 4 pieces at the same places.
     both = Sequences(np.concatenate([short, long]), np.array([30, 5000]), "list")
@@ -265,7 +299,8 @@ def test_landscape_codes_take_pieces_spread_over_a_recording_longer_than_the_bud
                                     piece=300)
     parts = [short] + [long[a:a + 300] for a in starts]
     want = Sequences(np.concatenate(parts), np.array([30, 300, 300, 300, 300]), "list")
-    np.testing.assert_array_equal(codes, sampler.latent_paths(want)[:, 0, :d])
+    np.testing.assert_array_equal(
+        codes, sampler.latent_paths(want, independent=True)[:, 0, :d])
 
 
 @pytest.mark.parametrize("inference", ["markov", "filter"])
