@@ -45,12 +45,13 @@ from nldseg.metrics import n_label_changes, segmentation_accuracy  # noqa: E402
 SEEDS = [11, 12]  # Of the phase after training, the same for every variant.
 
 
-def after_training(seg: LangevinSegmenter, train: list, steps: int) -> tuple:
+def after_training(seg: LangevinSegmenter, train: list, steps: int,
+                   seeds: list = SEEDS) -> tuple:
     """A copy of ``seg`` whose phase after training ran again with ``depth_steps``."""
     seg = copy.deepcopy(seg).set_params(depth_steps=steps)
     seqs = seg._prepare(train, None)
     t0 = time.perf_counter()
-    fit = seg._fit_landscape(seg.module_, seqs.data, seqs, SEEDS, seg.min_state_fraction)
+    fit = seg._fit_landscape(seg.module_, seqs.data, seqs, seeds, seg.min_state_fraction)
     landscape = fit.landscape
     chain = seg._markov_chain(seg.module_, landscape, fit.time_scale)
     seconds = time.perf_counter() - t0
