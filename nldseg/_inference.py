@@ -15,7 +15,10 @@ per step, see :class:`ParticleFilter`). So the output for a sequence does not
 depend on the other sequences passed with it, nor on how they are chunked,
 nor on the sequence's own length (the increments of step ``k`` are the same
 for a prefix), and the stream, which draws the same numbers one step at a
-time, reproduces ``predict``.
+time, reproduces ``predict``. The one exception is the fit's own paths
+(:meth:`PosteriorSampler.landscape_paths`: the wells, the depths' refit,
+the clock): each sequence draws its own there, as their statistics over
+many sequences need independent samples (:meth:`PosteriorSampler.blocks`).
 """
 
 from __future__ import annotations
