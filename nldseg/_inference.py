@@ -108,9 +108,17 @@ class PosteriorSampler:
         self.seed = int(seed)
         self.solver = solver
 
-    def generator(self) -> torch.Generator:
-        """A fresh generator at the start of the draws."""
-        return torch.Generator().manual_seed(self.seed)
+    def generator(self, chunk: int | None = None) -> torch.Generator:
+        """A fresh generator at the start of the draws (of chunk ``chunk``'s own).
+
+        ``chunk`` (the index of a chunk's first sequence, for
+        :meth:`blocks`' ``independent`` draws) seeds it from ``seed`` and
+        ``chunk`` together.
+        """
+        if chunk is None:
+            return torch.Generator().manual_seed(self.seed)
+        seed = np.random.SeedSequence([self.seed, chunk]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(seed))
 
     def initial_noise(self, gen: torch.Generator, rows: int | None = None) -> torch.Tensor:
         """Draws of the initial states, (rows, state_dim); ``rows``: ``n_paths``."""
@@ -172,8 +180,7 @@ class PosteriorSampler:
         for c0 in range(0, len(lens), per_chunk):
             ids = np.arange(c0, min(len(lens), c0 + per_chunk))
             rows = len(ids) * s if independent else s  # Paths drawn; repeated if shared.
-            gen = self.generator() if not independent else torch.Generator().manual_seed(
-                int(np.random.SeedSequence([self.seed, c0]).generate_state(1)[0]))
+            gen = self.generator(c0 if independent else None)
             probe = torch.randn((probe_draws, d), generator=gen) if probe_draws else None
             eps0 = self.initial_noise(gen, rows)
             eps0 = eps0 if independent else eps0.repeat(len(ids), 1)
