@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from suite import CASES, commit, machine, matched_occupancy  # noqa: E402
+from suite import CASES, commit, machine, occupancy_l1  # noqa: E402
 
 from nldseg import LangevinSegmenter  # noqa: E402
 from nldseg.metrics import n_label_changes, segmentation_accuracy  # noqa: E402
@@ -73,9 +73,7 @@ def compare(name: str, d: dict, steps_list: list) -> None:
         labels, y_test = seg.predict(d["test"]), d["y_test"]
         l1 = "-"
         if len(true):
-            matched, unmatched = matched_occupancy(y_test, labels, seg.state_occupancy_,
-                                                   len(true))
-            l1 = f"{unmatched + np.abs(matched - true).sum():.4f}"
+            l1 = f"{occupancy_l1(y_test, labels, seg.state_occupancy_, true):.4f}"
         accuracy = segmentation_accuracy(y_test, labels)
         print(f"| {steps} | {seg.n_states_} | {accuracy:.4f} | {n_label_changes(labels)} "
               f"({n_label_changes(y_test)}) | {l1} | "

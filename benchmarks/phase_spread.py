@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from depth_refinement import after_training  # noqa: E402
-from suite import CASES, commit, machine, matched_occupancy  # noqa: E402
+from suite import CASES, commit, machine, occupancy_l1  # noqa: E402
 
 from nldseg import LangevinSegmenter  # noqa: E402
 from nldseg.metrics import n_label_changes, segmentation_accuracy  # noqa: E402
@@ -73,9 +73,7 @@ def main(argv: list | None = None) -> None:
         seeds = [100 + 2 * r, 101 + 2 * r]
         seg, seconds = after_training(d["seg"], d["train"], args.steps, seeds)
         labels = seg.predict(d["test"])
-        matched, unmatched = matched_occupancy(y_test, labels, seg.state_occupancy_,
-                                               len(true))
-        l1 = unmatched + np.abs(matched - true).sum()
+        l1 = occupancy_l1(y_test, labels, seg.state_occupancy_, true)
         l1s.append(l1)
         print(f"steps {args.steps} seeds {seeds[0]}: wells {seg.n_states_} "
               f"kept {seg.depths_refitted_} accuracy "
