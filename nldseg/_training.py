@@ -754,8 +754,13 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     The models that train to the comparison point together do so side by
     side in ``settings.n_jobs`` worker processes
     (:func:`nldseg._parallel.worker_count`; on CPU with one process only), and
-    come back to continue in ``modules`` (:func:`_to_comparison`): the same
-    steps, losses and scores as one after the other.
+    come back to continue in ``modules`` (:func:`_train_runs`): the same
+    steps, losses and scores as one after the other. Where the first models
+    of every level are more than the workers, the lowest level's train to
+    the comparison first, and its best model then trains to the end beside
+    the higher levels' first models (the same steps again; its warnings are
+    given only if it is kept); with ``finish_rival`` the kept model and the
+    rival train to the end side by side.
 
     A non-finite loss or gradient rolls back to the parameters before the
     last update, halves the learning rate (for the rest of training),
@@ -823,11 +828,24 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
 
     side_by_side = device.type == "cpu" and not replicas.distributed
 
-    def advance(indices):
-        jobs = worker_count(s.n_jobs, len(indices)) if side_by_side else 1
-        trained = _to_comparison([runs[i] for i in indices], jobs)
-        for i, (run, outcome) in zip(indices, trained):
+    def advance(indices, finishing=()):
+        """Train ``indices`` to the comparison point and ``finishing`` to the end.
+
+        Side by side in worker processes where they may run there. A
+        finished run's warnings are held back in its result. Returns the
+        index of a run the user interrupted, else None.
+        """
+        tasks = [(i, False) for i in indices] + [(i, True) for i in finishing]
+        jobs = worker_count(s.n_jobs, len(tasks)) if side_by_side else 1
+        trained = _train_runs([runs[i] for i, _ in tasks], jobs,
+                              [finish for _, finish in tasks])
+        for (i, finish), (run, outcome) in zip(tasks, trained):
             runs[i] = run
+            if finish:
+                done[i] = outcome
+                if outcome.interrupted:
+                    return i
+                continue
             if not isinstance(outcome, TrainingResult):
                 scores[i] = outcome
                 continue
@@ -838,28 +856,45 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
                                          outcome.loss_curve, s)
         return None
 
-    stopped = advance([i for i in range(len(modules)) if i not in deferred])
-    if stopped is not None:
-        return _kept(done[stopped], stopped, scores)
-
     def score(i):
         return np.nan_to_num(scores[i], nan=-np.inf)
 
     def best(indices):
         return max(indices, key=score)
 
+    first = [i for i in range(len(modules)) if i not in deferred]
+    lowest = [i for i in first if levels[i] == base]
+    several = len(lowest) < len(first)
+    # Where the first models cannot all train at once, the lowest level's go
+    # first; its best then trains to the end beside the higher levels' first
+    # models. It is trained to the end in any case when ``finish_rival`` (as
+    # the model kept or as the rival), so its last steps take the place of
+    # the lowest level's second round: on 2 cores the default candidates
+    # (two restarts and a lag) train in two rounds and a finish where they
+    # took three. Without ``finish_rival`` a won higher level drops it.
+    jobs = worker_count(s.n_jobs, len(first)) if side_by_side else 1
+    early = several and 1 < jobs < len(first)
+    stopped = advance(lowest if early else first)
+    if stopped is not None:
+        return _kept(done[stopped], stopped, scores)
     kept, gain = best(range(len(modules))), (float("nan"), float("nan"))
-    simple = None
-    if len(set(levels)) > 1:
-        simple = best([i for i in range(len(modules)) if levels[i] == base])
-        other = best([i for i in range(len(modules))
-                      if levels[i] != base and i not in deferred])
+    simple = best(lowest) if several else None
+    if several:
         held_simple = held_outs[id(datas[simple])]
+        # The best lowest-level model at its comparison point, read before it
+        # trains on: every higher-level model is judged against it.
+        reference = held_simple.window_elbos(modules[simple], replicas) \
+            if held_simple else None
+        if early:
+            stopped = advance([i for i in first if levels[i] != base],
+                              finishing=[] if simple in done else [simple])
+            if stopped is not None:
+                return _kept(done[stopped], stopped, scores)
 
         def level_gain(i):
-            return _level_gain(modules[i], held_outs[id(datas[i])], modules[simple],
-                               held_simple, replicas)
+            return _level_gain(modules[i], held_outs[id(datas[i])], reference, replicas)
 
+        other = best([i for i in first if levels[i] != base])
         if held_simple:
             gain = level_gain(other)
             won = gain[0] > LEVEL_Z * gain[1]
@@ -878,34 +913,38 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     if rival is None:
         if kept not in done:
             done[kept] = runs[kept].finish()
+        for w in done[kept].finish_warnings:  # Held back by a finish beside others.
+            warnings.warn(w.message, w.category, stacklevel=3)
+        done[kept].finish_warnings = []
     else:
-        for i in (kept, rival):
-            if i not in done:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    done[i] = runs[i].finish()
-                done[i].finish_warnings = list(caught)
+        # The two train to the end side by side, each one's warnings held back.
+        stopped = advance([], finishing=[i for i in (kept, rival) if i not in done])
+        if stopped is not None:
+            return _kept(done[kept], kept, scores)
         done[kept].rival, done[kept].rival_result = rival, done[rival]
     done[kept].level_gain = gain
     done[kept].train_segments, done[kept].held_segments = train_segments, val_segments
     return _kept(done[kept], kept, scores)
 
 
-def _to_comparison(runs: list, n_jobs: int) -> list:
-    """``(run, outcome)`` of each run trained to its comparison point.
+def _train_runs(runs: list, n_jobs: int, finishing: list) -> list:
+    """``(run, outcome)`` of each run trained to its comparison point or to the end.
 
-    The outcome is :meth:`_TrainingRun.to_comparison`'s. With ``n_jobs`` > 1
-    the runs train side by side in that many worker processes
-    (:func:`nldseg._parallel.run_in_workers`), each on as many torch threads
-    as the caller's, and come back as copies that continue in the caller's
-    modules (:meth:`_TrainingRun.adopt`): the same steps as one after the
-    other here. When the workers cannot run them, they train here, one
+    ``finishing`` (one bool per run): train that run to the end
+    (:meth:`_TrainingRun.finish` with its warnings held back in its result)
+    instead of to its comparison point (:meth:`_TrainingRun.to_comparison`).
+    With ``n_jobs`` > 1 the runs train side by side in that many worker
+    processes (:func:`nldseg._parallel.run_in_workers`), each on as many torch
+    threads as the caller's, and come back as copies that continue in the
+    caller's modules (:meth:`_TrainingRun.adopt`): the same steps as one after
+    the other here. When the workers cannot run them, they train here, one
     after the other, with a warning.
     """
     if n_jobs > 1 and len(runs) > 1:
         try:
-            trained = run_in_workers(_run_to_comparison,
-                                     [(run, run.data, run.held_out) for run in runs],
+            trained = run_in_workers(_train_in_worker,
+                                     [(run, run.data, run.held_out, finish)
+                                      for run, finish in zip(runs, finishing)],
                                      n_jobs)
         except WorkersUnavailable as exc:  # The runs here are untouched.
             warnings.warn(
@@ -919,12 +958,17 @@ def _to_comparison(runs: list, n_jobs: int) -> list:
                 copy.attach(run.data, run.held_out)
                 copy.adopt(run.module)
             return trained
-    return [(run, run.to_comparison()) for run in runs]
+    return [(run, _advance_run(run, finish)) for run, finish in zip(runs, finishing)]
 
 
-def _run_to_comparison(run: _TrainingRun, data: torch.Tensor,
-                       held_out: _HeldOut) -> tuple:
-    """In a worker process: ``(run, outcome)`` of :meth:`_TrainingRun.to_comparison`.
+def _advance_run(run: _TrainingRun, finish: bool) -> float | TrainingResult:
+    """``run`` trained to the end (warnings held back) or to its comparison point."""
+    return run.finish(hold_warnings=True) if finish else run.to_comparison()
+
+
+def _train_in_worker(run: _TrainingRun, data: torch.Tensor, held_out: _HeldOut,
+                     finish: bool) -> tuple:
+    """In a worker process: ``(run, outcome)`` of :func:`_advance_run`.
 
     The run is pickled back without its training rows and held-out windows
     (:meth:`_TrainingRun.__getstate__`), and the training kernels' work
@@ -932,7 +976,7 @@ def _run_to_comparison(run: _TrainingRun, data: torch.Tensor,
     """
     run.attach(data, held_out, show_progress=False)
     try:
-        outcome = run.to_comparison()
+        outcome = _advance_run(run, finish)
     finally:
         release_buffers()
     return run, outcome
@@ -954,16 +998,17 @@ def _kept(result: TrainingResult, index: int, scores: list) -> TrainingResult:
     return result
 
 
-def _level_gain(module, held_out: _HeldOut, reference, held_reference: _HeldOut,
+def _level_gain(module, held_out: _HeldOut, reference: tuple,
                 replicas: Replicas) -> tuple:
-    """``module``'s held-out ELBO per step minus ``reference``'s, and its standard error.
+    """``module``'s held-out ELBO per step minus a reference's, and its standard error.
 
-    Both are read on the same windows and noise (two :class:`_HeldOut` drawn
-    alike for two embeddings of the rows), the per-window differences
-    combined by :func:`paired_gain`.
+    ``reference``: the reference model's ``(window ELBOs, steps)``
+    (:meth:`_HeldOut.window_elbos`) on the same windows and noise as
+    ``held_out`` (two :class:`_HeldOut` drawn alike for two embeddings of the
+    rows); the per-window differences are combined by :func:`paired_gain`.
     """
     elbo, steps = held_out.window_elbos(module, replicas)
-    ref, ref_steps = held_reference.window_elbos(reference, replicas)
+    ref, ref_steps = reference
     if not np.array_equal(steps, ref_steps):
         raise RuntimeError("Models compared on different held-out windows.")
     return paired_gain(elbo - ref, steps)
@@ -1090,9 +1135,20 @@ class _TrainingRun:
         """Train to the comparison point; the selection score, or the result if it ended."""
         return self._train(stop_at_comparison=True)
 
-    def finish(self) -> TrainingResult:
-        """Train to the end of the schedule."""
-        return self._train(stop_at_comparison=False)
+    def finish(self, hold_warnings: bool = False) -> TrainingResult:
+        """Train to the end of the schedule.
+
+        ``hold_warnings``: the warnings raised are not given but kept in the
+        result's ``finish_warnings``, for the caller to give if it keeps the
+        model.
+        """
+        if not hold_warnings:
+            return self._train(stop_at_comparison=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = self._train(stop_at_comparison=False)
+        result.finish_warnings = list(caught)
+        return result
 
     def _train(self, stop_at_comparison: bool) -> float | TrainingResult:
         s, module, opt = self.s, self.module, self.opt

@@ -312,23 +312,22 @@ def test_level_gain_is_the_paired_gain_per_step_and_its_standard_error():
     ref = rng.normal(-500.0, 40.0, size=64)  # Windows of 50 steps.
     diff = rng.normal(5.0, 2.0, size=64)     # 0.1 per step, spread 0.04.
     steps = np.full(64, 50.0)
-    gain, se = _level_gain(None, _FixedHeldOut(ref + diff, steps), None,
-                           _FixedHeldOut(ref, steps), SINGLE)
+    gain, se = _level_gain(None, _FixedHeldOut(ref + diff, steps), (ref, steps), SINGLE)
     assert gain == pytest.approx(diff.mean() / 50)
     # Equal windows: the paired t-test's standard error; the windows' own
     # spread (40) does not enter it.
     assert se == pytest.approx(np.std(diff / 50, ddof=1) / 8)
     # Unequal windows weigh by their steps.
     steps = np.array([10.0, 30.0, 60.0])
-    gain, se = _level_gain(None, _FixedHeldOut([-9.0, -27.0, -54.0], steps), None,
-                           _FixedHeldOut([-10.0, -30.0, -60.0], steps), SINGLE)
+    gain, se = _level_gain(None, _FixedHeldOut([-9.0, -27.0, -54.0], steps),
+                           (np.array([-10.0, -30.0, -60.0]), steps), SINGLE)
     assert gain == pytest.approx(0.1) and se == pytest.approx(0.0, abs=1e-12)
     # One window: no spread to judge by.
-    assert _level_gain(None, _FixedHeldOut([1.0], [5.0]), None,
-                       _FixedHeldOut([0.0], [5.0]), SINGLE)[1] == np.inf
+    assert _level_gain(None, _FixedHeldOut([1.0], [5.0]),
+                       (np.array([0.0]), np.array([5.0])), SINGLE)[1] == np.inf
     with pytest.raises(RuntimeError, match="different held-out windows"):
-        _level_gain(None, _FixedHeldOut([1.0, 2.0], [5.0, 5.0]), None,
-                    _FixedHeldOut([1.0, 2.0], [5.0, 4.0]), SINGLE)
+        _level_gain(None, _FixedHeldOut([1.0, 2.0], [5.0, 5.0]),
+                    (np.array([1.0, 2.0]), np.array([5.0, 4.0])), SINGLE)
 
 
 def test_window_elbos_add_up_to_the_held_out_elbo():
@@ -429,6 +428,69 @@ def test_finish_rival_trains_the_best_lower_level_model_to_the_end(gain, monkeyp
     assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), alone_params))
 
 
+@pytest.mark.parametrize("finish_rival", [True, False])
+@pytest.mark.parametrize("gain", [0.5, -0.3, None])  # None: the gain measured.
+def test_the_early_finish_beside_a_higher_level_trains_what_one_process_does(
+        gain, finish_rival, monkeypatch):
+    """Two restarts and a lag on two workers: the restarts train first, then
+    the better one trains to the end beside the lag's comparison. Kept model,
+    rival, scores, curves, parameters and warnings are those of one process
+    training them one after the other."""
+    import warnings
+    from dataclasses import replace
+
+    from nldseg import _training
+
+    if gain is not None:
+        monkeypatch.setattr(_training, "_level_gain", lambda *args: (gain, 0.1))
+    seen, early = {}, []
+    real_train_runs = _training._train_runs
+
+    def spy(runs, n_jobs, finishing):
+        early.append(n_jobs > 1 and any(finishing) and not all(finishing))
+        return real_train_runs(runs, n_jobs, finishing)
+
+    monkeypatch.setattr(_training, "_train_runs", spy)
+    for n_jobs in (1, 2):
+        models, data, lengths, s = _restart_setup(3)
+        # Never converged: finishing warns, and the warning must reach the caller
+        # once, when the model that finished early is kept.
+        s = replace(s, n_jobs=n_jobs, n_iter_no_change=1000)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = _training.train(models, [data, data, data.clone()], lengths, s,
+                                     torch.device("cpu"), seed=3, levels=[0, 0, 1],
+                                     finish_rival=finish_rival)
+        seen[n_jobs] = (result, [p.detach().clone() for m in models
+                                 for p in m.parameters()],
+                        sorted(str(w.message) for w in caught))
+    assert early.count(True) == 1  # Only with two workers, once.
+    (one, params_one, warned_one), (two, params_two, warned_two) = seen[1], seen[2]
+    assert two.kept == one.kept
+    if gain is not None:
+        assert one.kept == (2 if gain > 0 else int(np.argmax(one.restart_scores[:2])))
+        assert one.level_gain == (gain, 0.1)
+    else:  # Measured against the better restart before it trained on.
+        assert np.isfinite(one.level_gain).all()
+    assert two.restart_scores == one.restart_scores
+    assert two.loss_curve == one.loss_curve and two.n_iter == one.n_iter
+    assert two.level_gain == one.level_gain
+    assert two.rival == one.rival
+    if one.rival is not None:
+        assert two.rival_result.loss_curve == one.rival_result.loss_curve
+        assert [str(w.message) for w in two.rival_result.finish_warnings] == \
+            [str(w.message) for w in one.rival_result.finish_warnings]
+    assert warned_two == warned_one
+    assert any("still improving" in w for w in warned_one) == (one.rival is None)
+    # The kept model (and the rival) end with the same parameters either way.
+    assert len(params_one) == len(params_two)
+    sizes = [len(list(m.parameters())) for m in _restart_setup(3)[0]]
+    bounds = np.cumsum([0] + sizes)
+    for i in {one.kept, one.rival} - {None}:
+        a, b = params_one[bounds[i]:bounds[i + 1]], params_two[bounds[i]:bounds[i + 1]]
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 def test_without_held_out_data_a_higher_level_needs_a_higher_score():
     import warnings
     from dataclasses import replace
@@ -457,7 +519,7 @@ def test_a_higher_levels_restarts_train_only_when_it_wins(wins, monkeypatch):
 
     asked = []
 
-    def fake_gain(module, held, reference, held_reference, replicas):
+    def fake_gain(module, held, reference, replicas):
         asked.append(module)
         return (1.0, 0.1) if wins else (0.1, 0.1)
 
