@@ -573,10 +573,18 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         Worker processes that train the candidate models (the ``n_init``
         restarts, and with ``n_lags="auto"`` the lag candidates) side by side
         up to the point where they are compared; the kept one then trains on
-        in this process. Each worker runs on ``n_threads`` torch threads and
-        takes exactly the steps this process would, so the fitted model is
-        the same for every ``n_jobs``; only the time changes (the paper-size
-        fit, 3 candidates: 1.3-1.4 times faster on 2 cores, see
+        in this process, unless it already has: where the candidates
+        outnumber the workers (the
+        default 3 on 2 cores), the restarts on single frames go first, and the
+        best of them trains on to its end beside the lag candidate: it is
+        trained to the end either way, kept or as the rival whose labels the
+        lag's are compared with (with more workers, the two finish side by
+        side when the lag wins). Each worker runs on ``n_threads`` torch
+        threads and takes exactly the steps this process would, so the fitted
+        model is the same for every ``n_jobs``; only the time changes (the
+        paper-size fit on 2 cores: 318 s with the three candidates in two
+        rounds before the kept one trained on, 235 s since the best restart
+        finishes beside the lag, the same model; see
         ``benchmarks/RESULTS.md``). ``"auto"`` uses one process per
         candidate, at most the CPUs available divided by ``n_threads``
         (more threads than cores would slow every one of them down many
@@ -592,9 +600,9 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         ``benchmarks/RESULTS.md``); joblib keeps the workers for the next
         fit and ends them after 300 idle seconds. With workers, the
         progress lines (``verbose``) of the candidates trained side by side
-        are printed when they reach the comparison point, and Ctrl-C in that
-        phase stops ``fit`` with ``KeyboardInterrupt``, leaving the
-        estimator as it was.
+        are printed when the round ends (the comparison point, or the end
+        of a model finished there), and Ctrl-C in such a round stops ``fit``
+        with ``KeyboardInterrupt``, leaving the estimator as it was.
     distributed : bool, default=False
         Train data-parallel over ``torch.distributed``'s default process
         group, which the caller initialises (a script launched by
