@@ -12,12 +12,16 @@ parameter equals the first fit's bit for bit::
     python benchmarks/candidates_side_by_side.py --n-jobs 1 auto
 
 Nothing else should run on the machine meanwhile: the second process uses the
-core the first one leaves idle.
+core the first one leaves idle. Each line ends with a digest of the fitted
+parameters, so that two versions of the library can be compared bit for bit
+(``PYTHONPATH=<checkout> python benchmarks/candidates_side_by_side.py --n-jobs
+auto`` for each).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 import warnings
 
@@ -57,6 +61,7 @@ def main() -> None:
             times[jobs] = time.perf_counter() - t0
         y_pred = seg.predict(X_test)
         params = [q.detach().clone() for q in seg.module_.parameters()]
+        digest = hashlib.sha256(b"".join(q.numpy().tobytes() for q in params))
         if first is None:
             first, same = params, "(reference)"
         else:
@@ -66,7 +71,8 @@ def main() -> None:
               f"{n_label_changes(y_pred)} label changes "
               f"({n_label_changes(y_test)} true), n_iter_ {seg.n_iter_}, "
               f"candidate scores {np.round(seg.candidate_scores_, 4).tolist()}, "
-              f"parameters equal to the first fit's: {same}", flush=True)
+              f"parameters equal to the first fit's: {same}, "
+              f"digest {digest.hexdigest()[:16]}", flush=True)
     base = times[a.n_jobs[0]]
     for jobs, t in times.items():
         print(f"# n_jobs={jobs}: {base / t:.2f}x the speed of n_jobs={a.n_jobs[0]}")
