@@ -428,8 +428,11 @@ def test_finish_rival_trains_the_best_lower_level_model_to_the_end(gain, monkeyp
     assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), alone_params))
 
 
-@pytest.mark.parametrize("finish_rival", [True, False])
-@pytest.mark.parametrize("gain", [0.5, -0.3, None])  # None: the gain measured.
+@pytest.mark.parametrize("gain, finish_rival", [
+    (None, True),    # The gain measured (the lag loses): the early finish is kept.
+    (0.5, True),     # The lag wins: the restart that finished early is the rival.
+    (0.5, False),    # The lag wins and drops the restart that finished early.
+])
 def test_the_early_finish_beside_a_higher_level_trains_what_one_process_does(
         gain, finish_rival, monkeypatch):
     """Two restarts and a lag on two workers: the restarts train first, then
