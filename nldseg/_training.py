@@ -828,6 +828,9 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
 
     side_by_side = device.type == "cpu" and not replicas.distributed
 
+    def workers(n_tasks):
+        return worker_count(s.n_jobs, n_tasks) if side_by_side else 1
+
     def advance(indices, finishing=()):
         """Train ``indices`` to the comparison point and ``finishing`` to the end.
 
@@ -836,8 +839,7 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
         index of a run the user interrupted, else None.
         """
         tasks = [(i, False) for i in indices] + [(i, True) for i in finishing]
-        jobs = worker_count(s.n_jobs, len(tasks)) if side_by_side else 1
-        trained = _train_runs([runs[i] for i, _ in tasks], jobs,
+        trained = _train_runs([runs[i] for i, _ in tasks], workers(len(tasks)),
                               [finish for _, finish in tasks])
         for (i, finish), (run, outcome) in zip(tasks, trained):
             runs[i] = run
@@ -872,8 +874,7 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     # the lowest level's second round: on 2 cores the default candidates
     # (two restarts and a lag) train in two rounds and a finish where they
     # took three. Without ``finish_rival`` a won higher level drops it.
-    jobs = worker_count(s.n_jobs, len(first)) if side_by_side else 1
-    early = several and 1 < jobs < len(first)
+    early = several and 1 < workers(len(first)) < len(first)
     stopped = advance(lowest if early else first)
     if stopped is not None:
         return _kept(done[stopped], stopped, scores)
