@@ -1089,8 +1089,7 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
             if rival_fit.landscape.n_states > 1 and (fit.landscape.n_states == 1
                                                      or frames_better):
                 kept, used, module, fit = result.rival, rival_result, rival, rival_fit
-            for w in used.finish_warnings:
-                warnings.warn(w.message, stacklevel=2)
+            used.give_finish_warnings(stacklevel=3)
         del modules, frames
         n_lags = lags[kept]
         landscape, time_scale = fit.landscape, fit.time_scale

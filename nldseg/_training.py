@@ -162,6 +162,17 @@ class TrainingResult:
     train_segments: list = field(default_factory=list)
     held_segments: list = field(default_factory=list)
 
+    def give_finish_warnings(self, stacklevel: int) -> None:
+        """Give the warnings held back in ``finish_warnings``, once.
+
+        For the model the caller keeps. ``stacklevel`` counts from this
+        method, as :func:`warnings.warn`'s does from its caller (2: the
+        caller's line).
+        """
+        held, self.finish_warnings = self.finish_warnings, []
+        for w in held:
+            warnings.warn(w.message, w.category, stacklevel=stacklevel)
+
 
 def split_validation(lengths: np.ndarray, fraction: float,
                      rng: np.random.Generator,
@@ -914,9 +925,7 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     if rival is None:
         if kept not in done:
             done[kept] = runs[kept].finish()
-        for w in done[kept].finish_warnings:  # Held back by a finish beside others.
-            warnings.warn(w.message, w.category, stacklevel=3)
-        done[kept].finish_warnings = []
+        done[kept].give_finish_warnings(stacklevel=4)  # Held back beside others.
     else:
         # The two train to the end side by side, each one's warnings held back.
         stopped = advance([], finishing=[i for i in (kept, rival) if i not in done])

@@ -1,5 +1,7 @@
 """The training loop's pieces, tested directly: windows, schedule, KL weight, rollback."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -488,6 +490,30 @@ def test_the_early_finish_beside_a_higher_level_trains_what_one_process_does(
     # The kept model (and the rival) end with the same parameters either way.
     for i in {one.kept, one.rival} - {None}:
         assert all(torch.equal(x, y) for x, y in zip(params_one[i], params_two[i]))
+
+
+def test_held_back_finish_warnings_are_given_once_with_their_category():
+    """The kept model's held-back warnings keep their category and are given
+    once, at the line ``stacklevel`` names (2: the caller's)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from nldseg._training import TrainingResult
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always")
+        warnings.warn("budget ran out", ConvergenceWarning, stacklevel=1)
+        warnings.warn("a note", UserWarning, stacklevel=1)
+    result = TrainingResult([1.0], 1, False, finish_warnings=list(held))
+    with warnings.catch_warnings(record=True) as given:
+        warnings.simplefilter("always")
+        line = sys._getframe().f_lineno + 1
+        result.give_finish_warnings(stacklevel=2)
+        result.give_finish_warnings(stacklevel=2)
+    assert [(w.category, str(w.message)) for w in given] == [
+        (ConvergenceWarning, "budget ran out"), (UserWarning, "a note")]
+    assert all(w.filename == __file__ and w.lineno == line for w in given)
+    assert result.finish_warnings == []
 
 
 def test_without_held_out_data_a_higher_level_needs_a_higher_score():
