@@ -278,6 +278,12 @@ CASES = {case.name: case for case in [
          dict(n_states=8, n_features=6, switch_prob=0.0014), 200, 200, 100, 200,
          "8 states in 6-D, mostly separable frame by frame, dwell 89 steps: "
          "many states for EM to place", in_default_run=False),
+    Case("fast", make_markov_chain_sequences,
+         dict(n_states=3, n_features=8, mean_scale=0.6, switch_prob=0.05),
+         200, 200, 100, 200,
+         "3 states switching fast (dwell 10 steps), moderately overlapping 8-D: "
+         "visits as short as the hysteresis and the cores",
+         in_default_run=False),
     Case("heavy_tails", student_chain_sequences, {}, 200, 200, 100, 200,
          "4 states, 6-D frames with Student-t (3 degrees of freedom) noise: "
          "outliers as a sensor's spikes, moderately overlapping; dwell 50 steps",
