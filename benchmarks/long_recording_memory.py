@@ -19,6 +19,15 @@ memory it added, the states found and the training accuracy of ``predict``
 (one-to-one)::
 
     python benchmarks/long_recording_memory.py --call fit --steps 1000000
+
+``--emissions long`` fits instead on the suite's ``long`` emissions (3 states
+in 6-D, ``mean_scale=0.4``, ``switch_prob=0.005``: overlapping frame by
+frame, as ``benchmarks/suite.py --cases long`` draws them for ``--seed``),
+and also prints the online accuracy and label changes on a test recording
+of 20,000 steps with the same emissions::
+
+    python benchmarks/long_recording_memory.py --call fit --steps 50000 \
+        --emissions long --seed 0
 """
 
 import argparse
@@ -45,10 +54,14 @@ def main() -> None:
     p.add_argument("--inference", choices=["filter", "paths"], default=None,
                    help="the model's inference for predict (default: the library's; "
                         "paths labels by unweighted posterior paths)")
+    p.add_argument("--emissions", choices=["separable", "long"], default="separable",
+                   help="with --call fit: 45-D separable frames, or the suite's long "
+                        "case's overlapping 6-D ones")
+    p.add_argument("--seed", type=int, default=0, help="with --emissions long")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.call == "fit":
-        _fit_long(args.steps)
+        _fit_long(args.steps, args.emissions, args.seed)
         return
     X, _ = make_markov_chain_sequences(40, 100, n_features=45, random_state=0)
     with warnings.catch_warnings():
@@ -68,22 +81,35 @@ def main() -> None:
           f"{before:.0f} MB); {shown}")
 
 
-def _fit_long(steps: int) -> None:
-    X, y = make_markov_chain_sequences(1, steps, n_states=3, n_features=45,
-                                       mean_scale=0.5, switch_prob=0.002,
-                                       random_state=0)
+def _fit_long(steps: int, emissions: str, seed: int) -> None:
+    if emissions == "long":  # As benchmarks/suite.py draws its long case.
+        kw = dict(n_states=3, n_features=6, mean_scale=0.4, switch_prob=0.005,
+                  emission_random_state=seed)
+        X, y = make_markov_chain_sequences(1, steps, random_state=10_000 + seed, **kw)
+        X_test, y_test = make_markov_chain_sequences(1, 20_000,
+                                                     random_state=20_000 + seed, **kw)
+    else:
+        X, y = make_markov_chain_sequences(1, steps, n_states=3, n_features=45,
+                                           mean_scale=0.5, switch_prob=0.002,
+                                           random_state=0)
     before = _peak_mb()
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        seg = LangevinSegmenter(random_state=0).fit(X)
+        seg = LangevinSegmenter(random_state=seed).fit(X)
     elapsed = time.perf_counter() - start
     added = _peak_mb() - before
     acc = segmentation_accuracy(y, seg.predict(X))
-    print(f"fit (library defaults), 1 sequence x {steps} steps x 45 features: "
-          f"{elapsed:.1f} s, peak memory +{added:.0f} MB (before the call "
+    print(f"fit (library defaults), 1 sequence x {steps} steps x {X.shape[-1]} features "
+          f"({emissions}): {elapsed:.1f} s, peak memory +{added:.0f} MB (before the call "
           f"{before:.0f} MB); {seg.n_iter_} gradient steps, {seg.n_states_} states "
-          f"(true 3), training accuracy {acc:.3f}")
+          f"(true 3), n_lags_ {seg.n_lags_}, training accuracy {acc:.3f}")
+    if emissions == "long":
+        labels = seg.predict(X_test)
+        print(f"test recording of 20000 steps: online accuracy "
+              f"{segmentation_accuracy(y_test, labels):.4f}, label changes "
+              f"{int((np.diff(labels[0]) != 0).sum())} / true "
+              f"{int((np.diff(y_test[0]) != 0).sum())}")
     for w in {f"{w.category.__name__}: {w.message}" for w in caught}:
         print("warning:", w)
 
