@@ -24,14 +24,19 @@ memory it added, the states found and the training accuracy of ``predict``
 in 6-D, ``mean_scale=0.4``, ``switch_prob=0.005``: overlapping frame by
 frame, as ``benchmarks/suite.py --cases long`` draws them for ``--seed``),
 and also prints the online accuracy and label changes on a test recording
-of 20,000 steps with the same emissions::
+of 20,000 steps with the same emissions, and the suite's baselines' online
+accuracies on it (``benchmarks/_baselines.py``: KMeans and a Gaussian
+mixture on single frames, hmmlearn's HMM with the true K read by the
+forward filter, fitted on the same recording)::
 
     python benchmarks/long_recording_memory.py --call fit --steps 50000 \
         --emissions long --seed 0
 """
 
 import argparse
+import os
 import resource
+import sys
 import time
 import warnings
 
@@ -110,6 +115,13 @@ def _fit_long(steps: int, emissions: str, seed: int) -> None:
               f"{segmentation_accuracy(y_test, labels):.4f}, label changes "
               f"{int((np.diff(labels[0]) != 0).sum())} / true "
               f"{int((np.diff(y_test[0]) != 0).sum())}")
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from _baselines import frame_baselines, hmm_baseline
+        baselines = {**frame_baselines([X[0]], [X_test[0]], 3, seed),
+                     **hmm_baseline([X[0]], [X_test[0]], 3, seed)}
+        print("baselines' online accuracy on it: " + ", ".join(
+            f"{name} {segmentation_accuracy(y_test[0], out['labels'][0]):.4f}"
+            for name, out in baselines.items() if name != "hmm_viterbi"))
     for w in {f"{w.category.__name__}: {w.message}" for w in caught}:
         print("warning:", w)
 
