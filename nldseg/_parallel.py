@@ -39,6 +39,15 @@ from nldseg._threads import torch_threads
 _WORKER_FAILURES = (OSError, BrokenExecutor, pickle.PicklingError)
 
 
+#: loky's notice that a worker had exited while tasks waited: it exits
+#: cleanly after its idle timeout, or after a task once its memory has grown
+#: by 300 MB (with psutil installed), as training's can. loky starts another
+#: and no task is lost (a worker that dies is an error instead:
+#: ``_WORKER_FAILURES``). It told nothing about the fit, only alarmed (once
+#: in 14 suite fits).
+_WORKER_REPLACED = "A worker stopped while some jobs were given to the executor"
+
+
 class WorkersUnavailable(RuntimeError):
     """The worker processes could not run the calls (see :func:`run_in_workers`)."""
 
@@ -102,7 +111,9 @@ def run_in_workers(fn: Callable, calls: list, n_jobs: int) -> list:
     ``fn`` must be a module-level function and its arguments picklable. Each
     call runs on the caller's torch thread count; its warnings are raised
     again here and its printed lines printed here, call by call in order,
-    once all are done. An exception in a call is raised here;
+    once all are done. loky's notice that it replaced a worker that had
+    exited cleanly is not passed on (``_WORKER_REPLACED``). An exception in a
+    call is raised here;
     :class:`WorkersUnavailable` when the workers could not run the calls
     (they did not start, a call could not be sent, a worker died), so that
     the caller may run them itself; an ``OSError`` raised by a call itself
@@ -110,8 +121,11 @@ def run_in_workers(fn: Callable, calls: list, n_jobs: int) -> list:
     """
     n_threads = torch.get_num_threads()
     try:
-        done = joblib.Parallel(n_jobs=min(n_jobs, len(calls)), backend="loky")(
-            joblib.delayed(_captured)(fn, args, n_threads) for args in calls)
+        with warnings.catch_warnings():  # loky warns from its manager thread.
+            warnings.filterwarnings("ignore", message=_WORKER_REPLACED,
+                                    category=UserWarning)
+            done = joblib.Parallel(n_jobs=min(n_jobs, len(calls)), backend="loky")(
+                joblib.delayed(_captured)(fn, args, n_threads) for args in calls)
     except _WORKER_FAILURES as exc:
         raise WorkersUnavailable(f"{type(exc).__name__}: {exc}") from exc
     results = []

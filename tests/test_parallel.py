@@ -62,6 +62,35 @@ def test_results_warnings_and_lines_come_back_in_order(capsys):
                                               for i in range(3))
 
 
+def test_lokys_notice_of_a_replaced_worker_is_not_passed_on(monkeypatch):
+    """loky warns from its manager thread when it replaces a worker that
+    exited cleanly (idle timeout, memory growth) while tasks waited; the
+    tasks still run, so the fit's caller is not told. Other warnings raised
+    on that thread still reach it."""
+    import threading
+
+    from nldseg import _parallel
+    real = joblib.Parallel
+
+    class Notifying(real):
+        def __call__(self, tasks):
+            def manager():
+                warnings.warn("A worker stopped while some jobs were given to the "
+                              "executor. This can be caused by a too short worker "
+                              "timeout or by a memory leak.", UserWarning, stacklevel=1)
+                warnings.warn("something else", UserWarning, stacklevel=1)
+            thread = threading.Thread(target=manager)
+            thread.start()
+            thread.join()
+            return super().__call__(tasks)
+
+    monkeypatch.setattr(_parallel.joblib, "Parallel", Notifying)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run_in_workers(abs, [(-1,), (-2,)], 2) == [1, 2]
+    assert [str(w.message) for w in caught] == ["something else"]
+
+
 def test_an_error_in_a_worker_is_raised_here():
     with pytest.raises(ValueError, match="bad task"):
         run_in_workers(_fails, [(1,), (2,)], 2)
