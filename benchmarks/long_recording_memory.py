@@ -34,6 +34,7 @@ forward filter, fitted on the same recording)::
 """
 
 import argparse
+import dataclasses
 import os
 import resource
 import sys
@@ -45,7 +46,7 @@ import torch
 
 from nldseg import LangevinSegmenter
 from nldseg.datasets import make_markov_chain_sequences
-from nldseg.metrics import segmentation_accuracy
+from nldseg.metrics import n_label_changes, segmentation_accuracy
 
 
 def _peak_mb() -> float:
@@ -87,12 +88,11 @@ def main() -> None:
 
 
 def _fit_long(steps: int, emissions: str, seed: int) -> None:
-    if emissions == "long":  # As benchmarks/suite.py draws its long case.
-        kw = dict(n_states=3, n_features=6, mean_scale=0.4, switch_prob=0.005,
-                  emission_random_state=seed)
-        X, y = make_markov_chain_sequences(1, steps, random_state=10_000 + seed, **kw)
-        X_test, y_test = make_markov_chain_sequences(1, 20_000,
-                                                     random_state=20_000 + seed, **kw)
+    if emissions == "long":  # The suite's long case, drawn as one recording.
+        case = dataclasses.replace(_suite().CASES["long"], n_train=1, train_length=steps,
+                                   n_test=1, test_length=20_000)
+        X, X_test, y_test, params = case.draw(seed)
+        y = params["train_labels"]
     else:
         X, y = make_markov_chain_sequences(1, steps, n_states=3, n_features=45,
                                            mean_scale=0.5, switch_prob=0.002,
@@ -105,25 +105,32 @@ def _fit_long(steps: int, emissions: str, seed: int) -> None:
     elapsed = time.perf_counter() - start
     added = _peak_mb() - before
     acc = segmentation_accuracy(y, seg.predict(X))
-    print(f"fit (library defaults), 1 sequence x {steps} steps x {X.shape[-1]} features "
-          f"({emissions}): {elapsed:.1f} s, peak memory +{added:.0f} MB (before the call "
-          f"{before:.0f} MB); {seg.n_iter_} gradient steps, {seg.n_states_} states "
-          f"(true 3), n_lags_ {seg.n_lags_}, training accuracy {acc:.3f}")
+    print(f"fit (library defaults), 1 sequence x {steps} steps x {np.shape(X[0])[-1]} "
+          f"features ({emissions}): {elapsed:.1f} s, peak memory +{added:.0f} MB "
+          f"(before the call {before:.0f} MB); {seg.n_iter_} gradient steps, "
+          f"{seg.n_states_} states (true 3), n_lags_ {seg.n_lags_}, "
+          f"training accuracy {acc:.3f}")
     if emissions == "long":
         labels = seg.predict(X_test)
         print(f"test recording of 20000 steps: online accuracy "
               f"{segmentation_accuracy(y_test, labels):.4f}, label changes "
-              f"{int((np.diff(labels[0]) != 0).sum())} / true "
-              f"{int((np.diff(y_test[0]) != 0).sum())}")
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from _baselines import frame_baselines, hmm_baseline
-        baselines = {**frame_baselines([X[0]], [X_test[0]], 3, seed),
-                     **hmm_baseline([X[0]], [X_test[0]], 3, seed)}
+              f"{n_label_changes(labels)} / true {n_label_changes(y_test)}")
+        suite = _suite()
+        baselines = {**suite.frame_baselines(X, X_test, 3, seed),
+                     **suite.hmm_baseline(X, X_test, 3, seed)}
         print("baselines' online accuracy on it: " + ", ".join(
-            f"{name} {segmentation_accuracy(y_test[0], out['labels'][0]):.4f}"
+            f"{name} {segmentation_accuracy(y_test, out['labels']):.4f}"
             for name, out in baselines.items() if name != "hmm_viterbi"))
     for w in {f"{w.category.__name__}: {w.message}" for w in caught}:
         print("warning:", w)
+
+
+def _suite():
+    """``benchmarks/suite.py``, imported from beside this script."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import suite
+
+    return suite
 
 
 if __name__ == "__main__":
