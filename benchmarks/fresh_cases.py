@@ -15,6 +15,7 @@ the map changes the emissions)::
     python benchmarks/fresh_cases.py                      # 6 cases of draw 0, seed 0
     python benchmarks/fresh_cases.py --draw-seed 1 --n-cases 4 --jobs 2
     python benchmarks/fresh_cases.py --list               # the configurations only
+    python benchmarks/fresh_cases.py --out fresh0.csv     # every row also as CSV
 
 The draws' ranges were fixed when the script was written, before any case
 was run, and are not tuned to nldseg: Gaussian HMMs (2-6 states, 3-16
@@ -29,6 +30,7 @@ the suite's (see ``suite.py``).
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import sys
 import time
@@ -126,6 +128,8 @@ def main(argv: list | None = None) -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-hmm", action="store_true", help="skip hmmlearn's HMM")
     p.add_argument("--list", action="store_true", help="print the cases and stop")
+    p.add_argument("--out", default=None,
+                   help="also write every row (the suite's columns) to this CSV file")
     a = p.parse_args(argv)
     cases = draw_cases(a.draw_seed, a.n_cases)
     print(f"# machine: {machine()}; commit {commit()}")
@@ -144,7 +148,9 @@ def main(argv: list | None = None) -> None:
     print("| case | method | K found / true | acc | ARI | occupancy l1 (floor) "
           "| label changes / true | fit s |")
     print("|---|---|---|---|---|---|---|---|")
+    every = []
     for rows, took in results:
+        every.extend(rows)
         for r in rows:
             l1 = r.get("l1_nld_sampled", r.get("l1_model", float("nan")))
             print(f"| {r['case']} | {r['method']} | {r['K']} / {r['K_true']} | "
@@ -155,6 +161,12 @@ def main(argv: list | None = None) -> None:
               f"{rows[0].get('steps')}, lags {rows[0].get('n_lags')}"
               + (f"; warnings: {rows[0]['warnings']}" if rows[0].get("warnings") else ""),
               flush=True)
+    if a.out:
+        with open(a.out, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=sorted({k for r in every for k in r}))
+            writer.writeheader()
+            writer.writerows(every)
+        print(f"# wrote {a.out}")
 
 
 if __name__ == "__main__":
