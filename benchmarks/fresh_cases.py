@@ -9,8 +9,9 @@ affine map (a random rotation, per-direction scales spread over two decades,
 an offset, and an overall scale between 0.01 and 100), as recorded channels
 come in units of their own. Each case is then fitted and scored exactly as
 a suite case (``suite.run_case``: nldseg with library defaults, KMeans, GMM
-and hmmlearn's HMM given the true number of states; no oracle filter, since
-the map changes the emissions)::
+and hmmlearn's HMM given the true number of states; on the Gaussian HMMs
+also the oracle filter, with the generating emissions carried through the
+map)::
 
     python benchmarks/fresh_cases.py                      # 6 cases of draw 0, seed 0
     python benchmarks/fresh_cases.py --draw-seed 1 --n-cases 4 --jobs 2
@@ -65,6 +66,12 @@ class _Affine:
 
     def __call__(self, n_sequences, n_timesteps, **kwargs):
         X, y, params = self.generator(n_sequences, n_timesteps, **kwargs)
+        if "means" in params:  # Gaussian emissions: their law under the map.
+            params = dict(params, means=self.scale * (np.asarray(params["means"])
+                                                      @ self.matrix + self.offset),
+                          covariances=self.scale ** 2 * np.einsum(
+                              "fi,kfg,gj->kij", self.matrix,
+                              np.asarray(params["covariances"]), self.matrix))
         return self.scale * (np.asarray(X) @ self.matrix + self.offset), y, params
 
 
@@ -103,7 +110,8 @@ def draw_cases(draw_seed: int, n_cases: int) -> list:
         mapped = _Affine(generator, rng, n_features)
         note += f"; affine map, overall scale {mapped.scale:.3g}"
         cases.append(Case(f"fresh{draw_seed}_{i}", mapped, kwargs, n_train, length,
-                          max(1, n_train // 2), length, note, oracle=None))
+                          max(1, n_train // 2), length, note,
+                          oracle="gaussian" if kind == "chain" else None))
     return cases
 
 
