@@ -139,6 +139,10 @@ def main(argv: list | None = None) -> None:
     p.add_argument("--out", default=None,
                    help="also write every row (the suite's columns) to this CSV file")
     a = p.parse_args(argv)
+    if a.n_cases < 1:
+        p.error("--n-cases must be at least 1")
+    if a.only is not None and not set(a.only) <= set(range(a.n_cases)):
+        p.error(f"--only takes case indices 0-{a.n_cases - 1} of the draw")
     cases = draw_cases(a.draw_seed, a.n_cases)
     print(f"# machine: {machine()}; commit {commit()}")
     print("# nldseg parameters: library defaults")
