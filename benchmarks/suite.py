@@ -2,7 +2,9 @@
 
 One command runs every case of the suite for several seeds and prints one
 table; the same figures are written as CSV (one row per case, method and seed)
-and JSON (the rows plus the run's settings and machine)::
+and JSON (the rows plus the run's settings and machine); while it runs, the
+rows of the (case, seed) runs done so far are kept in ``<out>.partial.csv``
+(removed at the end), so that a run stopped early keeps them::
 
     python benchmarks/suite.py                       # the default cases, seeds 0 1 2
     python benchmarks/suite.py --cases overlap long --seeds 0 1 2 3 4
@@ -590,6 +592,16 @@ def commit() -> str:
         return "unknown"
 
 
+def _write_csv(rows: list, path: str) -> None:
+    """``rows`` as CSV, one column per key of any row (case, method, seed first)."""
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (
+        ["case", "method", "seed"].index(k) if k in ("case", "method", "seed") else 3, k))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def _run_task(case_name: str, seed: int, overrides: dict, with_hmm: bool,
               threads: int, baseline_lags: int, also: tuple = ()) -> tuple:
     """One (case, seed) in a worker process: its rows and wall time."""
@@ -663,6 +675,8 @@ def main(argv: list | None = None) -> None:
     rows = []
     for (name, seed), (new, took) in zip(tasks, results):
         rows.extend(new)
+        # The rows so far, so that a run stopped early keeps what it measured.
+        _write_csv(rows, a.out + ".partial.csv")
         nld = new[0]
         print(f"# done {name} seed {seed} in {took:.0f} s: nldseg {nld['K']} states, "
               f"acc {nld['acc']:.3f}, {nld['changes']} label changes, {nld['steps']} "
@@ -675,12 +689,8 @@ def main(argv: list | None = None) -> None:
     print()
     print_table(summary)
     print(f"\n# total {time.perf_counter() - t_start:.0f} s")
-    fields = sorted({k for r in rows for k in r}, key=lambda k: (
-        ["case", "method", "seed"].index(k) if k in ("case", "method", "seed") else 3, k))
-    with open(a.out + ".csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(rows, a.out + ".csv")
+    os.remove(a.out + ".partial.csv")
     with open(a.out + ".json", "w") as fh:
         json.dump({"machine": machine(), "commit": commit(), "nldseg": overrides,
                    "baseline_lags": a.baseline_lags,
