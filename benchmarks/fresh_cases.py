@@ -31,7 +31,6 @@ the suite's (see ``suite.py``).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -41,7 +40,7 @@ import numpy as np
 from joblib import Parallel, delayed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from suite import Case, commit, machine, run_case  # noqa: E402
+from suite import Case, commit, machine, run_case, write_csv  # noqa: E402
 
 from nldseg.datasets import (  # noqa: E402
     make_langevin_sequences,
@@ -174,10 +173,7 @@ def main(argv: list | None = None) -> None:
               + (f"; warnings: {rows[0]['warnings']}" if rows[0].get("warnings") else ""),
               flush=True)
     if a.out:
-        with open(a.out, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=sorted({k for r in every for k in r}))
-            writer.writeheader()
-            writer.writerows(every)
+        write_csv(every, a.out)
         print(f"# wrote {a.out}")
 
 

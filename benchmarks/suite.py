@@ -592,7 +592,7 @@ def commit() -> str:
         return "unknown"
 
 
-def _write_csv(rows: list, path: str) -> None:
+def write_csv(rows: list, path: str) -> None:
     """``rows`` as CSV, one column per key of any row (case, method, seed first)."""
     fields = sorted({k for r in rows for k in r}, key=lambda k: (
         ["case", "method", "seed"].index(k) if k in ("case", "method", "seed") else 3, k))
@@ -676,7 +676,7 @@ def main(argv: list | None = None) -> None:
     for (name, seed), (new, took) in zip(tasks, results):
         rows.extend(new)
         # The rows so far, so that a run stopped early keeps what it measured.
-        _write_csv(rows, a.out + ".partial.csv")
+        write_csv(rows, a.out + ".partial.csv")
         nld = new[0]
         print(f"# done {name} seed {seed} in {took:.0f} s: nldseg {nld['K']} states, "
               f"acc {nld['acc']:.3f}, {nld['changes']} label changes, {nld['steps']} "
@@ -689,7 +689,7 @@ def main(argv: list | None = None) -> None:
     print()
     print_table(summary)
     print(f"\n# total {time.perf_counter() - t_start:.0f} s")
-    _write_csv(rows, a.out + ".csv")
+    write_csv(rows, a.out + ".csv")
     os.remove(a.out + ".partial.csv")
     with open(a.out + ".json", "w") as fh:
         json.dump({"machine": machine(), "commit": commit(), "nldseg": overrides,
