@@ -690,7 +690,8 @@ def main(argv: list | None = None) -> None:
     print_table(summary)
     print(f"\n# total {time.perf_counter() - t_start:.0f} s")
     write_csv(rows, a.out + ".csv")
-    os.remove(a.out + ".partial.csv")
+    if os.path.exists(a.out + ".partial.csv"):
+        os.remove(a.out + ".partial.csv")
     with open(a.out + ".json", "w") as fh:
         json.dump({"machine": machine(), "commit": commit(), "nldseg": overrides,
                    "baseline_lags": a.baseline_lags,
