@@ -673,10 +673,11 @@ def main(argv: list | None = None) -> None:
                            a.baseline_lags, tuple(a.also))
         for name, seed in tasks)
     rows = []
+    partial = a.out + ".partial.csv"
     for (name, seed), (new, took) in zip(tasks, results):
         rows.extend(new)
         # The rows so far, so that a run stopped early keeps what it measured.
-        write_csv(rows, a.out + ".partial.csv")
+        write_csv(rows, partial)
         nld = new[0]
         print(f"# done {name} seed {seed} in {took:.0f} s: nldseg {nld['K']} states, "
               f"acc {nld['acc']:.3f}, {nld['changes']} label changes, {nld['steps']} "
@@ -690,8 +691,8 @@ def main(argv: list | None = None) -> None:
     print_table(summary)
     print(f"\n# total {time.perf_counter() - t_start:.0f} s")
     write_csv(rows, a.out + ".csv")
-    if os.path.exists(a.out + ".partial.csv"):
-        os.remove(a.out + ".partial.csv")
+    if os.path.exists(partial):
+        os.remove(partial)
     with open(a.out + ".json", "w") as fh:
         json.dump({"machine": machine(), "commit": commit(), "nldseg": overrides,
                    "baseline_lags": a.baseline_lags,
