@@ -27,7 +27,6 @@ With ``"constant"`` training ends at the plateau instead.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 import time
@@ -63,15 +62,6 @@ MAX_HELD_BLOCKS = 10
 #: standard errors of the paired per-window differences: a one-sided test at
 #: about 2.3 %, so that a tie keeps the simpler model.
 LEVEL_Z = 2.0
-#: A model of a higher level (it reads lags: an autoregressive decoder) warms
-#: its KL term up over this many times ``kl_warmup`` steps, at most half the
-#: budget (the comparison point). Such a decoder explains much of a frame from
-#: the frame before, so the KL term can collapse its latent path before the
-#: path has found the states (the remedy of Bowman et al., 2016, for text
-#: VAEs). On the simulated recording of motion (the suite's ``motion``, seeds
-#: 0-7) the default warm-up merged activities on 2 of 8 seeds, this one on
-#: none (see ``benchmarks/RESULTS.md``).
-LAG_KL_WARMUP_FACTOR = 5
 #: Training KL per observed step below which the latent path carries nothing
 #: (posterior collapse). Collapsed fits measured about 1e-4, fits with states
 #: 0.2-0.3. Until the KL has risen above it, a decoder noise that follows the
@@ -750,9 +740,8 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
     (:func:`_level_gain`); without held-out data, only if its score is
     higher. Only then are that level's other models (its restarts) trained
     to the comparison point, and the best of the level by score is kept: a
-    level that loses costs one model, not all its restarts. A higher
-    level's models warm their KL term up for longer
-    (``LAG_KL_WARMUP_FACTOR``, :func:`_lagged_settings`).
+    level that loses costs one model, not all its restarts. Every model
+    warms its KL term up over the same ``kl_warmup`` steps.
     ``TrainingResult.level_gain`` reports the kept higher-level model against
     the best lowest-level one; ``restart_scores`` holds NaN for the models
     never trained. ``finish_rival``: when a higher level is kept, the best
@@ -820,7 +809,6 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
                                         int(seed) + 1, sequence_first_rows)
     levels = [0] * len(modules) if levels is None else list(levels)
     base = min(levels)
-    lagged = _lagged_settings(s)
     runs = []
     for i, (module, x) in enumerate(zip(modules, datas)):
         # The first run draws exactly what a single fit draws.
@@ -828,7 +816,7 @@ def train(modules, data: torch.Tensor, lengths: np.ndarray, settings: TrainingSe
         run_seed = int(seed) if i == 0 else int(run_rng.integers(2**31 - 1))
         label = f"run {i + 1}/{len(modules)}: " if len(modules) > 1 else ""
         runs.append(_TrainingRun(module, x, train_segments, first_rows,
-                                 held_outs[id(x)], s if levels[i] == base else lagged,
+                                 held_outs[id(x)], s,
                                  device, run_rng, run_seed, replicas, label))
     # A higher level's first model competes at once; its other restarts are
     # trained only if that level wins (see the docstring).
@@ -990,17 +978,6 @@ def _train_in_worker(run: _TrainingRun, data: torch.Tensor, held_out: _HeldOut,
     finally:
         release_buffers()
     return run, outcome
-
-
-def _lagged_settings(s: TrainingSettings) -> TrainingSettings:
-    """The settings of a higher level's models: a longer KL warm-up.
-
-    ``LAG_KL_WARMUP_FACTOR`` times ``kl_warmup``, but no longer than half of
-    ``max_iter`` (where the levels are compared at the latest) nor shorter
-    than ``kl_warmup``.
-    """
-    warmup = max(s.kl_warmup, min(LAG_KL_WARMUP_FACTOR * s.kl_warmup, s.max_iter // 2))
-    return dataclasses.replace(s, kl_warmup=warmup)
 
 
 def _kept(result: TrainingResult, index: int, scores: list) -> TrainingResult:
