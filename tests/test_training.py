@@ -568,9 +568,8 @@ def test_a_higher_levels_restarts_train_only_when_it_wins(wins, monkeypatch):
     assert result.level_gain == ((1.0, 0.1) if wins else (0.1, 0.1))
 
 
-def test_a_higher_level_warms_its_kl_term_up_for_longer(monkeypatch):
-    """Models reading lags get LAG_KL_WARMUP_FACTOR times the warm-up, at most
-    half the budget and never less than kl_warmup; single frames the setting."""
+def test_every_level_warms_its_kl_term_up_alike(monkeypatch):
+    """Models reading lags and single-frame models share one warm-up, ``kl_warmup``."""
     import warnings
     from dataclasses import replace
 
@@ -590,13 +589,10 @@ def test_a_higher_level_warms_its_kl_term_up_for_longer(monkeypatch):
     assert (s.kl_warmup, s.max_iter) == (10, 80)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _training.train(models, [data, data.clone()], lengths, s, torch.device("cpu"),
-                        seed=3, levels=[0, 1])
-    # 5 x 10 = 50 is cut to half of max_iter = 40.
-    assert set(warmups) == {10, 40}, warmups
-    defaults = replace(s, kl_warmup=200, max_iter=3000)
-    assert _training._lagged_settings(defaults).kl_warmup == 1000
-    assert _training._lagged_settings(replace(defaults, max_iter=300)).kl_warmup == 200
+        result = _training.train(models, [data, data.clone()], lengths, s,
+                                 torch.device("cpu"), seed=3, levels=[0, 1])
+    assert np.isfinite(result.restart_scores).all()  # Both levels trained.
+    assert set(warmups) == {10}, warmups
 
 
 # ------------------------------------------------------------ the depths' refit
