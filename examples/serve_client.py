@@ -51,7 +51,8 @@ np.save(work / "train.npy", X)
 # 1. Fit from the command line.
 model = work / "model.nldseg"
 subprocess.run(NLDSEG + ["fit", str(work / "train.npy"), "--out", str(model),
-                         "--set", "max_iter=300", "--set", "random_state=0",
+                         "--set", "max_iter=300", "--set", "kl_warmup=200",
+                         "--set", "random_state=0",
                          "--quiet"], check=True)
 subprocess.run(NLDSEG + ["info", str(model)], check=True)
 
