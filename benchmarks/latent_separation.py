@@ -64,10 +64,13 @@ def fit_case(case, seed: int, overrides: dict) -> dict:
             "overrides": overrides}
 
 
-def pair_separation(codes: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> list:
-    """``(accuracy, a, b, distance)`` per pair of states, least separable first."""
-    k = int(y.max()) + 1
-    centres = np.stack([codes[y == s].mean(0) for s in range(k)])
+def pair_separation(codes: np.ndarray, y: np.ndarray, centres: np.ndarray,
+                    rng: np.random.Generator) -> list:
+    """``(accuracy, a, b, distance)`` per pair of states, least separable first.
+
+    ``centres`` (k, latent_dim): each state's mean code.
+    """
+    k = len(centres)
     pairs = []
     for a in range(k):
         for b in range(a + 1, k):
@@ -86,6 +89,7 @@ def report(fit: dict) -> None:
     codes = np.concatenate(seg.set_params(n_paths=1).transform(fit["train"]))
     wells = seg.energy_.predict(codes)
     k = int(y.max()) + 1
+    centres = np.stack([codes[y == s].mean(0) for s in range(k)])
     print(f"# {fit['case']} seed {fit['seed']}, overrides {fit['overrides']}: "
           f"{seg.n_states_} wells for {k} states, accuracy {fit['accuracy']:.4f}, "
           f"{seg.n_iter_} steps, fit {fit['fit_s']:.0f} s")
@@ -97,14 +101,13 @@ def report(fit: dict) -> None:
     print("|---|---|---|---|---|---|")
     for s in range(k):
         z = codes[y == s]
-        centre = z.mean(0)
-        energy = float(np.asarray(seg.energy_(centre[None])).ravel()[0])
-        print(f"| {s} | {len(z)} | {np.round(centre, 2).tolist()} | "
+        energy = float(np.asarray(seg.energy_(centres[s][None])).ravel()[0])
+        print(f"| {s} | {len(z)} | {np.round(centres[s], 2).tolist()} | "
               f"{np.round(z.std(0), 2).tolist()} | {energy:.3f} | "
               f"{np.bincount(wells[y == s], minlength=seg.n_states_).tolist()} |")
     print("| pair | linear discriminant accuracy (2-fold; 0.5 chance) | centre distance |")
     print("|---|---|---|")
-    for acc, a, b, dist in pair_separation(codes, y, np.random.default_rng(0))[:6]:
+    for acc, a, b, dist in pair_separation(codes, y, centres, np.random.default_rng(0))[:6]:
         print(f"| {a}, {b} | {acc:.4f} | {dist:.3f} |")
 
 
