@@ -117,6 +117,32 @@ class TrainingSettings:
         return max(1, int(round(ANNEAL_FRACTION * self.max_iter)))
 
 
+def still_improving_message(scores: list[float], s: TrainingSettings) -> str:
+    """The warning of a budget that ran out while the held-out ELBO still improved.
+
+    ``scores``: the held-out ELBO per step at every check, one per
+    ``s.validation_interval`` steps from the first. The message says by how
+    much the best of the last ``n_iter_no_change`` checks after the KL
+    warm-up beat the best before them, so that the user can weigh a larger
+    ``max_iter`` (and its time) against that gain.
+    """
+    n, interval = s.n_iter_no_change, s.validation_interval
+    # Check k is taken at step (k + 1) * interval; the plateau is looked for
+    # from the first check at or after the end of the KL warm-up.
+    after = scores[max(0, -(-s.kl_warmup // interval) - 1):]
+    if len(after) > n:
+        rise = max(after[-n:]) - max(after[:-n])
+        measured = (f"the best of its last {n} checks ({n * interval} steps) was "
+                    f"{rise:.3g} nats per step above the best before them")
+    else:
+        measured = (f"only {len(after)} check(s) of it came after the KL warm-up "
+                    f"(kl_warmup={s.kl_warmup}), too few to see a plateau")
+    return (f"The held-out ELBO was still improving (by more than tol={s.tol:g} "
+            f"within n_iter_no_change={n} checks) when the budget of "
+            f"max_iter={s.max_iter} gradient steps ran out: {measured}. To train "
+            f"longer, increase max_iter (the time grows with it).")
+
+
 @dataclass
 class TrainingResult:
     """What :func:`train` reports.
@@ -1240,9 +1266,6 @@ class _TrainingRun:
                                "and gradient. Try a smaller learning_rate_init or dt, "
                                "or check X.")
         if self.scores and not self.converged:
-            warnings.warn(
-                f"The held-out ELBO was still improving (by more than tol={s.tol:g} "
-                f"within n_iter_no_change={s.n_iter_no_change} checks) when the "
-                f"budget of max_iter={s.max_iter} gradient steps ran out; increase "
-                f"max_iter.", ConvergenceWarning, stacklevel=6)
+            warnings.warn(still_improving_message(self.scores, s), ConvergenceWarning,
+                          stacklevel=6)
         return TrainingResult(self.loss_curve, self.step, self.converged, self.scores)

@@ -595,6 +595,31 @@ def test_every_level_warms_its_kl_term_up_alike(monkeypatch):
     assert set(warmups) == {10}, warmups
 
 
+
+def test_the_still_improving_warning_gives_the_last_rise_after_the_warm_up():
+    """The gain of the last checks over the best before them, warm-up checks left out."""
+    from dataclasses import replace
+
+    from nldseg import LangevinSegmenter
+    from nldseg._training import TrainingSettings, still_improving_message
+
+    s = TrainingSettings.from_params(dict(LangevinSegmenter().get_params(),
+                                          max_iter=3000, kl_warmup=1000))
+    assert (s.validation_interval, s.n_iter_no_change) == (100, 5)
+    # Checks at steps 100, ..., 1500: the first nine come before the warm-up's
+    # end, and their -1.0 beats every later one but must not count.
+    scores = [-1.0] * 9 + [-5.0, -4.0, -4.5, -3.9, -3.95, -3.7]
+    message = still_improving_message(scores, s)
+    # Best of the last 5 (-3.7) against the best of the one before them (-5.0).
+    assert "last 5 checks (500 steps) was 1.3 nats per step above" in message
+    assert "increase max_iter" in message
+    few = still_improving_message(scores[:12], s)  # 3 checks after the warm-up.
+    assert "only 3 check(s) of it came after the KL warm-up (kl_warmup=1000)" in few
+    # A warm-up ending between two checks: the first check after it (step 1100).
+    late = still_improving_message(scores, replace(s, kl_warmup=1050))
+    assert "only 5 check(s) of it came after" in late
+
+
 # ------------------------------------------------------------ the depths' refit
 def _one_dim_model():
     torch.manual_seed(0)
