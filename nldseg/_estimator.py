@@ -748,7 +748,10 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
     converged_ : bool
         Whether the held-out ELBO stopped improving before ``max_iter`` ran
         out. A fit that ran out of budget while it was still improving warns
-        with :class:`~sklearn.exceptions.ConvergenceWarning`.
+        with :class:`~sklearn.exceptions.ConvergenceWarning`, which gives the
+        last rise of the held-out ELBO (nats per step) to weigh against the
+        time of a larger ``max_iter``; ``validation_scores_`` holds every
+        check.
 
     See Also
     --------
