@@ -595,7 +595,6 @@ def test_every_level_warms_its_kl_term_up_alike(monkeypatch):
     assert set(warmups) == {10}, warmups
 
 
-
 def test_the_still_improving_warning_gives_the_last_rise_after_the_warm_up():
     """The gain of the last checks over the best before them, warm-up checks left out."""
     from dataclasses import replace
