@@ -30,7 +30,13 @@ import numpy as np
 import torch
 
 from nldseg._threads import check_threads, torch_threads
-from nldseg._validation import Sequences, check_observation, delay_embed, pad_windows
+from nldseg._validation import (
+    Sequences,
+    active_by_step,
+    check_observation,
+    delay_embed,
+    pad_windows,
+)
 
 _SCORE_PARTITION_DRAWS = 8192  # Importance draws of log Z for score().
 BLOCK_STEPS = 2048  # Observations simulated at once (memory per chunk of sequences).
@@ -470,14 +476,6 @@ class ParticleFilter:
         return out
 
 
-def _active_by_step(lengths: np.ndarray) -> list[np.ndarray]:
-    """The sequences still running at each step, longest first, so that the
-    sequences active at step ``t`` are a prefix of those at ``t - 1``."""
-    order = np.argsort(-lengths, kind="stable")
-    return [order[:int(np.count_nonzero(lengths > t))]
-            for t in range(int(lengths.max()) if len(lengths) else 0)]
-
-
 class MarkovFilter:
     """Forward filter of the landscape's states as a Markov chain (``inference="markov"``).
 
@@ -593,7 +591,7 @@ class MarkovFilter:
         log_b = self.sequence_emissions(seqs, block_steps)
         out = np.empty_like(log_b)
         alpha = None
-        for t, active in enumerate(_active_by_step(seqs.lengths)):
+        for t, active in enumerate(active_by_step(seqs.lengths)):
             rows = seqs.offsets[active] + t
             alpha = self.update(None if alpha is None else alpha[:len(active)], log_b[rows])
             out[rows] = alpha
@@ -620,7 +618,7 @@ class MarkovFilter:
         b, top = self.frame_likelihoods(self.sequence_emissions(seqs, block_steps))
         transition = self.transition.copy()
         offs = seqs.offsets
-        active_at = _active_by_step(seqs.lengths)
+        active_at = active_by_step(seqs.lengths)
         n_total = max(1, b.shape[0])
         previous, log_lik, n_iter = -np.inf, -np.inf, 0
         while n_iter < max_iter:

@@ -39,6 +39,7 @@ import torch
 
 from nldseg._dynamics import euler_step
 from nldseg._landscape import gradient_function
+from nldseg._validation import active_by_step
 
 START_RULES = frozenset({"stationary", "minima"})
 #: Euler steps of all paths together in each round of :func:`calibrate_clock`,
@@ -142,7 +143,8 @@ def clock_steps(dt: float, time_scale: float = 1.0) -> tuple[int, float]:
 def simulate_prior(grad, state: torch.Tensor, coef: dict, *, latent_dim: int,
                    dt: float, n_steps: int, generator: torch.Generator,
                    n_sub: int | None = None,
-                   remainder: tuple[float, dict] | None = None) -> torch.Tensor:
+                   remainder: tuple[float, dict] | None = None,
+                   lengths: np.ndarray | None = None) -> torch.Tensor:
     """Euler-Maruyama paths of the prior SDE, positions at every observation.
 
     Each of the ``n_steps`` observation intervals takes ``n_sub`` (by
@@ -151,7 +153,8 @@ def simulate_prior(grad, state: torch.Tensor, coef: dict, *, latent_dim: int,
     posterior control: overdamped ``z += -grad E(z) dt / gamma + sigma dW``,
     underdamped ``q += M^-1 p dt``, ``p += (-grad E(q) - gamma M^-1 p) dt +
     sigma dW``. Noise comes from ``generator`` only (the global RNG is left
-    alone). Cost: ``n_steps * round(1/dt)`` gradient evaluations on the batch.
+    alone). Cost: ``n_steps * round(1/dt)`` gradient evaluations on the batch
+    (with ``lengths``, on the paths still running).
 
     Parameters
     ----------
@@ -175,26 +178,55 @@ def simulate_prior(grad, state: torch.Tensor, coef: dict, *, latent_dim: int,
     remainder : (float, dict) or None, default=None
         One more Euler step at the end of every observation interval: its
         size and its ``coef``.
+    lengths : ndarray of shape (n_paths,) or None, default=None
+        Observations to record on each path, each in ``1..n_steps + 1``: a
+        path is no longer simulated once it has its ``lengths[i]``
+        positions, so paths of mixed lengths cost the sum of their lengths,
+        not the longest times their number. ``None``: all ``n_steps + 1``.
+        Paths that run equally long draw the same noise either way.
 
     Returns
     -------
     positions : Tensor of shape (n_paths, n_steps + 1, latent_dim)
-        The latent position at observations ``0..n_steps`` (row 0 is the start).
+        The latent position at observations ``0..n_steps`` (row 0 is the
+        start); NaN after a path's ``lengths[i]`` positions.
     """
     d = latent_dim
     n_sub = max(1, round(1.0 / dt)) if n_sub is None else n_sub
     steps = [(dt, coef)] * n_sub + ([remainder] if remainder is not None else [])
     n = state.shape[0]
-    out = state.new_empty((n_steps + 1, n, d))
+    if lengths is None:
+        running, order = [n] * (n_steps + 1), None
+    else:
+        lengths = np.asarray(lengths)
+        if lengths.shape != (n,) or (n and not 1 <= lengths.min() <= lengths.max()
+                                     <= n_steps + 1):
+            raise ValueError(f"lengths must hold one length in 1..n_steps + 1 = "
+                             f"{n_steps + 1} for each of the {n} paths; got shape "
+                             f"{lengths.shape}"
+                             + (f", values {lengths.min()}..{lengths.max()}."
+                                if lengths.size else "."))
+        active = active_by_step(lengths)
+        # Longest first: the paths still running are a prefix of the batch.
+        running = [len(a) for a in active] + [0] * (n_steps + 1 - len(active))
+        order = torch.as_tensor(active[0]) if n else torch.zeros(0, dtype=torch.long)
+        state = state[order]
+    out = state.new_full((n_steps + 1, n, d), float("nan"))
     out[0] = state[:, :d]
     no_control = state.new_zeros((n, d))
     with torch.no_grad():
         for k in range(n_steps):
+            m = running[k + 1]
+            if m == 0:
+                break
+            state = state[:m]
             for h, c in steps:
-                noise = torch.randn((n, d), generator=generator, dtype=state.dtype)
-                state = euler_step(state, no_control, grad(state[:, :d]),
+                noise = torch.randn((m, d), generator=generator, dtype=state.dtype)
+                state = euler_step(state, no_control[:m], grad(state[:, :d]),
                                    noise * c["noise_scale"], h, c)
-            out[k + 1] = state[:, :d]
+            out[k + 1, :m] = state[:, :d]
+    if order is not None:
+        out[:, order] = out.clone()
     return out.transpose(0, 1)
 
 
@@ -978,12 +1010,12 @@ def markov_state_model(paths: PriorPaths, landscape, *, thresholds: np.ndarray,
 
 
 def simulate_module_prior(module, state: torch.Tensor, *, dt: float, n_steps: int,
-                          generator: torch.Generator,
-                          time_scale: float = 1.0) -> np.ndarray:
+                          generator: torch.Generator, time_scale: float = 1.0,
+                          lengths: np.ndarray | None = None) -> np.ndarray:
     """:func:`simulate_prior` with a fitted module's energy and coefficients.
 
     On the clock of :func:`clock_steps`; returns the positions, (n_paths,
-    n_steps + 1, latent_dim), float32.
+    n_steps + 1, latent_dim), float32 (NaN after a path's ``lengths``).
     """
     n_sub, remainder = clock_steps(dt, time_scale)
     with torch.no_grad():
@@ -991,7 +1023,8 @@ def simulate_module_prior(module, state: torch.Tensor, *, dt: float, n_steps: in
         last = (remainder, module.step_coefficients(remainder)) if remainder else None
     return simulate_prior(gradient_function(module.energy), state, coef,
                           latent_dim=module.latent_dim, dt=dt, n_steps=n_steps,
-                          generator=generator, n_sub=n_sub, remainder=last).numpy()
+                          generator=generator, n_sub=n_sub, remainder=last,
+                          lengths=lengths).numpy()
 
 
 def label_paths(module, landscape, paths, core_fraction: float, *,
@@ -1035,8 +1068,15 @@ def label_paths(module, landscape, paths, core_fraction: float, *,
     else:
         cuts = np.cumsum(lengths)[:-1]
         basins, energies = np.split(basins, cuts), np.split(energies, cuts)
-        labels = [core_set_labels(b[None], e[None], thresholds)[0]
-                  for b, e in zip(basins, energies)]
+        labels = [None] * len(paths)
+        by_length = {}  # The paths of each length, labelled together.
+        for i, n in enumerate(lengths):
+            by_length.setdefault(n, []).append(i)
+        for same in by_length.values():
+            rows = core_set_labels(np.stack([basins[i] for i in same]),
+                                   np.stack([energies[i] for i in same]), thresholds)
+            for i, row in zip(same, rows):
+                labels[i] = row
     return (labels, basins, energies) if return_basins else labels
 
 
@@ -1209,15 +1249,15 @@ def calibrate_clock(module, landscape, posterior_paths: list, *, dt: float,
     scale = 1.0
     for _ in range(n_iter):
         n_sub, remainder = clock_steps(dt, scale)
-        # Every path runs as long as the longest piece: the budget counts that.
-        per_copy = len(pieces) * longest * (n_sub + (remainder > 0))
+        # Each path stops at its piece's length: the budget counts those.
+        per_copy = int(lengths.sum()) * (n_sub + (remainder > 0))
         copies = max(1, budget // per_copy)
         gen = torch.Generator().manual_seed(seed)
         state = with_momentum(starts.repeat(copies, 1), mass, float(beta), gen)
+        tiled = np.tile(lengths, copies)
         paths = simulate_module_prior(module, state, dt=dt, n_steps=longest - 1,
-                                      generator=gen, time_scale=scale)
-        labels = label_paths(module, landscape,
-                             [p[:n] for p, n in zip(paths, np.tile(lengths, copies))],
+                                      generator=gen, time_scale=scale, lengths=tiled)
+        labels = label_paths(module, landscape, [p[:n] for p, n in zip(paths, tiled)],
                              core_fraction, thresholds=thresholds)
         got, taken = switches(labels)
         # A prior that never switched: at least as fast as one switch in the run.

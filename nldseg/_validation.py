@@ -54,6 +54,18 @@ class Sequences:
         return np.split(values, np.cumsum(self.lengths)[:-1])
 
 
+def active_by_step(lengths: np.ndarray) -> list[np.ndarray]:
+    """The sequences still running at each step, longest first.
+
+    Element ``t`` holds the indices of the sequences longer than ``t`` steps,
+    in order of decreasing length (ties in index order), so that those
+    running at step ``t`` are a prefix of those running at ``t - 1``.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    return [order[:int(np.count_nonzero(lengths > t))]
+            for t in range(int(lengths.max()) if len(lengths) else 0)]
+
+
 def _check_lengths(lengths, n_rows: int) -> np.ndarray:
     arr = np.asarray(lengths)
     if arr.ndim != 1 or arr.size == 0:

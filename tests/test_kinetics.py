@@ -206,6 +206,37 @@ def test_simulate_prior_is_deterministic_and_leaves_global_rng_alone():
     assert not torch.equal(runs[0][:, 1], runs[0][:, 2])
 
 
+def test_simulate_prior_stops_each_path_at_its_length():
+    coef = step_coefficients("overdamped", torch.tensor(1.0), torch.tensor(1.0),
+                             torch.ones(2), 0.05)
+    start = torch.arange(10.0).view(5, 2) / 10
+    rows = []  # Positions per gradient evaluation: the cost.
+
+    def counted(z):
+        rows.append(len(z))
+        return _torch_gradient(z)
+
+    def run(lengths=None, grad=_torch_gradient):
+        return simulate_prior(grad, start, coef, latent_dim=2, dt=0.05, n_steps=6,
+                              generator=torch.Generator().manual_seed(3),
+                              lengths=lengths)
+
+    # Paths that all run to the end draw the same noise as without lengths.
+    assert torch.equal(run(np.full(5, 7)), run())
+    lengths = np.array([3, 7, 1, 7, 5])
+    paths = run(lengths, counted)
+    for path, n in zip(paths, lengths):
+        assert torch.isfinite(path[:n]).all() and torch.isnan(path[n:]).all()
+    assert torch.equal(paths[:, 0], start)
+    # Each interval costs round(1 / dt) = 20 Euler steps of the paths still running.
+    assert sum(rows) == 20 * int((lengths - 1).sum())
+    np.testing.assert_array_equal(run(lengths).numpy(), paths.numpy())  # NaN == NaN
+    with pytest.raises(ValueError, match="lengths must hold one length in 1..n_steps"):
+        run(np.array([3, 8, 1, 7, 5]))
+    with pytest.raises(ValueError, match="for each of the 5 paths"):
+        run(np.array([3, 7]))
+
+
 # ------------------------------------------------------------ saddles (MEP)
 # Curved valley: E = A (x^2 - 1)^2 + B (y - C (1 - x^2))^2. Minima (+-1, 0);
 # saddle (0, C) at E = A; the straight line's top, (0, 0), is at A + B C^2.
