@@ -128,6 +128,10 @@ def plot_energy_landscape(estimator, X=None, *, ax=None, resolution: int = 120,
 def plot_segmentation(y_pred, y_true=None, *, ax=None, title: str | None = None):
     """Predicted state sequence against the truth (paper Fig. 3).
 
+    The state axis has integer ticks only. To draw the observations beneath,
+    pass the upper of two Axes that share the time axis (as
+    ``examples/landscape_kinetics.py`` does).
+
     Parameters
     ----------
     y_pred : array-like of shape (n_timesteps,)
@@ -141,6 +145,8 @@ def plot_segmentation(y_pred, y_true=None, *, ax=None, title: str | None = None)
     -------
     ax : matplotlib Axes
     """
+    from matplotlib.ticker import MaxNLocator
+
     ax = _axes(ax)
     t = np.arange(len(y_pred))
     if y_true is not None:
@@ -148,6 +154,7 @@ def plot_segmentation(y_pred, y_true=None, *, ax=None, title: str | None = None)
     ax.step(t, np.asarray(y_pred), where="post", lw=1.2, label="predicted (online)")
     ax.set_xlabel("time step")
     ax.set_ylabel("state")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="upper right")
     if title:
         ax.set_title(title)

@@ -92,3 +92,31 @@ def test_plot_dwell_times_of_labelled_data(tiny_fitted):
                                    [1.0, 0.5, 0.5, 0.0])
     finally:
         plt.close(fig)
+
+
+def test_plot_segmentation_draws_both_label_sequences_on_integer_ticks(tiny_fitted,
+                                                                      tiny_data):
+    from nldseg.metrics import match_labels
+    from nldseg.plotting import plot_segmentation
+
+    _, X_test, y_test = tiny_data
+    y_pred = match_labels(y_test[0], tiny_fitted.predict(X_test[0]))
+    assert len(np.unique(y_pred)) >= 2  # Labels that can differ from one state.
+    fig, ax = plt.subplots()
+    try:
+        assert plot_segmentation(y_pred, y_test[0], ax=ax, title="seq 0") is ax
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == ["true", "predicted (online)"]
+        np.testing.assert_array_equal(lines[0].get_ydata(), y_test[0])
+        np.testing.assert_array_equal(lines[1].get_ydata(), y_pred)
+        low, high = ax.get_ylim()
+        ticks = [t for t in ax.get_yticks() if low <= t <= high]
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+        assert ax.get_title() == "seq 0" and ax.get_ylabel() == "state"
+    finally:
+        plt.close(fig)
+    ax = plot_segmentation(y_pred)  # A new figure, no truth.
+    try:
+        assert len(ax.get_lines()) == 1
+    finally:
+        plt.close(ax.figure)
