@@ -4,6 +4,7 @@ import importlib.util
 import warnings
 
 import pytest
+import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from nldseg import LangevinSegmenter
@@ -41,6 +42,23 @@ TINY_SEARCH = dict(device="cpu", hidden_size=16, context_size=8, window_length=3
 TINY_SEARCH_WELLS = dict(TINY_SEARCH, hidden_size=32, context_size=16,
                          window_length=15, dt=1.0, batch_size=8, max_iter=112,
                          learning_rate="constant", learning_rate_init=1e-2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Run the tests on one torch thread, as nldseg runs its own calls.
+
+    Tests that call the private training and kinetics functions directly
+    would otherwise run on torch's default (one thread per core), and those
+    that hand work to worker processes would start each worker on it too:
+    two workers of two threads on a 2-core machine made one test take 15 to
+    110 s from run to run (the oversubscription :mod:`nldseg._threads`
+    describes). Tests of the thread guard set their own count.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
