@@ -99,5 +99,7 @@ def test_failed_fit_leaves_new_estimator_unfitted(case):
 def test_magnitude_limit_is_inclusive():
     X = np.random.default_rng(0).normal(size=(30, 2)) * MAX_ABS_VALUE / 10
     X[0, 0] = MAX_ABS_VALUE
+    # One model, no refit of the depths: the check is the input's, not training's.
     LangevinSegmenter(hidden_size=4, context_size=2, max_iter=1, kl_warmup=0,
-                      n_paths=1, random_state=0).fit(X)
+                      n_paths=1, random_state=0, n_init=1, n_lags=0,
+                      depth_steps=0).fit(X)
