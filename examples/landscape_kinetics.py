@@ -99,11 +99,5 @@ print(f"implied time scales {np.round(seg.implied_timescales(random_state=0), 1)
 
 # %%
 # One test sequence: labels against the truth, observations beneath.
-fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5), sharex=True,
-                                  gridspec_kw={"height_ratios": [1, 2]})
-plot_segmentation(y_pred[0], y_test[0], ax=top, title="Test sequence 0")
-bottom.plot(X_test[0][:, :5], lw=0.6)
-bottom.set_xlabel("time step")
-bottom.set_ylabel("features 0-4")
-top.set_xlabel("")
+top, bottom = plot_segmentation(y_pred[0], y_test[0], X_test[0], title="Test sequence 0")
 save(bottom, "segmentation.png")

@@ -125,12 +125,13 @@ def plot_energy_landscape(estimator, X=None, *, ax=None, resolution: int = 120,
     return ax
 
 
-def plot_segmentation(y_pred, y_true=None, *, ax=None, title: str | None = None):
-    """Predicted state sequence against the truth (paper Fig. 3).
+def plot_segmentation(y_pred, y_true=None, X=None, *, ax=None, title: str | None = None,
+                      max_features: int = 5):
+    """Predicted state sequence against the truth, the observations beneath (paper Fig. 3).
 
-    The state axis has integer ticks only. To draw the observations beneath,
-    pass the upper of two Axes that share the time axis (as
-    ``examples/landscape_kinetics.py`` does).
+    The state axis has integer ticks only. With ``X``, the observations are
+    drawn on a second Axes beneath, sharing the time axis, with the time
+    spans of each predicted state shaded in that state's colour.
 
     Parameters
     ----------
@@ -138,27 +139,103 @@ def plot_segmentation(y_pred, y_true=None, *, ax=None, title: str | None = None)
         Predicted labels, ideally already matched with
         :func:`nldseg.metrics.match_labels`.
     y_true : array-like of shape (n_timesteps,), default=None
-    ax : matplotlib Axes, default=None
+    X : array-like of shape (n_timesteps,) or (n_timesteps, n_features), \
+            default=None
+        The sequence that was labelled; its first ``max_features`` features
+        are drawn beneath the labels.
+    ax : matplotlib Axes, or a pair of Axes when ``X`` is given, default=None
+        Where to draw: without ``X`` one Axes; with ``X`` the labels' Axes
+        and the observations' Axes (for example the two of
+        ``plt.subplots(2, 1, sharex=True)``). ``None`` makes a new figure.
     title : str, default=None
+    max_features : int, default=5
+        How many of ``X``'s features to draw.
 
     Returns
     -------
-    ax : matplotlib Axes
+    ax : matplotlib Axes, or ndarray of 2 Axes when ``X`` is given
+        The labels' Axes; with ``X``, ``[labels_ax, observations_ax]``.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> from nldseg.datasets import make_markov_chain_sequences
+    >>> from nldseg.plotting import plot_segmentation
+    >>> X, y = make_markov_chain_sequences(1, 100, random_state=0)
+    >>> top, bottom = plot_segmentation(y[0], y[0], X[0])
+    >>> top.get_ylabel(), bottom.get_ylabel()
+    ('state', 'features 0-4')
+    >>> plt.close("all")
     """
     from matplotlib.ticker import MaxNLocator
 
-    ax = _axes(ax)
+    y_pred = np.asarray(y_pred)
+    if y_pred.ndim != 1:
+        raise ValueError(f"y_pred must be one sequence of labels (1-D), got shape "
+                         f"{y_pred.shape}.")
+    if y_true is not None:
+        y_true = np.asarray(y_true)
+        if y_true.shape != y_pred.shape:
+            raise ValueError(f"y_true has shape {y_true.shape}, y_pred {y_pred.shape}: "
+                             "they must label the same steps.")
+    if X is None:
+        top = bottom = _axes(ax)
+    else:
+        X = np.asarray(X, dtype=float)
+        X = X[:, None] if X.ndim == 1 else X
+        if X.ndim != 2 or len(X) != len(y_pred):
+            raise ValueError(f"X must have one row per label ({len(y_pred)} rows, 1-D or "
+                             f"2-D), got shape {X.shape}.")
+        if isinstance(max_features, bool) or not isinstance(max_features, int) or \
+                max_features < 1:
+            raise ValueError(f"max_features must be a positive int, got "
+                             f"{max_features!r}.")
+        top, bottom = _axes_pair(ax)
     t = np.arange(len(y_pred))
     if y_true is not None:
-        ax.step(t, np.asarray(y_true), where="post", lw=3, alpha=0.4, label="true")
-    ax.step(t, np.asarray(y_pred), where="post", lw=1.2, label="predicted (online)")
-    ax.set_xlabel("time step")
-    ax.set_ylabel("state")
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(loc="upper right")
+        top.step(t, y_true, where="post", lw=3, alpha=0.4, label="true")
+    top.step(t, y_pred, where="post", lw=1.2, label="predicted (online)")
+    top.set_ylabel("state")
+    top.yaxis.set_major_locator(MaxNLocator(integer=True))
+    top.legend(loc="upper right")
     if title:
-        ax.set_title(title)
-    return ax
+        top.set_title(title)
+    if X is not None:
+        shown = X[:, :max_features]
+        bottom.plot(t, shown, lw=0.6)
+        # The predicted visits: step s covers [s, s + 1), as in the steps above.
+        starts = np.flatnonzero(np.r_[True, y_pred[1:] != y_pred[:-1]])
+        spans = np.diff(np.r_[starts, len(y_pred)])
+        for k in np.unique(y_pred):
+            mine = y_pred[starts] == k
+            # One band per state, in the colour cycle's k-th colour.
+            bottom.broken_barh(list(zip(starts[mine], spans[mine])), (0, 1), alpha=0.15,
+                               color=f"C{int(k) % 10}", lw=0,
+                               transform=bottom.get_xaxis_transform(),
+                               label=f"predicted state {int(k)}")
+        bottom.legend(loc="upper right", fontsize="small")
+        bottom.set_ylabel("feature 0" if shown.shape[1] == 1
+                          else f"features 0-{shown.shape[1] - 1}")
+        top.set_xlabel("")
+    bottom.set_xlabel("time step")
+    return top if X is None else np.array([top, bottom], dtype=object)
+
+
+def _axes_pair(ax):
+    """Two Axes, labels above and observations beneath, sharing the time axis."""
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, pair = plt.subplots(2, 1, figsize=(9, 5), sharex=True,
+                               gridspec_kw={"height_ratios": [1, 2]})
+        return pair
+    pair = list(np.ravel(np.asarray(ax, dtype=object)))
+    if len(pair) != 2:
+        raise ValueError("With X, ax must be a pair of Axes (labels above, "
+                         f"observations beneath), got {len(pair)} Axes.")
+    return pair
 
 
 def plot_dwell_times(estimator, y=None, *, ax=None, n_trajectories: int = 256,

@@ -120,3 +120,72 @@ def test_plot_segmentation_draws_both_label_sequences_on_integer_ticks(tiny_fitt
         assert len(ax.get_lines()) == 1
     finally:
         plt.close(ax.figure)
+
+
+def test_plot_segmentation_draws_the_observations_beneath(tiny_fitted, tiny_data):
+    from matplotlib.collections import PolyCollection
+
+    from nldseg.metrics import match_labels
+    from nldseg.plotting import plot_segmentation
+
+    _, X_test, y_test = tiny_data
+    y_pred = match_labels(y_test[0], tiny_fitted.predict(X_test[0]))
+    assert len(np.unique(y_pred)) >= 2
+    top, bottom = plot_segmentation(y_pred, y_test[0], X_test[0], max_features=3)
+    try:
+        assert top.figure is bottom.figure and bottom.get_shared_x_axes().joined(top,
+                                                                                  bottom)
+        assert [line.get_label() for line in top.get_lines()] == ["true",
+                                                                  "predicted (online)"]
+        lines = bottom.get_lines()
+        assert len(lines) == 3 and bottom.get_ylabel() == "features 0-2"
+        for j, line in enumerate(lines):
+            np.testing.assert_array_equal(line.get_ydata(), X_test[0][:, j])
+        # One band per predicted state; together they cover every step once.
+        bands = [c for c in bottom.collections if isinstance(c, PolyCollection)]
+        assert [b.get_label() for b in bands] == [f"predicted state {k}"
+                                                  for k in np.unique(y_pred)]
+        covered = np.zeros(len(y_pred), int)
+        for band, k in zip(bands, np.unique(y_pred)):
+            for path in band.get_paths():
+                x = path.vertices[:, 0]
+                steps = np.arange(int(round(x.min())), int(round(x.max())))
+                assert (y_pred[steps] == k).all()
+                covered[steps] += 1
+        np.testing.assert_array_equal(covered, 1)
+        assert bottom.get_xlabel() == "time step" and top.get_xlabel() == ""
+    finally:
+        plt.close(top.figure)
+    # Into given Axes; one feature given as a 1-D sequence.
+    fig, pair = plt.subplots(2, 1, sharex=True)
+    try:
+        out = plot_segmentation(y_pred, X=X_test[0][:, 0], ax=pair)
+        assert list(out) == list(pair) and pair[1].get_ylabel() == "feature 0"
+        assert len(pair[0].get_lines()) == 1  # No truth given.
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(y_pred=np.zeros((2, 5), int)), "one sequence of labels"),
+    (dict(y_pred=np.zeros(5, int), y_true=np.zeros(4, int)), "same steps"),
+    (dict(y_pred=np.zeros(5, int), X=np.zeros((4, 2))), "one row per label"),
+    (dict(y_pred=np.zeros(5, int), X=np.zeros((5, 2)), max_features=0),
+     "max_features must be a positive int"),
+])
+def test_plot_segmentation_refuses_what_does_not_fit(kwargs, match):
+    from nldseg.plotting import plot_segmentation
+
+    with pytest.raises(ValueError, match=match):
+        plot_segmentation(**kwargs)
+
+
+def test_plot_segmentation_with_observations_needs_two_axes():
+    from nldseg.plotting import plot_segmentation
+
+    fig, ax = plt.subplots()
+    try:
+        with pytest.raises(ValueError, match="a pair of Axes"):
+            plot_segmentation(np.zeros(5, int), X=np.zeros((5, 2)), ax=ax)
+    finally:
+        plt.close(fig)
