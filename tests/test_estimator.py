@@ -285,7 +285,6 @@ def test_requested_number_of_states(tiny_data):
     X, X_test, _ = tiny_data
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.simplefilter("ignore", UserWarning)  # A budget shorter than warm-up.
         two = LangevinSegmenter(**dict(TINY, n_states=2)).fit(X)
     assert two.n_states_ == 2
     assert set(np.unique(np.concatenate(two.predict(X_test)))) == {0, 1}
