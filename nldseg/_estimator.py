@@ -2016,6 +2016,19 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         --------
         transition_matrix : Transition probabilities from simulated paths.
 
+        Notes
+        -----
+        The formula is asymptotic: harmonic wells and saddles, barriers of
+        many ``1 / beta``, and exits that are separate channels. On fitted
+        landscapes with barriers of about ``3 / beta`` it came within 1.6x of
+        the simulated prior's escape rates on 7 of the 8 states of two fits
+        (``benchmarks/RESULTS.md``), but 2.7x too fast on a small shallow
+        well (3.2 ``/ beta``) whose three exits lay within 0.5 ``/ beta`` of
+        each other and less than two transverse widths apart (its basin's
+        anharmonicity accounted for 1.3x of that). For such wells, trust the
+        simulated kinetics (:meth:`transition_matrix`,
+        :meth:`mean_dwell_times`) over these rates.
+
         Examples
         --------
         >>> from nldseg import LangevinSegmenter
