@@ -2025,8 +2025,11 @@ class LangevinSegmenter(DensityMixin, BaseEstimator):
         (``benchmarks/RESULTS.md``), but 2.7x too fast on a small shallow
         well (3.2 ``/ beta``) whose three exits lay within 0.5 ``/ beta`` of
         each other and less than two transverse widths apart (its basin's
-        anharmonicity accounted for 1.3x of that). For such wells, trust the
-        simulated kinetics (:meth:`transition_matrix`,
+        anharmonicity accounted for 1.3x of that). On an analytic well
+        (``benchmarks/kramers_channels.py``) three exits 120 degrees apart
+        added up as the formula says, while three 40 degrees apart, on a
+        nearly flat ridge, made its sum 5x too fast. For such wells, trust
+        the simulated kinetics (:meth:`transition_matrix`,
         :meth:`mean_dwell_times`) over these rates.
 
         Examples
