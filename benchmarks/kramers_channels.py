@@ -77,14 +77,13 @@ def _escape_time(angles: list, w: float, n_paths: int, dt: float, seed: int) -> 
     return float(exit_time.mean())
 
 
-def _basin_mass_ratio(angles: list, w: float, n: int = 801) -> float:
-    """``integral_{r < r_s} exp(-beta E)`` over its harmonic estimate at the minimum."""
+def _basin_mass_ratio(angles: list, w: float, h_min: np.ndarray, n: int = 801) -> float:
+    """``integral_{r < r_s} exp(-beta E)`` over its harmonic estimate from ``h_min``."""
     g = torch.linspace(-RS, RS, n, dtype=torch.float64)
     x, y = torch.meshgrid(g, g, indexing="ij")
     z = torch.stack([x.ravel(), y.ravel()], 1)
     z = z[z.norm(dim=1) < RS]
     mass = float(torch.exp(-BETA * _energy(z, angles, w)).sum()) * float(g[1] - g[0]) ** 2
-    h_min = _hessian([1e-6, 1e-6], angles, w)
     return mass / (2 * math.pi / (BETA * math.sqrt(np.linalg.det(h_min))))
 
 
@@ -112,7 +111,7 @@ def main() -> None:
             soft.append(float(np.linalg.eigvalsh(h_s)[1]))
             rate += eyring_kramers_rate(D, h_min, h_s, BETA, GAMMA)
         escape = _escape_time(angles, args.w, args.n_paths, args.dt, args.seed)
-        anharmonic = _basin_mass_ratio(angles, args.w)
+        anharmonic = _basin_mass_ratio(angles, args.w, h_min)
         print(f"| {name} | {', '.join(f'{c:.3f}' for c in soft)} | {rate:.4f} | "
               f"{escape:.1f} | {rate * escape:.2f} | {anharmonic:.2f} | "
               f"{rate * escape / anharmonic:.2f} |", flush=True)
