@@ -30,17 +30,16 @@ the suite's (see ``suite.py``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 import warnings
 
 import numpy as np
-from joblib import Parallel, delayed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from suite import Case, commit, machine, run_case, write_csv  # noqa: E402
+from _drawn import draw_parser, parse_draw, run_draw  # noqa: E402
+from suite import Case, commit, machine, run_case  # noqa: E402
 
 from nldseg.datasets import (  # noqa: E402
     make_langevin_sequences,
@@ -124,25 +123,17 @@ def _run(draw_seed: int, n_cases: int, index: int, seed: int, with_hmm: bool) ->
     return rows, time.perf_counter() - t0
 
 
+def _row(r: dict) -> str:
+    l1 = r.get("l1_nld_sampled", r.get("l1_model", float("nan")))
+    return (f"| {r['case']} | {r['method']} | {r['K']} / {r['K_true']} | "
+            f"{r['acc']:.3f} | {r['ari']:.3f} | {l1:.3f} ({r['l1_floor']:.3f}) | "
+            f"{r['changes']} / {r['true_changes']} | {r['fit_s']:.0f} |")
+
+
 def main(argv: list | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--draw-seed", type=int, default=0,
-                   help="seed of the cases' configurations")
-    p.add_argument("--n-cases", type=int, default=6)
-    p.add_argument("--only", type=int, nargs="*", default=None,
-                   help="run only these case indices of the draw")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and the fits")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--no-hmm", action="store_true", help="skip hmmlearn's HMM")
-    p.add_argument("--list", action="store_true", help="print the cases and stop")
-    p.add_argument("--out", default=None,
-                   help="also write every row (the suite's columns) to this CSV file")
-    a = p.parse_args(argv)
-    if a.n_cases < 1:
-        p.error("--n-cases must be at least 1")
-    if a.only is not None and not set(a.only) <= set(range(a.n_cases)):
-        p.error(f"--only takes case indices 0-{a.n_cases - 1} of the draw")
-    cases = draw_cases(a.draw_seed, a.n_cases)
+    p = draw_parser(__doc__.splitlines()[0], "case", "cases")
+    a = parse_draw(p, argv, "case", "cases")
+    cases = draw_cases(a.draw_seed, a.n)
     print(f"# machine: {machine()}; commit {commit()}")
     print("# nldseg parameters: library defaults")
     for c in cases:
@@ -150,32 +141,8 @@ def main(argv: list | None = None) -> None:
               f"test {c.n_test} x {c.test_length}")
     if a.list:
         return
-    chosen = range(a.n_cases) if a.only is None else a.only
-    print(f"# {a.jobs} job(s) side by side, one torch thread each; times are "
-          f"wall-clock seconds under that load", flush=True)
-    results = Parallel(n_jobs=a.jobs, return_as="generator")(
-        delayed(_run)(a.draw_seed, a.n_cases, i, a.seed, not a.no_hmm)
-        for i in chosen)
-    print("| case | method | K found / true | acc | ARI | occupancy l1 (floor) "
-          "| label changes / true | fit s |")
-    print("|---|---|---|---|---|---|---|---|")
-    every = []
-    for rows, took in results:
-        every.extend(rows)
-        for r in rows:
-            l1 = r.get("l1_nld_sampled", r.get("l1_model", float("nan")))
-            print(f"| {r['case']} | {r['method']} | {r['K']} / {r['K_true']} | "
-                  f"{r['acc']:.3f} | {r['ari']:.3f} | {l1:.3f} ({r['l1_floor']:.3f}) | "
-                  f"{r['changes']} / {r['true_changes']} | {r['fit_s']:.0f} |",
-                  flush=True)
-        print(f"# {rows[0]['case']} done in {took:.0f} s; nldseg steps "
-              f"{rows[0].get('steps')}, lags {rows[0].get('n_lags')}"
-              + (f"; warnings: {rows[0]['warnings']}" if rows[0].get("warnings") else ""),
-              flush=True)
-    if a.out:
-        write_csv(every, a.out)
-        print(f"# wrote {a.out}")
-
+    run_draw(_run, a, "| case | method | K found / true | acc | ARI | occupancy l1 "
+             "(floor) | label changes / true | fit s |", _row)
 
 if __name__ == "__main__":
     main()

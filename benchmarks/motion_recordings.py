@@ -27,17 +27,16 @@ fill at least 2 % of it; the occupancy's truth is the recording's own shares
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 import warnings
 
 import numpy as np
-from joblib import Parallel, delayed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from suite import Case, commit, machine, run_case, write_csv  # noqa: E402
+from _drawn import draw_parser, parse_draw, run_draw  # noqa: E402
+from suite import Case, commit, machine, run_case  # noqa: E402
 
 from nldseg.datasets import make_oscillation_sequences  # noqa: E402
 
@@ -95,25 +94,17 @@ def _run(draw_seed: int, n_recordings: int, index: int, seed: int,
     return rows, time.perf_counter() - t0
 
 
+def _row(r: dict) -> str:
+    return (f"| {r['case']} | {r['method']} | {r['K']} / {r['K_true']} "
+            f"({r['present']}, {r['present_2pc']}) | {r['acc']:.3f} | "
+            f"{r['ari']:.3f} | {r['changes']} / {r['true_changes']} | "
+            f"{r['fit_s']:.0f} |")
+
+
 def main(argv: list | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--draw-seed", type=int, default=0,
-                   help="seed of the recordings' configurations")
-    p.add_argument("--n-recordings", type=int, default=6)
-    p.add_argument("--only", type=int, nargs="*", default=None,
-                   help="run only these recording indices of the draw")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and the fits")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--no-hmm", action="store_true", help="skip hmmlearn's HMM")
-    p.add_argument("--list", action="store_true", help="print the recordings and stop")
-    p.add_argument("--out", default=None,
-                   help="also write every row (the suite's columns) to this CSV file")
-    a = p.parse_args(argv)
-    if a.n_recordings < 1:
-        p.error("--n-recordings must be at least 1")
-    if a.only is not None and not set(a.only) <= set(range(a.n_recordings)):
-        p.error(f"--only takes recording indices 0-{a.n_recordings - 1} of the draw")
-    cases = draw_recordings(a.draw_seed, a.n_recordings)
+    p = draw_parser(__doc__.splitlines()[0], "recording", "recordings")
+    a = parse_draw(p, argv, "recording", "recordings")
+    cases = draw_recordings(a.draw_seed, a.n)
     print(f"# machine: {machine()}; commit {commit()}")
     print("# nldseg parameters: library defaults; every method fits and labels the "
           "same recording")
@@ -122,31 +113,8 @@ def main(argv: list | None = None) -> None:
         print(f"# {c.name}: {c.note}; {present} occur, {common} fill >= 2 %")
     if a.list:
         return
-    chosen = range(a.n_recordings) if a.only is None else a.only
-    print(f"# {a.jobs} job(s) side by side, one torch thread each; times are "
-          f"wall-clock seconds under that load", flush=True)
-    results = Parallel(n_jobs=a.jobs, return_as="generator")(
-        delayed(_run)(a.draw_seed, a.n_recordings, i, a.seed, not a.no_hmm)
-        for i in chosen)
-    print("| recording | method | K found / generated (present, >= 2 %) | acc | ARI "
-          "| label changes / true | fit s |")
-    print("|---|---|---|---|---|---|---|")
-    every = []
-    for rows, took in results:
-        every.extend(rows)
-        for r in rows:
-            print(f"| {r['case']} | {r['method']} | {r['K']} / {r['K_true']} "
-                  f"({r['present']}, {r['present_2pc']}) | {r['acc']:.3f} | "
-                  f"{r['ari']:.3f} | {r['changes']} / {r['true_changes']} | "
-                  f"{r['fit_s']:.0f} |", flush=True)
-        print(f"# {rows[0]['case']} done in {took:.0f} s; nldseg steps "
-              f"{rows[0].get('steps')}, lags {rows[0].get('n_lags')}"
-              + (f"; warnings: {rows[0]['warnings']}" if rows[0].get("warnings") else ""),
-              flush=True)
-    if a.out:
-        write_csv(every, a.out)
-        print(f"# wrote {a.out}")
-
+    run_draw(_run, a, "| recording | method | K found / generated (present, >= 2 %) "
+             "| acc | ARI | label changes / true | fit s |", _row)
 
 if __name__ == "__main__":
     main()
