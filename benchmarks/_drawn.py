@@ -1,10 +1,9 @@
 """What the scripts of cases drawn at random share: their options and their run.
 
 ``fresh_cases.py`` and ``motion_recordings.py`` each draw configurations from
-a seed and score every one as a suite case; both take the same options
-(:func:`draw_parser`, :func:`parse_draw`) and run the draw the same way, side
-by side in worker processes, printing one table row per case and method
-(:func:`run_draw`).
+a seed and score every one as a suite case; both take the same options and
+run the draw the same way, side by side in worker processes, printing one
+table row per case and method (:func:`draw_main`).
 """
 
 from __future__ import annotations
@@ -13,10 +12,10 @@ import argparse
 from collections.abc import Callable
 
 from joblib import Parallel, delayed
-from suite import write_csv
+from suite import commit, machine, write_csv
 
 
-def draw_parser(description: str, noun: str, plural: str) -> argparse.ArgumentParser:
+def _draw_parser(description: str, noun: str, plural: str) -> argparse.ArgumentParser:
     """The options of a draw of ``plural`` (the count is ``--n-<plural>``, ``a.n``)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--draw-seed", type=int, default=0,
@@ -33,7 +32,7 @@ def draw_parser(description: str, noun: str, plural: str) -> argparse.ArgumentPa
     return p
 
 
-def parse_draw(p: argparse.ArgumentParser, argv: list | None,
+def _parse_draw(p: argparse.ArgumentParser, argv: list | None,
                noun: str, plural: str) -> argparse.Namespace:
     """``p``'s arguments, with the count and ``--only`` checked."""
     a = p.parse_args(argv)
@@ -44,7 +43,7 @@ def parse_draw(p: argparse.ArgumentParser, argv: list | None,
     return a
 
 
-def run_draw(task: Callable, a: argparse.Namespace, header: str,
+def _run_draw(task: Callable, a: argparse.Namespace, header: str,
              format_row: Callable[[dict], str]) -> None:
     """Run ``task(draw_seed, n, index, seed, with_hmm)`` for the chosen indices.
 
@@ -70,3 +69,22 @@ def run_draw(task: Callable, a: argparse.Namespace, header: str,
     if a.out:
         write_csv(every, a.out)
         print(f"# wrote {a.out}")
+
+
+def draw_main(argv: list | None, *, description: str, noun: str, plural: str,
+              draw: Callable, describe: Callable, setting: str, task: Callable,
+              header: str, format_row: Callable[[dict], str]) -> None:
+    """A draw script's ``main``.
+
+    ``draw(draw_seed, n)`` gives the cases, ``describe(case, seed)`` what the
+    line listing a case adds to its note, ``setting`` what the methods are
+    given, ``task`` one case's run (see :func:`_run_draw`).
+    """
+    p = _draw_parser(description, noun, plural)
+    a = _parse_draw(p, argv, noun, plural)
+    print(f"# machine: {machine()}; commit {commit()}")
+    print(f"# nldseg parameters: library defaults{setting}")
+    for c in draw(a.draw_seed, a.n):
+        print(f"# {c.name}: {c.note}; {describe(c, a.seed)}")
+    if not a.list:
+        _run_draw(task, a, header, format_row)

@@ -38,8 +38,8 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _drawn import draw_parser, parse_draw, run_draw  # noqa: E402
-from suite import Case, commit, machine, run_case  # noqa: E402
+from _drawn import draw_main  # noqa: E402
+from suite import Case, run_case  # noqa: E402
 
 from nldseg.datasets import (  # noqa: E402
     make_langevin_sequences,
@@ -130,19 +130,16 @@ def _row(r: dict) -> str:
             f"{r['changes']} / {r['true_changes']} | {r['fit_s']:.0f} |")
 
 
+def _describe(case: Case, seed: int) -> str:
+    return (f"train {case.n_train} x {case.train_length}, "
+            f"test {case.n_test} x {case.test_length}")
+
+
 def main(argv: list | None = None) -> None:
-    p = draw_parser(__doc__.splitlines()[0], "case", "cases")
-    a = parse_draw(p, argv, "case", "cases")
-    cases = draw_cases(a.draw_seed, a.n)
-    print(f"# machine: {machine()}; commit {commit()}")
-    print("# nldseg parameters: library defaults")
-    for c in cases:
-        print(f"# {c.name}: {c.note}; train {c.n_train} x {c.train_length}, "
-              f"test {c.n_test} x {c.test_length}")
-    if a.list:
-        return
-    run_draw(_run, a, "| case | method | K found / true | acc | ARI | occupancy l1 "
-             "(floor) | label changes / true | fit s |", _row)
+    draw_main(argv, description=__doc__.splitlines()[0], noun="case", plural="cases",
+              draw=draw_cases, describe=_describe, setting="", task=_run,
+              header="| case | method | K found / true | acc | ARI | occupancy l1 "
+                     "(floor) | label changes / true | fit s |", format_row=_row)
 
 if __name__ == "__main__":
     main()

@@ -35,8 +35,8 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _drawn import draw_parser, parse_draw, run_draw  # noqa: E402
-from suite import Case, commit, machine, run_case  # noqa: E402
+from _drawn import draw_main  # noqa: E402
+from suite import Case, run_case  # noqa: E402
 
 from nldseg.datasets import make_oscillation_sequences  # noqa: E402
 
@@ -101,20 +101,17 @@ def _row(r: dict) -> str:
             f"{r['fit_s']:.0f} |")
 
 
+def _describe(case: Case, seed: int) -> str:
+    present, common = _present(case, seed)
+    return f"{present} occur, {common} fill >= 2 %"
+
+
 def main(argv: list | None = None) -> None:
-    p = draw_parser(__doc__.splitlines()[0], "recording", "recordings")
-    a = parse_draw(p, argv, "recording", "recordings")
-    cases = draw_recordings(a.draw_seed, a.n)
-    print(f"# machine: {machine()}; commit {commit()}")
-    print("# nldseg parameters: library defaults; every method fits and labels the "
-          "same recording")
-    for c in cases:
-        present, common = _present(c, a.seed)
-        print(f"# {c.name}: {c.note}; {present} occur, {common} fill >= 2 %")
-    if a.list:
-        return
-    run_draw(_run, a, "| recording | method | K found / generated (present, >= 2 %) "
-             "| acc | ARI | label changes / true | fit s |", _row)
+    draw_main(argv, description=__doc__.splitlines()[0], noun="recording",
+              plural="recordings", draw=draw_recordings, describe=_describe,
+              setting="; every method fits and labels the same recording", task=_run,
+              header="| recording | method | K found / generated (present, >= 2 %) "
+                     "| acc | ARI | label changes / true | fit s |", format_row=_row)
 
 if __name__ == "__main__":
     main()
