@@ -15,8 +15,12 @@ from joblib import Parallel, delayed
 from suite import commit, machine, write_csv
 
 
-def _draw_parser(description: str, noun: str, plural: str) -> argparse.ArgumentParser:
-    """The options of a draw of ``plural`` (the count is ``--n-<plural>``, ``a.n``)."""
+def _arguments(argv: list | None, description: str, noun: str,
+               plural: str) -> argparse.Namespace:
+    """A draw's options parsed from ``argv``, the count and ``--only`` checked.
+
+    The count of ``plural`` is ``--n-<plural>``, read as ``a.n``.
+    """
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--draw-seed", type=int, default=0,
                    help=f"seed of the {plural}' configurations")
@@ -29,12 +33,6 @@ def _draw_parser(description: str, noun: str, plural: str) -> argparse.ArgumentP
     p.add_argument("--list", action="store_true", help=f"print the {plural} and stop")
     p.add_argument("--out", default=None,
                    help="also write every row (the suite's columns) to this CSV file")
-    return p
-
-
-def _parse_draw(p: argparse.ArgumentParser, argv: list | None,
-               noun: str, plural: str) -> argparse.Namespace:
-    """``p``'s arguments, with the count and ``--only`` checked."""
     a = p.parse_args(argv)
     if a.n < 1:
         p.error(f"--n-{plural} must be at least 1")
@@ -80,8 +78,7 @@ def draw_main(argv: list | None, *, description: str, noun: str, plural: str,
     line listing a case adds to its note, ``setting`` what the methods are
     given, ``task`` one case's run (see :func:`_run_draw`).
     """
-    p = _draw_parser(description, noun, plural)
-    a = _parse_draw(p, argv, noun, plural)
+    a = _arguments(argv, description, noun, plural)
     print(f"# machine: {machine()}; commit {commit()}")
     print(f"# nldseg parameters: library defaults{setting}")
     for c in draw(a.draw_seed, a.n):

@@ -141,5 +141,6 @@ def main(argv: list | None = None) -> None:
               header="| case | method | K found / true | acc | ARI | occupancy l1 "
                      "(floor) | label changes / true | fit s |", format_row=_row)
 
+
 if __name__ == "__main__":
     main()
