@@ -554,6 +554,15 @@ def merge_minima(energy64: torch.nn.Module, minima: np.ndarray, counts: np.ndarr
     lowest straight-line barrier. A straight line crosses at or above the
     saddle, so a well merged for its barrier has a true barrier lower still.
 
+    A requested ``n_states`` is a number of states to end with, not only a
+    ceiling: where the shallow-well rules would leave fewer, they are not
+    applied, and from the minima as found only the least-populated wells are
+    merged until ``n_states`` remain (``min_fraction`` too stops there). On
+    simulated recordings of motion a real activity sat on a shoulder of
+    shallow minima (1.06 kT, 3 % of the codes), which the rules merge; asked
+    for the number of activities, the population alone kept it. Fewer than
+    ``n_states`` come back only where fewer minima were found.
+
     Returns
     -------
     state_of_minimum : ndarray of shape (n_minima,)
@@ -605,12 +614,14 @@ def merge_minima(energy64: torch.nn.Module, minima: np.ndarray, counts: np.ndarr
             break
         g = min(shallow, key=lambda g: shallow[g][1])
         group[group == g] = shallow[g][0]
+    if n_states is not None and len(alive()) < n_states:
+        group = np.arange(k)  # The request wins over the shallow-well rules.
     while len(alive()) > 1:
         mass = {g: counts[group == g].sum() / total for g in alive()}
         g = min(mass, key=mass.get)
-        too_small = mass[g] < min_fraction
-        too_many = n_states is not None and len(alive()) > n_states
-        if not (too_small or too_many):
+        if n_states is None and mass[g] >= min_fraction:
+            break
+        if n_states is not None and len(alive()) <= n_states:
             break
         merge_one(g)
     _, state = np.unique(group, return_inverse=True)
@@ -730,10 +741,11 @@ def build_landscape(energy: torch.nn.Module, beta: float, codes: np.ndarray, *,
     :data:`MAX_DIMPLE_FRACTION` of the codes left over a barrier below
     :data:`MIN_BARRIER_KT` ``/ beta``, and a well of any share left over a
     barrier below :data:`MIN_RELATIVE_BARRIER` times the highest lowest barrier
-    out of any well); a lookup grid is flowed for fast labelling; the
+    out of any well; none of these merges goes below a requested
+    ``n_states``); a lookup grid is flowed for fast labelling; the
     three occupancy estimates are computed; and the states are numbered by
     sampled occupancy, largest first (ties broken by the minimum's
-    coordinates). Warns if ``n_states`` was requested but fewer wells exist.
+    coordinates). Warns if ``n_states`` was requested but fewer minima exist.
 
     Parameters
     ----------

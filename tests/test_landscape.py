@@ -161,6 +161,31 @@ def test_a_dimple_below_the_barrier_floor_is_no_state():
         assert len(set(state)) == n_kept
 
 
+def test_a_requested_number_of_states_wins_over_the_shallow_well_rules():
+    """With ``n_states`` given, the dimple, relative-barrier and smallness rules
+    merge only while more than ``n_states`` wells remain: asked for three, the
+    dimple stays a state; asked for two, it is the one merged, as without a
+    request; asked for more than the minima, all of them."""
+    energy = DimpledDoubleWell()
+    minima = np.array([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    dimple = min(L.straight_line_barrier(energy, minima[1], m) for m in minima[::2])
+    counts = np.array([500, 5, 480])
+    rules = dict(min_fraction=0.02, min_barrier=1.1 * dimple, dimple_fraction=0.05,
+                 relative_barrier=0.5)
+    merged = L.merge_minima(energy, minima, counts, n_states=None, **rules)
+    assert merged[0] != merged[2] and merged[1] in (merged[0], merged[2])
+    np.testing.assert_array_equal(
+        L.merge_minima(energy, minima, counts, n_states=2, **rules), merged)
+    for request in (3, 4):
+        state = L.merge_minima(energy, minima, counts, n_states=request, **rules)
+        assert sorted(state) == [0, 1, 2]
+    # Smallness alone (no shallow-well rule) stops at the request too.
+    state = L.merge_minima(energy, minima, counts, n_states=3, min_fraction=0.02)
+    assert sorted(state) == [0, 1, 2]
+    assert len(set(L.merge_minima(energy, minima, counts, n_states=None,
+                                  min_fraction=0.02))) == 2
+
+
 def test_a_well_far_shallower_than_the_others_is_no_state_whatever_its_share():
     """``relative_barrier``: a well of any share left over less than that
     fraction of the highest lowest-barrier out of any well joins a neighbour;
