@@ -113,5 +113,6 @@ def main(argv: list | None = None) -> None:
               header="| recording | method | K found / generated (present, >= 2 %) "
                      "| acc | ARI | label changes / true | fit s |", format_row=_row)
 
+
 if __name__ == "__main__":
     main()

@@ -619,9 +619,9 @@ def merge_minima(energy64: torch.nn.Module, minima: np.ndarray, counts: np.ndarr
     while len(alive()) > 1:
         mass = {g: counts[group == g].sum() / total for g in alive()}
         g = min(mass, key=mass.get)
-        if n_states is None and mass[g] >= min_fraction:
-            break
-        if n_states is not None and len(alive()) <= n_states:
+        enough = (mass[g] >= min_fraction if n_states is None
+                  else len(alive()) <= n_states)
+        if enough:
             break
         merge_one(g)
     _, state = np.unique(group, return_inverse=True)
